@@ -1,0 +1,28 @@
+//! ChatFlow's wire types, shared by every crate: what a client sends, what the
+//! server answers, what travels through the broker, how ids are made and how
+//! messages are routed to rooms and shards.
+//!
+//! Layout:
+//! - [`message`]: the client message, its parsing and every validation rule;
+//! - [`frame`]: the frames the server sends (`ack`, `error`, `message`);
+//! - [`envelope`]: the queue envelope servers publish and consumers decode;
+//! - [`id`]: message ids (UUIDv7: unique without coordination, time-ordered);
+//! - [`routing`]: rooms, shards and routing keys;
+//! - [`time`]: millisecond timestamps and their RFC 3339 form.
+//!
+//! Nothing here does I/O; every function is cheap enough for a worker's hot
+//! path and allocation-free where the input allows it.
+
+pub mod envelope;
+pub mod frame;
+pub mod id;
+pub mod message;
+pub mod routing;
+pub mod time;
+
+pub use envelope::Envelope;
+pub use frame::{Ack, Broadcast, ErrorCode, ErrorFrame, ServerFrame};
+pub use id::{IdGenerator, MessageId};
+pub use message::{ClientMessage, Field, MessageType, Problem, Rejected, Rejection};
+pub use routing::{routing_key, shard_of, Rooms, SHARDS_PER_ROOM};
+pub use time::ServerTime;
