@@ -1,0 +1,19 @@
+//! The null broker: accepts every message and delivers nothing. It measures
+//! the socket, framing and validation path alone.
+
+use chatflow_protocol::Envelope;
+
+use super::{Broker, Outcome, Ticket};
+use crate::config::BrokerKind;
+
+pub struct NoBroker;
+
+impl Broker for NoBroker {
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::None
+    }
+
+    fn publish(&self, _ticket: Ticket, _envelope: &Envelope<'_>) -> Outcome {
+        Outcome::Accepted
+    }
+}

@@ -1,0 +1,282 @@
+//! Server configuration: command-line flags with environment fallbacks,
+//! validated once into a [`Config`] whose `Default` documents every value.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chatflow_protocol::message::MAX_CLIENT_MESSAGE_BYTES;
+use chatflow_protocol::Rooms;
+use clap::{Parser, ValueEnum};
+
+/// Where accepted messages go and where room broadcasts come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BrokerKind {
+    /// In-process: every accepted message is broadcast at once to its room
+    /// on every worker of this server. One server, no durability.
+    Memory,
+    /// Ack without delivering anything: the socket path alone, for
+    /// benchmarks (the seed's first, echo-only server).
+    None,
+}
+
+impl BrokerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Memory => "memory",
+            BrokerKind::None => "none",
+        }
+    }
+}
+
+/// A validated server configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address every worker's listener binds (with `SO_REUSEPORT`). Port 0
+    /// picks a free port, shared by all workers.
+    pub bind: SocketAddr,
+    /// Worker threads, each pinned to one core. Default: one per core this
+    /// process may use.
+    pub workers: usize,
+    /// Pin workers to cores. Off only where pinning is unwanted (a shared
+    /// test machine running many servers at once).
+    pub pin_workers: bool,
+    pub broker: BrokerKind,
+    pub rooms: Rooms,
+    /// Open (and opening) WebSocket connections over this are refused with
+    /// HTTP 503 at the handshake.
+    pub max_connections: usize,
+    /// Bytes a connection may have queued for sending before it is treated
+    /// as a slow reader and closed (1008). Bounds memory per connection.
+    pub max_pending_output: usize,
+    /// `SO_SNDBUF` for client sockets; `None` leaves the kernel's
+    /// autotuning (up to `net.ipv4.tcp_wmem`'s max, megabytes per socket).
+    /// Output a slow reader leaves unread sits first in this kernel buffer,
+    /// then in `max_pending_output`.
+    pub socket_send_buffer: Option<usize>,
+    /// tungstenite's per-connection read buffer. Allocated eagerly for every
+    /// connection, so it dominates idle memory: 2 KiB holds ten typical
+    /// messages while keeping an idle connection near 3 KiB.
+    pub read_buffer_size: usize,
+    /// Largest accepted frame/message. Anything larger is answered with a
+    /// TOO_LARGE error and a 1009 close.
+    pub max_message_size: usize,
+    /// Longest HTTP request head read before the upgrade (431 past it).
+    pub max_request_head: usize,
+    /// Opening handshakes that do not complete in this long are dropped, so
+    /// half-open or stalled sockets cannot pile up.
+    pub handshake_timeout: Duration,
+    /// On shutdown, how long clients get to answer the 1001 close.
+    pub shutdown_grace: Duration,
+    /// Names this server in envelopes and `/health`.
+    pub server_id: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            workers: available_cores(),
+            pin_workers: true,
+            broker: BrokerKind::Memory,
+            rooms: Rooms::DEFAULT,
+            max_connections: 100_000,
+            max_pending_output: 256 * 1024,
+            socket_send_buffer: None,
+            read_buffer_size: 2 * 1024,
+            max_message_size: MAX_CLIENT_MESSAGE_BYTES,
+            max_request_head: 8 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(2),
+            server_id: default_server_id(),
+        }
+    }
+}
+
+/// Cores this process may run on (respects taskset and cpusets).
+pub fn available_cores() -> usize {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.len())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+fn default_server_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "server".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+/// `chatflow-server`: thread-per-core WebSocket chat server.
+#[derive(Debug, Parser)]
+#[command(name = "chatflow-server", version, about)]
+pub struct Args {
+    /// Address to listen on (WebSocket at /chat/{roomId}, plain HTTP at /health).
+    #[arg(long, env = "BIND", default_value = "0.0.0.0:8080")]
+    pub bind: String,
+    /// Worker threads, one per core (default: every core this process may use).
+    #[arg(long, env = "WORKERS")]
+    pub workers: Option<usize>,
+    /// Do not pin workers to cores.
+    #[arg(long, env = "NO_PIN")]
+    pub no_pin: bool,
+    /// Where accepted messages go.
+    #[arg(long, env = "BROKER", value_enum, default_value = "memory")]
+    pub broker: BrokerKind,
+    /// Number of rooms (rooms are 1..=ROOMS).
+    #[arg(long, env = "ROOMS", default_value_t = 20)]
+    pub rooms: u32,
+    /// Refuse WebSocket connections past this many with HTTP 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Close a connection (1008) whose unsent output passes this many bytes.
+    #[arg(long, env = "MAX_PENDING_OUTPUT", default_value_t = 256 * 1024)]
+    pub max_pending_output: usize,
+    /// SO_SNDBUF of client sockets in bytes (default: kernel autotuning).
+    #[arg(long, env = "SOCKET_SEND_BUFFER")]
+    pub socket_send_buffer: Option<usize>,
+    /// Per-connection read buffer in bytes.
+    #[arg(long, env = "READ_BUFFER_SIZE", default_value_t = 2 * 1024)]
+    pub read_buffer_size: usize,
+    /// Seconds a client gets to answer the close on shutdown.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 2.0)]
+    pub shutdown_grace_secs: f64,
+    /// Seconds an opening handshake may take.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub handshake_timeout_secs: f64,
+    /// This server's id in envelopes and /health (default: hostname-pid).
+    #[arg(long, env = "SERVER_ID")]
+    pub server_id: Option<String>,
+}
+
+/// A flag whose value is out of bounds.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for --{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+fn bad(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+fn seconds(flag: &'static str, secs: f64) -> Result<Duration, ConfigError> {
+    if secs.is_finite() && secs > 0.0 && secs <= 3600.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(bad(
+            flag,
+            format!("{secs} is not a number of seconds in (0, 3600]"),
+        ))
+    }
+}
+
+impl Args {
+    /// Checks every value and builds the [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let defaults = Config::default();
+        let bind = self.bind.parse().map_err(|e| {
+            bad(
+                "bind",
+                format!("{:?} is not an address like 0.0.0.0:8080 ({e})", self.bind),
+            )
+        })?;
+        let workers = self.workers.unwrap_or(defaults.workers);
+        if !(1..=1024).contains(&workers) {
+            return Err(bad("workers", format!("{workers} is not in 1..=1024")));
+        }
+        let rooms = Rooms::new(self.rooms).map_err(|e| bad("rooms", e))?;
+        if self.max_connections == 0 {
+            return Err(bad("max-connections", "must be at least 1"));
+        }
+        if !(4 * 1024..=1 << 30).contains(&self.max_pending_output) {
+            return Err(bad(
+                "max-pending-output",
+                format!(
+                    "{} is not in 4096..=1073741824 bytes",
+                    self.max_pending_output
+                ),
+            ));
+        }
+        if !(256..=1 << 20).contains(&self.read_buffer_size) {
+            return Err(bad(
+                "read-buffer-size",
+                format!("{} is not in 256..=1048576 bytes", self.read_buffer_size),
+            ));
+        }
+        if let Some(n) = self.socket_send_buffer {
+            if !(4 * 1024..=64 << 20).contains(&n) {
+                return Err(bad(
+                    "socket-send-buffer",
+                    format!("{n} is not in 4096..=67108864 bytes"),
+                ));
+            }
+        }
+        let server_id = match self.server_id {
+            Some(id) if id.is_empty() || id.len() > 64 => {
+                return Err(bad("server-id", "must be 1..=64 characters"))
+            }
+            Some(id) => id,
+            None => defaults.server_id.clone(),
+        };
+        Ok(Config {
+            bind,
+            workers,
+            pin_workers: !self.no_pin,
+            broker: self.broker,
+            rooms,
+            max_connections: self.max_connections,
+            max_pending_output: self.max_pending_output,
+            socket_send_buffer: self.socket_send_buffer,
+            read_buffer_size: self.read_buffer_size,
+            shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
+            handshake_timeout: seconds("handshake-timeout-secs", self.handshake_timeout_secs)?,
+            server_id,
+            ..defaults
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut full = vec!["chatflow-server"];
+        full.extend_from_slice(args);
+        Args::try_parse_from(full)
+            .map_err(|e| e.to_string())?
+            .into_config()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.bind.port(), 8080);
+        assert_eq!(c.broker, BrokerKind::Memory);
+        assert_eq!(c.rooms.count(), 20);
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["--bind", "nowhere"][..], "--bind"),
+            (&["--workers", "0"][..], "--workers"),
+            (&["--rooms", "0"][..], "--rooms"),
+            (&["--max-pending-output", "10"][..], "--max-pending-output"),
+            (&["--read-buffer-size", "1"][..], "--read-buffer-size"),
+            (&["--shutdown-grace-secs", "0"][..], "--shutdown-grace-secs"),
+            (&["--broker", "kafka"][..], "--broker"),
+            (&["--workers", "many"][..], "--workers"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! `chatflow-server` binary: flags → [`Config`], start, wait for SIGINT or
+//! SIGTERM, shut down gracefully.
+
+use anyhow::Context;
+use chatflow_server::{Args, Server};
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+fn main() -> anyhow::Result<()> {
+    let config = match Args::parse().into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("chatflow-server: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Registered before any thread starts, so no signal is missed.
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let (workers, broker) = (config.workers, config.broker);
+    let server = Server::start(config)?;
+    println!(
+        "chatflow-server listening on {} ({workers} workers, broker {}); WebSocket at ws://{}/chat/{{roomId}}, health at http://{}/health",
+        server.local_addr(),
+        broker.as_str(),
+        server.local_addr(),
+        server.local_addr(),
+    );
+    if let Some(signal) = signals.forever().next() {
+        eprintln!("chatflow-server: signal {signal}: shutting down");
+    }
+    server.shutdown()?;
+    eprintln!("chatflow-server: stopped");
+    Ok(())
+}
