@@ -15,8 +15,9 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
 use crate::http::ChatPath;
+use crate::socket::Socket;
 
-pub type HandshakeRole = ServerHandshake<TcpStream, ChatPath>;
+pub type HandshakeRole = ServerHandshake<Socket, ChatPath>;
 pub type Handshake = MidHandshake<HandshakeRole>;
 
 pub enum Phase {
@@ -32,7 +33,7 @@ pub enum Phase {
     Handshaking { handshake: Handshake, room: u32 },
     /// A WebSocket in `room`, at `slot` of that room's member list.
     Open {
-        ws: WebSocket<TcpStream>,
+        ws: WebSocket<Socket>,
         room: u32,
         slot: usize,
     },
@@ -103,9 +104,20 @@ impl Connection {
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.phase {
             Phase::Routing(stream) | Phase::Responding { stream, .. } => Some(stream),
-            Phase::Handshaking { handshake, .. } => Some(handshake.get_mut().get_mut()),
-            Phase::Open { ws, .. } => Some(ws.get_mut()),
+            Phase::Handshaking { handshake, .. } => {
+                Some(handshake.get_mut().get_mut().stream_mut())
+            }
+            Phase::Open { ws, .. } => Some(ws.get_mut().stream_mut()),
             Phase::Moving => None,
+        }
+    }
+
+    /// A readiness event arrived: reads may find bytes again.
+    pub fn readable(&mut self) {
+        match &mut self.phase {
+            Phase::Handshaking { handshake, .. } => handshake.get_mut().get_mut().readable(),
+            Phase::Open { ws, .. } => ws.get_mut().readable(),
+            _ => {}
         }
     }
 

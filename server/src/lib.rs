@@ -8,6 +8,7 @@
 //! - [`connection`]: one client's socket and phase (routing, HTTP response,
 //!   handshake, open WebSocket);
 //! - [`http`]: request-head routing, `/health`, HTTP errors;
+//! - [`socket`]: the client socket that skips `recv` calls known to block;
 //! - [`rooms`]: a worker's room-membership index;
 //! - [`fanout`]: worker inboxes and wakers (all cross-thread input);
 //! - [`broker`]: the boundary to "where messages go" (memory, none);
@@ -23,6 +24,7 @@ pub mod fanout;
 pub mod http;
 pub mod rooms;
 pub mod server;
+pub mod socket;
 pub mod stats;
 pub mod worker;
 

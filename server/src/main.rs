@@ -15,6 +15,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    raise_descriptor_limit();
     // Registered before any thread starts, so no signal is missed.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let (workers, broker) = (config.workers, config.broker);
@@ -32,4 +33,21 @@ fn main() -> anyhow::Result<()> {
     server.shutdown()?;
     eprintln!("chatflow-server: stopped");
     Ok(())
+}
+
+/// Every client connection is a descriptor: lift the soft limit to the hard
+/// one (run-server.sh and tuning/limits.conf raise the hard one).
+fn raise_descriptor_limit() {
+    // SAFETY: plain syscalls on a stack value; failure leaves the limit as is.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }

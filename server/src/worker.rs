@@ -32,6 +32,7 @@ use crate::connection::{Connection, HandshakeRole, Phase, Sent};
 use crate::fanout::{Inbox, WorkerEvent};
 use crate::http::{self, ChatPath, Head, Route};
 use crate::rooms::RoomIndex;
+use crate::socket::Socket;
 use crate::stats::{Shared, WorkerStats};
 
 pub const LISTENER: Token = Token(usize::MAX - 1);
@@ -235,6 +236,9 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if readable {
+            conn.readable();
+        }
         match &conn.phase {
             Phase::Routing(_) if readable => self.route(key),
             Phase::Responding { .. } => self.respond(key),
@@ -295,8 +299,11 @@ impl Worker {
                     room,
                     rooms: shared.config.rooms,
                 };
-                let result =
-                    tungstenite::accept_hdr_with_config(stream, callback, Some(self.ctx.ws_config));
+                let result = tungstenite::accept_hdr_with_config(
+                    Socket::new(stream),
+                    callback,
+                    Some(self.ctx.ws_config),
+                );
                 return self.handshake_result(key, room, result);
             }
             Route::Health => {
@@ -369,7 +376,7 @@ impl Worker {
         &mut self,
         key: usize,
         room: u32,
-        result: Result<WebSocket<TcpStream>, HandshakeError<HandshakeRole>>,
+        result: Result<WebSocket<Socket>, HandshakeError<HandshakeRole>>,
     ) {
         let conn = &mut self.conns[key];
         match result {
@@ -445,6 +452,10 @@ impl Worker {
                         "text frame is not valid UTF-8",
                     );
                 }
+                // The peer vanished without a close frame: nothing to answer.
+                Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => return self.remove(key),
                 Err(tungstenite::Error::Protocol(_)) => {
                     WorkerStats::bump(&self.ctx.stats().protocol_errors);
                     return self.fatal_close(key, CloseCode::Protocol, "WebSocket protocol error");
