@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Starts chatflow-server on a host (EC2): checks the kernel tuning, raises
+# the descriptor limit, builds if needed, and runs the server in the
+# foreground with workers pinned one per core. Configuration comes from the
+# environment (BIND, WORKERS, BROKER, ROOMS, MAX_CONNECTIONS, ...) or flags.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage: ./run-server.sh [chatflow-server flags...]
+
+Environment (each also a flag, see chatflow-server --help):
+  BIND=0.0.0.0:8080   WORKERS=<cores>   BROKER=memory|none
+  ROOMS=20            MAX_CONNECTIONS=100000   SERVER_ID=<hostname-pid>
+Checks tuning (tuning/apply.sh --check), sets ulimit -n to the hard limit,
+builds target/release/chatflow-server if missing, then execs it.
+USAGE
+}
+case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+
+cd "$(dirname "$0")"
+if ! tuning/apply.sh --check >/dev/null 2>&1; then
+  echo "run-server.sh: warning: host is not tuned (see: tuning/apply.sh --check; fix: sudo tuning/apply.sh)" >&2
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "run-server.sh: descriptor limit $(ulimit -n)" >&2
+if [[ ! -x target/release/chatflow-server ]]; then
+  cargo build --release --locked -p chatflow-server
+fi
+exec target/release/chatflow-server "$@"
