@@ -18,5 +18,5 @@ case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 
 cd "$(dirname "$0")"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release --locked -p chatflow-server
+cargo build --release -p chatflow-server
 exec target/release/chatflow-server --bind 127.0.0.1:8080 --broker memory "$@"

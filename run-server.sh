@@ -25,6 +25,6 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "run-server.sh: descriptor limit $(ulimit -n)" >&2
 if [[ ! -x target/release/chatflow-server ]]; then
-  cargo build --release --locked -p chatflow-server
+  cargo build --release -p chatflow-server
 fi
 exec target/release/chatflow-server "$@"

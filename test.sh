@@ -24,6 +24,6 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked "$@"
+cargo test --workspace "$@"

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT="${PORT:-18090}"; BROKER="${BROKER:-none}"; DURATION="${DURATION:-10}"; THREADS="${THREADS:-1}"
-cargo build --release --locked -q -p chatflow-server -p chatflow-bench
+cargo build --release -q -p chatflow-server -p chatflow-bench
 ulimit -n "$(ulimit -Hn)"
 shapes=("${@}")
 [[ ${#shapes[@]} -gt 0 ]] || shapes=("64 1" "64 32" "1000 1")

@@ -8,7 +8,9 @@
 //! - [`envelope`]: the queue envelope servers publish and consumers decode;
 //! - [`id`]: message ids (UUIDv7: unique without coordination, time-ordered);
 //! - [`routing`]: rooms, shards and routing keys;
-//! - [`time`]: millisecond timestamps and their RFC 3339 form.
+//! - [`time`]: millisecond timestamps and their RFC 3339 form;
+//! - [`topology`]: exchange, queue and channel names, and (feature `amqp`)
+//!   the RabbitMQ declaration server and consumer share.
 //!
 //! Nothing here does I/O; every function is cheap enough for a worker's hot
 //! path and allocation-free where the input allows it.
@@ -19,6 +21,7 @@ pub mod id;
 pub mod message;
 pub mod routing;
 pub mod time;
+pub mod topology;
 
 pub use envelope::Envelope;
 pub use frame::{Ack, Broadcast, ErrorCode, ErrorFrame, ServerFrame};
@@ -26,3 +29,4 @@ pub use id::{IdGenerator, MessageId};
 pub use message::{ClientMessage, Field, MessageType, Problem, Rejected, Rejection};
 pub use routing::{routing_key, shard_of, Rooms, SHARDS_PER_ROOM};
 pub use time::ServerTime;
+pub use topology::Topology;

@@ -11,6 +11,9 @@ use clap::{Parser, ValueEnum};
 /// Where accepted messages go and where room broadcasts come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BrokerKind {
+    /// RabbitMQ with publisher confirms (ack on confirm), room broadcasts
+    /// from consumers over Redis pub/sub. The distributed system.
+    Rabbitmq,
     /// In-process: every accepted message is broadcast at once to its room
     /// on every worker of this server. One server, no durability.
     Memory,
@@ -22,6 +25,7 @@ pub enum BrokerKind {
 impl BrokerKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            BrokerKind::Rabbitmq => "rabbitmq",
             BrokerKind::Memory => "memory",
             BrokerKind::None => "none",
         }
@@ -69,6 +73,66 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Names this server in envelopes and `/health`.
     pub server_id: String,
+    /// RabbitMQ and Redis endpoints and names (used by `--broker rabbitmq`).
+    pub messaging: Messaging,
+}
+
+/// Where the distributed path's services are, and how to use them.
+#[derive(Clone, Debug)]
+pub struct Messaging {
+    pub rabbitmq_host: String,
+    pub rabbitmq_port: u16,
+    pub rabbitmq_user: String,
+    pub rabbitmq_password: String,
+    pub redis_host: String,
+    pub redis_port: u16,
+    /// Prefix of every exchange, queue and channel name.
+    pub namespace: String,
+    /// Publisher threads, each with its own AMQP connection and confirm
+    /// channel. A sender always uses the same one, so its order holds.
+    pub publishers: usize,
+    /// Per-queue bound past which RabbitMQ refuses publishes (clients get
+    /// UNAVAILABLE). `None`: unbounded.
+    pub queue_max_length: Option<u32>,
+    /// Publishes waiting for a publisher thread, per thread; past it new
+    /// messages are refused at once instead of queueing without bound.
+    pub publish_queue: usize,
+}
+
+impl Default for Messaging {
+    fn default() -> Self {
+        Messaging {
+            rabbitmq_host: "127.0.0.1".to_string(),
+            rabbitmq_port: 5672,
+            rabbitmq_user: "guest".to_string(),
+            rabbitmq_password: "guest".to_string(),
+            redis_host: "127.0.0.1".to_string(),
+            redis_port: 6379,
+            namespace: "chatflow".to_string(),
+            publishers: 1,
+            queue_max_length: None,
+            publish_queue: 65_536,
+        }
+    }
+}
+
+impl Messaging {
+    pub fn amqp_url(&self) -> String {
+        format!(
+            "amqp://{}:{}@{}:{}/%2f?heartbeat=30",
+            self.rabbitmq_user, self.rabbitmq_password, self.rabbitmq_host, self.rabbitmq_port
+        )
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://{}:{}/", self.redis_host, self.redis_port)
+    }
+
+    pub fn topology(&self, rooms: Rooms) -> chatflow_protocol::Topology {
+        let mut topology = chatflow_protocol::Topology::new(self.namespace.clone(), rooms);
+        topology.queue_max_length = self.queue_max_length;
+        topology
+    }
 }
 
 impl Default for Config {
@@ -77,7 +141,7 @@ impl Default for Config {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
             workers: available_cores(),
             pin_workers: true,
-            broker: BrokerKind::Memory,
+            broker: BrokerKind::Rabbitmq,
             rooms: Rooms::DEFAULT,
             max_connections: 100_000,
             max_pending_output: 256 * 1024,
@@ -88,6 +152,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
             server_id: default_server_id(),
+            messaging: Messaging::default(),
         }
     }
 }
@@ -121,7 +186,7 @@ pub struct Args {
     #[arg(long, env = "NO_PIN")]
     pub no_pin: bool,
     /// Where accepted messages go.
-    #[arg(long, env = "BROKER", value_enum, default_value = "memory")]
+    #[arg(long, env = "BROKER", value_enum, default_value = "rabbitmq")]
     pub broker: BrokerKind,
     /// Number of rooms (rooms are 1..=ROOMS).
     #[arg(long, env = "ROOMS", default_value_t = 20)]
@@ -147,6 +212,35 @@ pub struct Args {
     /// This server's id in envelopes and /health (default: hostname-pid).
     #[arg(long, env = "SERVER_ID")]
     pub server_id: Option<String>,
+    /// RabbitMQ host.
+    #[arg(long, env = "RABBITMQ_HOST", default_value = "127.0.0.1")]
+    pub rabbitmq_host: String,
+    #[arg(long, env = "RABBITMQ_PORT", default_value_t = 5672)]
+    pub rabbitmq_port: u16,
+    #[arg(long, env = "RABBITMQ_USER", default_value = "guest")]
+    pub rabbitmq_user: String,
+    /// RabbitMQ password (prefer the environment variable: flags show in `ps`).
+    #[arg(
+        long,
+        env = "RABBITMQ_PASSWORD",
+        default_value = "guest",
+        hide_default_value = true
+    )]
+    pub rabbitmq_password: String,
+    /// Redis host (room broadcasts arrive over its pub/sub).
+    #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
+    pub redis_host: String,
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Prefix of every exchange, queue and Redis channel name.
+    #[arg(long, env = "NAMESPACE", default_value = "chatflow")]
+    pub namespace: String,
+    /// Publisher threads (each an AMQP connection with a confirm channel).
+    #[arg(long, env = "PUBLISHERS", default_value_t = 1)]
+    pub publishers: usize,
+    /// Per-queue length past which RabbitMQ refuses new messages (default: unbounded).
+    #[arg(long, env = "QUEUE_MAX_LENGTH")]
+    pub queue_max_length: Option<u32>,
 }
 
 /// A flag whose value is out of bounds.
@@ -216,6 +310,27 @@ impl Args {
                 ));
             }
         }
+        if !(1..=64).contains(&self.publishers) {
+            return Err(bad(
+                "publishers",
+                format!("{} is not in 1..=64", self.publishers),
+            ));
+        }
+        if self.namespace.is_empty()
+            || self.namespace.len() > 64
+            || !self
+                .namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(
+                "namespace",
+                "must be 1..=64 letters, digits, '-' or '_'",
+            ));
+        }
+        if self.queue_max_length == Some(0) {
+            return Err(bad("queue-max-length", "must be at least 1"));
+        }
         let server_id = match self.server_id {
             Some(id) if id.is_empty() || id.len() > 64 => {
                 return Err(bad("server-id", "must be 1..=64 characters"))
@@ -236,6 +351,18 @@ impl Args {
             shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
             handshake_timeout: seconds("handshake-timeout-secs", self.handshake_timeout_secs)?,
             server_id,
+            messaging: Messaging {
+                rabbitmq_host: self.rabbitmq_host,
+                rabbitmq_port: self.rabbitmq_port,
+                rabbitmq_user: self.rabbitmq_user,
+                rabbitmq_password: self.rabbitmq_password,
+                redis_host: self.redis_host,
+                redis_port: self.redis_port,
+                namespace: self.namespace,
+                publishers: self.publishers,
+                queue_max_length: self.queue_max_length,
+                ..Messaging::default()
+            },
             ..defaults
         })
     }
@@ -258,7 +385,11 @@ mod tests {
     fn defaults_are_valid() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.bind.port(), 8080);
-        assert_eq!(c.broker, BrokerKind::Memory);
+        assert_eq!(c.broker, BrokerKind::Rabbitmq);
+        assert_eq!(
+            c.messaging.amqp_url(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30"
+        );
         assert_eq!(c.rooms.count(), 20);
         assert!(c.workers >= 1);
     }
@@ -274,6 +405,9 @@ mod tests {
             (&["--shutdown-grace-secs", "0"][..], "--shutdown-grace-secs"),
             (&["--broker", "kafka"][..], "--broker"),
             (&["--workers", "many"][..], "--workers"),
+            (&["--publishers", "0"][..], "--publishers"),
+            (&["--namespace", "a b"][..], "--namespace"),
+            (&["--rabbitmq-port", "99999"][..], "--rabbitmq-port"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");

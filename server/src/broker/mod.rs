@@ -5,13 +5,16 @@
 //! the client's `ack` when the broker says the message is accepted. Room
 //! broadcasts reach workers through the [`Fanout`](crate::fanout::Fanout)
 //! the broker was built with. Implementations: [`memory`] (in-process
-//! broadcast) and [`none`] (ack only). A durable broker answers
+//! broadcast), [`none`] (ack only) and [`rabbitmq`] (publisher confirms,
+//! broadcasts back over Redis). A durable broker answers
 //! [`Outcome::Pending`] and later sends the worker
 //! [`WorkerEvent::Published`](crate::fanout::WorkerEvent::Published) with the
 //! same ticket; the worker then acks (or errors) the client.
 
 pub mod memory;
 pub mod none;
+pub mod rabbitmq;
+pub mod redis_subscriber;
 
 use std::sync::Arc;
 
@@ -72,6 +75,7 @@ pub type BrokerFactory<'a> =
 /// Builds the broker the configuration names.
 pub fn build(config: &Config, fanout: Fanout) -> anyhow::Result<Arc<dyn Broker>> {
     Ok(match config.broker {
+        BrokerKind::Rabbitmq => Arc::new(rabbitmq::RabbitBroker::start(config, fanout)?),
         BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(fanout)),
         BrokerKind::None => Arc::new(none::NoBroker),
     })

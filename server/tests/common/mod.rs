@@ -35,6 +35,47 @@ pub fn start(broker: BrokerKind) -> Server {
     Server::start(config(broker)).expect("server starts")
 }
 
+/// A namespace no other test run uses: exchange, queues and Redis channels
+/// of a test all carry it.
+pub fn unique_namespace(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "test-{tag}-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A RabbitMQ-backed test configuration in its own namespace with `rooms`
+/// rooms (few rooms, few queues: declaring is quick).
+pub fn rabbit_config(namespace: &str, rooms: u32) -> Config {
+    let mut config = config(BrokerKind::Rabbitmq);
+    config.rooms = chatflow_protocol::Rooms::new(rooms).unwrap();
+    config.messaging.namespace = namespace.to_string();
+    config
+}
+
+/// Deletes a test namespace's RabbitMQ topology when dropped, pass or fail.
+pub struct TopologyGuard(pub chatflow_protocol::Topology);
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        if let Ok(mut connection) =
+            amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672/%2f")
+        {
+            if let Ok(channel) = connection.open_channel(None) {
+                let _ = self.0.delete(&channel);
+            }
+            let _ = connection.close();
+        }
+    }
+}
+
 /// Raises this process's descriptor limit to its hard limit (tests that
 /// hold thousands of sockets on both ends).
 pub fn raise_fd_limit() -> u64 {

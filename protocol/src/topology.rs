@@ -1,0 +1,174 @@
+//! The names of everything messages travel through (exchange, queues,
+//! dead-letter queue, Redis channels) and, with the `amqp` feature, the one
+//! function that declares the RabbitMQ side. Server and consumer both call
+//! it at start-up; declaring is idempotent.
+//!
+//! Every name starts with a namespace (default `chatflow`), so tests and
+//! parallel deployments on one broker never collide.
+
+use crate::routing::{routing_key, Rooms, SHARDS_PER_ROOM};
+
+/// Redeliveries after which a quorum queue dead-letters a message (a
+/// consumer crashing on it again and again must not wedge its queue).
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    pub namespace: String,
+    pub rooms: Rooms,
+    /// Per-queue bound; past it the broker refuses (nacks) new publishes,
+    /// which clients see as `UNAVAILABLE` — back-pressure instead of an
+    /// unbounded backlog. `None`: unbounded.
+    pub queue_max_length: Option<u32>,
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    pub fn new(namespace: impl Into<String>, rooms: Rooms) -> Self {
+        Topology {
+            namespace: namespace.into(),
+            rooms,
+            queue_max_length: None,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+        }
+    }
+
+    /// The durable direct exchange servers publish to.
+    pub fn exchange(&self) -> String {
+        format!("{}.messages", self.namespace)
+    }
+
+    /// The quorum queue of (room, shard).
+    pub fn queue(&self, room: u32, shard: u32) -> String {
+        format!("{}.room.{room}.{shard}", self.namespace)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead-letter", self.namespace)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letter", self.namespace)
+    }
+
+    /// The Redis pub/sub channel of a room.
+    pub fn redis_channel(&self, room: u32) -> String {
+        format!("{}:room:{room}", self.namespace)
+    }
+
+    /// The pattern servers PSUBSCRIBE to.
+    pub fn redis_pattern(&self) -> String {
+        format!("{}:room:*", self.namespace)
+    }
+
+    /// The room of a Redis channel name, if it is one of ours.
+    pub fn room_of_channel(&self, channel: &[u8]) -> Option<u32> {
+        let rest = channel
+            .strip_prefix(self.namespace.as_bytes())?
+            .strip_prefix(b":room:")?;
+        let room: u32 = std::str::from_utf8(rest).ok()?.parse().ok()?;
+        self.rooms.contains(room).then_some(room)
+    }
+
+    /// Every (room, shard) pair, in order.
+    pub fn shards(&self) -> impl Iterator<Item = (u32, u32)> {
+        self.rooms
+            .iter()
+            .flat_map(|room| (0..SHARDS_PER_ROOM).map(move |shard| (room, shard)))
+    }
+
+    /// Declares exchange, queues, bindings and the dead-letter path.
+    #[cfg(feature = "amqp")]
+    pub fn declare(&self, channel: &amiquip::Channel) -> amiquip::Result<()> {
+        use amiquip::{
+            AmqpValue, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
+        };
+
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let exchange =
+            channel.exchange_declare(ExchangeType::Direct, self.exchange(), durable.clone())?;
+        let dlx =
+            channel.exchange_declare(ExchangeType::Fanout, self.dead_letter_exchange(), durable)?;
+        let dlq = channel.queue_declare(
+            self.dead_letter_queue(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+        )?;
+        dlq.bind(&dlx, "", FieldTable::new())?;
+
+        let mut arguments = FieldTable::new();
+        arguments.insert(
+            "x-queue-type".into(),
+            AmqpValue::LongString("quorum".into()),
+        );
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AmqpValue::LongString(self.dead_letter_exchange()),
+        );
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AmqpValue::LongInt(self.delivery_limit as i32),
+        );
+        if let Some(max) = self.queue_max_length {
+            arguments.insert("x-max-length".into(), AmqpValue::LongInt(max as i32));
+            arguments.insert(
+                "x-overflow".into(),
+                AmqpValue::LongString("reject-publish".into()),
+            );
+        }
+        for (room, shard) in self.shards() {
+            let queue = channel.queue_declare(
+                self.queue(room, shard),
+                QueueDeclareOptions {
+                    durable: true,
+                    arguments: arguments.clone(),
+                    ..QueueDeclareOptions::default()
+                },
+            )?;
+            queue.bind(&exchange, routing_key(room, shard), FieldTable::new())?;
+        }
+        Ok(())
+    }
+
+    /// Deletes everything [`declare`](Self::declare) made (tests).
+    #[cfg(feature = "amqp")]
+    pub fn delete(&self, channel: &amiquip::Channel) -> amiquip::Result<()> {
+        use amiquip::QueueDeleteOptions;
+        for (room, shard) in self.shards() {
+            channel.queue_delete(self.queue(room, shard), QueueDeleteOptions::default())?;
+        }
+        channel.queue_delete(self.dead_letter_queue(), QueueDeleteOptions::default())?;
+        channel.exchange_delete(self.exchange(), false)?;
+        channel.exchange_delete(self.dead_letter_exchange(), false)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_namespace() {
+        let t = Topology::new("ns1", Rooms::new(3).unwrap());
+        assert_eq!(t.exchange(), "ns1.messages");
+        assert_eq!(t.queue(2, 4), "ns1.room.2.4");
+        assert_eq!(t.redis_channel(3), "ns1:room:3");
+        assert_eq!(t.redis_pattern(), "ns1:room:*");
+        assert_eq!(t.shards().count(), 15);
+    }
+
+    #[test]
+    fn channel_names_map_back_to_rooms() {
+        let t = Topology::new("ns1", Rooms::new(3).unwrap());
+        assert_eq!(t.room_of_channel(b"ns1:room:3"), Some(3));
+        assert_eq!(t.room_of_channel(b"ns1:room:4"), None);
+        assert_eq!(t.room_of_channel(b"ns2:room:1"), None);
+        assert_eq!(t.room_of_channel(b"ns1:room:x"), None);
+    }
+}

@@ -1,0 +1,158 @@
+//! The server's Redis subscriber: one thread PSUBSCRIBEs to every room's
+//! channel and hands each broadcast to every worker through the fan-out.
+//! The payload is the `message` frame as clients receive it, so it is
+//! forwarded without re-encoding.
+//!
+//! redis-rs does not resubscribe after a reconnect (a classic way for a chat
+//! server to go silently deaf after a Redis restart), so this thread does:
+//! on any error it marks itself down, backs off, reconnects and subscribes
+//! again; `/health` shows the outage and the reconnect count.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chatflow_protocol::Topology;
+use parking_lot::Mutex;
+use tungstenite::Utf8Bytes;
+
+use super::rabbitmq::LinkState;
+use crate::config::Messaging;
+use crate::fanout::Fanout;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a read waits before the thread looks at the shutdown flag.
+const READ_TIMEOUT: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct RedisSubscriber {
+    pub state: Arc<LinkState>,
+    reconnects: Arc<AtomicU64>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RedisSubscriber {
+    /// Starts the subscriber and waits for its first subscription, so a
+    /// wrong address fails the start and a started server hears every
+    /// broadcast published after it.
+    pub fn start(
+        messaging: &Messaging,
+        topology: Topology,
+        fanout: Fanout,
+        stopping: Arc<AtomicBool>,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(messaging.redis_url())?;
+        let state = Arc::new(LinkState::default());
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let thread = {
+            let (state, reconnects) = (state.clone(), reconnects.clone());
+            std::thread::Builder::new()
+                .name("redis-subscriber".to_string())
+                .spawn(move || {
+                    let mut ready = Some(ready_tx);
+                    let mut backoff = BACKOFF_FIRST;
+                    let mut subscribed_before = false;
+                    while !stopping.load(Ordering::Acquire) {
+                        let mut connection = match connect(&client) {
+                            Ok(connection) => connection,
+                            Err(e) => {
+                                if let Some(ready) = ready.take() {
+                                    let _ = ready.send(Err(e.to_string()));
+                                    return;
+                                }
+                                state.set_down(format!("reconnecting: {e}"));
+                                std::thread::sleep(backoff);
+                                backoff = (backoff * 2).min(BACKOFF_MAX);
+                                continue;
+                            }
+                        };
+                        // The PubSub lives as long as this loop turn: dropping
+                        // it would unsubscribe.
+                        let mut pubsub = connection.as_pubsub();
+                        if let Err(e) = pubsub.psubscribe(topology.redis_pattern()) {
+                            state.set_down(format!("subscribing: {e}"));
+                            continue;
+                        }
+                        state.set_up();
+                        backoff = BACKOFF_FIRST;
+                        if subscribed_before {
+                            reconnects.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("redis-subscriber: resubscribed");
+                        }
+                        subscribed_before = true;
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(Ok(()));
+                        }
+                        match forward(&mut pubsub, &topology, &fanout, &stopping) {
+                            Ok(()) => return,
+                            Err(e) => {
+                                eprintln!("redis-subscriber: connection lost: {e}");
+                                state.set_down(format!("connection lost: {e}"));
+                            }
+                        }
+                    }
+                })?
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                anyhow::bail!(
+                    "Redis at {}:{}: {e}",
+                    messaging.redis_host,
+                    messaging.redis_port
+                );
+            }
+            Err(_) => anyhow::bail!("the Redis subscriber thread exited during start-up"),
+        }
+        Ok(RedisSubscriber {
+            state,
+            reconnects,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn join(&self) {
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
+    let connection = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    connection.set_read_timeout(Some(READ_TIMEOUT))?;
+    Ok(connection)
+}
+
+/// Forwards broadcasts until shutdown (`Ok`) or a connection error.
+fn forward(
+    pubsub: &mut redis::PubSub<'_>,
+    topology: &Topology,
+    fanout: &Fanout,
+    stopping: &AtomicBool,
+) -> redis::RedisResult<()> {
+    while !stopping.load(Ordering::Acquire) {
+        let message = match pubsub.get_message() {
+            Ok(message) => message,
+            Err(e) if e.is_timeout() => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(room) = topology.room_of_channel(message.get_channel_name().as_bytes()) else {
+            continue;
+        };
+        // Consumers publish our own JSON; anything else is not forwarded.
+        let Ok(frame) = String::from_utf8(message.get_payload_bytes().to_vec()) else {
+            continue;
+        };
+        fanout.broadcast(room, Utf8Bytes::from(frame));
+    }
+    Ok(())
+}
