@@ -7,7 +7,9 @@ usage() {
   cat <<'USAGE'
 Usage: ./test.sh [cargo test args...]
 
-Runs, from the repository root:
+Starts Redis and RabbitMQ if they are not running (installing them from
+Debian's packages if missing: scripts/ensure-services.sh), then runs, from
+the repository root:
   1. cargo fmt --all -- --check
   2. cargo clippy --workspace --all-targets -- -D warnings
   3. cargo test --workspace [args]
@@ -17,6 +19,9 @@ USAGE
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 
 cd "$(dirname "$0")"
+
+# Tests talk to real Redis and RabbitMQ: start them if they are not up.
+scripts/ensure-services.sh redis rabbitmq
 
 # Tests hold thousands of sockets on both ends of loopback connections.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
