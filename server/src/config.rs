@@ -94,6 +94,9 @@ pub struct Messaging {
     /// Per-queue bound past which RabbitMQ refuses publishes (clients get
     /// UNAVAILABLE). `None`: unbounded.
     pub queue_max_length: Option<u32>,
+    /// Redeliveries after which a queue dead-letters a message. Queue
+    /// arguments must match the consumer's, or the second declaration fails.
+    pub delivery_limit: u32,
     /// Publishes waiting for a publisher thread, per thread; past it new
     /// messages are refused at once instead of queueing without bound.
     pub publish_queue: usize,
@@ -111,6 +114,7 @@ impl Default for Messaging {
             namespace: "chatflow".to_string(),
             publishers: 1,
             queue_max_length: None,
+            delivery_limit: chatflow_protocol::topology::DEFAULT_DELIVERY_LIMIT,
             publish_queue: 65_536,
         }
     }
@@ -131,6 +135,7 @@ impl Messaging {
     pub fn topology(&self, rooms: Rooms) -> chatflow_protocol::Topology {
         let mut topology = chatflow_protocol::Topology::new(self.namespace.clone(), rooms);
         topology.queue_max_length = self.queue_max_length;
+        topology.delivery_limit = self.delivery_limit;
         topology
     }
 }
@@ -241,6 +246,9 @@ pub struct Args {
     /// Per-queue length past which RabbitMQ refuses new messages (default: unbounded).
     #[arg(long, env = "QUEUE_MAX_LENGTH")]
     pub queue_max_length: Option<u32>,
+    /// Redeliveries before a queue dead-letters a message (must match the consumer's).
+    #[arg(long, env = "DELIVERY_LIMIT", default_value_t = chatflow_protocol::topology::DEFAULT_DELIVERY_LIMIT)]
+    pub delivery_limit: u32,
 }
 
 /// A flag whose value is out of bounds.
@@ -361,6 +369,7 @@ impl Args {
                 namespace: self.namespace,
                 publishers: self.publishers,
                 queue_max_length: self.queue_max_length,
+                delivery_limit: self.delivery_limit,
                 ..Messaging::default()
             },
             ..defaults

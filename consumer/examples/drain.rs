@@ -1,0 +1,170 @@
+//! Drain benchmark: publishes a backlog of envelopes to a fresh namespace
+//! as servers would (persistent, publisher-confirmed, routed by room and
+//! shard), then starts the consumer and times how fast it broadcasts them
+//! to Redis and acks them all. Deletes its topology at the end.
+//!
+//! ```text
+//! cargo run --release -p chatflow-consumer --example drain -- --messages 100000 --rooms 20
+//! ```
+//!
+//! Services on localhost (RABBITMQ_HOST/REDIS_HOST etc. are honoured as by
+//! the consumer). `--subscribe` also counts what arrives on Redis.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use amiquip::{AmqpProperties, Confirm, ConfirmSmoother, Connection, Publish};
+use anyhow::{bail, Context};
+use chatflow_consumer::{Args, Consumer};
+use chatflow_protocol::{routing_key, ClientMessage, Envelope, IdGenerator, ServerTime};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+struct Bench {
+    /// Messages in the backlog.
+    #[arg(long, default_value_t = 100_000)]
+    messages: u64,
+    /// Also subscribe to the room channels and count broadcasts received.
+    #[arg(long)]
+    subscribe: bool,
+    #[command(flatten)]
+    consumer: Args,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut bench = Bench::parse();
+    bench.consumer.namespace = format!("drain-{}", std::process::id());
+    bench.consumer.metrics_bind = "127.0.0.1:0".to_string();
+    let config = bench.consumer.into_config()?;
+    let topology = config.topology();
+    let n = bench.messages;
+
+    let mut connection = Connection::insecure_open(&config.amqp_url()).context("RabbitMQ")?;
+    let channel = connection.open_channel(None)?;
+    topology.declare(&channel)?;
+
+    // The backlog: rooms round-robin, users spread over all five shards.
+    let published = Instant::now();
+    let confirms = channel.listen_for_publisher_confirms()?;
+    channel.enable_publisher_confirms()?;
+    let mut ids = IdGenerator::new();
+    let rooms = config.rooms.count() as u64;
+    for i in 0..n {
+        let user = (i * 7919) % 100_000 + 1;
+        let room = (i % rooms) as u32 + 1;
+        let text = format!(
+            r#"{{"userId":"{user}","username":"user{user}","message":"drain message {i} with some typical chat text","timestamp":"2026-11-27T02:00:00.123Z","messageType":"TEXT"}}"#
+        );
+        let message = ClientMessage::parse(&text).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let now = ServerTime::now();
+        let envelope = Envelope::accepted(&message, room, ids.next_id(now.0), now, "drain-bench");
+        let properties = AmqpProperties::default().with_delivery_mode(2);
+        channel.basic_publish(
+            topology.exchange(),
+            Publish::with_properties(
+                &envelope.encode(),
+                routing_key(room, envelope.shard()),
+                properties,
+            ),
+        )?;
+    }
+    let mut smoother = ConfirmSmoother::new();
+    let mut acked = 0;
+    while acked < n {
+        let confirm = confirms.recv_timeout(Duration::from_secs(60))?;
+        for c in smoother.process(confirm) {
+            match c {
+                Confirm::Ack(_) => acked += 1,
+                Confirm::Nack(p) => bail!("broker nacked {}", p.delivery_tag),
+            }
+        }
+    }
+    let publish_secs = published.elapsed().as_secs_f64();
+    println!(
+        "published {n} envelopes in {publish_secs:.2} s ({:.0} msg/s, confirmed)",
+        n as f64 / publish_secs
+    );
+
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let subscriber = bench.subscribe.then(|| {
+        let (received, stop, pattern) = (received.clone(), stop.clone(), topology.redis_pattern());
+        let redis_url = format!("redis://{}/", config.redis_display());
+        thread::spawn(move || -> redis::RedisResult<()> {
+            let mut con = redis::Client::open(redis_url)?.get_connection()?;
+            let mut pubsub = con.as_pubsub();
+            pubsub.psubscribe(pattern)?;
+            pubsub.set_read_timeout(Some(Duration::from_millis(100)))?;
+            while !stop.load(Ordering::Relaxed) {
+                match pubsub.get_message() {
+                    Ok(_) => {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) if e.is_timeout() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+    });
+    if subscriber.is_some() {
+        thread::sleep(Duration::from_millis(300)); // let PSUBSCRIBE land
+    }
+
+    let started = Instant::now();
+    let consumer = Consumer::start(config.clone())?;
+    let startup = started.elapsed();
+    let mut first: Option<Instant> = None;
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let totals = consumer.health().totals;
+        if first.is_none() && totals.consumed > 0 {
+            first = Some(Instant::now());
+        }
+        if totals.acked >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("drain timed out at {} of {n} acked", totals.acked);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let total = started.elapsed();
+    let draining = first.map_or(total, |f| f.elapsed());
+    let health = consumer.health();
+    consumer.shutdown()?;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(s) = subscriber {
+        s.join().expect("subscriber")?;
+    }
+    println!(
+        "drained {n} in {:.2} s from start ({:.0} msg/s; start-up {:.0} ms; {:.0} msg/s from first delivery)",
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64(),
+        startup.as_secs_f64() * 1e3,
+        n as f64 / draining.as_secs_f64()
+    );
+    let l = &health.latency;
+    println!(
+        "batches {} (size p50 {} max {}), redis pipeline p50 {} us p99 {} us, lag p99 {} ms, redeliveries {}",
+        health.totals.batches,
+        l.batch_size.p50,
+        l.batch_size.max,
+        l.redis_publish_us.p50,
+        l.redis_publish_us.p99,
+        l.lag_ms.p99,
+        health.totals.redelivered
+    );
+    if bench.subscribe {
+        println!(
+            "broadcasts received on Redis: {}",
+            received.load(Ordering::Relaxed)
+        );
+    }
+    topology.delete(&channel)?;
+    channel.close()?;
+    connection.close()?;
+    Ok(())
+}

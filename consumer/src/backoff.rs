@@ -1,0 +1,107 @@
+//! Exponential back-off with jitter, and the interruptible wait every retry
+//! loop uses so shutdown is never stuck behind a sleep.
+//!
+//! Jitter matters here: a Redis or broker restart is seen by a hundred
+//! consumer threads at once, and without it they would all reconnect in the
+//! same millisecond, every time.
+
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+/// Delays that double from `min` to `max`, each drawn from [d/2, d).
+#[derive(Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    state: u64,
+}
+
+impl Backoff {
+    /// `seed` decorrelates threads (e.g. the consumer's index).
+    pub fn new(min: Duration, max: Duration, seed: u64) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03,
+        }
+    }
+
+    /// The next delay to wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = base / 2;
+        let nanos = half.as_nanos().max(1) as u64;
+        half + Duration::from_nanos(self.random() % nanos)
+    }
+
+    /// Back to the shortest delay (after a success).
+    pub fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// splitmix64: enough to spread retries, no dependency.
+    fn random(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// The shutdown signal: a channel on which nothing is ever sent; dropping
+/// its sender wakes every `select!` and wait at once.
+pub type Shutdown = Receiver<()>;
+
+/// True once shutdown has been signalled.
+pub fn is_shutdown(shutdown: &Shutdown) -> bool {
+    matches!(
+        shutdown.try_recv(),
+        Err(crossbeam_channel::TryRecvError::Disconnected)
+    )
+}
+
+/// Waits `delay`, or less if shutdown is signalled; true on shutdown.
+pub fn wait(shutdown: &Shutdown, delay: Duration) -> bool {
+    matches!(
+        shutdown.recv_timeout(delay),
+        Err(RecvTimeoutError::Disconnected) | Ok(())
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn delays_double_up_to_the_cap_with_jitter() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_millis(800);
+        let mut b = Backoff::new(min, max, 7);
+        let bases = [100, 200, 400, 800, 800];
+        for base in bases {
+            let d = b.next_delay();
+            let base = Duration::from_millis(base);
+            assert!(d >= base / 2 && d < base, "{d:?} vs {base:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() < min);
+    }
+
+    #[test]
+    fn wait_returns_early_on_shutdown() {
+        let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+        assert!(!wait(&rx, Duration::from_millis(1)));
+        assert!(!is_shutdown(&rx));
+        drop(tx);
+        let started = Instant::now();
+        assert!(wait(&rx, Duration::from_secs(10)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(is_shutdown(&rx));
+    }
+}

@@ -1,0 +1,482 @@
+//! Consumer configuration: command-line flags with environment fallbacks
+//! (the deployment's variable names), validated once into a [`Config`]
+//! whose `Default` documents every value. Every default works against
+//! RabbitMQ and Redis on localhost.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chatflow_protocol::topology::DEFAULT_DELIVERY_LIMIT;
+use chatflow_protocol::{Rooms, Topology, SHARDS_PER_ROOM};
+use clap::builder::BoolishValueParser;
+use clap::Parser;
+
+/// A password: kept out of `Debug` output and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// A validated consumer configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub rabbitmq_host: String,
+    pub rabbitmq_port: u16,
+    pub rabbitmq_user: String,
+    pub rabbitmq_password: Secret,
+    pub rabbitmq_vhost: String,
+    /// AMQP heartbeat: a broker that vanishes without closing the TCP
+    /// connection is noticed after about two intervals.
+    pub amqp_heartbeat: Duration,
+    /// TCP connect (and AMQP handshake) timeout for RabbitMQ and Redis: an
+    /// unreachable host fails an attempt instead of hanging a reconnect loop.
+    pub connect_timeout: Duration,
+    /// How many AMQP connections the consumer channels are spread over.
+    /// amiquip runs one I/O thread per connection and a failing connection
+    /// takes all of its channels down, so a few connections bound the blast
+    /// radius without paying an I/O thread per queue.
+    pub amqp_connections: usize,
+    pub redis_host: String,
+    pub redis_port: u16,
+    /// Connect, read and write timeout on Redis: a hung Redis turns into an
+    /// error (and a retry) instead of a consumer thread blocked for ever.
+    pub redis_timeout: Duration,
+    /// Rooms 1..=N; each has [`SHARDS_PER_ROOM`] queues and consumer threads.
+    pub rooms: Rooms,
+    /// Prefix of every exchange, queue and Redis channel name.
+    pub namespace: String,
+    /// Must equal the server's: queues are declared by both, and RabbitMQ
+    /// refuses a re-declaration with different arguments.
+    pub delivery_limit: u32,
+    /// Must equal the server's (see `delivery_limit`). `None`: unbounded.
+    pub queue_max_length: Option<u32>,
+    /// Unacked deliveries the broker sends each consumer ahead. Bounds the
+    /// memory a stalled consumer (Redis down) holds: prefetch × queues.
+    pub prefetch: u16,
+    /// Most deliveries broadcast in one Redis pipeline and acked with one
+    /// `multiple` ack. A batch is flushed as soon as no more deliveries are
+    /// ready, so it never waits for messages that are not coming.
+    pub ack_batch: usize,
+    /// Where `/health` and `/metrics` are served; port 0 picks a free port.
+    pub metrics_bind: SocketAddr,
+    /// Store messages in PostgreSQL and ack after commit (issue 5). Only
+    /// `false` is implemented: the broadcast is what is acked after.
+    pub enable_persistence: bool,
+    /// First and longest wait between reconnect or retry attempts.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// On shutdown, how long a consumer waits for the broker to confirm its
+    /// cancel (deliveries still in flight arrive before the confirmation).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            rabbitmq_host: "127.0.0.1".to_string(),
+            rabbitmq_port: 5672,
+            rabbitmq_user: "guest".to_string(),
+            rabbitmq_password: Secret("guest".to_string()),
+            rabbitmq_vhost: "/".to_string(),
+            amqp_heartbeat: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            amqp_connections: 4,
+            redis_host: "127.0.0.1".to_string(),
+            redis_port: 6379,
+            redis_timeout: Duration::from_secs(2),
+            rooms: Rooms::DEFAULT,
+            namespace: "chatflow".to_string(),
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            queue_max_length: None,
+            prefetch: 100,
+            ack_batch: 100,
+            metrics_bind: SocketAddr::from(([0, 0, 0, 0], 8083)),
+            enable_persistence: false,
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// The names and declaration shared with the server.
+    pub fn topology(&self) -> Topology {
+        Topology {
+            queue_max_length: self.queue_max_length,
+            delivery_limit: self.delivery_limit,
+            ..Topology::new(self.namespace.clone(), self.rooms)
+        }
+    }
+
+    /// One consumer thread per (room, shard) queue.
+    pub fn consumer_count(&self) -> usize {
+        self.rooms.count() as usize * SHARDS_PER_ROOM as usize
+    }
+
+    /// The AMQP URL amiquip opens (plain `amqp://`; see `insecure_open`).
+    pub fn amqp_url(&self) -> String {
+        format!(
+            "amqp://{}:{}@{}:{}/{}?heartbeat={}&connection_timeout={}",
+            percent_encode(&self.rabbitmq_user),
+            percent_encode(&self.rabbitmq_password.0),
+            host_for_url(&self.rabbitmq_host),
+            self.rabbitmq_port,
+            percent_encode(&self.rabbitmq_vhost),
+            self.amqp_heartbeat.as_secs(),
+            self.connect_timeout.as_millis(),
+        )
+    }
+
+    /// The broker's address without credentials, for messages and `/health`.
+    pub fn amqp_display(&self) -> String {
+        format!(
+            "{}:{}",
+            host_for_url(&self.rabbitmq_host),
+            self.rabbitmq_port
+        )
+    }
+
+    pub fn redis_display(&self) -> String {
+        format!("{}:{}", host_for_url(&self.redis_host), self.redis_port)
+    }
+
+    /// Checks what a library caller (not going through [`Args`]) could get
+    /// wrong; [`Args::into_config`] runs the same checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_namespace(&self.namespace)?;
+        if self.enable_persistence {
+            return Err(bad(
+                "enable-persistence",
+                "persistence to PostgreSQL arrives with issue 5; run with ENABLE_PERSISTENCE=false (broadcast, then ack) until then",
+            ));
+        }
+        if self.prefetch == 0 {
+            return Err(bad("prefetch", "must be at least 1"));
+        }
+        if self.ack_batch == 0 || self.ack_batch > self.prefetch as usize {
+            return Err(bad(
+                "ack-batch",
+                format!(
+                    "{} is not in 1..={} (the prefetch: a batch can never hold more)",
+                    self.ack_batch, self.prefetch
+                ),
+            ));
+        }
+        if self.amqp_connections == 0 || self.amqp_connections > self.consumer_count() {
+            return Err(bad(
+                "amqp-connections",
+                format!(
+                    "{} is not in 1..={} (one per consumer at most)",
+                    self.amqp_connections,
+                    self.consumer_count()
+                ),
+            ));
+        }
+        if self.amqp_heartbeat.as_secs() > u16::MAX as u64 {
+            return Err(bad("amqp-heartbeat-secs", "must fit in 16 bits"));
+        }
+        if self.retry_min.is_zero() || self.retry_min > self.retry_max {
+            return Err(bad(
+                "retry",
+                "retry_min must be positive and at most retry_max",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `chatflow-consumer`: RabbitMQ consumers that broadcast every message to
+/// its room's Redis channel, then ack.
+#[derive(Debug, Parser)]
+#[command(name = "chatflow-consumer", version, about)]
+pub struct Args {
+    /// RabbitMQ host.
+    #[arg(long, env = "RABBITMQ_HOST", default_value = "127.0.0.1")]
+    pub rabbitmq_host: String,
+    /// RabbitMQ AMQP port.
+    #[arg(long, env = "RABBITMQ_PORT", default_value_t = 5672)]
+    pub rabbitmq_port: u16,
+    /// RabbitMQ user.
+    #[arg(long, env = "RABBITMQ_USER", default_value = "guest")]
+    pub rabbitmq_user: String,
+    /// RabbitMQ password (default guest; never printed).
+    #[arg(
+        long,
+        env = "RABBITMQ_PASSWORD",
+        default_value = "guest",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub rabbitmq_password: String,
+    /// RabbitMQ virtual host.
+    #[arg(long, env = "RABBITMQ_VHOST", default_value = "/")]
+    pub rabbitmq_vhost: String,
+    /// AMQP heartbeat in seconds (0 turns heartbeats off).
+    #[arg(long, env = "AMQP_HEARTBEAT_SECS", default_value_t = 30)]
+    pub amqp_heartbeat_secs: u16,
+    /// AMQP connections the ROOMS×5 consumer channels are spread over.
+    #[arg(long, env = "AMQP_CONNECTIONS", default_value_t = 4)]
+    pub amqp_connections: usize,
+    /// Redis host (room broadcasts are PUBLISHed there).
+    #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
+    pub redis_host: String,
+    /// Redis port.
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Redis connect/read/write timeout in seconds.
+    #[arg(long, env = "REDIS_TIMEOUT_SECS", default_value_t = 2.0)]
+    pub redis_timeout_secs: f64,
+    /// Number of rooms (rooms are 1..=ROOMS; 5 queues and threads each).
+    #[arg(long, env = "ROOMS", default_value_t = 20)]
+    pub rooms: u32,
+    /// Prefix of exchange, queue and Redis channel names.
+    #[arg(long, env = "NAMESPACE", default_value = "chatflow")]
+    pub namespace: String,
+    /// Quorum-queue delivery limit (must match the server's).
+    #[arg(long, env = "DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
+    pub delivery_limit: u32,
+    /// Per-queue length bound (must match the server's; default unbounded).
+    #[arg(long, env = "QUEUE_MAX_LENGTH")]
+    pub queue_max_length: Option<u32>,
+    /// Unacked deliveries per consumer.
+    #[arg(long, env = "PREFETCH", default_value_t = 100)]
+    pub prefetch: u16,
+    /// Most deliveries per Redis pipeline and per `multiple` ack.
+    #[arg(long, env = "ACK_BATCH", default_value_t = 100)]
+    pub ack_batch: usize,
+    /// Address of the /health and /metrics endpoints.
+    #[arg(long, env = "METRICS_BIND", default_value = "0.0.0.0:8083")]
+    pub metrics_bind: String,
+    /// Store messages in PostgreSQL (true/false; only false until issue 5).
+    #[arg(
+        long,
+        env = "ENABLE_PERSISTENCE",
+        default_value = "false",
+        value_parser = BoolishValueParser::new(),
+        action = clap::ArgAction::Set
+    )]
+    pub enable_persistence: bool,
+    /// Seconds a consumer waits for its cancel to be confirmed on shutdown.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5.0)]
+    pub shutdown_grace_secs: f64,
+}
+
+/// A flag whose value is out of bounds.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for --{flag}: {reason}")]
+pub struct ConfigError {
+    pub flag: &'static str,
+    pub reason: String,
+}
+
+fn bad(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+fn seconds(flag: &'static str, secs: f64) -> Result<Duration, ConfigError> {
+    if secs.is_finite() && secs > 0.0 && secs <= 3600.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(bad(
+            flag,
+            format!("{secs} is not a number of seconds in (0, 3600]"),
+        ))
+    }
+}
+
+fn non_empty(flag: &'static str, value: String) -> Result<String, ConfigError> {
+    if value.trim().is_empty() {
+        Err(bad(flag, "must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Namespaces end up in AMQP names (≤ 255 bytes) and Redis channel names:
+/// keep them short and free of characters either side treats specially.
+fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if namespace.is_empty() || namespace.len() > 100 || !namespace.chars().all(ok_char) {
+        return Err(bad(
+            "namespace",
+            format!("{namespace:?} is not 1..=100 characters of A-Z a-z 0-9 - _ ."),
+        ));
+    }
+    Ok(())
+}
+
+impl Args {
+    /// Checks every value and builds the [`Config`].
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let defaults = Config::default();
+        let metrics_bind = self.metrics_bind.parse().map_err(|e| {
+            bad(
+                "metrics-bind",
+                format!(
+                    "{:?} is not an address like 0.0.0.0:8083 ({e})",
+                    self.metrics_bind
+                ),
+            )
+        })?;
+        let rooms = Rooms::new(self.rooms).map_err(|e| bad("rooms", e))?;
+        if self.rabbitmq_port == 0 {
+            return Err(bad("rabbitmq-port", "must not be 0"));
+        }
+        if self.redis_port == 0 {
+            return Err(bad("redis-port", "must not be 0"));
+        }
+        if self.delivery_limit == 0 || self.delivery_limit > i32::MAX as u32 {
+            return Err(bad("delivery-limit", "must be in 1..=2147483647"));
+        }
+        if let Some(max) = self.queue_max_length {
+            if max == 0 || max > i32::MAX as u32 {
+                return Err(bad("queue-max-length", "must be in 1..=2147483647"));
+            }
+        }
+        let config = Config {
+            rabbitmq_host: non_empty("rabbitmq-host", self.rabbitmq_host)?,
+            rabbitmq_port: self.rabbitmq_port,
+            rabbitmq_user: non_empty("rabbitmq-user", self.rabbitmq_user)?,
+            rabbitmq_password: Secret(self.rabbitmq_password),
+            rabbitmq_vhost: non_empty("rabbitmq-vhost", self.rabbitmq_vhost)?,
+            amqp_heartbeat: Duration::from_secs(self.amqp_heartbeat_secs.into()),
+            amqp_connections: self.amqp_connections,
+            redis_host: non_empty("redis-host", self.redis_host)?,
+            redis_port: self.redis_port,
+            redis_timeout: seconds("redis-timeout-secs", self.redis_timeout_secs)?,
+            rooms,
+            namespace: self.namespace,
+            delivery_limit: self.delivery_limit,
+            queue_max_length: self.queue_max_length,
+            prefetch: self.prefetch,
+            ack_batch: self.ack_batch,
+            metrics_bind,
+            enable_persistence: self.enable_persistence,
+            shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
+            ..defaults
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// URL host form: IPv6 literals go in brackets.
+fn host_for_url(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so a
+/// password or vhost with `@`, `/` or `%` survives the URL.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut full = vec!["chatflow-consumer"];
+        full.extend_from_slice(args);
+        Args::try_parse_from(full)
+            .map_err(|e| e.to_string())?
+            .into_config()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_local() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.rooms.count(), 20);
+        assert_eq!(c.consumer_count(), 100);
+        assert_eq!(c.prefetch, 100);
+        assert_eq!(c.ack_batch, 100);
+        assert_eq!(c.amqp_connections, 4);
+        assert_eq!(c.metrics_bind.port(), 8083);
+        assert!(!c.enable_persistence);
+        assert_eq!(
+            c.amqp_url(),
+            "amqp://guest:guest@127.0.0.1:5672/%2F?heartbeat=30&connection_timeout=5000"
+        );
+        assert_eq!(c.topology().queue(3, 4), "chatflow.room.3.4");
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["--rooms", "0"][..], "--rooms"),
+            (&["--prefetch", "0"][..], "--prefetch"),
+            (&["--ack-batch", "0"][..], "--ack-batch"),
+            (&["--ack-batch", "101"][..], "--ack-batch"),
+            (&["--amqp-connections", "0"][..], "--amqp-connections"),
+            (
+                &["--rooms", "1", "--amqp-connections", "6"][..],
+                "--amqp-connections",
+            ),
+            (&["--metrics-bind", "nowhere"][..], "--metrics-bind"),
+            (&["--namespace", "a b"][..], "--namespace"),
+            (&["--namespace", ""][..], "--namespace"),
+            (&["--redis-timeout-secs", "0"][..], "--redis-timeout-secs"),
+            (&["--rabbitmq-port", "0"][..], "--rabbitmq-port"),
+            (&["--rabbitmq-port", "many"][..], "--rabbitmq-port"),
+            (
+                &["--enable-persistence", "maybe"][..],
+                "--enable-persistence",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn persistence_is_refused_until_issue_5() {
+        let err = parse(&["--enable-persistence", "true"]).unwrap_err();
+        assert!(err.contains("--enable-persistence"), "{err}");
+        assert!(err.contains("issue 5"), "{err}");
+        assert!(
+            !parse(&["--enable-persistence", "false"])
+                .unwrap()
+                .enable_persistence
+        );
+    }
+
+    #[test]
+    fn credentials_are_encoded_and_never_printed() {
+        let c = parse(&[
+            "--rabbitmq-password",
+            "p@ss/w%rd",
+            "--rabbitmq-vhost",
+            "chat",
+        ])
+        .unwrap();
+        assert!(
+            c.amqp_url().contains("guest:p%40ss%2Fw%25rd@"),
+            "{}",
+            c.amqp_url()
+        );
+        assert!(c.amqp_url().contains("/chat?"));
+        assert!(!format!("{c:?}").contains("p@ss"));
+    }
+}
