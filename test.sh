@@ -7,7 +7,7 @@ usage() {
   cat <<'USAGE'
 Usage: ./test.sh [cargo test args...]
 
-Starts Redis and RabbitMQ if they are not running (installing them from
+Starts Redis, RabbitMQ and PostgreSQL if they are not running (installing them from
 Debian's packages if missing: scripts/ensure-services.sh), then runs, from
 the repository root:
   1. cargo fmt --all -- --check
@@ -20,8 +20,8 @@ case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 
 cd "$(dirname "$0")"
 
-# Tests talk to real Redis and RabbitMQ: start them if they are not up.
-scripts/ensure-services.sh redis rabbitmq
+# Tests talk to real Redis, RabbitMQ and PostgreSQL: start any that is down.
+scripts/ensure-services.sh redis rabbitmq postgres
 
 # Tests hold thousands of sockets on both ends of loopback connections.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

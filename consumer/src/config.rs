@@ -64,9 +64,11 @@ pub struct Config {
     pub ack_batch: usize,
     /// Where `/health` and `/metrics` are served; port 0 picks a free port.
     pub metrics_bind: SocketAddr,
-    /// Store messages in PostgreSQL and ack after commit (issue 5). Only
-    /// `false` is implemented: the broadcast is what is acked after.
+    /// Store every message in PostgreSQL and ack a delivery only after its
+    /// row is committed. Off: ack after the broadcast.
     pub enable_persistence: bool,
+    /// PostgreSQL (with persistence on).
+    pub database: Database,
     /// First and longest wait between reconnect or retry attempts.
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -96,11 +98,77 @@ impl Default for Config {
             prefetch: 100,
             ack_batch: 100,
             metrics_bind: SocketAddr::from(([0, 0, 0, 0], 8083)),
-            enable_persistence: false,
+            enable_persistence: true,
+            database: Database::default(),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
         }
+    }
+}
+
+/// Where messages are stored and how they are written.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Secret,
+    pub name: String,
+    /// Writer threads, each with its own connection.
+    pub writers: usize,
+    /// Most rows per COPY batch.
+    pub batch_rows: usize,
+    /// Longest a row waits for its batch to fill.
+    pub flush_interval: Duration,
+    /// Apply `database/schema.sql` at start (idempotent). Off by default:
+    /// `setup_database.sh` is the way to create the schema.
+    pub apply_schema: bool,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            host: "127.0.0.1".to_string(),
+            port: 5432,
+            user: "postgres".to_string(),
+            password: Secret(String::new()),
+            name: "chatflow".to_string(),
+            writers: 4,
+            batch_rows: 1000,
+            flush_interval: Duration::from_millis(500),
+            apply_schema: false,
+        }
+    }
+}
+
+impl Database {
+    /// A libpq-style connection string (values quoted, so any password
+    /// works).
+    pub fn connection_string(&self, connect_timeout: Duration) -> String {
+        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut s = format!(
+            "host={} port={} user={} dbname={} connect_timeout={} application_name=chatflow-consumer",
+            quote(&self.host),
+            self.port,
+            quote(&self.user),
+            quote(&self.name),
+            connect_timeout.as_secs().max(1)
+        );
+        if !self.password.0.is_empty() {
+            s.push_str(&format!(" password={}", quote(&self.password.0)));
+        }
+        s
+    }
+
+    pub fn display(&self) -> String {
+        format!(
+            "{}@{}:{}/{}",
+            self.user,
+            host_for_url(&self.host),
+            self.port,
+            self.name
+        )
     }
 }
 
@@ -151,10 +219,19 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_namespace(&self.namespace)?;
         if self.enable_persistence {
-            return Err(bad(
-                "enable-persistence",
-                "persistence to PostgreSQL arrives with issue 5; run with ENABLE_PERSISTENCE=false (broadcast, then ack) until then",
-            ));
+            let db = &self.database;
+            if !(1..=64).contains(&db.writers) {
+                return Err(bad("writers", format!("{} is not in 1..=64", db.writers)));
+            }
+            if !(1..=100_000).contains(&db.batch_rows) {
+                return Err(bad(
+                    "batch-rows",
+                    format!("{} is not in 1..=100000", db.batch_rows),
+                ));
+            }
+            if db.flush_interval.is_zero() {
+                return Err(bad("flush-interval-ms", "must be at least 1"));
+            }
         }
         if self.prefetch == 0 {
             return Err(bad("prefetch", "must be at least 1"));
@@ -253,15 +330,48 @@ pub struct Args {
     /// Address of the /health and /metrics endpoints.
     #[arg(long, env = "METRICS_BIND", default_value = "0.0.0.0:8083")]
     pub metrics_bind: String,
-    /// Store messages in PostgreSQL (true/false; only false until issue 5).
+    /// Store messages in PostgreSQL and ack after commit (true/false).
     #[arg(
         long,
         env = "ENABLE_PERSISTENCE",
-        default_value = "false",
+        default_value = "true",
         value_parser = BoolishValueParser::new(),
         action = clap::ArgAction::Set
     )]
     pub enable_persistence: bool,
+    /// PostgreSQL host.
+    #[arg(long, env = "DB_HOST", default_value = "127.0.0.1")]
+    pub db_host: String,
+    /// PostgreSQL port.
+    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
+    pub db_port: u16,
+    /// PostgreSQL user (setup_database.sh creates it).
+    #[arg(long, env = "DB_USER", default_value = "postgres")]
+    pub db_user: String,
+    /// PostgreSQL password (empty: none, for trust authentication; never printed).
+    #[arg(
+        long,
+        env = "DB_PASSWORD",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub db_password: String,
+    /// PostgreSQL database.
+    #[arg(long, env = "DB_NAME", default_value = "chatflow")]
+    pub db_name: String,
+    /// Writer threads (each its own connection, binary COPY).
+    #[arg(long, env = "WRITERS", default_value_t = 4)]
+    pub writers: usize,
+    /// Most rows per COPY batch.
+    #[arg(long, env = "BATCH_ROWS", default_value_t = 1000)]
+    pub batch_rows: usize,
+    /// Milliseconds a row waits at most for its batch to fill.
+    #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = 500)]
+    pub flush_interval_ms: u64,
+    /// Apply database/schema.sql at start (idempotent).
+    #[arg(long, env = "APPLY_SCHEMA")]
+    pub apply_schema: bool,
     /// Seconds a consumer waits for its cancel to be confirmed on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5.0)]
     pub shutdown_grace_secs: f64,
@@ -361,6 +471,17 @@ impl Args {
             ack_batch: self.ack_batch,
             metrics_bind,
             enable_persistence: self.enable_persistence,
+            database: Database {
+                host: non_empty("db-host", self.db_host)?,
+                port: self.db_port,
+                user: non_empty("db-user", self.db_user)?,
+                password: Secret(self.db_password),
+                name: non_empty("db-name", self.db_name)?,
+                writers: self.writers,
+                batch_rows: self.batch_rows,
+                flush_interval: Duration::from_millis(self.flush_interval_ms),
+                apply_schema: self.apply_schema,
+            },
             shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
             ..defaults
         };
@@ -414,7 +535,13 @@ mod tests {
         assert_eq!(c.ack_batch, 100);
         assert_eq!(c.amqp_connections, 4);
         assert_eq!(c.metrics_bind.port(), 8083);
-        assert!(!c.enable_persistence);
+        assert!(c.enable_persistence);
+        assert_eq!(c.database.writers, 4);
+        assert_eq!(c.database.batch_rows, 1000);
+        assert_eq!(
+            c.database.connection_string(Duration::from_secs(5)),
+            "host='127.0.0.1' port=5432 user='postgres' dbname='chatflow' connect_timeout=5 application_name=chatflow-consumer"
+        );
         assert_eq!(
             c.amqp_url(),
             "amqp://guest:guest@127.0.0.1:5672/%2F?heartbeat=30&connection_timeout=5000"
@@ -444,6 +571,10 @@ mod tests {
                 &["--enable-persistence", "maybe"][..],
                 "--enable-persistence",
             ),
+            (&["--writers", "0"][..], "--writers"),
+            (&["--batch-rows", "0"][..], "--batch-rows"),
+            (&["--flush-interval-ms", "0"][..], "--flush-interval-ms"),
+            (&["--db-port", "x"][..], "--db-port"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(flag), "{args:?}: {err}");
@@ -451,15 +582,16 @@ mod tests {
     }
 
     #[test]
-    fn persistence_is_refused_until_issue_5() {
-        let err = parse(&["--enable-persistence", "true"]).unwrap_err();
-        assert!(err.contains("--enable-persistence"), "{err}");
-        assert!(err.contains("issue 5"), "{err}");
+    fn persistence_can_be_turned_off_and_passwords_are_quoted() {
         assert!(
             !parse(&["--enable-persistence", "false"])
                 .unwrap()
                 .enable_persistence
         );
+        let c = parse(&["--db-password", "it's \\ secret"]).unwrap();
+        let conn = c.database.connection_string(Duration::from_secs(5));
+        assert!(conn.ends_with(r"password='it\'s \\ secret'"), "{conn}");
+        assert!(!format!("{c:?}").contains("secret"));
     }
 
     #[test]

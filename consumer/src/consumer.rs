@@ -19,7 +19,7 @@
 //! sampler and the HTTP thread stop. Every thread is joined.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -33,8 +33,29 @@ use crate::broadcast::{self, Broadcaster, Probe};
 use crate::config::Config;
 use crate::http::HttpServer;
 use crate::link::{self, Lease, Link};
+use crate::partitions::{self, Pool};
 use crate::stats::{Health, Shared};
 use crate::worker::{Committed, Worker};
+use crate::writer::{WriterConfig, Writers};
+
+/// Checks the database before anything starts: reachable, schema present
+/// (applied first with `--apply-schema`), partitions of the coming days
+/// created.
+fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
+    let db = &config.database;
+    let pool = partitions::pool(&db.connection_string(config.connect_timeout))?;
+    if db.apply_schema {
+        partitions::apply_schema(&pool)
+            .with_context(|| format!("applying database/schema.sql to {}", db.display()))?;
+    }
+    partitions::ensure_partitions(&pool).with_context(|| {
+        format!(
+            "PostgreSQL at {} is unreachable or has no ChatFlow schema (--db-host/--db-port/--db-user/--db-password/--db-name, DB_*; create it with database/setup_database.sh or --apply-schema)",
+            db.display()
+        )
+    })?;
+    Ok(pool)
+}
 
 /// How often the sampler snapshots counters and pings Redis.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -50,9 +71,13 @@ pub struct Consumer {
     links: Vec<JoinHandle<()>>,
     sampler: Option<JoinHandle<()>>,
     http: Option<HttpServer>,
-    /// One per consumer thread, by index: where PostgreSQL writers (issue 5)
-    /// will report committed rows. Held, unused, while persistence is off.
+    /// One per consumer thread, by index: where PostgreSQL writers report
+    /// committed rows.
     commit_senders: Vec<Sender<Committed>>,
+    /// Persistence: the writer threads, the pool and its upkeep thread.
+    writers: Option<Writers>,
+    upkeep: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    pool: Option<Pool>,
 }
 
 /// Which link (connection) each consumer uses: contiguous blocks of whole
@@ -107,6 +132,11 @@ impl Consumer {
                 .context("opening a consumer channel")?;
             leases.push(lease);
         }
+        let pool = if config.enable_persistence {
+            Some(prepare_database(&config)?)
+        } else {
+            None
+        };
         let listener = TcpListener::bind(config.metrics_bind).with_context(|| {
             format!(
                 "cannot listen on {} (--metrics-bind, METRICS_BIND)",
@@ -125,6 +155,9 @@ impl Consumer {
             sampler: None,
             http: None,
             commit_senders: Vec::with_capacity(consumers),
+            writers: None,
+            upkeep: None,
+            pool,
         };
         // From here on a failure shuts down what was started.
         if let Err(e) = consumer.spawn(connections, leases, &shutdown, listener) {
@@ -155,14 +188,47 @@ impl Consumer {
             request_rxs.push(rx);
         }
 
-        for (index, first) in leases.into_iter().enumerate() {
+        // Commit notices: writers → consumer threads.
+        let mut commit_rxs = Vec::with_capacity(leases.len());
+        for _ in 0..leases.len() {
+            let (commit_tx, commit_rx) = unbounded();
+            self.commit_senders.push(commit_tx);
+            commit_rxs.push(commit_rx);
+        }
+        let rows = match &self.pool {
+            Some(pool) => {
+                let db = &config.database;
+                let writer_config = WriterConfig {
+                    connection: db.connection_string(config.connect_timeout),
+                    writers: db.writers,
+                    batch_rows: db.batch_rows,
+                    flush_interval: db.flush_interval,
+                    // Every row a consumer can hold: sends never block.
+                    queue_capacity: leases.len() * config.prefetch as usize,
+                };
+                let writers = Writers::start(
+                    &writer_config,
+                    shared.writers.clone(),
+                    self.commit_senders.clone(),
+                )
+                .with_context(|| format!("starting the PostgreSQL writers ({})", db.display()))?;
+                let rows = writers.sender();
+                self.writers = Some(writers);
+                let stop = Arc::new(AtomicBool::new(false));
+                let thread = partitions::start_upkeep(pool.clone(), stop.clone())
+                    .context("spawning the partition upkeep thread")?;
+                self.upkeep = Some((stop, thread));
+                Some(rows)
+            }
+            None => None,
+        };
+
+        for ((index, first), commit_rx) in leases.into_iter().enumerate().zip(commit_rxs) {
             let (room, shard) = Shared::queue_of(index);
             let link_index = shared.link_of[index];
             let (lease_tx, lease_rx) = bounded(1);
             let slot = slots[link_index].len();
             slots[link_index].push(lease_tx);
-            let (commit_tx, commit_rx) = unbounded();
-            self.commit_senders.push(commit_tx);
             let name = format!("consumer-r{room}s{shard}");
             let worker = Worker {
                 index,
@@ -178,6 +244,7 @@ impl Consumer {
                 slot,
                 leases: lease_rx,
                 commits: commit_rx,
+                rows: rows.clone(),
                 shutdown: shutdown.clone(),
             };
             let thread = thread::Builder::new()
@@ -272,8 +339,8 @@ impl Consumer {
         self.shared.threads.len()
     }
 
-    /// Where PostgreSQL writers (issue 5) report committed rows, by
-    /// consumer index (room `i / 5 + 1`, shard `i % 5`).
+    /// Where PostgreSQL writers report committed rows, by consumer index
+    /// (room `i / 5 + 1`, shard `i % 5`).
     pub fn commit_senders(&self) -> &[Sender<Committed>] {
         &self.commit_senders
     }
@@ -299,6 +366,17 @@ impl Consumer {
         if let Some(sampler) = self.sampler.take() {
             if sampler.join().is_err() {
                 panicked.push("consumer-stats".to_string());
+            }
+        }
+        // Writers after the consumers (which waited for their last commits);
+        // then partition upkeep.
+        if let Some(writers) = self.writers.take() {
+            writers.shutdown();
+        }
+        if let Some((stop, thread)) = self.upkeep.take() {
+            stop.store(true, Ordering::Release);
+            if thread.join().is_err() {
+                panicked.push("partitions".to_string());
             }
         }
         if let Some(mut http) = self.http.take() {

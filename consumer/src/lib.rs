@@ -1,7 +1,8 @@
 //! `chatflow-consumer`: takes every message servers published to RabbitMQ,
 //! broadcasts it to its room's Redis channel (the exact `message` frame
-//! clients receive, so servers forward bytes untouched), then acks it.
-//! Persistence to PostgreSQL (issue 5) plugs in between broadcast and ack.
+//! clients receive, so servers forward bytes untouched), stores it in
+//! PostgreSQL, and acks it once its row is committed (persistence off: once
+//! it is broadcast).
 //!
 //! Layout:
 //! - [`config`]: flags and environment → a validated [`Config`];
@@ -13,6 +14,9 @@
 //! - [`link`]: AMQP connections, channel leases, reconnection;
 //! - [`broadcast`]: per-thread Redis connection, pipelined publish, retry;
 //! - [`backoff`]: jittered back-off and shutdown-aware waits;
+//! - [`writer`]: PostgreSQL writer threads: binary COPY batches, dedup of
+//!   redeliveries, commit notices back to consumers;
+//! - [`partitions`]: schema, day partitions and their upkeep (r2d2 pool);
 //! - [`stats`]: per-thread counters, rates, `/health` and `/metrics`;
 //! - [`http`]: the small blocking HTTP endpoint serving them.
 //!
@@ -26,8 +30,10 @@ pub mod consumer;
 pub mod http;
 pub mod inhand;
 pub mod link;
+pub mod partitions;
 pub mod stats;
 pub mod worker;
+pub mod writer;
 
 pub use config::{Args, Config, ConfigError};
 pub use consumer::{Consumer, Monitor};

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatflow_protocol::SHARDS_PER_ROOM;
@@ -18,6 +19,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::writer::WriterStats;
 
 /// Rates are averaged over this window: long enough to smooth batching,
 /// short enough to show a stall within seconds.
@@ -134,10 +136,13 @@ pub struct Shared {
     pub rates: Mutex<RateWindow>,
     /// Source of [`Lease`](crate::link::Lease) epochs.
     pub epochs: AtomicU64,
+    /// One per PostgreSQL writer (none with persistence off).
+    pub writers: Arc<Vec<WriterStats>>,
 }
 
 impl Shared {
     pub fn new(config: Config, link_of: Vec<usize>) -> Self {
+        let config_persistence = (config.enable_persistence, config.database.writers);
         let threads = (0..config.consumer_count())
             .map(|_| CachePadded::new(ThreadStats::default()))
             .collect();
@@ -157,6 +162,13 @@ impl Shared {
             },
             rates: Mutex::new(RateWindow::default()),
             epochs: AtomicU64::new(0),
+            writers: Arc::new(if config_persistence.0 {
+                (0..config_persistence.1)
+                    .map(|_| WriterStats::default())
+                    .collect()
+            } else {
+                Vec::new()
+            }),
         }
     }
 
@@ -209,8 +221,63 @@ impl Shared {
             at: Instant::now(),
             per_room: self.consumed_per_room(),
             broadcasts: self.totals().broadcasts,
+            rows: self.rows_stored(),
         };
         self.rates.lock().push(snapshot);
+    }
+
+    /// Rows committed by every writer.
+    pub fn rows_stored(&self) -> u64 {
+        self.writers
+            .iter()
+            .map(|w| w.rows.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn database_status(&self) -> Option<DatabaseStatus> {
+        if !self.config.enable_persistence {
+            return None;
+        }
+        let sum = |f: fn(&WriterStats) -> &AtomicU64| -> u64 {
+            self.writers
+                .iter()
+                .map(|w| f(w).load(Ordering::Relaxed))
+                .sum()
+        };
+        let writers_connected = self
+            .writers
+            .iter()
+            .filter(|w| w.connected.load(Ordering::Relaxed))
+            .count();
+        let mut latency =
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 2).expect("valid bounds");
+        let mut sizes = Histogram::<u64>::new_with_bounds(1, 1_000_000, 2).expect("valid bounds");
+        for w in self.writers.iter() {
+            let _ = latency.add(&*w.latency_us.lock());
+            let _ = sizes.add(&*w.batch_sizes.lock());
+        }
+        let last_error = self
+            .writers
+            .iter()
+            .filter(|w| !w.connected.load(Ordering::Relaxed))
+            .map(|w| w.last_error.lock().clone())
+            .find(|e| !e.is_empty());
+        let rows_per_second = self.rates.lock().rates(0).rows;
+        Some(DatabaseStatus {
+            address: self.config.database.display(),
+            connected: writers_connected == self.writers.len(),
+            writers: self.writers.len(),
+            writers_connected,
+            rows: sum(|w| &w.rows),
+            rows_per_second,
+            batches: sum(|w| &w.batches),
+            duplicate_batches: sum(|w| &w.duplicate_batches),
+            duplicates_dropped: sum(|w| &w.duplicates_dropped),
+            retries: sum(|w| &w.retries),
+            copy_latency_us: Quantiles::of(&latency),
+            batch_rows: Quantiles::of(&sizes),
+            last_error,
+        })
     }
 
     fn histograms(&self) -> Histograms {
@@ -283,6 +350,19 @@ impl Shared {
             }
             reasons.push(reason);
         }
+        let database = self.database_status();
+        if let Some(db) = database.as_ref().filter(|db| !db.connected) {
+            let mut reason = format!(
+                "postgresql at {}: {} of {} writers failing, acks held back",
+                self.config.database.display(),
+                db.writers - db.writers_connected,
+                db.writers
+            );
+            if let Some(error) = &db.last_error {
+                let _ = write!(reason, " (last error: {error})");
+            }
+            reasons.push(reason);
+        }
         let status = if self.shutting_down.load(Ordering::Relaxed) {
             "shutting_down"
         } else if reasons.is_empty() {
@@ -331,6 +411,7 @@ impl Shared {
                 consumed_per_second: rates.per_room.iter().sum(),
                 broadcasts_per_second: rates.broadcasts,
             },
+            database,
             per_room,
             totals: self.totals(),
             latency: Latency {
@@ -431,6 +512,39 @@ impl Shared {
             "1 while /health reports degraded.",
             &flag(health.status == "degraded"),
         );
+        if let Some(db) = &health.database {
+            metric(
+                "database_connected",
+                "gauge",
+                "1 when every PostgreSQL writer's last batch committed.",
+                &flag(db.connected),
+            );
+            for (name, help, value) in [
+                (
+                    "rows_stored_total",
+                    "Rows committed to PostgreSQL.",
+                    db.rows,
+                ),
+                ("copy_batches_total", "Batches committed.", db.batches),
+                (
+                    "duplicate_batches_total",
+                    "Batches written through the deduplicating staging path.",
+                    db.duplicate_batches,
+                ),
+                (
+                    "duplicates_dropped_total",
+                    "Redelivered rows already stored, dropped by ON CONFLICT.",
+                    db.duplicates_dropped,
+                ),
+                (
+                    "write_retries_total",
+                    "Failed batch attempts, retried.",
+                    db.retries,
+                ),
+            ] {
+                metric(name, "counter", help, &one(value));
+            }
+        }
         // A summary's samples: quantiles as labels, the count as the
         // `_count` suffix (the "labels" string is appended to the name).
         let summary = |q: &Quantiles, scale: f64| -> Vec<(String, f64)> {
@@ -441,6 +555,14 @@ impl Shared {
                 ("_count".to_string(), q.count as f64),
             ]
         };
+        if let Some(db) = &health.database {
+            metric(
+                "copy_seconds",
+                "summary",
+                "COPY and commit of one batch.",
+                &summary(&db.copy_latency_us, 1e-6),
+            );
+        }
         let l = &health.latency;
         metric(
             "redis_publish_seconds",
@@ -502,6 +624,9 @@ pub struct Health {
     pub persistence: bool,
     pub rabbitmq: RabbitStatus,
     pub redis: RedisStatus,
+    /// Present with persistence on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
     pub rates: Rates,
     pub per_room: Vec<RoomStatus>,
     pub totals: Totals,
@@ -542,6 +667,26 @@ pub struct RedisStatus {
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    pub address: String,
+    pub connected: bool,
+    pub writers: usize,
+    pub writers_connected: usize,
+    pub rows: u64,
+    pub rows_per_second: f64,
+    pub batches: u64,
+    pub duplicate_batches: u64,
+    pub duplicates_dropped: u64,
+    pub retries: u64,
+    /// COPY + commit per batch, microseconds.
+    pub copy_latency_us: Quantiles,
+    pub batch_rows: Quantiles,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Rates {
     pub window_seconds: f64,
     pub consumed_per_second: f64,
@@ -569,6 +714,7 @@ pub struct Latency {
 pub struct Quantiles {
     pub count: u64,
     pub p50: u64,
+    pub p95: u64,
     pub p99: u64,
     pub max: u64,
 }
@@ -581,6 +727,7 @@ impl Quantiles {
         Quantiles {
             count: h.len(),
             p50: h.value_at_quantile(0.5),
+            p95: h.value_at_quantile(0.95),
             p99: h.value_at_quantile(0.99),
             max: h.max(),
         }
@@ -591,6 +738,7 @@ struct Snapshot {
     at: Instant,
     per_room: Vec<u64>,
     broadcasts: u64,
+    rows: u64,
 }
 
 /// The last [`RATE_WINDOW`] of once-a-second snapshots.
@@ -603,6 +751,7 @@ struct Computed {
     window: Duration,
     per_room: Vec<f64>,
     broadcasts: f64,
+    rows: f64,
 }
 
 impl RateWindow {
@@ -621,6 +770,7 @@ impl RateWindow {
                 window: Duration::ZERO,
                 per_room: vec![0.0; rooms],
                 broadcasts: 0.0,
+                rows: 0.0,
             };
         };
         let window = last.at.duration_since(first.at);
@@ -641,6 +791,7 @@ impl RateWindow {
                 .map(|(&a, &b)| rate(a, b))
                 .collect(),
             broadcasts: rate(first.broadcasts, last.broadcasts),
+            rows: rate(first.rows, last.rows),
         }
     }
 }
@@ -657,6 +808,7 @@ mod tests {
         let config = Config {
             rooms: chatflow_protocol::Rooms::new(2).unwrap(),
             amqp_connections: 2,
+            enable_persistence: false,
             ..Config::default()
         };
         Shared::new(config, vec![0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
@@ -713,15 +865,18 @@ mod tests {
             at: t0,
             per_room: vec![0, 10],
             broadcasts: 0,
+            rows: 0,
         });
         w.push(Snapshot {
             at: t0 + Duration::from_secs(2),
             per_room: vec![100, 10],
             broadcasts: 50,
+            rows: 40,
         });
         let r = w.rates(2);
         assert_eq!(r.per_room, vec![50.0, 0.0]);
         assert_eq!(r.broadcasts, 25.0);
+        assert_eq!(r.rows, 20.0);
     }
 
     #[test]

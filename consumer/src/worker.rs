@@ -7,8 +7,9 @@
 //!   hand, then is processed at once — a partial batch never waits for
 //!   messages that are not coming (with a prefetch of 100 that would stall
 //!   the queue), and under load batches grow by themselves;
-//! - commit notices ([`Committed`]): how PostgreSQL writers (issue 5) will
-//!   report rows stored; unused while persistence is off;
+//! - commit notices ([`Committed`]): PostgreSQL writers report rows
+//!   stored (persistence on: a delivery is acked once its row is
+//!   committed, in tag order, however the writers' commits interleave);
 //! - shutdown.
 //!
 //! Processing a batch: decode every delivery; publish the `message` frames
@@ -35,13 +36,14 @@ use crate::broadcast::{Broadcaster, Published};
 use crate::inhand::{InHand, Mark, Settle};
 use crate::link::{Lease, Request};
 use crate::stats::{add, Shared, ThreadStats};
+use crate::writer::{Pending, Row};
 
 /// Undecodable deliveries logged per thread before the log goes quiet
 /// (they are all counted, and all in the dead-letter queue to inspect).
 const POISON_LOG_LIMIT: u64 = 10;
 
-/// Writers' report (issue 5) that rows are committed: the deliveries with
-/// these tags, received on the channel of lease `epoch`, may be acked.
+/// Writers' report that rows are committed: the deliveries with these
+/// tags, received on the channel of lease `epoch`, may be acked.
 #[derive(Clone, Debug)]
 pub struct Committed {
     pub epoch: u64,
@@ -80,8 +82,9 @@ fn describe(message: ConsumerMessage) -> String {
     }
 }
 
-/// A good delivery's broadcast, or why it is poison.
-fn broadcast_of(body: &[u8], topology: &Topology) -> Result<(u32, String, i64), String> {
+/// A good delivery's room, broadcast frame, server time and row, or why it
+/// is poison.
+fn broadcast_of(body: &[u8], topology: &Topology) -> Result<(u32, String, i64, Row), String> {
     let envelope = Envelope::decode(body).map_err(|e| format!("not an envelope: {e}"))?;
     if !topology.rooms.contains(envelope.room_id) {
         return Err(format!(
@@ -93,6 +96,7 @@ fn broadcast_of(body: &[u8], topology: &Topology) -> Result<(u32, String, i64), 
         envelope.room_id,
         envelope.broadcast_json(),
         envelope.server_timestamp.0,
+        Row::from_envelope(&envelope),
     ))
 }
 
@@ -118,6 +122,9 @@ pub struct Worker {
     pub slot: usize,
     pub leases: Receiver<Lease>,
     pub commits: Receiver<Committed>,
+    /// Where rows go to be stored (persistence on); their commits come
+    /// back on `commits`.
+    pub rows: Option<Sender<Pending>>,
     pub shutdown: Shutdown,
 }
 
@@ -192,7 +199,7 @@ impl Worker {
         let mut hand = InHand::default();
         match self.pump(&channel, &consumer, epoch, &mut hand) {
             Ended::Shutdown => {
-                self.stop(&channel, &consumer, &mut hand);
+                self.stop(&channel, &consumer, epoch, &mut hand);
                 self.stats().amqp_up.store(false, Ordering::Relaxed);
                 drop(consumer);
                 if let Err(e) = channel.close() {
@@ -244,7 +251,7 @@ impl Worker {
                             Err(TryRecvError::Empty) => break,
                         }
                     }
-                    if let Err(ended) = self.process(channel, batch, hand) {
+                    if let Err(ended) = self.process(channel, epoch, batch, hand) {
                         return ended;
                     }
                 }
@@ -272,6 +279,7 @@ impl Worker {
     fn process(
         &mut self,
         channel: &Channel,
+        epoch: u64,
         batch: Vec<Delivery>,
         hand: &mut InHand<Delivery>,
     ) -> Result<(), Ended> {
@@ -287,7 +295,7 @@ impl Worker {
         let mut decoded = Vec::with_capacity(batch.len());
         for delivery in batch {
             match broadcast_of(&delivery.body, &self.topology) {
-                Ok((room, frame, server_ms)) => {
+                Ok((room, frame, server_ms, row)) => {
                     if room == self.room {
                         pipe.publish(&self.redis_channel, frame.as_bytes()).ignore();
                     } else {
@@ -296,11 +304,11 @@ impl Worker {
                     }
                     frames += 1;
                     oldest_ms = oldest_ms.min(server_ms);
-                    decoded.push((delivery, true));
+                    decoded.push((delivery, Some(row)));
                 }
                 Err(reason) => {
                     self.log_poison(&delivery, &reason);
-                    decoded.push((delivery, false));
+                    decoded.push((delivery, None));
                 }
             }
         }
@@ -319,19 +327,53 @@ impl Worker {
                     .saturating_record(now_ms().saturating_sub(oldest_ms).max(1) as u64);
             }
         }
-        // Persistence off: the broadcast is the work an ack stands for, so a
-        // published delivery is finished. (Issue 5 hands the rows to the
-        // writers here and pushes them `Pending`; commit notices finish
-        // them.) An unpublished one stays pending, a barrier no ack passes.
-        let good = match published {
-            Published::Yes => Mark::Finished,
-            Published::GaveUp => Mark::Pending,
-        };
-        for (delivery, ok) in decoded {
-            hand.push(delivery, if ok { good } else { Mark::Poison });
-        }
         if published == Published::GaveUp {
+            // Unpublished: pending, a barrier no ack passes; redelivered
+            // to the next consumer.
+            for (delivery, row) in decoded {
+                let mark = if row.is_some() {
+                    Mark::Pending
+                } else {
+                    Mark::Poison
+                };
+                hand.push(delivery, mark);
+            }
             return Err(Ended::Shutdown);
+        }
+        match &self.rows {
+            // Persistence off: the broadcast is the work an ack stands for.
+            None => {
+                for (delivery, row) in decoded {
+                    let mark = if row.is_some() {
+                        Mark::Finished
+                    } else {
+                        Mark::Poison
+                    };
+                    hand.push(delivery, mark);
+                }
+            }
+            // Persistence on: pending until the writers report the commit.
+            // The channel holds every row any consumer can have in hand
+            // (queues × prefetch), so this send does not block.
+            Some(rows) => {
+                for (delivery, row) in decoded {
+                    let Some(row) = row else {
+                        hand.push(delivery, Mark::Poison);
+                        continue;
+                    };
+                    let pending = Pending {
+                        row,
+                        consumer: self.index,
+                        epoch,
+                        delivery_tag: delivery.delivery_tag(),
+                        redelivered: delivery.redelivered,
+                    };
+                    hand.push(delivery, Mark::Pending);
+                    if rows.send(pending).is_err() {
+                        return Err(Ended::Shutdown);
+                    }
+                }
+            }
         }
         self.settle(channel, hand)
     }
@@ -361,7 +403,13 @@ impl Worker {
     /// broker had already sent until it confirms the cancel, then broadcast
     /// and settle it. Cancelling and draining before the consumer is dropped
     /// matters: dropping a busy consumer can tear the whole connection down.
-    fn stop(&mut self, channel: &Channel, consumer: &Consumer<'_>, hand: &mut InHand<Delivery>) {
+    fn stop(
+        &mut self,
+        channel: &Channel,
+        consumer: &Consumer<'_>,
+        epoch: u64,
+        hand: &mut InHand<Delivery>,
+    ) {
         if let Err(e) = consumer.cancel() {
             eprintln!(
                 "{}: cancel failed ({e}); in-hand deliveries will be redelivered",
@@ -385,10 +433,26 @@ impl Worker {
         while !tail.is_empty() {
             let rest = tail.split_off(ack_batch.min(tail.len()));
             let batch = std::mem::replace(&mut tail, rest);
-            if self.process(channel, batch, hand).is_err() {
+            if self.process(channel, epoch, batch, hand).is_err() {
                 // Redis gave up or the channel failed: the rest stays unacked
                 // and is redelivered to the next consumer.
-                break;
+                return;
+            }
+        }
+        // Rows still being written: wait (bounded) for their commits, so
+        // their deliveries are acked now rather than redelivered later.
+        while !hand.is_empty() && self.rows.is_some() {
+            match self.commits.recv_deadline(deadline) {
+                Ok(notice) if notice.epoch == epoch => {
+                    for tag in notice.tags {
+                        hand.finish(tag);
+                    }
+                    if self.settle(channel, hand).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
             }
         }
     }
@@ -421,7 +485,9 @@ mod tests {
         .unwrap();
         let id = IdGenerator::with_instance(1).next_id(1_795_744_800_000);
         let envelope = Envelope::accepted(&msg, 2, id, ServerTime(1_795_744_800_000), "s");
-        let (room, frame, server_ms) = broadcast_of(&envelope.encode(), &topology).unwrap();
+        let (room, frame, server_ms, row) = broadcast_of(&envelope.encode(), &topology).unwrap();
+        assert_eq!(row.message_id, id.as_uuid());
+        assert_eq!(row.user_id, 7);
         assert_eq!((room, server_ms), (2, 1_795_744_800_000));
         assert_eq!(frame, envelope.broadcast_json());
         assert!(matches!(

@@ -71,21 +71,19 @@ fn health_and_metrics_answer() {
     consumer.shutdown().expect("clean shutdown");
 }
 
-/// Start-up fails with an error naming the setting: persistence before
-/// issue 5, an unreachable broker.
+/// Start-up fails with an error naming the setting: a database that does
+/// not exist, an unreachable broker.
 #[test]
 fn start_refuses_what_it_cannot_do() {
     let ns = namespace();
-    let persistent = Config {
+    let mut persistent = Config {
         enable_persistence: true,
         ..config(&ns, 1)
     };
-    let err = Consumer::start(persistent)
-        .err()
-        .expect("refused")
-        .to_string();
+    persistent.database.name = "chatflow_no_such_database".to_string();
+    let err = format!("{:#}", Consumer::start(persistent).err().expect("refused"));
     assert!(
-        err.contains("--enable-persistence") && err.contains("issue 5"),
+        err.contains("--db-name") && err.contains("chatflow_no_such_database"),
         "{err}"
     );
 

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod database;
 pub mod proxy;
 
 use std::collections::HashMap;
@@ -55,6 +56,9 @@ pub fn config(namespace: &str, rooms: u32) -> Config {
         retry_max: Duration::from_millis(500),
         connect_timeout: Duration::from_secs(2),
         redis_timeout: Duration::from_secs(1),
+        // Broadcast-then-ack tests; persistence tests turn it on with a
+        // database of their own.
+        enable_persistence: false,
         ..Config::default()
     }
 }
