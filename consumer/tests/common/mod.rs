@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod chat;
 pub mod database;
 pub mod proxy;
 
