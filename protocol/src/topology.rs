@@ -6,7 +6,7 @@
 //! Every name starts with a namespace (default `chatflow`), so tests and
 //! parallel deployments on one broker never collide.
 
-use crate::routing::{routing_key, Rooms, SHARDS_PER_ROOM};
+use crate::routing::{Rooms, SHARDS_PER_ROOM};
 
 /// Redeliveries after which a quorum queue dead-letters a message (a
 /// consumer crashing on it again and again must not wedge its queue).
@@ -80,6 +80,7 @@ impl Topology {
     /// Declares exchange, queues, bindings and the dead-letter path.
     #[cfg(feature = "amqp")]
     pub fn declare(&self, channel: &amiquip::Channel) -> amiquip::Result<()> {
+        use crate::routing::routing_key;
         use amiquip::{
             AmqpValue, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
         };
