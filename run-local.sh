@@ -1,22 +1,92 @@
 #!/usr/bin/env bash
-# The main job on one machine: build in release and run chatflow-server in
-# the foreground with the in-process (memory) broker. Ctrl-C stops it
-# gracefully (clients get a 1001 close).
+# The main job on one machine: the whole distributed system under load.
+# Ensures Redis, RabbitMQ and PostgreSQL are running (installing them from
+# Debian's packages if missing), builds in release, creates the database,
+# starts chatflow-consumer and chatflow-server, runs a load test with
+# chatflow-client, prints its summary and where the report is, then stops
+# what it started.
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: ./run-local.sh [chatflow-server flags...]
+Usage: ./run-local.sh [chatflow-client flags...]
 
-Builds the workspace in release mode and runs chatflow-server in the
-foreground on 127.0.0.1:8080 with --broker memory. Extra flags go to the
-server (see: target/release/chatflow-server --help), e.g.
-  ./run-local.sh --bind 127.0.0.1:9000 --workers 2
+Starts the services if needed, builds everything in release, sets up the
+`chatflow` database (database/setup_database.sh), starts the consumer and
+the server on 127.0.0.1:8080 (metrics: consumer :8083), runs the load client
+(default: the seed's normal load, 500,000 messages, 64 threads), prints the
+summary and the report directory, and stops consumer and server.
+
+Extra flags go to the client, e.g.
+  ./run-local.sh -n 1000000          # the seed's stress load
+  ./run-local.sh -n 200000 -w 16     # 16 messages in flight per connection
+Environment: PORT (8080), CONSUMER_METRICS (127.0.0.1:8083), DB_NAME
+(chatflow), DB_USER (postgres: trust auth locally), BROKER (rabbitmq; memory
+runs without consumer and services), SERVE=1 keeps the system running after
+the load test until Ctrl-C.
 USAGE
 }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 
 cd "$(dirname "$0")"
+PORT="${PORT:-8080}"
+CONSUMER_METRICS="${CONSUMER_METRICS:-127.0.0.1:8083}"
+BROKER="${BROKER:-rabbitmq}"
+export DB_USER="${DB_USER:-postgres}" DB_NAME="${DB_NAME:-chatflow}" DB_HOST="${DB_HOST:-127.0.0.1}"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo build --release -p chatflow-server
-exec target/release/chatflow-server --bind 127.0.0.1:8080 --broker memory "$@"
+mkdir -p results
+log_dir="results/run-local-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$log_dir"
+
+pids=()
+stop_all() {
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap stop_all EXIT
+
+wait_http() {
+  local url="$1" what="$2"
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/${url%:*}/${url##*:}") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "run-local.sh: $what did not come up on $url (see $log_dir)" >&2
+  exit 1
+}
+
+echo "== build (release)"
+cargo build --release -p chatflow-server -p chatflow-consumer -p chatflow-client
+
+if [[ "$BROKER" == rabbitmq ]]; then
+  echo "== services"
+  scripts/ensure-services.sh redis rabbitmq postgres
+  echo "== database"
+  database/setup_database.sh
+  echo "== consumer (log: $log_dir/consumer.log)"
+  target/release/chatflow-consumer --metrics-bind "$CONSUMER_METRICS" >"$log_dir/consumer.log" 2>&1 &
+  pids+=($!)
+  wait_http "$CONSUMER_METRICS" "chatflow-consumer"
+fi
+
+echo "== server (log: $log_dir/server.log)"
+target/release/chatflow-server --bind "127.0.0.1:$PORT" --broker "$BROKER" >"$log_dir/server.log" 2>&1 &
+pids+=($!)
+wait_http "127.0.0.1:$PORT" "chatflow-server"
+
+echo "== load test"
+target/release/chatflow-client --url "ws://127.0.0.1:$PORT" "$@"
+
+echo
+echo "server health:   $(curl -s "http://127.0.0.1:$PORT/health" 2>/dev/null || echo unavailable)"
+if [[ "$BROKER" == rabbitmq ]]; then
+  echo "consumer health: http://$CONSUMER_METRICS/health (logs in $log_dir)"
+fi
+if [[ "${SERVE:-0}" == 1 ]]; then
+  echo "SERVE=1: system running on ws://127.0.0.1:$PORT/chat/{roomId}; Ctrl-C stops it"
+  wait "${pids[@]}"
+fi

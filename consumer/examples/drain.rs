@@ -7,6 +7,10 @@
 //! cargo run --release -p chatflow-consumer --example drain -- --messages 100000 --rooms 20
 //! ```
 //!
+//! Persistence is on by default (as in the consumer): rows go to DB_NAME
+//! (default `chatflow`, see database/setup_database.sh);
+//! `--enable-persistence false` measures broadcast-then-ack alone.
+//!
 //! Services on localhost (RABBITMQ_HOST/REDIS_HOST etc. are honoured as by
 //! the consumer). `--subscribe` also counts what arrives on Redis.
 
@@ -45,14 +49,17 @@ fn main() -> anyhow::Result<()> {
     let channel = connection.open_channel(None)?;
     topology.declare(&channel)?;
 
-    // The backlog: rooms round-robin, users spread over all five shards.
+    // The backlog: rooms round-robin, and users varying independently of
+    // the room so that every room's five shards (queues) get their share,
+    // as with real traffic (a user id tied to the room would leave four
+    // queues in five idle).
     let published = Instant::now();
     let confirms = channel.listen_for_publisher_confirms()?;
     channel.enable_publisher_confirms()?;
     let mut ids = IdGenerator::new();
     let rooms = config.rooms.count() as u64;
     for i in 0..n {
-        let user = (i * 7919) % 100_000 + 1;
+        let user = (i / rooms * 7919) % 100_000 + 1;
         let room = (i % rooms) as u32 + 1;
         let text = format!(
             r#"{{"userId":"{user}","username":"user{user}","message":"drain message {i} with some typical chat text","timestamp":"2026-11-27T02:00:00.123Z","messageType":"TEXT"}}"#
@@ -157,6 +164,20 @@ fn main() -> anyhow::Result<()> {
         l.lag_ms.p99,
         health.totals.redelivered
     );
+    if let Some(db) = &health.database {
+        println!(
+            "stored {} rows in {} batches (rows p50 {}, max {}), COPY p50 {} us p95 {} us p99 {} us, duplicate batches {}, retries {}",
+            db.rows,
+            db.batches,
+            db.batch_rows.p50,
+            db.batch_rows.max,
+            db.copy_latency_us.p50,
+            db.copy_latency_us.p95,
+            db.copy_latency_us.p99,
+            db.duplicate_batches,
+            db.retries
+        );
+    }
     if bench.subscribe {
         println!(
             "broadcasts received on Redis: {}",

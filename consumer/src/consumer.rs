@@ -195,7 +195,7 @@ impl Consumer {
             self.commit_senders.push(commit_tx);
             commit_rxs.push(commit_rx);
         }
-        let rows = match &self.pool {
+        let persistent = match &self.pool {
             Some(pool) => {
                 let db = &config.database;
                 let writer_config = WriterConfig {
@@ -212,15 +212,14 @@ impl Consumer {
                     self.commit_senders.clone(),
                 )
                 .with_context(|| format!("starting the PostgreSQL writers ({})", db.display()))?;
-                let rows = writers.sender();
                 self.writers = Some(writers);
                 let stop = Arc::new(AtomicBool::new(false));
                 let thread = partitions::start_upkeep(pool.clone(), stop.clone())
                     .context("spawning the partition upkeep thread")?;
                 self.upkeep = Some((stop, thread));
-                Some(rows)
+                true
             }
-            None => None,
+            None => false,
         };
 
         for ((index, first), commit_rx) in leases.into_iter().enumerate().zip(commit_rxs) {
@@ -244,7 +243,9 @@ impl Consumer {
                 slot,
                 leases: lease_rx,
                 commits: commit_rx,
-                rows: rows.clone(),
+                rows: persistent
+                    .then(|| self.writers.as_ref().map(|w| w.sender_for(index)))
+                    .flatten(),
                 shutdown: shutdown.clone(),
             };
             let thread = thread::Builder::new()

@@ -124,7 +124,7 @@ pub struct Worker {
     pub commits: Receiver<Committed>,
     /// Where rows go to be stored (persistence on); their commits come
     /// back on `commits`.
-    pub rows: Option<Sender<Pending>>,
+    pub rows: Option<Sender<Vec<Pending>>>,
     pub shutdown: Shutdown,
 }
 
@@ -353,25 +353,27 @@ impl Worker {
                 }
             }
             // Persistence on: pending until the writers report the commit.
-            // The channel holds every row any consumer can have in hand
-            // (queues × prefetch), so this send does not block.
+            // The batch goes over as one message; the channel holds more
+            // batches than all consumers can have in hand (queues ×
+            // prefetch), so this send does not block.
             Some(rows) => {
+                let mut batch_rows = Vec::with_capacity(decoded.len());
                 for (delivery, row) in decoded {
                     let Some(row) = row else {
                         hand.push(delivery, Mark::Poison);
                         continue;
                     };
-                    let pending = Pending {
+                    batch_rows.push(Pending {
                         row,
                         consumer: self.index,
                         epoch,
                         delivery_tag: delivery.delivery_tag(),
                         redelivered: delivery.redelivered,
-                    };
+                    });
                     hand.push(delivery, Mark::Pending);
-                    if rows.send(pending).is_err() {
-                        return Err(Ended::Shutdown);
-                    }
+                }
+                if !batch_rows.is_empty() && rows.send(batch_rows).is_err() {
+                    return Err(Ended::Shutdown);
                 }
             }
         }
