@@ -201,6 +201,19 @@ impl Config {
         )
     }
 
+    /// Where and as whom AMQP connections are opened.
+    pub fn amqp_endpoint(&self) -> chatflow_protocol::amqp::AmqpEndpoint {
+        chatflow_protocol::amqp::AmqpEndpoint {
+            host: self.rabbitmq_host.clone(),
+            port: self.rabbitmq_port,
+            user: self.rabbitmq_user.clone(),
+            password: self.rabbitmq_password.0.clone(),
+            vhost: self.rabbitmq_vhost.clone(),
+            heartbeat: self.amqp_heartbeat,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
     /// The broker's address without credentials, for messages and `/health`.
     pub fn amqp_display(&self) -> String {
         format!(

@@ -114,7 +114,7 @@ impl Consumer {
 
         let mut connections = Vec::with_capacity(config.amqp_connections);
         for index in 0..config.amqp_connections {
-            let connection = link::connect(&config).with_context(|| {
+            let connection = link::connect(&config).map_err(anyhow::Error::msg).with_context(|| {
                 format!(
                     "cannot open AMQP connection {index} to RabbitMQ at {} as {:?} (--rabbitmq-host/--rabbitmq-port/--rabbitmq-user/--rabbitmq-password, RABBITMQ_*)",
                     config.amqp_display(),

@@ -47,8 +47,10 @@ pub struct Request {
 }
 
 /// Opens one AMQP connection.
-pub fn connect(config: &Config) -> amiquip::Result<Connection> {
-    Connection::insecure_open(&config.amqp_url())
+/// Opens one AMQP connection (with `TCP_NODELAY`, see
+/// [`chatflow_protocol::amqp`]).
+pub fn connect(config: &Config) -> Result<Connection, String> {
+    chatflow_protocol::amqp::connect(&config.amqp_endpoint())
 }
 
 /// Declares the topology on a short-lived channel of `connection`.
@@ -152,7 +154,7 @@ impl Link {
                 return;
             }
             match connect(config).and_then(|mut c| {
-                declare(&mut c, &config.topology())?;
+                declare(&mut c, &config.topology()).map_err(|e| e.to_string())?;
                 Ok(c)
             }) {
                 Ok(connection) => {

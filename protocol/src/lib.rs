@@ -5,6 +5,7 @@
 //! Layout:
 //! - [`message`]: the client message, its parsing and every validation rule;
 //! - [`frame`]: the frames the server sends (`ack`, `error`, `message`);
+//! - `amqp` (feature `amqp`): opening AMQP connections with `TCP_NODELAY`;
 //! - [`envelope`]: the queue envelope servers publish and consumers decode;
 //! - [`id`]: message ids (UUIDv7: unique without coordination, time-ordered);
 //! - [`routing`]: rooms, shards and routing keys;
@@ -15,6 +16,8 @@
 //! Nothing here does I/O; every function is cheap enough for a worker's hot
 //! path and allocation-free where the input allows it.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod envelope;
 pub mod frame;
 pub mod id;

@@ -121,6 +121,19 @@ impl Default for Messaging {
 }
 
 impl Messaging {
+    /// The RabbitMQ endpoint (connections are opened with `TCP_NODELAY`).
+    pub fn amqp_endpoint(&self) -> chatflow_protocol::amqp::AmqpEndpoint {
+        chatflow_protocol::amqp::AmqpEndpoint {
+            host: self.rabbitmq_host.clone(),
+            port: self.rabbitmq_port,
+            user: self.rabbitmq_user.clone(),
+            password: self.rabbitmq_password.clone(),
+            vhost: "/".to_string(),
+            heartbeat: std::time::Duration::from_secs(30),
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
     pub fn amqp_url(&self) -> String {
         format!(
             "amqp://{}:{}@{}:{}/%2f?heartbeat=30",

@@ -98,7 +98,7 @@ impl RabbitBroker {
             let state = Arc::new(LinkState::default());
             let mut publisher = Publisher {
                 index,
-                url: messaging.amqp_url(),
+                endpoint: messaging.amqp_endpoint(),
                 topology: topology.clone(),
                 requests: incoming,
                 fanout: fanout.clone(),
@@ -201,7 +201,7 @@ struct Link {
 
 struct Publisher {
     index: usize,
-    url: String,
+    endpoint: chatflow_protocol::amqp::AmqpEndpoint,
     topology: Topology,
     requests: Receiver<PublishRequest>,
     fanout: Fanout,
@@ -210,12 +210,13 @@ struct Publisher {
 }
 
 impl Publisher {
-    fn connect(&mut self) -> amiquip::Result<Link> {
-        let mut connection = Connection::insecure_open(&self.url)?;
-        let channel = connection.open_channel(None)?;
-        self.topology.declare(&channel)?;
-        let confirms = channel.listen_for_publisher_confirms()?;
-        channel.enable_publisher_confirms()?;
+    fn connect(&mut self) -> Result<Link, String> {
+        let mut connection = chatflow_protocol::amqp::connect(&self.endpoint)?;
+        let text = |e: amiquip::Error| e.to_string();
+        let channel = connection.open_channel(None).map_err(text)?;
+        self.topology.declare(&channel).map_err(text)?;
+        let confirms = channel.listen_for_publisher_confirms().map_err(text)?;
+        channel.enable_publisher_confirms().map_err(text)?;
         Ok(Link {
             connection,
             channel,
