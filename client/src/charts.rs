@@ -1,0 +1,201 @@
+//! The SVG charts (plotters): throughput over time in 1-second and
+//! 10-second buckets, and the latency percentile distribution of ack and
+//! delivery latency on the usual "nines" axis (90%, 99%, 99.9%, ...), where
+//! the tail a user feels is as wide as the median.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::error::{Error, Result};
+
+const SIZE: (u32, u32) = (1200, 700);
+
+fn chart_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Chart {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+/// Acked messages per second (`per_second[i]` = second i of the run),
+/// drawn as a 1-second line and 10-second averages.
+pub fn throughput(path: &Path, per_second: &[u64], title: &str) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| chart_error(path, e);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let seconds = per_second.len().max(1) as f64;
+    let tens: Vec<(f64, f64)> = per_second
+        .chunks(10)
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                i as f64 * 10.0,
+                c.iter().sum::<u64>() as f64 / c.len() as f64,
+            )
+        })
+        .collect();
+    let peak = per_second.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(90)
+        .build_cartesian_2d(0.0..seconds, 0.0..peak * 1.1)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .x_desc("seconds since start")
+        .y_desc("acked messages / s")
+        .y_label_formatter(&|v| crate::progress::group(*v as u64))
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(
+            per_second
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (i as f64 + 0.5, v as f64)),
+            BLUE.mix(0.6).stroke_width(1),
+        ))
+        .map_err(|e| err(&e))?
+        .label("1-second buckets")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
+    // Steps: each 10-second bucket is flat over its ten seconds.
+    let steps: Vec<(f64, f64)> = tens
+        .iter()
+        .flat_map(|&(start, v)| [(start, v), ((start + 10.0).min(seconds), v)])
+        .collect();
+    chart
+        .draw_series(LineSeries::new(steps, RED.stroke_width(3)))
+        .map_err(|e| err(&e))?
+        .label("10-second buckets")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(3)));
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+/// Deepest percentile shown: 99.9999%.
+const MAX_NINES: f64 = 6.0;
+
+/// Percentile → x on the nines axis: 0% → 0, 90% → 1, 99% → 2, 99.9% → 3.
+fn nines(percentile: f64) -> f64 {
+    let rest = (1.0 - percentile / 100.0).max(10f64.powf(-MAX_NINES));
+    -rest.log10()
+}
+
+/// One curve per named series: (percentile 0..=100, latency ms).
+pub fn latency(path: &Path, series: &[(&str, Vec<(f64, f64)>)], title: &str) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| chart_error(path, e);
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let points = series.iter().flat_map(|(_, c)| c.iter());
+    let (mut lo, mut hi, mut right) = (f64::INFINITY, 0.0f64, 3.0f64);
+    for &(p, ms) in points {
+        lo = lo.min(ms);
+        hi = hi.max(ms);
+        right = right.max(nines(p).ceil());
+    }
+    if !lo.is_finite() {
+        (lo, hi) = (0.1, 1.0);
+    }
+    let lo = (lo * 0.8).max(0.001);
+    let hi = (hi * 1.25).max(lo * 10.0);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(90)
+        .build_cartesian_2d(0.0..right.min(MAX_NINES), (lo..hi).log_scale())
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .x_desc("percentile")
+        .y_desc("latency (ms, log scale)")
+        .x_labels(right as usize + 1)
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() > 1e-6 {
+                return String::new();
+            }
+            let p = 100.0 * (1.0 - 10f64.powf(-x.round()));
+            let digits = (x.round() as usize).saturating_sub(2);
+            format!("{p:.digits$}%")
+        })
+        .y_label_formatter(&|v| format!("{v}"))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let colors = [BLUE, RED, GREEN, MAGENTA];
+    for (i, (name, curve)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let label = if curve.is_empty() {
+            format!("{name} (none observed)")
+        } else {
+            name.to_string()
+        };
+        chart
+            .draw_series(LineSeries::new(
+                curve.iter().map(|&(p, ms)| (nines(p), ms)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nines_axis() {
+        assert!((nines(0.0) - 0.0).abs() < 1e-9);
+        assert!((nines(90.0) - 1.0).abs() < 1e-9);
+        assert!((nines(99.9) - 3.0).abs() < 1e-6);
+        assert!((nines(100.0) - MAX_NINES).abs() < 1e-9);
+    }
+
+    #[test]
+    fn charts_are_written_with_their_series() {
+        // Both charts render to SVG with a polyline per series and the legend.
+        let dir = std::env::temp_dir().join(format!("chatflow-charts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = dir.join("t.svg");
+        throughput(
+            &t,
+            &[5, 10, 8, 0, 12, 11, 9, 10, 10, 10, 7, 3],
+            "throughput",
+        )
+        .unwrap();
+        let svg = std::fs::read_to_string(&t).unwrap();
+        assert!(svg.contains("<polyline") && svg.contains("10-second buckets"));
+        let l = dir.join("l.svg");
+        let curve = vec![(0.0, 0.5), (50.0, 1.0), (99.0, 4.0), (100.0, 9.0)];
+        latency(&l, &[("ack", curve), ("delivery", Vec::new())], "latency").unwrap();
+        let svg = std::fs::read_to_string(&l).unwrap();
+        assert!(svg.contains("<polyline") && svg.contains("delivery (none observed)"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

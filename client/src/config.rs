@@ -1,0 +1,583 @@
+//! Raw flags ([`Args`], clap) → a validated [`Config`] whose `Default`
+//! documents every value. Every check that spans several flags lives in
+//! [`Config::validate`] and names the flags it is about.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chatflow_protocol::Rooms;
+use clap::{Parser, ValueEnum};
+
+use crate::error::{Error, Result};
+
+/// One server to load, `ws://host:port[/prefix]`. Rooms are reached at
+/// `{base}/chat/{room}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port`, as given (resolved at each connect, so a fleet behind DNS works).
+    pub authority: String,
+    /// A path prefix without a trailing slash (usually empty).
+    pub prefix: String,
+}
+
+impl Endpoint {
+    /// Parses `ws://host[:port][/prefix]` or `host:port`. The port defaults
+    /// to 80, the WebSocket default.
+    pub fn parse(text: &str) -> std::result::Result<Endpoint, String> {
+        let rest = if let Some(rest) = text.strip_prefix("ws://") {
+            rest
+        } else if text.starts_with("wss://") {
+            return Err("wss:// is not supported (the client is built without TLS)".into());
+        } else if text.contains("://") {
+            return Err(format!("expected a ws:// URL, got {text:?}"));
+        } else {
+            text
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(format!("no host in {text:?}"));
+        }
+        let authority = if authority.starts_with('[') {
+            // IPv6 literal: the port follows the closing bracket.
+            match authority.rfind("]:") {
+                Some(_) => authority.to_string(),
+                None => format!("{authority}:80"),
+            }
+        } else if let Some((host, port)) = authority.rsplit_once(':') {
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(format!("bad host:port {authority:?} in {text:?}"));
+            }
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let prefix = path.trim_end_matches('/');
+        let prefix = prefix.strip_suffix("/chat").unwrap_or(prefix).to_string();
+        Ok(Endpoint { authority, prefix })
+    }
+
+    /// The URL of a room on this server.
+    pub fn room_url(&self, room: u32) -> String {
+        format!("ws://{}{}/chat/{room}", self.authority, self.prefix)
+    }
+
+    /// The base URL, as printed in reports.
+    pub fn base(&self) -> String {
+        format!("ws://{}{}", self.authority, self.prefix)
+    }
+}
+
+/// How progress is shown while a run goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressMode {
+    /// A bar on a terminal, plain lines otherwise.
+    Auto,
+    /// Always the bar (stderr).
+    Bar,
+    /// Plain periodic lines (stderr), for logs and CI.
+    Plain,
+    /// Nothing (tests, scripts that only read summary.json).
+    Off,
+}
+
+/// Whether sender threads are pinned to their connection's incoming CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinMode {
+    /// Only for servers on a loopback address.
+    Auto,
+    On,
+    Off,
+}
+
+/// A validated run configuration. Tests build one with struct update syntax
+/// over `Config::default()`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Servers, used round-robin per connection. Default `ws://127.0.0.1:8080`.
+    pub urls: Vec<Endpoint>,
+    /// Rooms `1..=rooms`; must match the server. Default 20 (the seed's).
+    pub rooms: u32,
+    /// Messages in the whole run, warm-up included. Default 500,000 (the
+    /// seed's normal load; 1,000,000 is its stress load).
+    pub total: u64,
+    /// Main-phase sender threads, each with one persistent connection.
+    /// Default 64. Must be at least `rooms`: each connection belongs to one
+    /// room and every room needs a sender.
+    pub threads: usize,
+    /// Messages a connection keeps in flight (pipelining). Default 1.
+    pub window: usize,
+    /// Warm-up threads, each with its own short-lived connection. Default 32;
+    /// 0 skips the warm-up.
+    pub warmup_threads: usize,
+    /// Messages each warm-up thread sends. Default 1,000.
+    pub warmup_messages: u64,
+    /// Seeds the generator; `None` draws one (printed, so a run can be replayed).
+    pub seed: Option<u64>,
+    /// Retries of a failed send before the message counts as failed. Default 5.
+    pub retries: u32,
+    /// First retry delay; doubles per attempt (with jitter). Default 100 ms,
+    /// so five retries span about 3 s: a server restart is ridden through.
+    pub backoff_base: Duration,
+    /// Cap of one retry delay. Default 5 s.
+    pub backoff_max: Duration,
+    /// Consecutive connection failures that open a server's circuit breaker. Default 5.
+    pub breaker_threshold: u32,
+    /// How long an open breaker refuses connections before one probe. Default 1 s.
+    pub breaker_cooldown: Duration,
+    /// TCP connect plus WebSocket handshake. Default 5 s.
+    pub connect_timeout: Duration,
+    /// A message not acked within this is a lost connection. Default 10 s.
+    pub ack_timeout: Duration,
+    /// Measure delivery latency (the message's broadcast back to its
+    /// sender). Default true; turn off against servers that do not broadcast
+    /// (`--broker none`), or each connection waits `delivery_timeout` at the end.
+    pub delivery: bool,
+    /// A broadcast not seen this long after its ack counts as missing.
+    /// Bounds the wait at the end of the run. Default 5 s.
+    pub delivery_timeout: Duration,
+    /// End the run when no message was acked for this long while work
+    /// remains (a dead or hung server). Default 30 s.
+    pub give_up_after: Duration,
+    /// Where reports go; `None` → `results/<local timestamp>/`.
+    pub out_dir: Option<PathBuf>,
+    /// Draw the SVG charts. Default true.
+    pub charts: bool,
+    pub progress: ProgressMode,
+    /// Interval of plain progress lines. Default 5 s.
+    pub progress_interval: Duration,
+    /// After Ctrl-C, how long in-flight messages may still be acked. Default 2 s.
+    pub stop_grace: Duration,
+    /// How often a blocked read wakes to check deadlines and Ctrl-C. Default
+    /// 100 ms: a wake-up costs nothing measurable, a longer tick delays stops.
+    pub tick: Duration,
+    /// Run sender threads under SCHED_BATCH (Linux): a woken sender does
+    /// not preempt whatever runs (on a shared box, the server), so wake-ups
+    /// are handled in bunches with fewer context switches. Measured here at
+    /// 64x1 against a 2-core server: +26% acks/s and less CPU on both sides.
+    /// Harmless on a dedicated client machine. Default true.
+    pub sched_batch: bool,
+    /// Pin each sender thread to the CPU its connection's packets arrive on
+    /// (SO_INCOMING_CPU), at each (re)connect. Default `Auto`: only for a
+    /// server on loopback, where that CPU is the server thread's own, so
+    /// every wake-up stays on one CPU (no cross-CPU interrupts, which a VM
+    /// pays dearly for: +25-30% acks/s at 64x1 on this 2-core box, and less
+    /// server CPU). For remote servers the CPU is the NIC queue's, which on
+    /// a single-queue NIC would put every thread on one core: off.
+    pub pin: PinMode,
+    /// Generator batches buffered per room. Default 64 (×16 messages): tens
+    /// of milliseconds of work at 600K msgs/s, so senders never wait.
+    pub lane_batches: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            urls: vec![Endpoint {
+                authority: "127.0.0.1:8080".into(),
+                prefix: String::new(),
+            }],
+            rooms: Rooms::DEFAULT.count(),
+            total: 500_000,
+            threads: 64,
+            window: 1,
+            warmup_threads: 32,
+            warmup_messages: 1_000,
+            seed: None,
+            retries: 5,
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(10),
+            delivery: true,
+            delivery_timeout: Duration::from_secs(5),
+            give_up_after: Duration::from_secs(30),
+            out_dir: None,
+            charts: true,
+            progress: ProgressMode::Auto,
+            progress_interval: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(2),
+            tick: Duration::from_millis(100),
+            sched_batch: true,
+            pin: PinMode::Auto,
+            lane_batches: 64,
+        }
+    }
+}
+
+/// Largest window: beyond it the server's per-connection output bound, not
+/// the client, decides.
+pub const MAX_WINDOW: usize = 4096;
+/// A sanity bound; a 2-core box cannot use more and the OS may refuse.
+pub const MAX_THREADS: usize = 10_000;
+/// Retries beyond this only hide an outage.
+pub const MAX_RETRIES: u32 = 20;
+
+impl Config {
+    /// Messages of the warm-up phase.
+    pub fn warmup_total(&self) -> u64 {
+        self.warmup_threads as u64 * self.warmup_messages
+    }
+
+    /// Messages of the main phase.
+    pub fn main_total(&self) -> u64 {
+        self.total.saturating_sub(self.warmup_total())
+    }
+
+    /// Checks every rule; the message names the flag(s).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.urls.is_empty() {
+            return bad("--url: at least one server URL is needed".into());
+        }
+        if let Err(e) = Rooms::new(self.rooms) {
+            return bad(format!("--rooms: {e}"));
+        }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return bad(format!(
+                "--threads must be in 1..={MAX_THREADS}, got {}",
+                self.threads
+            ));
+        }
+        if (self.threads as u64) < u64::from(self.rooms) {
+            return bad(format!(
+                "--threads {} is less than --rooms {}: each connection sends to one room and every room needs a sender; raise --threads or lower --rooms",
+                self.threads, self.rooms
+            ));
+        }
+        if self.window == 0 || self.window > MAX_WINDOW {
+            return bad(format!(
+                "--window must be in 1..={MAX_WINDOW}, got {}",
+                self.window
+            ));
+        }
+        if self.warmup_threads > MAX_THREADS {
+            return bad(format!(
+                "--warmup-threads must be at most {MAX_THREADS}, got {}",
+                self.warmup_threads
+            ));
+        }
+        if self.warmup_threads > 0 && self.warmup_messages == 0 {
+            return bad("--warmup-messages must be at least 1 (or use --warmup-threads 0)".into());
+        }
+        if self.total == 0 {
+            return bad("--messages must be at least 1".into());
+        }
+        if self.warmup_total() > self.total {
+            return bad(format!(
+                "--messages {} is less than the warm-up's {} (--warmup-threads {} x --warmup-messages {})",
+                self.total,
+                self.warmup_total(),
+                self.warmup_threads,
+                self.warmup_messages
+            ));
+        }
+        if self.retries > MAX_RETRIES {
+            return bad(format!(
+                "--retries must be at most {MAX_RETRIES}, got {}",
+                self.retries
+            ));
+        }
+        if self.breaker_threshold == 0 {
+            return bad("--breaker-threshold must be at least 1".into());
+        }
+        for (flag, d) in [
+            ("--connect-timeout", self.connect_timeout),
+            ("--ack-timeout", self.ack_timeout),
+            ("--give-up-after", self.give_up_after),
+            ("--breaker-cooldown", self.breaker_cooldown),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{flag} must be greater than zero"));
+            }
+        }
+        if self.backoff_max < self.backoff_base {
+            return bad("--backoff-max must be at least --backoff".into());
+        }
+        if self.tick.is_zero() || self.lane_batches == 0 {
+            return bad("tick and lane_batches must be greater than zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `250ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 && v * scale < 1e9 => {
+            Ok(Duration::from_secs_f64(v * scale))
+        }
+        _ => Err(format!(
+            "expected a duration such as 500ms, 5s, 1.5s or 2m, got {text:?}"
+        )),
+    }
+}
+
+/// The command line. Defaults are the seed system's load run.
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatflow-client",
+    version,
+    about = "ChatFlow load tester: warm-up then main phase over WebSocket, ack and delivery latency, CSV, summary.json and SVG charts.",
+    after_help = "Exit status: 0 every message acked; 1 could not run (e.g. server unreachable); 2 bad flags; 3 some messages failed or the run was given up; 130 interrupted (Ctrl-C; the report is still written)."
+)]
+pub struct Args {
+    /// Server base URL(s), `ws://host:port`; repeat or comma-separate for a
+    /// fleet (connections go round-robin).
+    #[arg(
+        long = "url",
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8080"
+    )]
+    pub urls: Vec<String>,
+    /// Total messages, warm-up included (the seed's stress run is 1000000).
+    #[arg(
+        short = 'n',
+        long = "messages",
+        value_name = "N",
+        default_value_t = 500_000
+    )]
+    pub messages: u64,
+    /// Main-phase sender threads (one persistent connection each).
+    #[arg(short = 't', long, value_name = "N", default_value_t = 64)]
+    pub threads: usize,
+    /// Messages each connection keeps in flight (pipelined).
+    #[arg(short = 'w', long, value_name = "N", default_value_t = 1)]
+    pub window: usize,
+    /// Warm-up threads (each its own connection, closed after); 0 skips the warm-up.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub warmup_threads: usize,
+    /// Messages per warm-up thread.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    pub warmup_messages: u64,
+    /// Rooms 1..=N (must match the server).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub rooms: u32,
+    /// Generator seed, for reproducible runs (default: random, printed).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Retries of a failed send.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
+    /// First retry delay (doubles per retry, with jitter).
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub backoff: Duration,
+    /// Longest retry delay.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// Consecutive connection failures that open the circuit breaker.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub breaker_threshold: u32,
+    /// How long the open breaker waits before a probe connection.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub breaker_cooldown: Duration,
+    /// Connect plus handshake timeout.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// A message not acked within this counts as a lost connection.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub ack_timeout: Duration,
+    /// Do not measure delivery latency (use against `--broker none` servers,
+    /// which broadcast nothing).
+    #[arg(long)]
+    pub no_delivery: bool,
+    /// A broadcast not seen this long after its ack counts as missing (bounds
+    /// the wait at the end of the run).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+    /// End the run when nothing was acked for this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub give_up_after: Duration,
+    /// Report directory (default results/<timestamp>/).
+    #[arg(short = 'o', long = "out", value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Skip the SVG charts.
+    #[arg(long)]
+    pub no_charts: bool,
+    /// Keep sender threads in the normal scheduling class instead of
+    /// SCHED_BATCH (which avoids preempting a server on the same machine).
+    #[arg(long)]
+    pub no_sched_batch: bool,
+    /// Pin each sender thread to the CPU its connection's packets arrive on
+    /// (auto: only when the server is on loopback).
+    #[arg(long, value_enum, default_value_t = PinMode::Auto)]
+    pub pin: PinMode,
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Interval of plain progress lines.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
+}
+
+impl Args {
+    /// Flags → validated config. The error names the flag.
+    pub fn into_config(self) -> Result<Config> {
+        let mut urls = Vec::with_capacity(self.urls.len());
+        for u in &self.urls {
+            urls.push(Endpoint::parse(u).map_err(|e| Error::Config(format!("--url {u}: {e}")))?);
+        }
+        let config = Config {
+            urls,
+            rooms: self.rooms,
+            total: self.messages,
+            threads: self.threads,
+            window: self.window,
+            warmup_threads: self.warmup_threads,
+            warmup_messages: self.warmup_messages,
+            seed: self.seed,
+            retries: self.retries,
+            backoff_base: self.backoff,
+            backoff_max: self.backoff_max,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: self.breaker_cooldown,
+            connect_timeout: self.connect_timeout,
+            ack_timeout: self.ack_timeout,
+            delivery: !self.no_delivery,
+            delivery_timeout: self.delivery_timeout,
+            give_up_after: self.give_up_after,
+            out_dir: self.out,
+            charts: !self.no_charts,
+            progress: self.progress,
+            progress_interval: self.progress_interval,
+            sched_batch: !self.no_sched_batch,
+            pin: self.pin,
+            ..Config::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_with_defaults_and_reject_tls() {
+        let e = Endpoint::parse("ws://127.0.0.1:8080").unwrap();
+        assert_eq!(e.room_url(7), "ws://127.0.0.1:8080/chat/7");
+        assert_eq!(
+            Endpoint::parse("localhost:9000/").unwrap().base(),
+            "ws://localhost:9000"
+        );
+        assert_eq!(Endpoint::parse("ws://h").unwrap().authority, "h:80");
+        // A URL that already names /chat does not get it twice.
+        assert_eq!(
+            Endpoint::parse("ws://h:1/chat/").unwrap().room_url(2),
+            "ws://h:1/chat/2"
+        );
+        assert_eq!(
+            Endpoint::parse("ws://h:1/lb").unwrap().room_url(2),
+            "ws://h:1/lb/chat/2"
+        );
+        assert!(Endpoint::parse("wss://h:1").unwrap_err().contains("wss"));
+        assert!(Endpoint::parse("http://h:1").is_err());
+        assert!(Endpoint::parse("ws://h:notaport").is_err());
+        assert!(Endpoint::parse("ws://:80").is_err());
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_are_the_seed_load_and_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.pin, PinMode::Auto);
+        assert!(c.sched_batch && c.delivery);
+        assert_eq!(c.warmup_total(), 32_000);
+        assert_eq!(c.main_total(), 468_000);
+    }
+
+    #[test]
+    fn cross_flag_errors_name_the_flags() {
+        let e = Config {
+            threads: 8,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--threads") && e.contains("--rooms"), "{e}");
+        let e = Config {
+            total: 100,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--messages") && e.contains("--warmup-threads"),
+            "{e}"
+        );
+        let e = Config {
+            window: 0,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--window"), "{e}");
+    }
+
+    #[test]
+    fn flags_map_to_config() {
+        let args = Args::try_parse_from([
+            "chatflow-client",
+            "--url",
+            "ws://a:1,ws://b:2",
+            "-n",
+            "1000000",
+            "--window",
+            "32",
+            "--no-delivery",
+            "--ack-timeout",
+            "2s",
+            "--pin",
+            "off",
+            "--no-sched-batch",
+        ])
+        .unwrap();
+        let c = args.into_config().unwrap();
+        assert_eq!(c.pin, PinMode::Off);
+        assert!(!c.sched_batch);
+        assert_eq!(c.urls.len(), 2);
+        assert_eq!(c.total, 1_000_000);
+        assert_eq!(c.window, 32);
+        assert!(!c.delivery);
+        assert_eq!(c.ack_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_bad_flag_value_is_named() {
+        let e = Args::try_parse_from(["chatflow-client", "--threads", "many"]).unwrap_err();
+        assert!(e.to_string().contains("--threads"), "{e}");
+        let e = Args::try_parse_from(["chatflow-client", "--ack-timeout", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("--ack-timeout"), "{e}");
+    }
+}

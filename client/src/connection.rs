@@ -1,0 +1,275 @@
+//! One blocking WebSocket connection to one room: TCP connect with a
+//! timeout, TCP_NODELAY, the handshake, then raw writes of pre-encoded
+//! frames (one syscall per flush, however many frames) and tungstenite
+//! reads, blocking or not per call.
+//!
+//! Reads block at most one `tick` (SO_RCVTIMEO), so a thread blocked on a
+//! silent server still sees Ctrl-C and its deadlines. A "drain" read passes
+//! MSG_DONTWAIT instead, to take what already arrived without blocking:
+//! that is how a pipelined connection collects several acks per wake-up.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use tungstenite::handshake::HandshakeError;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+use crate::config::Endpoint;
+
+/// The socket under tungstenite: blocking TCP whose reads can be made
+/// non-blocking per call.
+pub struct Stream {
+    tcp: TcpStream,
+    dont_wait: bool,
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.dont_wait {
+            return self.tcp.read(buf);
+        }
+        // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes and
+        // the descriptor stays open for the duration of the call.
+        let n = unsafe {
+            libc::recv(
+                self.tcp.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// What a read produced.
+pub enum Read1 {
+    /// A text frame.
+    Text(tungstenite::Utf8Bytes),
+    /// Nothing arrived (tick elapsed, or nothing buffered when draining).
+    Nothing,
+    /// The connection is gone; the text says why.
+    Lost(String),
+}
+
+pub struct Connection {
+    ws: WebSocket<Stream>,
+    /// Frames written since the last flush.
+    out: Vec<u8>,
+}
+
+/// Frames the server sends are small (an ack ~200 B, a broadcast < 1 KiB
+/// plus a 500-character text): 64 KiB bounds a hostile server without
+/// ever refusing a real frame.
+const MAX_SERVER_MESSAGE: usize = 64 * 1024;
+/// Each read syscall asks for up to this much: ~30 acks or broadcasts per
+/// wake-up. tungstenite zero-fills this much before every read, so bigger
+/// costs a visible memset per message at window 1 (seen in perf).
+const READ_BUFFER: usize = 8 * 1024;
+
+impl Connection {
+    /// Connects to `room` on `endpoint`: TCP (first address that answers),
+    /// TCP_NODELAY (frames must not wait for Nagle), handshake.
+    pub fn open(
+        endpoint: &Endpoint,
+        room: u32,
+        connect_timeout: Duration,
+        tick: Duration,
+        window: usize,
+    ) -> Result<Connection, String> {
+        let deadline = Instant::now() + connect_timeout;
+        let addrs: Vec<SocketAddr> = endpoint
+            .authority
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", endpoint.authority))?
+            .collect();
+        let mut last = format!("no address for {}", endpoint.authority);
+        let mut tcp = None;
+        for addr in addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                last = format!("connect to {addr}: timed out");
+                break;
+            }
+            match TcpStream::connect_timeout(&addr, left) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = format!("connect to {addr}: {e}"),
+            }
+        }
+        let tcp = tcp.ok_or(last)?;
+        let io = |e: io::Error| format!("socket setup: {e}");
+        tcp.set_nodelay(true).map_err(io)?;
+        // The handshake may take longer than a tick; the loop below
+        // retries until the connect deadline.
+        tcp.set_read_timeout(Some(tick)).map_err(io)?;
+        tcp.set_write_timeout(Some(connect_timeout)).map_err(io)?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .max_message_size(Some(MAX_SERVER_MESSAGE))
+            .max_frame_size(Some(MAX_SERVER_MESSAGE));
+        let url = endpoint.room_url(room);
+        let mut attempt = tungstenite::client::client_with_config(
+            url.as_str(),
+            Stream {
+                tcp,
+                dont_wait: false,
+            },
+            Some(config),
+        );
+        let ws = loop {
+            match attempt {
+                Ok((ws, _response)) => break ws,
+                Err(HandshakeError::Interrupted(mid)) => {
+                    if Instant::now() >= deadline {
+                        return Err(format!("handshake with {url}: timed out"));
+                    }
+                    attempt = mid.handshake();
+                }
+                Err(HandshakeError::Failure(e)) => {
+                    return Err(format!("handshake with {url}: {}", describe(&e)))
+                }
+            }
+        };
+        Ok(Connection {
+            ws,
+            out: Vec::with_capacity(window.clamp(1, 64) * 256),
+        })
+    }
+
+    /// The CPU that last processed this socket's incoming packets
+    /// (SO_INCOMING_CPU); on loopback, the CPU of the server thread that
+    /// writes to it. `None` if unknown.
+    pub fn incoming_cpu(&self) -> Option<usize> {
+        let mut cpu: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid descriptor, and an out-parameter of the size given.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.ws.get_ref().tcp.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_INCOMING_CPU,
+                (&mut cpu as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && cpu >= 0).then_some(cpu as usize)
+    }
+
+    /// Is the server on this machine (a loopback address)?
+    pub fn peer_is_loopback(&self) -> bool {
+        self.ws
+            .get_ref()
+            .tcp
+            .peer_addr()
+            .is_ok_and(|a| a.ip().is_loopback())
+    }
+
+    /// The output buffer frames are encoded into.
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// Writes every buffered frame: one syscall unless the socket buffer is
+    /// full (then the write timeout bounds the wait).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = self.ws.get_mut().tcp.write_all(&self.out);
+        self.out.clear();
+        result
+    }
+
+    /// Reads one frame. `wait`: block up to a tick; otherwise take only what
+    /// has already arrived.
+    pub fn read(&mut self, wait: bool) -> Read1 {
+        self.ws.get_mut().dont_wait = !wait;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Read1::Text(t),
+                // tungstenite queues the pong itself; binary frames carry
+                // nothing in this protocol.
+                Ok(
+                    Message::Ping(_) | Message::Pong(_) | Message::Binary(_) | Message::Frame(_),
+                ) => continue,
+                Ok(Message::Close(frame)) => {
+                    return Read1::Lost(match frame {
+                        Some(f) => format!(
+                            "server closed the connection ({} {})",
+                            u16::from(f.code),
+                            f.reason
+                        ),
+                        None => "server closed the connection".into(),
+                    })
+                }
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Read1::Nothing
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                    continue
+                }
+                Err(e) => return Read1::Lost(describe(&e)),
+            }
+        }
+    }
+
+    /// Closes politely (close frame, wait briefly for the server's), then drops.
+    pub fn close(mut self, patience: Duration) {
+        let _ = self.flush();
+        if self.ws.close(None).is_err() {
+            return;
+        }
+        let _ = self.ws.flush();
+        let deadline = Instant::now() + patience;
+        self.ws.get_mut().dont_wait = false;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn describe(e: &tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            "connection closed".into()
+        }
+        tungstenite::Error::Io(e) => e.to_string(),
+        tungstenite::Error::Http(resp) => format!("HTTP {}", resp.status()),
+        other => other.to_string(),
+    }
+}

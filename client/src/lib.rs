@@ -1,0 +1,53 @@
+//! `chatflow-client`: ChatFlow's blocking load tester. Std threads, one
+//! blocking WebSocket per sender thread, crossbeam channels, HdrHistogram;
+//! no async runtime.
+//!
+//! A run: preflight (every server reachable?), a warm-up phase (short-lived
+//! connections), a main phase (persistent connections, `window` messages in
+//! flight each), then a report: text summary, `summary.json`, a per-message
+//! CSV and SVG charts. It measures ack latency (send → ack) and delivery
+//! latency (send → the message's broadcast back on the sender's connection).
+//!
+//! Layout:
+//! - [`config`]: flags → validated [`Config`];
+//! - [`generator`]: the seeded message generator thread and its lanes;
+//! - [`wire`]: client frames written straight into the output buffer, server frames scanned;
+//! - [`connection`]: one blocking WebSocket (connect, flush, blocking or draining reads);
+//! - [`breaker`]: the per-server circuit breaker shared by all threads;
+//! - [`sender`]: a sender thread (window, retries, ack matching, deliveries);
+//! - [`delivery`]: matching broadcasts to acked messages by id;
+//! - [`latency`]: per-thread histograms and their summaries;
+//! - [`csv`]: the per-message record and the CSV writer thread;
+//! - [`report`]: `summary.json` and the text summary;
+//! - [`charts`]: the SVG charts;
+//! - [`progress`]: the progress bar or plain progress lines;
+//! - [`run`]: one run from preflight to report.
+
+pub mod breaker;
+pub mod charts;
+pub mod config;
+pub mod connection;
+pub mod csv;
+pub mod delivery;
+pub mod error;
+pub mod generator;
+pub mod latency;
+pub mod progress;
+pub mod report;
+pub mod run;
+pub mod sender;
+pub mod wire;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub use config::{Args, Config, Endpoint, PinMode, ProgressMode};
+pub use error::{Error, Result};
+pub use report::{Report, RunOutcome};
+pub use run::run_until;
+
+/// Runs a load test to the end and writes its report (see [`run_until`] to
+/// stop it early, e.g. on Ctrl-C).
+pub fn run(config: Config) -> Result<Report> {
+    run_until(config, Arc::new(AtomicBool::new(false)))
+}

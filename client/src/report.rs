@@ -1,0 +1,395 @@
+//! The run's report: every number, as `summary.json` (machine-readable, for
+//! comparing runs) and as the text summary printed at the end.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use chatflow_protocol::MessageType;
+use serde::Serialize;
+
+use crate::csv::{Aggregates, Status};
+use crate::error::{Error, Result};
+use crate::latency::LatencyStats;
+use crate::progress::group;
+
+/// How the run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    /// Every planned message was sent (acked or failed).
+    Completed,
+    /// Ctrl-C.
+    Interrupted,
+    /// Given up: nothing was acked for `--give-up-after`.
+    Aborted,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub outcome: RunOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
+    /// The most recent connection or server error, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub started_at: String,
+    pub settings: Settings,
+    pub warmup: PhaseReport,
+    pub main: PhaseReport,
+    pub total: Totals,
+    pub connections: Connections,
+    pub littles_law: LittlesLaw,
+    /// Main phase.
+    pub ack_latency_ms: Option<LatencyStats>,
+    pub delivery: DeliveryReport,
+    pub rooms: Vec<RoomReport>,
+    pub message_types: BTreeMap<String, TypeCount>,
+    pub status_codes: BTreeMap<String, u64>,
+    /// Frames the client could not match (late acks after a timeout, unknown frames).
+    pub unexpected_frames: u64,
+    /// Acked messages per second of the run, by ack time.
+    pub acked_per_second: Vec<u64>,
+    pub files: Files,
+}
+
+/// The settings the run used (enough to repeat it).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    pub urls: Vec<String>,
+    pub rooms: u32,
+    pub messages: u64,
+    pub threads: usize,
+    pub window: usize,
+    pub warmup_threads: usize,
+    pub warmup_messages: u64,
+    pub seed: u64,
+    pub retries: u32,
+    pub delivery: bool,
+    pub delivery_timeout_s: f64,
+    pub ack_timeout_s: f64,
+    /// Sender threads pinned to their connection's incoming CPU.
+    pub pin: crate::config::PinMode,
+    /// Sender threads under SCHED_BATCH.
+    pub sched_batch: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseReport {
+    pub threads: usize,
+    pub planned: u64,
+    pub acked: u64,
+    pub failed: u64,
+    /// Phase start → its last message acked or failed.
+    pub wall_seconds: f64,
+    /// Acked messages per second.
+    pub throughput: f64,
+    pub ack_latency_ms: Option<LatencyStats>,
+    pub delivery_latency_ms: Option<LatencyStats>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub planned: u64,
+    pub acked: u64,
+    pub failed: u64,
+    /// Never sent because the run stopped early (Ctrl-C or given up).
+    pub not_sent: u64,
+    /// Run start → last message acked or failed.
+    pub wall_seconds: f64,
+    pub throughput: f64,
+    /// Including the wait for late broadcasts and the polite closes.
+    pub elapsed_seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connections {
+    pub opened: u64,
+    pub reconnections: u64,
+    pub retries: u64,
+    pub breaker_openings: u64,
+}
+
+/// Throughput predicted from concurrency and mean latency (L = λW → λ = L/W),
+/// beside the measured one. A large gap means the senders were not kept busy.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LittlesLaw {
+    pub in_flight: usize,
+    pub mean_ack_latency_ms: f64,
+    pub predicted_throughput: f64,
+    pub measured_throughput: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryReport {
+    pub enabled: bool,
+    pub timeout_s: f64,
+    /// Acked messages whose broadcast came back to the sender.
+    pub observed: u64,
+    /// Acked messages whose broadcast did not come back in time.
+    pub missing: u64,
+    /// Main phase.
+    pub latency_ms: Option<LatencyStats>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomReport {
+    pub room: u32,
+    pub acked: u64,
+    pub throughput: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeCount {
+    pub acked: u64,
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Files {
+    pub dir: PathBuf,
+    pub csv: PathBuf,
+    pub summary: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput_chart: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_chart: Option<PathBuf>,
+}
+
+impl Report {
+    /// Rooms, types and statuses from the CSV writer's counts.
+    pub fn counts_from(
+        agg: &Aggregates,
+        main_wall: f64,
+    ) -> (
+        Vec<RoomReport>,
+        BTreeMap<String, TypeCount>,
+        BTreeMap<String, u64>,
+    ) {
+        let rooms = agg
+            .main_acked_per_room
+            .iter()
+            .enumerate()
+            .map(|(i, &acked)| RoomReport {
+                room: i as u32 + 1,
+                acked,
+                throughput: rate(acked, main_wall),
+            })
+            .collect();
+        let acked_total: u64 = agg.acked_per_type.iter().sum();
+        let types = MessageType::ALL
+            .iter()
+            .zip(agg.acked_per_type)
+            .map(|(k, acked)| {
+                (
+                    k.as_str().to_string(),
+                    TypeCount {
+                        acked,
+                        percent: if acked_total == 0 {
+                            0.0
+                        } else {
+                            acked as f64 * 100.0 / acked_total as f64
+                        },
+                    },
+                )
+            })
+            .collect();
+        let statuses = Status::ALL
+            .iter()
+            .zip(agg.per_status)
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| (s.as_str().to_string(), n))
+            .collect();
+        (rooms, types, statuses)
+    }
+
+    /// Writes `summary.json` into the report directory.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+    }
+
+    /// The process exit status the binary uses (see `--help`).
+    pub fn exit_code(&self) -> u8 {
+        match self.outcome {
+            RunOutcome::Interrupted => 130,
+            RunOutcome::Aborted => 3,
+            RunOutcome::Completed if self.total.failed > 0 => 3,
+            RunOutcome::Completed => 0,
+        }
+    }
+
+    /// The text summary.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let st = &self.settings;
+        let _ = writeln!(
+            s,
+            "ChatFlow load run: {} ({} | {} threads x window {} | {} rooms | seed {})",
+            match self.outcome {
+                RunOutcome::Completed => "completed",
+                RunOutcome::Interrupted => "INTERRUPTED",
+                RunOutcome::Aborted => "GIVEN UP",
+            },
+            st.urls.join(", "),
+            st.threads,
+            st.window,
+            st.rooms,
+            st.seed
+        );
+        if let Some(r) = &self.abort_reason {
+            let _ = writeln!(s, "  reason: {r}");
+        }
+        for (name, p) in [("warm-up", &self.warmup), ("main", &self.main)] {
+            if p.threads == 0 {
+                let _ = writeln!(s, "{name:<8} skipped");
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "{name:<8} {:>3} threads  {:>9} planned  {:>9} acked  {:>6} failed  {:>8.2} s  {:>9} msgs/s",
+                p.threads,
+                group(p.planned),
+                group(p.acked),
+                group(p.failed),
+                p.wall_seconds,
+                group(p.throughput as u64)
+            );
+        }
+        let t = &self.total;
+        let _ = writeln!(
+            s,
+            "total    {} acked, {} failed, {} not sent of {}; {:.2} s, {} msgs/s ({:.2} s elapsed, with the end-of-run delivery wait and closes)",
+            group(t.acked),
+            group(t.failed),
+            group(t.not_sent),
+            group(t.planned),
+            t.wall_seconds,
+            group(t.throughput as u64),
+            t.elapsed_seconds
+        );
+        let c = &self.connections;
+        let _ = writeln!(
+            s,
+            "conns    {} opened, {} reconnections, {} retries, {} circuit-breaker openings",
+            group(c.opened),
+            group(c.reconnections),
+            group(c.retries),
+            c.breaker_openings
+        );
+        let l = &self.littles_law;
+        let _ = writeln!(
+            s,
+            "Little   {} in flight / {:.3} ms mean ack latency = {} msgs/s predicted; {} measured",
+            l.in_flight,
+            l.mean_ack_latency_ms,
+            group(l.predicted_throughput as u64),
+            group(l.measured_throughput as u64)
+        );
+        let _ = writeln!(
+            s,
+            "latency (ms, main)  {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "mean", "p50", "p95", "p99", "p99.9", "min", "max"
+        );
+        let line = |s: &mut String, name: &str, l: &LatencyStats| {
+            let _ = writeln!(
+                s,
+                "  {name:<17} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                l.mean, l.p50, l.p95, l.p99, l.p999, l.min, l.max
+            );
+        };
+        match &self.ack_latency_ms {
+            Some(a) => line(&mut s, "ack", a),
+            None => {
+                let _ = writeln!(s, "  ack               none observed");
+            }
+        }
+        let d = &self.delivery;
+        match (&d.latency_ms, d.enabled) {
+            (Some(l), _) => line(&mut s, "delivery", l),
+            (None, false) => {
+                let _ = writeln!(s, "  delivery          not measured (--no-delivery)");
+            }
+            (None, true) => {
+                let _ = writeln!(
+                    s,
+                    "  delivery          none observed: no broadcast came back within {:.1} s (a server with --broker none sends none; use --no-delivery)",
+                    d.timeout_s
+                );
+            }
+        }
+        if d.enabled && d.missing > 0 && d.observed > 0 {
+            let _ = writeln!(
+                s,
+                "  delivery: {} of {} acked messages were not broadcast back within {:.1} s",
+                group(d.missing),
+                group(d.observed + d.missing),
+                d.timeout_s
+            );
+        }
+        if !self.rooms.is_empty() && self.main.acked > 0 {
+            let rates: Vec<f64> = self.rooms.iter().map(|r| r.throughput).collect();
+            let min = rates.iter().cloned().fold(f64::INFINITY, f64::min);
+            let max = rates.iter().cloned().fold(0.0, f64::max);
+            let _ = writeln!(
+                s,
+                "rooms    {} rooms, main phase msgs/s per room: min {}, mean {}, max {}",
+                self.rooms.len(),
+                group(min as u64),
+                group((rates.iter().sum::<f64>() / rates.len() as f64) as u64),
+                group(max as u64)
+            );
+            let mut row = String::new();
+            for r in &self.rooms {
+                let _ = write!(row, " {}:{}", r.room, group(r.throughput as u64));
+            }
+            let _ = writeln!(s, "        {}", row.trim_start());
+        }
+        let types: Vec<String> = self
+            .message_types
+            .iter()
+            .map(|(k, v)| format!("{k} {} ({:.1}%)", group(v.acked), v.percent))
+            .collect();
+        let _ = writeln!(s, "types    {}", types.join(", "));
+        let statuses: Vec<String> = self
+            .status_codes
+            .iter()
+            .map(|(k, v)| format!("{k} {}", group(*v)))
+            .collect();
+        let _ = writeln!(s, "status   {}", statuses.join(", "));
+        if let Some(e) = &self.last_error {
+            let _ = writeln!(s, "last error  {e}");
+        }
+        let f = &self.files;
+        let _ = writeln!(s, "report   {}", f.dir.display());
+        let _ = writeln!(s, "  {}", f.summary.display());
+        let _ = writeln!(s, "  {}", f.csv.display());
+        for chart in [&f.throughput_chart, &f.latency_chart]
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(s, "  {}", chart.display());
+        }
+        s
+    }
+}
+
+/// Messages per second; 0 for an empty interval.
+pub fn rate(count: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}

@@ -1,0 +1,455 @@
+//! One load run from start to report: preflight (is every server there?),
+//! the generator, the warm-up phase, the main phase, the CSV writer, then
+//! `summary.json` and the charts. The calling thread watches: it drives the
+//! progress display and gives the run up when nothing is acked for
+//! `give_up_after` (a dead or hung server must end the run, not hang it).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use chatflow_protocol::time::now_ms;
+
+use crate::charts;
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::csv::{CsvWriter, Phase};
+use crate::error::{Error, Result};
+use crate::generator::{self, Batch, Plan, BATCH};
+use crate::latency::Latencies;
+use crate::progress::Progress;
+use crate::report::{
+    rate, Connections, DeliveryReport, Files, LittlesLaw, PhaseReport, Report, RunOutcome,
+    Settings, Totals,
+};
+use crate::sender::{self, Outcome, Shared, Spec};
+
+/// How often the watching thread samples progress. Short, so a small run
+/// ends promptly after its last thread; the sampling itself is a few loads.
+const WATCH_TICK: Duration = Duration::from_millis(25);
+
+/// Runs a load test until done or `stop` is set (Ctrl-C), and writes the
+/// report. `Err` only when the run could not start (bad config, unreachable
+/// server) or the report could not be written; failed messages are counted
+/// in the report instead.
+pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
+    config.validate()?;
+    let seed = config.seed.unwrap_or_else(rand::random);
+    preflight(&config, &stop)?;
+    let dir = make_out_dir(config.out_dir.as_deref())?;
+    let mut files = Files {
+        csv: dir.join("messages.csv"),
+        summary: dir.join("summary.json"),
+        dir,
+        ..Files::default()
+    };
+
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let start = Instant::now();
+    let csv = CsvWriter::spawn(&files.csv, now_ms(), config.rooms, config.sched_batch)?;
+    let warm_n = config.warmup_threads;
+    let shared = Arc::new(Shared::new(config.clone(), stop, warm_n + config.threads));
+    let room_of = |t: usize| (t % config.rooms as usize) as u32 + 1;
+
+    // Lanes: warm-up lanes hold a whole quota (the generator never waits on
+    // them); room lanes hold `lane_batches`.
+    let warm_cap = (config.warmup_messages as usize).div_ceil(BATCH) + 1;
+    let (warm_tx, warm_rx): (Vec<_>, Vec<_>) = (0..warm_n)
+        .map(|t| {
+            let (tx, rx) = crossbeam_channel::bounded::<Batch>(warm_cap);
+            ((room_of(t), tx), rx)
+        })
+        .unzip();
+    let (main_tx, main_rx): (Vec<_>, Vec<_>) = (0..config.rooms)
+        .map(|_| crossbeam_channel::bounded::<Batch>(config.lane_batches))
+        .unzip();
+    let gen_stop = Arc::new(AtomicBool::new(false));
+    let generator = {
+        let plan = Plan {
+            seed,
+            rooms: config.rooms,
+            warmup: warm_tx,
+            warmup_messages: config.warmup_messages,
+            main: main_tx,
+            main_messages: config.main_total(),
+        };
+        let gen_stop = Arc::clone(&gen_stop);
+        let batch = config.sched_batch;
+        spawn("generator", move || {
+            if batch {
+                sender::set_sched_batch();
+            }
+            generator::generate(plan, &gen_stop)
+        })?
+    };
+
+    let mut progress = Progress::new(config.progress, config.progress_interval, config.total);
+    let mut watch = Watch::new(&config);
+    let thread_seed = |slot: usize| seed ^ (slot as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
+
+    let warm_start = Instant::now();
+    let warm_specs = warm_rx
+        .into_iter()
+        .enumerate()
+        .map(|(t, source)| Spec {
+            slot: t,
+            phase: Phase::Warmup,
+            room: room_of(t),
+            source,
+            records: csv.tx.clone(),
+            seed: thread_seed(t),
+        })
+        .collect();
+    let warm = run_phase(
+        &shared,
+        ("warm-up", "warmup"),
+        warm_specs,
+        &mut progress,
+        &mut watch,
+    )?;
+
+    let main_start = Instant::now();
+    let main = if shared.stopped() || shared.aborted() || config.main_total() == 0 {
+        drop(main_rx);
+        Vec::new()
+    } else {
+        if warm_n > 0 {
+            progress.note("warm-up done; main phase");
+        }
+        let specs = (0..config.threads)
+            .map(|t| {
+                let room = room_of(t);
+                Spec {
+                    slot: warm_n + t,
+                    phase: Phase::Main,
+                    room,
+                    source: main_rx[room as usize - 1].clone(),
+                    records: csv.tx.clone(),
+                    seed: thread_seed(warm_n + t),
+                }
+            })
+            .collect();
+        drop(main_rx);
+        run_phase(
+            &shared,
+            ("main", "sender"),
+            specs,
+            &mut progress,
+            &mut watch,
+        )?
+    };
+    let interrupted = shared.stopped();
+    gen_stop.store(true, Ordering::Relaxed);
+    let _ = generator.join();
+    progress.finish();
+    let agg = csv.finish()?;
+
+    // Numbers.
+    let (warmup, warm_ack, _) = phase_report(&warm, warm_n, config.warmup_total(), warm_start);
+    let (main_report, main_ack, main_delivery) = phase_report(
+        &main,
+        if main.is_empty() { 0 } else { config.threads },
+        config.main_total(),
+        main_start,
+    );
+    let all: Vec<&Outcome> = warm.iter().chain(main.iter()).collect();
+    let acked: u64 = all.iter().map(|o| o.acked).sum();
+    let failed: u64 = all.iter().map(|o| o.failed).sum();
+    let last_done = all.iter().filter_map(|o| o.last_done).max();
+    let wall = last_done.map_or(0.0, |t| t.duration_since(start).as_secs_f64());
+    let (rooms, message_types, status_codes) = Report::counts_from(&agg, main_report.wall_seconds);
+    let in_flight = config.threads * config.window;
+    let mean_ms = main_ack.mean_ms();
+    let mut ack_for_chart = main_ack.clone();
+    if ack_for_chart.count() == 0 {
+        ack_for_chart.merge(&warm_ack);
+    }
+    let outcome = if shared.aborted() {
+        RunOutcome::Aborted
+    } else if interrupted {
+        RunOutcome::Interrupted
+    } else {
+        RunOutcome::Completed
+    };
+
+    if config.charts {
+        let t = files.dir.join("throughput.svg");
+        charts::throughput(&t, &agg.acked_per_second, "Acked messages per second")?;
+        files.throughput_chart = Some(t);
+        let l = files.dir.join("latency.svg");
+        charts::latency(
+            &l,
+            &[
+                ("ack", ack_for_chart.percentile_curve()),
+                ("delivery", main_delivery.percentile_curve()),
+            ],
+            "Latency by percentile (main phase)",
+        )?;
+        files.latency_chart = Some(l);
+    }
+
+    let report = Report {
+        outcome,
+        abort_reason: shared.abort_reason(),
+        last_error: shared.last_error(),
+        started_at,
+        settings: Settings {
+            urls: config.urls.iter().map(|u| u.base()).collect(),
+            rooms: config.rooms,
+            messages: config.total,
+            threads: config.threads,
+            window: config.window,
+            warmup_threads: config.warmup_threads,
+            warmup_messages: config.warmup_messages,
+            seed,
+            retries: config.retries,
+            delivery: config.delivery,
+            delivery_timeout_s: config.delivery_timeout.as_secs_f64(),
+            ack_timeout_s: config.ack_timeout.as_secs_f64(),
+            pin: config.pin,
+            sched_batch: config.sched_batch,
+        },
+        warmup,
+        total: Totals {
+            planned: config.total,
+            acked,
+            failed,
+            not_sent: config.total.saturating_sub(acked + failed),
+            wall_seconds: wall,
+            throughput: rate(acked, wall),
+            elapsed_seconds: start.elapsed().as_secs_f64(),
+        },
+        connections: Connections {
+            opened: all.iter().map(|o| o.connections).sum(),
+            reconnections: all.iter().map(|o| o.reconnections).sum(),
+            retries: all.iter().map(|o| o.retries).sum(),
+            breaker_openings: shared.breaker_openings(),
+        },
+        littles_law: LittlesLaw {
+            in_flight,
+            mean_ack_latency_ms: mean_ms,
+            predicted_throughput: if mean_ms > 0.0 {
+                in_flight as f64 * 1000.0 / mean_ms
+            } else {
+                0.0
+            },
+            measured_throughput: main_report.throughput,
+        },
+        ack_latency_ms: main_report.ack_latency_ms.clone(),
+        delivery: DeliveryReport {
+            enabled: config.delivery,
+            timeout_s: config.delivery_timeout.as_secs_f64(),
+            observed: all.iter().map(|o| o.delivered).sum(),
+            missing: all.iter().map(|o| o.delivery_missing).sum(),
+            latency_ms: main_delivery.stats(),
+        },
+        main: main_report,
+        rooms,
+        message_types,
+        status_codes,
+        unexpected_frames: all.iter().map(|o| o.unexpected_frames).sum(),
+        acked_per_second: agg.acked_per_second.clone(),
+        files,
+    };
+    report.write_json(&report.files.summary)?;
+    Ok(report)
+}
+
+/// Runs one phase's threads and watches them until all are done. `names`:
+/// the phase as shown in progress, and its threads' name prefix (`top -H`,
+/// perf).
+fn run_phase(
+    shared: &Arc<Shared>,
+    (name, prefix): (&str, &str),
+    specs: Vec<Spec>,
+    progress: &mut Progress,
+    watch: &mut Watch,
+) -> Result<Vec<Outcome>> {
+    let mut handles: Vec<JoinHandle<Outcome>> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let for_thread = Arc::clone(shared);
+        let thread_name = format!("{prefix}-{}", spec.slot);
+        match spawn(&thread_name, move || sender::run(&for_thread, spec)) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                shared.abort(format!("could not start thread {thread_name}"));
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(e);
+            }
+        }
+    }
+    while !handles.iter().all(JoinHandle::is_finished) {
+        thread::sleep(WATCH_TICK);
+        let (acked, failed) = shared.totals();
+        progress.update(name, acked, failed);
+        watch.check(shared, acked, failed);
+    }
+    let mut outcomes = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.join() {
+            Ok(o) => outcomes.push(o),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+    let (acked, failed) = shared.totals();
+    progress.update(name, acked, failed);
+    Ok(outcomes)
+}
+
+/// Gives the run up when nothing is acked for `give_up_after` while work remains.
+struct Watch {
+    give_up_after: Duration,
+    planned: u64,
+    last_acked: u64,
+    since: Instant,
+}
+
+impl Watch {
+    fn new(config: &Config) -> Self {
+        Watch {
+            give_up_after: config.give_up_after,
+            planned: config.total,
+            last_acked: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn check(&mut self, shared: &Shared, acked: u64, failed: u64) {
+        let now = Instant::now();
+        if acked != self.last_acked {
+            self.last_acked = acked;
+            self.since = now;
+            return;
+        }
+        if acked + failed < self.planned
+            && now.duration_since(self.since) >= self.give_up_after
+            && !shared.aborted()
+        {
+            let last = shared
+                .last_error()
+                .unwrap_or_else(|| "no error seen".into());
+            shared.abort(format!(
+                "nothing was acked for {:.1} s (--give-up-after); last error: {last}",
+                self.give_up_after.as_secs_f64()
+            ));
+        }
+    }
+}
+
+/// Sums a phase's threads: counts, wall time, merged histograms.
+fn phase_report(
+    outcomes: &[Outcome],
+    threads: usize,
+    planned: u64,
+    start: Instant,
+) -> (PhaseReport, Latencies, Latencies) {
+    let mut ack = Latencies::new();
+    let mut delivery = Latencies::new();
+    for o in outcomes {
+        ack.merge(&o.ack);
+        delivery.merge(&o.delivery);
+    }
+    let acked = outcomes.iter().map(|o| o.acked).sum();
+    let failed = outcomes.iter().map(|o| o.failed).sum();
+    let wall = outcomes
+        .iter()
+        .filter_map(|o| o.last_done)
+        .max()
+        .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64());
+    let report = PhaseReport {
+        threads,
+        planned: if threads == 0 { 0 } else { planned },
+        acked,
+        failed,
+        wall_seconds: wall,
+        throughput: rate(acked, wall),
+        ack_latency_ms: ack.stats(),
+        delivery_latency_ms: delivery.stats(),
+    };
+    (report, ack, delivery)
+}
+
+/// Connects to room 1 of every server, with the configured retries, so an
+/// unreachable server is reported clearly before anything starts.
+fn preflight(config: &Config, stop: &AtomicBool) -> Result<()> {
+    for endpoint in &config.urls {
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Err(Error::Interrupted);
+            }
+            attempts += 1;
+            match Connection::open(endpoint, 1, config.connect_timeout, config.tick, 1) {
+                Ok(conn) => {
+                    conn.close(config.tick);
+                    break;
+                }
+                Err(last) if attempts > config.retries => {
+                    return Err(Error::Unreachable {
+                        url: endpoint.room_url(1),
+                        attempts,
+                        seconds: started.elapsed().as_secs_f64(),
+                        last,
+                    })
+                }
+                Err(_) => {
+                    let delay = config
+                        .backoff_base
+                        .saturating_mul(1 << (attempts - 1).min(20))
+                        .min(config.backoff_max);
+                    let until = Instant::now() + delay;
+                    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                        thread::sleep(config.tick.min(until - Instant::now()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The report directory: as given, or `results/<UTC timestamp>/` (suffixed
+/// if two runs start in the same second).
+fn make_out_dir(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = given {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        return Ok(dir.to_path_buf());
+    }
+    let base = PathBuf::from("results");
+    std::fs::create_dir_all(&base).map_err(|e| Error::io(&base, e))?;
+    let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+    for n in 1.. {
+        let dir = if n == 1 {
+            base.join(&stamp)
+        } else {
+            base.join(format!("{stamp}-{n}"))
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+    }
+    unreachable!("an unbounded range always yields")
+}
+
+fn spawn<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>> {
+    thread::Builder::new()
+        .name(name.to_string())
+        // Senders keep little on the stack; 256 KiB instead of 2 MiB keeps
+        // a thousand threads cheap.
+        .stack_size(256 * 1024)
+        .spawn(f)
+        .map_err(|source| Error::Spawn {
+            name: name.to_string(),
+            source,
+        })
+}

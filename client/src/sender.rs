@@ -1,0 +1,769 @@
+//! A sender thread: one connection to one room at a time, up to `window`
+//! messages in flight, retries with exponential backoff, the shared circuit
+//! breakers, ack and delivery latency, and the records the CSV writer gets.
+//!
+//! Every message a sender takes from its lane ends in exactly one way:
+//! acked, failed (counted, with a CSV row), or — only when the run is
+//! stopped early — never sent (the report's `notSent`). That is what makes
+//! the counts add up.
+//!
+//! The loop: fill the window (ready retries first, then fresh messages),
+//! write every new frame with one flush, then read: block while nothing else
+//! can be done, otherwise take only what already arrived, so a pipelined
+//! connection handles many acks per wake-up and a window-1 connection does
+//! exactly one write and one read per message.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatflow_protocol::time::now_ms;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_utils::CachePadded;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::breaker::{Breaker, Permit};
+use crate::config::{Config, PinMode};
+use crate::connection::{Connection, Read1};
+use crate::csv::{Phase, Record, Status, RECORD_BATCH};
+use crate::delivery::Deliveries;
+use crate::generator::{Batch, Msg};
+use crate::latency::Latencies;
+use crate::wire::{self, Encoder, Incoming};
+
+/// Counters one thread publishes for the progress display and the give-up
+/// watchdog. Single writer (plain stores), padded so threads never share a
+/// cache line.
+#[derive(Default)]
+pub struct Slot {
+    pub acked: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// What every sender thread shares: config, servers and their breakers,
+/// stop signals, progress slots, the latest error.
+pub struct Shared {
+    pub config: Config,
+    pub breakers: Vec<Breaker>,
+    next_endpoint: AtomicUsize,
+    /// Ctrl-C: stop sending, let in-flight messages finish, report.
+    pub stop: Arc<AtomicBool>,
+    /// Given up (server dead or hung): stop now.
+    abort: AtomicBool,
+    abort_reason: Mutex<Option<String>>,
+    pub slots: Vec<CachePadded<Slot>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn new(config: Config, stop: Arc<AtomicBool>, slots: usize) -> Self {
+        let breakers = config
+            .urls
+            .iter()
+            .map(|_| {
+                Breaker::new(
+                    config.breaker_threshold,
+                    config.breaker_cooldown,
+                    config.connect_timeout,
+                )
+            })
+            .collect();
+        Shared {
+            config,
+            breakers,
+            next_endpoint: AtomicUsize::new(0),
+            stop,
+            abort: AtomicBool::new(false),
+            abort_reason: Mutex::new(None),
+            slots: (0..slots)
+                .map(|_| CachePadded::new(Slot::default()))
+                .collect(),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+
+    pub fn abort(&self, reason: String) {
+        let mut r = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
+        r.get_or_insert(reason);
+        self.abort.store(true, Ordering::Relaxed);
+    }
+
+    pub fn abort_reason(&self) -> Option<String> {
+        self.abort_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_last_error(&self, e: String) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// (acked, failed) over every thread.
+    pub fn totals(&self) -> (u64, u64) {
+        self.slots.iter().fold((0, 0), |(a, f), s| {
+            (
+                a + s.acked.load(Ordering::Relaxed),
+                f + s.failed.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    pub fn breaker_openings(&self) -> u64 {
+        self.breakers.iter().map(Breaker::openings).sum()
+    }
+
+    /// The next server to connect to: round-robin over those whose breaker
+    /// lets a connection through; if none does, how long to wait.
+    fn pick(&self, now: Instant) -> (usize, Permit) {
+        let n = self.breakers.len();
+        let start = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        let mut wait = Duration::MAX;
+        for k in 0..n {
+            let i = (start + k) % n;
+            match self.breakers[i].acquire(now) {
+                Permit::Wait(d) => wait = wait.min(d),
+                permit => return (i, permit),
+            }
+        }
+        (0, Permit::Wait(wait))
+    }
+}
+
+/// One sender thread's assignment.
+pub struct Spec {
+    /// Index into [`Shared::slots`].
+    pub slot: usize,
+    pub phase: Phase,
+    pub room: u32,
+    pub source: Receiver<Batch>,
+    pub records: Sender<Vec<Record>>,
+    /// Seeds backoff jitter and masking keys.
+    pub seed: u64,
+}
+
+/// What a thread did, merged into the report.
+#[derive(Debug)]
+pub struct Outcome {
+    pub phase: Phase,
+    pub acked: u64,
+    pub failed: u64,
+    pub retries: u64,
+    pub connections: u64,
+    pub reconnections: u64,
+    pub ack: Latencies,
+    pub delivery: Latencies,
+    pub delivered: u64,
+    pub delivery_missing: u64,
+    pub unexpected_frames: u64,
+    /// When its last message was acked or failed.
+    pub last_done: Option<Instant>,
+}
+
+struct InFlight {
+    msg: Msg,
+    seq: u64,
+    /// Attempts before this one.
+    attempts: u32,
+    sent_at: Instant,
+    sent_ms: i64,
+}
+
+struct Retry {
+    msg: Msg,
+    /// Attempts made so far.
+    attempts: u32,
+    not_before: Instant,
+}
+
+/// Runs a sender thread to completion.
+pub fn run(shared: &Shared, spec: Spec) -> Outcome {
+    if shared.config.sched_batch {
+        set_sched_batch();
+    }
+    SenderThread::new(shared, spec).run()
+}
+
+/// Pins the calling thread to one CPU. Best effort.
+fn pin_to(cpu: usize) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET bounds-checks
+    // nothing, so `cpu` is checked against the set's capacity first.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu < 8 * std::mem::size_of::<libc::cpu_set_t>() {
+            libc::CPU_SET(cpu, &mut set);
+            let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+/// Moves the calling thread to SCHED_BATCH (see [`Config::sched_batch`]).
+/// Best effort: on failure the thread keeps the normal policy.
+pub fn set_sched_batch() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain syscall on the calling thread (pid 0) with a valid,
+        // initialised parameter struct.
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    }
+}
+
+struct SenderThread<'a> {
+    shared: &'a Shared,
+    cfg: &'a Config,
+    spec: Spec,
+    conn: Option<Connection>,
+    connect_failures: u32,
+    connect_not_before: Instant,
+    encoder: Encoder,
+    fresh: VecDeque<Msg>,
+    source_done: bool,
+    retry: VecDeque<Retry>,
+    inflight: VecDeque<InFlight>,
+    seq: u64,
+    /// Ctrl-C seen: send nothing more, so reads may block.
+    stopping: bool,
+    deliveries: Option<Deliveries>,
+    records: Vec<Record>,
+    rng: SmallRng,
+    out: Outcome,
+}
+
+impl<'a> SenderThread<'a> {
+    fn new(shared: &'a Shared, spec: Spec) -> Self {
+        let cfg = &shared.config;
+        SenderThread {
+            shared,
+            cfg,
+            conn: None,
+            connect_failures: 0,
+            connect_not_before: Instant::now(),
+            encoder: Encoder::new(spec.seed),
+            fresh: VecDeque::with_capacity(cfg.window + crate::generator::BATCH),
+            source_done: false,
+            retry: VecDeque::new(),
+            inflight: VecDeque::with_capacity(cfg.window),
+            seq: 0,
+            stopping: false,
+            deliveries: cfg
+                .delivery
+                .then(|| Deliveries::new(cfg.delivery_timeout, cfg.window)),
+            records: Vec::with_capacity(RECORD_BATCH),
+            rng: SmallRng::seed_from_u64(spec.seed),
+            out: Outcome {
+                phase: spec.phase,
+                acked: 0,
+                failed: 0,
+                retries: 0,
+                connections: 0,
+                reconnections: 0,
+                ack: Latencies::new(),
+                delivery: Latencies::new(),
+                delivered: 0,
+                delivery_missing: 0,
+                unexpected_frames: 0,
+                last_done: None,
+            },
+            spec,
+        }
+    }
+
+    fn run(mut self) -> Outcome {
+        loop {
+            if self.shared.aborted() {
+                self.give_up(Status::Aborted);
+                break;
+            }
+            if self.shared.stopped() {
+                self.stop_gracefully();
+                break;
+            }
+            let now = Instant::now();
+            self.check_deadlines(now);
+            if self.inflight.len() < self.cfg.window {
+                self.take_fresh();
+                if self.has_ready(now) {
+                    if self.conn.is_none() {
+                        if now < self.connect_not_before {
+                            self.sleep_until(self.connect_not_before);
+                            continue;
+                        }
+                        if !self.connect() {
+                            continue;
+                        }
+                    }
+                    self.send_ready();
+                }
+            }
+            if self.inflight.is_empty() {
+                if self.fresh.is_empty() && self.retry.is_empty() && self.source_done {
+                    break;
+                }
+                self.idle();
+                continue;
+            }
+            self.read_round(false);
+        }
+        self.finish()
+    }
+
+    /// Tops up `fresh` from the lane without blocking.
+    fn take_fresh(&mut self) {
+        while self.fresh.len() < self.cfg.window && !self.source_done {
+            match self.spec.source.try_recv() {
+                Ok(batch) => self.fresh.extend(batch.messages().iter().copied()),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.source_done = true,
+            }
+        }
+    }
+
+    fn has_ready(&self, now: Instant) -> bool {
+        !self.fresh.is_empty() || self.retry.iter().any(|r| r.not_before <= now)
+    }
+
+    /// Could something be sent now? (Room in the window and a message
+    /// ready here or waiting in the lane.)
+    fn can_send_more(&self, now: Instant) -> bool {
+        !self.stopping
+            && self.inflight.len() < self.cfg.window
+            && (self.has_ready(now) || !self.spec.source.is_empty())
+    }
+
+    /// Nothing in flight and nothing ready: wait for the lane or a retry's
+    /// backoff, still reading broadcasts that are awaited.
+    fn idle(&mut self) {
+        let awaiting = self.deliveries.as_ref().is_some_and(|d| d.awaiting() > 0);
+        if awaiting && self.conn.is_some() {
+            self.read_round(true);
+        }
+        let now = Instant::now();
+        let next_retry = self.retry.iter().map(|r| r.not_before).min();
+        // While broadcasts are awaited, wake often so their arrival is
+        // stamped promptly; otherwise a tick bounds Ctrl-C latency.
+        let cap = if awaiting {
+            Duration::from_millis(1)
+        } else {
+            self.cfg.tick
+        };
+        let wait = next_retry
+            .map(|t| t.saturating_duration_since(now))
+            .unwrap_or(cap)
+            .min(cap);
+        if !self.source_done && self.fresh.is_empty() {
+            match self.spec.source.recv_timeout(wait) {
+                Ok(batch) => self.fresh.extend(batch.messages().iter().copied()),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => self.source_done = true,
+            }
+        } else if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+
+    fn sleep_until(&self, t: Instant) {
+        let d = t
+            .saturating_duration_since(Instant::now())
+            .min(self.cfg.tick);
+        if !d.is_zero() {
+            std::thread::sleep(d);
+        }
+    }
+
+    /// Opens a connection to this thread's room on the next server whose
+    /// breaker allows it. False if it failed or the breakers say wait.
+    fn connect(&mut self) -> bool {
+        let now = Instant::now();
+        let (i, permit) = self.shared.pick(now);
+        let probe = match permit {
+            Permit::Wait(d) => {
+                // Waiting for an open breaker spends no attempt.
+                self.connect_not_before = now + d.min(self.cfg.breaker_cooldown);
+                return false;
+            }
+            Permit::Probe => true,
+            Permit::Go => false,
+        };
+        let endpoint = &self.cfg.urls[i];
+        match Connection::open(
+            endpoint,
+            self.spec.room,
+            self.cfg.connect_timeout,
+            self.cfg.tick,
+            self.cfg.window,
+        ) {
+            Ok(conn) => {
+                self.shared.breakers[i].success();
+                if self.out.connections > 0 {
+                    self.out.reconnections += 1;
+                }
+                self.out.connections += 1;
+                self.connect_failures = 0;
+                let pin = match self.cfg.pin {
+                    PinMode::On => true,
+                    PinMode::Off => false,
+                    PinMode::Auto => conn.peer_is_loopback(),
+                };
+                if pin {
+                    if let Some(cpu) = conn.incoming_cpu() {
+                        pin_to(cpu);
+                    }
+                }
+                self.conn = Some(conn);
+                true
+            }
+            Err(e) => {
+                let now = Instant::now();
+                self.shared.breakers[i].failure(now, probe);
+                self.shared.set_last_error(e);
+                self.connect_failures += 1;
+                self.connect_not_before = now + self.backoff(self.connect_failures);
+                // The messages that were to go out on it each spent an attempt.
+                let mut spent = Vec::with_capacity(self.cfg.window);
+                while spent.len() < self.cfg.window {
+                    if let Some(k) = self.retry.iter().position(|r| r.not_before <= now) {
+                        let r = self.retry.remove(k).expect("index from position");
+                        spent.push((r.msg, r.attempts));
+                    } else if let Some(m) = self.fresh.pop_front() {
+                        spent.push((m, 0));
+                    } else {
+                        break;
+                    }
+                }
+                let now_wall = now_ms();
+                for (msg, attempts) in spent {
+                    // A re-attempt that died at connect is a retry too.
+                    if attempts > 0 {
+                        self.out.retries += 1;
+                    }
+                    self.attempt_failed(
+                        msg,
+                        attempts + 1,
+                        Status::ConnectionFailed,
+                        true,
+                        now_wall,
+                        0,
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Encodes every message the window has room for, then one flush.
+    fn send_ready(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let wall = now_ms();
+        while self.inflight.len() < self.cfg.window {
+            let (msg, attempts) =
+                if let Some(k) = self.retry.iter().position(|r| r.not_before <= now) {
+                    let r = self.retry.remove(k).expect("index from position");
+                    self.out.retries += 1;
+                    (r.msg, r.attempts)
+                } else if let Some(m) = self.fresh.pop_front() {
+                    (m, 0)
+                } else {
+                    break;
+                };
+            self.seq += 1;
+            self.encoder.encode(conn.out(), &msg, self.seq, wall);
+            self.inflight.push_back(InFlight {
+                msg,
+                seq: self.seq,
+                attempts,
+                sent_at: now,
+                sent_ms: wall,
+            });
+        }
+        if let Err(e) = conn.flush() {
+            self.lost(Status::ConnectionFailed, format!("write failed: {e}"));
+        }
+    }
+
+    /// Reads frames: blocks (up to a tick) while there is nothing else to
+    /// do, otherwise takes only what already arrived. `drain_only`: never block.
+    fn read_round(&mut self, drain_only: bool) {
+        loop {
+            let wait =
+                !drain_only && !self.inflight.is_empty() && !self.can_send_more(Instant::now());
+            let Some(conn) = self.conn.as_mut() else {
+                return;
+            };
+            match conn.read(wait) {
+                Read1::Text(text) => self.on_text(text.as_str()),
+                Read1::Nothing => break,
+                Read1::Lost(why) => {
+                    self.lost(Status::ConnectionFailed, why);
+                    break;
+                }
+            }
+            if self.inflight.is_empty() && !drain_only {
+                // Everything acked: send more before reading on.
+                break;
+            }
+        }
+        let slot = &self.shared.slots[self.spec.slot];
+        slot.acked.store(self.out.acked, Ordering::Relaxed);
+        slot.failed.store(self.out.failed, Ordering::Relaxed);
+    }
+
+    fn on_text(&mut self, text: &str) {
+        match wire::classify(text) {
+            Incoming::Ack { seq, id } => {
+                let Some(k) = self.find_inflight(seq) else {
+                    self.out.unexpected_frames += 1;
+                    return;
+                };
+                let f = self.inflight.remove(k).expect("index from find_inflight");
+                let now = Instant::now();
+                let latency = now.saturating_duration_since(f.sent_at);
+                self.out.ack.record(latency);
+                self.out.acked += 1;
+                self.out.last_done = Some(now);
+                self.record(f.msg, f.sent_ms, latency, Status::Ok);
+                if let Some(d) = self.deliveries.as_mut() {
+                    d.acked(id.0, f.sent_at, now);
+                }
+            }
+            Incoming::Error { seq, code } => {
+                let Some(k) = self.find_inflight(seq) else {
+                    self.out.unexpected_frames += 1;
+                    return;
+                };
+                let f = self.inflight.remove(k).expect("index from find_inflight");
+                let (status, retryable) = Status::from_code(code);
+                self.shared.set_last_error(wire::error_text(text));
+                let latency = f.sent_at.elapsed();
+                self.attempt_failed(
+                    f.msg,
+                    f.attempts + 1,
+                    status,
+                    retryable,
+                    f.sent_ms,
+                    latency.as_micros() as u64,
+                );
+            }
+            Incoming::Broadcast(text) => {
+                if let Some(d) = self.deliveries.as_mut() {
+                    if d.awaiting() > 0 || !self.inflight.is_empty() {
+                        let inflight = &self.inflight;
+                        d.broadcast(
+                            text,
+                            |user| inflight.iter().any(|f| f.msg.user_id == user),
+                            Instant::now,
+                        );
+                    }
+                }
+            }
+            Incoming::Other => self.out.unexpected_frames += 1,
+        }
+    }
+
+    /// The in-flight entry an ack or error is for: by echoed sequence (the
+    /// oldest first: acks come back in order), or the oldest if not echoed.
+    fn find_inflight(&self, seq: Option<u64>) -> Option<usize> {
+        match seq {
+            None => (!self.inflight.is_empty()).then_some(0),
+            Some(s) => self.inflight.iter().position(|f| f.seq == s),
+        }
+    }
+
+    /// One attempt of `msg` failed (`attempts` made so far): retry after a
+    /// backoff if allowed, otherwise count it failed.
+    fn attempt_failed(
+        &mut self,
+        msg: Msg,
+        attempts: u32,
+        status: Status,
+        retryable: bool,
+        sent_ms: i64,
+        latency_us: u64,
+    ) {
+        if retryable && attempts <= self.cfg.retries {
+            let not_before = Instant::now() + self.backoff(attempts);
+            self.retry.push_back(Retry {
+                msg,
+                attempts,
+                not_before,
+            });
+        } else {
+            self.fail(msg, sent_ms, latency_us, status);
+        }
+    }
+
+    fn fail(&mut self, msg: Msg, sent_ms: i64, latency_us: u64, status: Status) {
+        self.out.failed += 1;
+        self.out.last_done = Some(Instant::now());
+        self.record(msg, sent_ms, Duration::from_micros(latency_us), status);
+    }
+
+    /// The connection is gone: every message in flight spent an attempt.
+    fn lost(&mut self, status: Status, why: String) {
+        self.conn = None;
+        self.shared.set_last_error(why);
+        let inflight: Vec<InFlight> = self.inflight.drain(..).collect();
+        for f in inflight {
+            let latency = f.sent_at.elapsed().as_micros() as u64;
+            self.attempt_failed(f.msg, f.attempts + 1, status, true, f.sent_ms, latency);
+        }
+        if let Some(d) = self.deliveries.as_mut() {
+            d.abandon();
+        }
+    }
+
+    fn check_deadlines(&mut self, now: Instant) {
+        if let Some(d) = self.deliveries.as_mut() {
+            d.expire(now);
+        }
+        let timed_out = self
+            .inflight
+            .front()
+            .is_some_and(|f| now.saturating_duration_since(f.sent_at) > self.cfg.ack_timeout);
+        if timed_out {
+            let why = format!(
+                "no ack within {:.1} s (--ack-timeout)",
+                self.cfg.ack_timeout.as_secs_f64()
+            );
+            self.lost(Status::Timeout, why);
+        }
+    }
+
+    /// Exponential backoff with equal jitter: half fixed, half random, so
+    /// threads that failed together do not come back together.
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let exp = self
+            .cfg
+            .backoff_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.cfg.backoff_max);
+        let half = exp / 2;
+        half + half.mul_f64(self.rng.random::<f64>())
+    }
+
+    fn record(&mut self, msg: Msg, sent_ms: i64, latency: Duration, status: Status) {
+        self.records.push(Record {
+            sent_ms,
+            latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+            room: msg.room,
+            kind: msg.kind,
+            status,
+            phase: self.spec.phase,
+        });
+        if self.records.len() >= RECORD_BATCH {
+            self.flush_records();
+        }
+    }
+
+    fn flush_records(&mut self) {
+        if self.records.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.records, Vec::with_capacity(RECORD_BATCH));
+        // The writer outlives every sender; if it died, the error surfaces
+        // when it is joined.
+        let _ = self.spec.records.send(batch);
+    }
+
+    /// Ctrl-C: send nothing new; in-flight messages get `stop_grace` to be
+    /// acked; whatever is left counts as failed (interrupted).
+    fn stop_gracefully(&mut self) {
+        self.stopping = true;
+        let wall = now_ms();
+        let retries: Vec<Retry> = self.retry.drain(..).collect();
+        for r in retries {
+            self.fail(r.msg, wall, 0, Status::Interrupted);
+        }
+        self.fresh.clear();
+        let deadline = Instant::now() + self.cfg.stop_grace;
+        while !self.inflight.is_empty() && self.conn.is_some() && Instant::now() < deadline {
+            self.read_round(false);
+            // A lost connection queued retries: they are not sent now.
+            let retries: Vec<Retry> = self.retry.drain(..).collect();
+            for r in retries {
+                self.fail(r.msg, wall, 0, Status::Interrupted);
+            }
+        }
+        self.give_up(Status::Interrupted);
+    }
+
+    /// Everything still in hand fails with `status`; unsent fresh messages
+    /// are left uncounted (the report's notSent).
+    fn give_up(&mut self, status: Status) {
+        let inflight: Vec<InFlight> = self.inflight.drain(..).collect();
+        for f in inflight {
+            let latency = f.sent_at.elapsed().as_micros() as u64;
+            self.fail(f.msg, f.sent_ms, latency, status);
+        }
+        let wall = now_ms();
+        let retries: Vec<Retry> = self.retry.drain(..).collect();
+        for r in retries {
+            self.fail(r.msg, wall, 0, status);
+        }
+        self.fresh.clear();
+        if status == Status::Aborted {
+            // A dead server: closing politely would only wait.
+            self.conn = None;
+        }
+    }
+
+    /// Waits (bounded by the delivery timeout) for awaited broadcasts,
+    /// closes politely, hands over the rest.
+    fn finish(mut self) -> Outcome {
+        let deadline = self.deliveries.as_ref().and_then(Deliveries::last_deadline);
+        if let Some(deadline) = deadline {
+            while self.deliveries.as_ref().is_some_and(|d| d.awaiting() > 0)
+                && !self.shared.stopped()
+                && !self.shared.aborted()
+                && Instant::now() < deadline
+            {
+                let Some(conn) = self.conn.as_mut() else {
+                    break;
+                };
+                match conn.read(true) {
+                    Read1::Text(t) => self.on_text(t.as_str()),
+                    Read1::Nothing => {}
+                    Read1::Lost(why) => self.lost(Status::ConnectionFailed, why),
+                }
+                if let Some(d) = self.deliveries.as_mut() {
+                    d.expire(Instant::now());
+                }
+            }
+        }
+        if let Some(d) = self.deliveries.as_mut() {
+            d.abandon();
+            self.out.delivered = d.observed;
+            self.out.delivery_missing = d.missing;
+            self.out.delivery = std::mem::take(&mut d.latencies);
+        }
+        if let Some(conn) = self.conn.take() {
+            conn.close(self.cfg.tick * 5);
+        }
+        self.flush_records();
+        let slot = &self.shared.slots[self.spec.slot];
+        slot.acked.store(self.out.acked, Ordering::Relaxed);
+        slot.failed.store(self.out.failed, Ordering::Relaxed);
+        self.out
+    }
+}
