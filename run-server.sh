@@ -2,7 +2,8 @@
 # Starts chatflow-server on a host (EC2): checks the kernel tuning, raises
 # the descriptor limit, builds if needed, and runs the server in the
 # foreground with workers pinned one per core. Configuration comes from the
-# environment (BIND, WORKERS, BROKER, ROOMS, MAX_CONNECTIONS, ...) or flags.
+# environment (BIND, WORKERS, BROKER, RABBITMQ_HOST, REDIS_HOST, ROOMS, ...) or
+# flags.
 set -euo pipefail
 
 usage() {
@@ -10,7 +11,8 @@ usage() {
 Usage: ./run-server.sh [chatflow-server flags...]
 
 Environment (each also a flag, see chatflow-server --help):
-  BIND=0.0.0.0:8080   WORKERS=<cores>   BROKER=memory|none
+  BIND=0.0.0.0:8080   WORKERS=<cores>   BROKER=rabbitmq|memory|none
+  RABBITMQ_HOST=127.0.0.1  RABBITMQ_USER/RABBITMQ_PASSWORD  REDIS_HOST=127.0.0.1
   ROOMS=20            MAX_CONNECTIONS=100000   SERVER_ID=<hostname-pid>
 Checks tuning (tuning/apply.sh --check), sets ulimit -n to the hard limit,
 builds target/release/chatflow-server if missing, then execs it.
