@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use chatflow_protocol::flags::ConfigError;
+use chatflow_protocol::flags::{bad, seconds};
 use chatflow_protocol::topology::DEFAULT_DELIVERY_LIMIT;
 use chatflow_protocol::{Rooms, Topology, SHARDS_PER_ROOM};
 use clap::builder::BoolishValueParser;
@@ -388,32 +390,6 @@ pub struct Args {
     /// Seconds a consumer waits for its cancel to be confirmed on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5.0)]
     pub shutdown_grace_secs: f64,
-}
-
-/// A flag whose value is out of bounds.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid value for --{flag}: {reason}")]
-pub struct ConfigError {
-    pub flag: &'static str,
-    pub reason: String,
-}
-
-fn bad(flag: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        flag,
-        reason: reason.into(),
-    }
-}
-
-fn seconds(flag: &'static str, secs: f64) -> Result<Duration, ConfigError> {
-    if secs.is_finite() && secs > 0.0 && secs <= 3600.0 {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(bad(
-            flag,
-            format!("{secs} is not a number of seconds in (0, 3600]"),
-        ))
-    }
 }
 
 fn non_empty(flag: &'static str, value: String) -> Result<String, ConfigError> {

@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`message`]: the client message, its parsing and every validation rule;
+//! - [`flags`]: the configuration error naming a flag, shared by binaries;
 //! - [`frame`]: the frames the server sends (`ack`, `error`, `message`);
 //! - `amqp` (feature `amqp`): opening AMQP connections with `TCP_NODELAY`;
 //! - [`envelope`]: the queue envelope servers publish and consumers decode;
@@ -19,6 +20,7 @@
 #[cfg(feature = "amqp")]
 pub mod amqp;
 pub mod envelope;
+pub mod flags;
 pub mod frame;
 pub mod id;
 pub mod message;

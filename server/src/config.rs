@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use chatflow_protocol::flags::ConfigError;
+use chatflow_protocol::flags::{bad, seconds};
 use chatflow_protocol::message::MAX_CLIENT_MESSAGE_BYTES;
 use chatflow_protocol::Rooms;
 use clap::{Parser, ValueEnum};
@@ -262,32 +264,6 @@ pub struct Args {
     /// Redeliveries before a queue dead-letters a message (must match the consumer's).
     #[arg(long, env = "DELIVERY_LIMIT", default_value_t = chatflow_protocol::topology::DEFAULT_DELIVERY_LIMIT)]
     pub delivery_limit: u32,
-}
-
-/// A flag whose value is out of bounds.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid value for --{flag}: {reason}")]
-pub struct ConfigError {
-    pub flag: &'static str,
-    pub reason: String,
-}
-
-fn bad(flag: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        flag,
-        reason: reason.into(),
-    }
-}
-
-fn seconds(flag: &'static str, secs: f64) -> Result<Duration, ConfigError> {
-    if secs.is_finite() && secs > 0.0 && secs <= 3600.0 {
-        Ok(Duration::from_secs_f64(secs))
-    } else {
-        Err(bad(
-            flag,
-            format!("{secs} is not a number of seconds in (0, 3600]"),
-        ))
-    }
 }
 
 impl Args {
