@@ -11,12 +11,19 @@
 //! - `consumer-r{room}s{shard}` × ROOMS×5: [`worker`](crate::worker);
 //! - `amqp-link-N` × AMQP_CONNECTIONS: [`link`](crate::link), owning the
 //!   connections (consumers are assigned in blocks of whole rooms);
+//! - `writer-N` × WRITERS (persistence on): [`writer`](crate::writer);
+//! - `partitions`: day-partition upkeep, hourly;
 //! - `consumer-stats`: per-second rate snapshots and a Redis PING;
 //! - `consumer-http`: `/health` and `/metrics`.
 //!
-//! Shutdown: consumers cancel, drain, broadcast and ack what they hold and
-//! close their channels; then the links close the connections; then the
-//! sampler and the HTTP thread stop. Every thread is joined.
+//! With persistence on, the database is checked first (reachable, schema
+//! present or applied, partitions created) and the writers connect before
+//! any consumer starts.
+//!
+//! Shutdown: consumers cancel, drain, broadcast what they hold, wait
+//! (bounded) for its rows to commit, ack and close their channels; then the
+//! links close the connections; then the writers flush and stop, and the
+//! upkeep, sampler and HTTP threads stop. Every thread is joined.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};

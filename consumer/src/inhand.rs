@@ -9,7 +9,7 @@
 //! name an unknown tag — a channel error that redelivers everything.
 //!
 //! A delivery is *finished* when the work its ack stands for is done: the
-//! broadcast while persistence is off; with persistence (issue 5), the
+//! broadcast while persistence is off; with persistence, the
 //! commit of its row, which writers report back possibly out of order —
 //! which is why entries are marked one by one and only the finished prefix
 //! is settled.
