@@ -82,9 +82,13 @@ fn describe(message: ConsumerMessage) -> String {
     }
 }
 
-/// A good delivery's room, broadcast frame, server time and row, or why it
-/// is poison.
-fn broadcast_of(body: &[u8], topology: &Topology) -> Result<(u32, String, i64, Row), String> {
+/// A good delivery's room, broadcast frame, server time and (when it is to
+/// be stored) row, or why it is poison.
+fn broadcast_of(
+    body: &[u8],
+    topology: &Topology,
+    with_row: bool,
+) -> Result<(u32, String, i64, Option<Row>), String> {
     let envelope = Envelope::decode(body).map_err(|e| format!("not an envelope: {e}"))?;
     if !topology.rooms.contains(envelope.room_id) {
         return Err(format!(
@@ -96,8 +100,16 @@ fn broadcast_of(body: &[u8], topology: &Topology) -> Result<(u32, String, i64, R
         envelope.room_id,
         envelope.broadcast_json(),
         envelope.server_timestamp.0,
-        Row::from_envelope(&envelope),
+        with_row.then(|| Row::from_envelope(&envelope)),
     ))
+}
+
+/// A delivery of a batch after decoding.
+enum Decoded {
+    /// Broadcast; with persistence on, its row to store.
+    Good(Option<Row>),
+    /// Undecodable: for the dead-letter queue.
+    Poison,
 }
 
 fn now_ms() -> i64 {
@@ -294,7 +306,7 @@ impl Worker {
         let mut oldest_ms = i64::MAX;
         let mut decoded = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match broadcast_of(&delivery.body, &self.topology) {
+            match broadcast_of(&delivery.body, &self.topology, self.rows.is_some()) {
                 Ok((room, frame, server_ms, row)) => {
                     if room == self.room {
                         pipe.publish(&self.redis_channel, frame.as_bytes()).ignore();
@@ -304,11 +316,11 @@ impl Worker {
                     }
                     frames += 1;
                     oldest_ms = oldest_ms.min(server_ms);
-                    decoded.push((delivery, Some(row)));
+                    decoded.push((delivery, Decoded::Good(row)));
                 }
                 Err(reason) => {
                     self.log_poison(&delivery, &reason);
-                    decoded.push((delivery, None));
+                    decoded.push((delivery, Decoded::Poison));
                 }
             }
         }
@@ -330,11 +342,10 @@ impl Worker {
         if published == Published::GaveUp {
             // Unpublished: pending, a barrier no ack passes; redelivered
             // to the next consumer.
-            for (delivery, row) in decoded {
-                let mark = if row.is_some() {
-                    Mark::Pending
-                } else {
-                    Mark::Poison
+            for (delivery, decoded) in decoded {
+                let mark = match decoded {
+                    Decoded::Good(_) => Mark::Pending,
+                    Decoded::Poison => Mark::Poison,
                 };
                 hand.push(delivery, mark);
             }
@@ -343,11 +354,10 @@ impl Worker {
         match &self.rows {
             // Persistence off: the broadcast is the work an ack stands for.
             None => {
-                for (delivery, row) in decoded {
-                    let mark = if row.is_some() {
-                        Mark::Finished
-                    } else {
-                        Mark::Poison
+                for (delivery, decoded) in decoded {
+                    let mark = match decoded {
+                        Decoded::Good(_) => Mark::Finished,
+                        Decoded::Poison => Mark::Poison,
                     };
                     hand.push(delivery, mark);
                 }
@@ -358,8 +368,9 @@ impl Worker {
             // prefetch), so this send does not block.
             Some(rows) => {
                 let mut batch_rows = Vec::with_capacity(decoded.len());
-                for (delivery, row) in decoded {
-                    let Some(row) = row else {
+                for (delivery, decoded) in decoded {
+                    // Good deliveries have rows here (`with_row` above).
+                    let Decoded::Good(Some(row)) = decoded else {
                         hand.push(delivery, Mark::Poison);
                         continue;
                     };
@@ -487,7 +498,9 @@ mod tests {
         .unwrap();
         let id = IdGenerator::with_instance(1).next_id(1_795_744_800_000);
         let envelope = Envelope::accepted(&msg, 2, id, ServerTime(1_795_744_800_000), "s");
-        let (room, frame, server_ms, row) = broadcast_of(&envelope.encode(), &topology).unwrap();
+        let (room, frame, server_ms, row) =
+            broadcast_of(&envelope.encode(), &topology, true).unwrap();
+        let row = row.expect("a row when asked for one");
         assert_eq!(row.message_id, id.as_uuid());
         assert_eq!(row.user_id, 7);
         assert_eq!((room, server_ms), (2, 1_795_744_800_000));
@@ -497,9 +510,9 @@ mod tests {
             Ok(ServerFrame::Message(_))
         ));
 
-        assert!(broadcast_of(b"{not json", &topology).is_err());
+        assert!(broadcast_of(b"{not json", &topology, false).is_err());
         let elsewhere = Envelope::accepted(&msg, 3, id, ServerTime(0), "s");
-        let err = broadcast_of(&elsewhere.encode(), &topology).unwrap_err();
+        let err = broadcast_of(&elsewhere.encode(), &topology, false).unwrap_err();
         assert!(err.contains("room 3"), "{err}");
     }
 }
