@@ -81,6 +81,9 @@ fn start_refuses_what_it_cannot_do() {
         ..config(&ns, 1)
     };
     persistent.database.name = "chatflow_no_such_database".to_string();
+    // The topology is declared before the database is checked: delete it
+    // at the end.
+    let _broker = Broker::new(&persistent);
     let err = format!("{:#}", Consumer::start(persistent).err().expect("refused"));
     assert!(
         err.contains("--db-name") && err.contains("chatflow_no_such_database"),
