@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use amiquip::{AmqpProperties, Confirm, ConfirmSmoother, Connection, Publish};
+use amiquip::{AmqpProperties, Confirm, ConfirmSmoother, Publish};
 use anyhow::{bail, Context};
 use chatflow_consumer::{Args, Consumer};
 use chatflow_protocol::{routing_key, ClientMessage, Envelope, IdGenerator, ServerTime};
@@ -45,7 +45,9 @@ fn main() -> anyhow::Result<()> {
     let topology = config.topology();
     let n = bench.messages;
 
-    let mut connection = Connection::insecure_open(&config.amqp_url()).context("RabbitMQ")?;
+    let mut connection = chatflow_protocol::amqp::connect(&config.amqp_endpoint())
+        .map_err(anyhow::Error::msg)
+        .context("RabbitMQ")?;
     let channel = connection.open_channel(None)?;
     topology.declare(&channel)?;
 

@@ -189,20 +189,6 @@ impl Config {
         self.rooms.count() as usize * SHARDS_PER_ROOM as usize
     }
 
-    /// The AMQP URL amiquip opens (plain `amqp://`; see `insecure_open`).
-    pub fn amqp_url(&self) -> String {
-        format!(
-            "amqp://{}:{}@{}:{}/{}?heartbeat={}&connection_timeout={}",
-            percent_encode(&self.rabbitmq_user),
-            percent_encode(&self.rabbitmq_password.0),
-            host_for_url(&self.rabbitmq_host),
-            self.rabbitmq_port,
-            percent_encode(&self.rabbitmq_vhost),
-            self.amqp_heartbeat.as_secs(),
-            self.connect_timeout.as_millis(),
-        )
-    }
-
     /// Where and as whom AMQP connections are opened.
     pub fn amqp_endpoint(&self) -> chatflow_protocol::amqp::AmqpEndpoint {
         chatflow_protocol::amqp::AmqpEndpoint {
@@ -488,20 +474,6 @@ fn host_for_url(host: &str) -> String {
     }
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters, so a
-/// password or vhost with `@`, `/` or `%` survives the URL.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,10 +503,12 @@ mod tests {
             c.database.connection_string(Duration::from_secs(5)),
             "host='127.0.0.1' port=5432 user='postgres' dbname='chatflow' connect_timeout=5 application_name=chatflow-consumer"
         );
+        let amqp = c.amqp_endpoint();
         assert_eq!(
-            c.amqp_url(),
-            "amqp://guest:guest@127.0.0.1:5672/%2F?heartbeat=30&connection_timeout=5000"
+            (amqp.host.as_str(), amqp.port, amqp.vhost.as_str()),
+            ("127.0.0.1", 5672, "/")
         );
+        assert_eq!(amqp.heartbeat, Duration::from_secs(30));
         assert_eq!(c.topology().queue(3, 4), "chatflow.room.3.4");
     }
 
@@ -584,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn credentials_are_encoded_and_never_printed() {
+    fn credentials_reach_the_broker_unchanged_and_are_never_printed() {
         let c = parse(&[
             "--rabbitmq-password",
             "p@ss/w%rd",
@@ -592,12 +566,10 @@ mod tests {
             "chat",
         ])
         .unwrap();
-        assert!(
-            c.amqp_url().contains("guest:p%40ss%2Fw%25rd@"),
-            "{}",
-            c.amqp_url()
-        );
-        assert!(c.amqp_url().contains("/chat?"));
+        // Passed to SASL PLAIN as they are: no URL to encode them into.
+        let amqp = c.amqp_endpoint();
+        assert_eq!(amqp.password, "p@ss/w%rd");
+        assert_eq!(amqp.vhost, "chat");
         assert!(!format!("{c:?}").contains("p@ss"));
     }
 }

@@ -136,13 +136,6 @@ impl Messaging {
         }
     }
 
-    pub fn amqp_url(&self) -> String {
-        format!(
-            "amqp://{}:{}@{}:{}/%2f?heartbeat=30",
-            self.rabbitmq_user, self.rabbitmq_password, self.rabbitmq_host, self.rabbitmq_port
-        )
-    }
-
     pub fn redis_url(&self) -> String {
         format!("redis://{}:{}/", self.redis_host, self.redis_port)
     }
@@ -384,9 +377,10 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.bind.port(), 8080);
         assert_eq!(c.broker, BrokerKind::Rabbitmq);
+        let amqp = c.messaging.amqp_endpoint();
         assert_eq!(
-            c.messaging.amqp_url(),
-            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30"
+            (amqp.host.as_str(), amqp.port, amqp.user.as_str()),
+            ("127.0.0.1", 5672, "guest")
         );
         assert_eq!(c.rooms.count(), 20);
         assert!(c.workers >= 1);
