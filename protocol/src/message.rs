@@ -171,14 +171,14 @@ impl Rejection {
                 format!("{USERNAME_MIN_LEN}..={USERNAME_MAX_LEN} ASCII letters or digits")
             }
             Field::Message => {
-                format!("a string of {MESSAGE_MIN_CHARS}..={MESSAGE_MAX_CHARS} characters")
+                format!("a string of {MESSAGE_MIN_CHARS}..={MESSAGE_MAX_CHARS} characters, none of them NUL (U+0000)")
             }
             Field::Timestamp => {
                 "an RFC 3339 timestamp such as 2026-11-27T02:00:00.123Z".to_string()
             }
             Field::MessageType => "one of TEXT, JOIN, LEAVE (upper case)".to_string(),
             Field::ClientMessageId => {
-                format!("a string of 1..={CLIENT_MESSAGE_ID_MAX_LEN} characters")
+                format!("a string of 1..={CLIENT_MESSAGE_ID_MAX_LEN} characters, none of them NUL (U+0000)")
             }
         };
         let what = match problem {
@@ -338,6 +338,11 @@ fn check_message<'a>(value: Option<AnyJson<'a>>) -> Result<Cow<'a, str>, Rejecti
     if s.len() > MESSAGE_MAX_CHARS * 4 {
         return Err(invalid(f, Problem::TooLong));
     }
+    // PostgreSQL `text` cannot hold U+0000: a message with one could be
+    // acked but never stored (the writer's COPY would refuse its batch).
+    if s.contains('\0') {
+        return Err(invalid(f, Problem::InvalidCharacters));
+    }
     match s.chars().count() {
         n if n < MESSAGE_MIN_CHARS => Err(invalid(f, Problem::TooShort)),
         n if n > MESSAGE_MAX_CHARS => Err(invalid(f, Problem::TooLong)),
@@ -369,6 +374,10 @@ fn check_client_message_id(value: AnyJson<'_>) -> Result<Cow<'_, str>, Rejection
         AnyJson::Str(s) => s,
         _ => return Err(invalid(f, Problem::WrongType)),
     };
+    // Echoed and kept beside the message: the same storage rule applies.
+    if s.contains('\0') {
+        return Err(invalid(f, Problem::InvalidCharacters));
+    }
     match s.chars().count() {
         0 => Err(invalid(f, Problem::TooShort)),
         n if n > CLIENT_MESSAGE_ID_MAX_LEN => Err(invalid(f, Problem::TooLong)),
@@ -641,6 +650,36 @@ mod tests {
             )),
             (Field::Message, Problem::WrongType)
         );
+    }
+
+    #[test]
+    fn nul_is_refused_because_storage_cannot_keep_it() {
+        // Both the escaped form and the decoded character are NUL.
+        let escaped = frame(
+            "1",
+            r#""user1""#,
+            r#""bad \u0000 byte""#,
+            &format!("{TS:?}"),
+            r#""TEXT""#,
+        );
+        assert_eq!(
+            invalid_field(&escaped),
+            (Field::Message, Problem::InvalidCharacters)
+        );
+        assert_eq!(
+            invalid_field(&with_message("\0")),
+            (Field::Message, Problem::InvalidCharacters)
+        );
+        // Other control characters are storable and stay allowed.
+        assert!(ClientMessage::parse(&with_message("tab\tbell\u{7}")).is_ok());
+        let text = format!(
+            r#"{{"userId":1,"username":"abc","message":"hi","timestamp":"{TS}","messageType":"TEXT","clientMessageId":"a\u0000"}}"#
+        );
+        assert_eq!(
+            invalid_field(&text),
+            (Field::ClientMessageId, Problem::InvalidCharacters)
+        );
+        assert!(rejection(&escaped).describe().contains("NUL"));
     }
 
     #[test]
