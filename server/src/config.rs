@@ -68,11 +68,26 @@ pub struct Config {
     pub max_message_size: usize,
     /// Longest HTTP request head read before the upgrade (431 past it).
     pub max_request_head: usize,
+    /// Frames one message may arrive in. tungstenite bounds a message's
+    /// bytes, not its frames: without this, a message of empty
+    /// continuation frames could be fed forever. Browsers and our client
+    /// send a chat message in one frame; 64 leaves room for any client
+    /// that fragments a 7 KiB message.
+    pub max_fragments: u32,
+    /// A message whose frames have not all arrived this long after its
+    /// first bytes ends the connection (1008): a client dribbling one
+    /// message must not hold a buffer and a slot for ever.
+    pub message_timeout: Duration,
     /// Opening handshakes that do not complete in this long are dropped, so
     /// half-open or stalled sockets cannot pile up.
     pub handshake_timeout: Duration,
     /// On shutdown, how long clients get to answer the 1001 close.
     pub shutdown_grace: Duration,
+    /// Join the `SO_REUSEPORT` group of another process already listening
+    /// on `bind`. Off: start-up fails when the address is taken, so a second
+    /// server started by mistake cannot silently take half the connections
+    /// (and, with `--broker memory`, split every room in two).
+    pub share_port: bool,
     /// Names this server in envelopes and `/health`.
     pub server_id: String,
     /// RabbitMQ and Redis endpoints and names (used by `--broker rabbitmq`).
@@ -162,8 +177,11 @@ impl Default for Config {
             read_buffer_size: 2 * 1024,
             max_message_size: MAX_CLIENT_MESSAGE_BYTES,
             max_request_head: 8 * 1024,
+            max_fragments: 64,
+            message_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
+            share_port: false,
             server_id: default_server_id(),
             messaging: Messaging::default(),
         }
@@ -222,6 +240,16 @@ pub struct Args {
     /// Seconds an opening handshake may take.
     #[arg(long, env = "HANDSHAKE_TIMEOUT_SECS", default_value_t = 10.0)]
     pub handshake_timeout_secs: f64,
+    /// Frames one WebSocket message may be split into (more: close 1009).
+    #[arg(long, env = "MAX_FRAGMENTS", default_value_t = 64)]
+    pub max_fragments: u32,
+    /// Seconds the frames of one message may take to arrive (more: close 1008).
+    #[arg(long, env = "MESSAGE_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub message_timeout_secs: f64,
+    /// Share the port with another process already listening on it
+    /// (SO_REUSEPORT); without this, start-up fails if the port is taken.
+    #[arg(long, env = "SHARE_PORT")]
+    pub share_port: bool,
     /// This server's id in envelopes and /health (default: hostname-pid).
     #[arg(long, env = "SERVER_ID")]
     pub server_id: Option<String>,
@@ -300,6 +328,12 @@ impl Args {
                 ));
             }
         }
+        if !(1..=4096).contains(&self.max_fragments) {
+            return Err(bad(
+                "max-fragments",
+                format!("{} is not in 1..=4096", self.max_fragments),
+            ));
+        }
         if !(1..=64).contains(&self.publishers) {
             return Err(bad(
                 "publishers",
@@ -340,6 +374,9 @@ impl Args {
             read_buffer_size: self.read_buffer_size,
             shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
             handshake_timeout: seconds("handshake-timeout-secs", self.handshake_timeout_secs)?,
+            max_fragments: self.max_fragments,
+            message_timeout: seconds("message-timeout-secs", self.message_timeout_secs)?,
+            share_port: self.share_port,
             server_id,
             messaging: Messaging {
                 rabbitmq_host: self.rabbitmq_host,
@@ -398,6 +435,11 @@ mod tests {
             (&["--broker", "kafka"][..], "--broker"),
             (&["--workers", "many"][..], "--workers"),
             (&["--publishers", "0"][..], "--publishers"),
+            (&["--max-fragments", "0"][..], "--max-fragments"),
+            (
+                &["--message-timeout-secs", "0"][..],
+                "--message-timeout-secs",
+            ),
             (&["--namespace", "a b"][..], "--namespace"),
             (&["--rabbitmq-port", "99999"][..], "--rabbitmq-port"),
         ] {

@@ -8,29 +8,39 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::Interest;
-use tungstenite::handshake::server::ServerHandshake;
-use tungstenite::handshake::MidHandshake;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
-use crate::http::ChatPath;
 use crate::socket::Socket;
 
-pub type HandshakeRole = ServerHandshake<Socket, ChatPath>;
-pub type Handshake = MidHandshake<HandshakeRole>;
+/// What follows a written HTTP response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// An answer to a plain request: the connection closes.
+    Close,
+    /// `101 Switching Protocols`: the connection is a WebSocket in `room`.
+    Open { room: u32 },
+}
 
+// Nearly every connection is `Open`, so its size is what a connection
+// costs anyway; boxing the WebSocket would add an allocation and a pointer
+// chase per event and save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Phase {
     /// Waiting for the whole HTTP request head (read with `MSG_PEEK`).
     Routing(TcpStream),
-    /// Writing a plain HTTP response; the connection closes after it.
+    /// Writing an HTTP response (an answer, or the 101 of an upgrade).
     Responding {
         stream: TcpStream,
         response: Vec<u8>,
         written: usize,
+        then: Then,
     },
-    /// tungstenite's handshake, resumed on readiness, for `room`.
-    Handshaking { handshake: Handshake, room: u32 },
+    /// The answer is out and our side is shut: input is read and dropped
+    /// until the peer closes, so closing never resets the connection under
+    /// an answer the peer has not read yet.
+    Lingering(TcpStream),
     /// A WebSocket in `room`, at `slot` of that room's member list.
     Open {
         ws: WebSocket<Socket>,
@@ -59,6 +69,9 @@ pub struct Connection {
     pub closing: bool,
     /// The input stream is unusable (an error mid-frame): read and drop it.
     pub discard_input: bool,
+    /// Input is not read while output waits for the peer to read it
+    /// (back-pressure); reading resumes when the output is flushed.
+    pub input_paused: bool,
 }
 
 /// How a write went.
@@ -83,6 +96,7 @@ impl Connection {
             dirty: false,
             closing: false,
             discard_input: false,
+            input_paused: false,
         }
     }
 
@@ -91,7 +105,6 @@ impl Connection {
     pub fn interest(&self) -> Interest {
         let wants_write = match &self.phase {
             Phase::Responding { .. } => true,
-            Phase::Handshaking { .. } => true,
             _ => self.blocked_on_write,
         };
         if wants_write {
@@ -103,10 +116,9 @@ impl Connection {
 
     pub fn stream_mut(&mut self) -> Option<&mut TcpStream> {
         match &mut self.phase {
-            Phase::Routing(stream) | Phase::Responding { stream, .. } => Some(stream),
-            Phase::Handshaking { handshake, .. } => {
-                Some(handshake.get_mut().get_mut().stream_mut())
-            }
+            Phase::Routing(stream)
+            | Phase::Responding { stream, .. }
+            | Phase::Lingering(stream) => Some(stream),
             Phase::Open { ws, .. } => Some(ws.get_mut().stream_mut()),
             Phase::Moving => None,
         }
@@ -114,10 +126,8 @@ impl Connection {
 
     /// A readiness event arrived: reads may find bytes again.
     pub fn readable(&mut self) {
-        match &mut self.phase {
-            Phase::Handshaking { handshake, .. } => handshake.get_mut().get_mut().readable(),
-            Phase::Open { ws, .. } => ws.get_mut().readable(),
-            _ => {}
+        if let Phase::Open { ws, .. } = &mut self.phase {
+            ws.get_mut().readable();
         }
     }
 

@@ -1,15 +1,20 @@
 //! The plain-HTTP side of a new connection: the request head is read (with
-//! `MSG_PEEK`, so an upgrade leaves it in the socket for tungstenite) and
+//! `MSG_PEEK`, so nothing is consumed before we know what it asks for) and
 //! routed before any WebSocket work happens.
 //!
 //! - `GET /health` → 200 with the health JSON;
-//! - `GET /chat/{roomId}` with a WebSocket upgrade and a room in range →
-//!   handed to tungstenite's handshake;
+//! - `GET /chat/{roomId}` with a valid WebSocket upgrade and a room in range
+//!   → the `101 Switching Protocols` answer is computed here, and the
+//!   connection becomes a WebSocket once it is written;
 //! - everything else → an HTTP error with a JSON body saying what is wrong
 //!   (400, 404, 405, 426, 431, 503), then close.
+//!
+//! The upgrade is checked here in full (RFC 6455 §4.2.1) instead of by
+//! tungstenite's handshake: a request its handshake refuses ends in a bare
+//! TCP close, with no answer saying why.
 
 use chatflow_protocol::Rooms;
-use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response};
+use tungstenite::handshake::derive_accept_key;
 use tungstenite::http::StatusCode;
 
 /// Headers read at most; more is a 431.
@@ -19,7 +24,12 @@ const MAX_HEADERS: usize = 32;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Health,
-    Chat { room: u32 },
+    /// A valid upgrade to `room`; `accept` is the `Sec-WebSocket-Accept`
+    /// value derived from the client's key.
+    Chat {
+        room: u32,
+        accept: String,
+    },
     Refuse(HttpError),
 }
 
@@ -49,8 +59,8 @@ pub enum Head {
     Complete { len: usize, route: Route },
 }
 
-/// Parses and routes a request head. `buf` holds what has arrived;
-/// `full` says it is as large as a head may be.
+/// Parses and routes a request head. `buf` holds everything that has
+/// arrived; `full` says it is as large as a head may be.
 pub fn route(buf: &[u8], full: bool, rooms: Rooms) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -76,13 +86,30 @@ pub fn route(buf: &[u8], full: bool, rooms: Rooms) -> Head {
             }
         }
     };
-    let route = route_request(&req, rooms);
+    let route = route_request(&req, buf.len() > len, rooms);
     Head::Complete { len, route }
 }
 
-fn route_request(req: &httparse::Request<'_, '_>, rooms: Rooms) -> Route {
-    let path = req.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
+/// The values of every header called `name`.
+fn header_values<'h>(
+    req: &'h httparse::Request<'_, '_>,
+    name: &'h str,
+) -> impl Iterator<Item = &'h [u8]> + 'h {
+    req.headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// Whether a comma-separated header (any of its occurrences) lists `token`.
+fn lists_token(req: &httparse::Request<'_, '_>, name: &str, token: &str) -> bool {
+    header_values(req, name)
+        .flat_map(|value| value.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn route_request(req: &httparse::Request<'_, '_>, trailing_bytes: bool, rooms: Rooms) -> Route {
+    let target = req.path.unwrap_or("/");
     if req.method != Some("GET") {
         return Route::Refuse(HttpError {
             status: 405,
@@ -90,6 +117,21 @@ fn route_request(req: &httparse::Request<'_, '_>, rooms: Rooms) -> Route {
             header: Some("Allow: GET"),
         });
     }
+    if let Err(problem) = check_target(target) {
+        return refuse(400, format!("malformed request target: {problem}"));
+    }
+    // One request per connection, none with a body: bytes after the head
+    // are a body, a pipelined request or a frame sent before the upgrade
+    // was answered, and a GET with a body is a request-smuggling shape.
+    let has_body = header_values(req, "transfer-encoding").next().is_some()
+        || header_values(req, "content-length").any(|v| v.trim_ascii() != b"0");
+    if has_body || trailing_bytes {
+        return refuse(
+            400,
+            "bytes after the request head (a body, a pipelined request, or data sent before the answer): send one GET without a body and wait for its answer",
+        );
+    }
+    let path = target.split('?').next().unwrap_or(target);
     if path == "/health" {
         return Route::Health;
     }
@@ -97,30 +139,83 @@ fn route_request(req: &httparse::Request<'_, '_>, rooms: Rooms) -> Route {
         Ok(room) => room,
         Err(route) => return route,
     };
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    if !header("upgrade").is_some_and(|v| v.to_ascii_lowercase().contains("websocket")) {
+    if req.version != Some(1) {
+        return refuse(400, "a WebSocket upgrade needs HTTP/1.1");
+    }
+    if !lists_token(req, "upgrade", "websocket") {
         return Route::Refuse(HttpError {
             status: 426,
             message: format!("{path} is a WebSocket endpoint: send an Upgrade: websocket request"),
             header: Some("Upgrade: websocket"),
         });
     }
-    if header("sec-websocket-version").map(str::trim) != Some("13") {
+    if !lists_token(req, "connection", "upgrade") {
+        return refuse(
+            400,
+            "a WebSocket upgrade needs a Connection header listing Upgrade",
+        );
+    }
+    let mut versions = header_values(req, "sec-websocket-version");
+    if versions.next().map(<[u8]>::trim_ascii) != Some(b"13") || versions.next().is_some() {
         return Route::Refuse(HttpError {
             status: 426,
             message: "only WebSocket version 13 is supported".to_string(),
             header: Some("Sec-WebSocket-Version: 13"),
         });
     }
-    if header("sec-websocket-key").is_none() {
-        return refuse(400, "missing Sec-WebSocket-Key header");
+    let mut keys = header_values(req, "sec-websocket-key");
+    let key = match (keys.next().map(<[u8]>::trim_ascii), keys.next()) {
+        (Some(key), None) if is_websocket_key(key) => key,
+        (None, _) => return refuse(400, "missing Sec-WebSocket-Key header"),
+        (Some(_), Some(_)) => return refuse(400, "more than one Sec-WebSocket-Key header"),
+        (Some(_), None) => {
+            return refuse(
+                400,
+                "Sec-WebSocket-Key must be 16 random bytes in base64 (24 characters)",
+            )
+        }
+    };
+    Route::Chat {
+        room,
+        accept: derive_accept_key(key),
     }
-    Route::Chat { room }
+}
+
+/// RFC 6455 §4.1: the key is 16 bytes, base64-encoded: 22 characters of
+/// the base64 alphabet, then `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// An origin-form request target: RFC 3986 path and query characters and
+/// well-formed percent escapes. httparse lets through characters no URI
+/// may hold unescaped (`"`, `<`, `{`, `\`, …).
+fn check_target(target: &str) -> Result<(), &'static str> {
+    let bytes = target.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err("it must start with /");
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = bytes.get(i + 1..i + 3);
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return Err("a % not followed by two hex digits");
+            }
+            i += 3;
+            continue;
+        }
+        if !(b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?".contains(&b)) {
+            return Err("a character a URI cannot hold unescaped");
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// The room of a `/chat/{roomId}` path, or the error to answer.
@@ -182,38 +277,27 @@ pub fn over_capacity() -> HttpError {
     }
 }
 
-/// tungstenite's handshake callback. The path was routed already; this
-/// re-checks it so the upgrade can never land in a room other than the one
-/// the connection was counted in.
-pub struct ChatPath {
-    pub room: u32,
-    pub rooms: Rooms,
-}
-
-impl Callback for ChatPath {
-    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
-        match chat_room(request.uri().path(), self.rooms) {
-            Ok(room) if room == self.room => Ok(response),
-            _ => {
-                let mut refusal =
-                    ErrorResponse::new(Some("request changed during handshake".to_string()));
-                *refusal.status_mut() = StatusCode::BAD_REQUEST;
-                Err(refusal)
-            }
-        }
-    }
+/// The `101 Switching Protocols` answer that completes an upgrade. No
+/// extension or subprotocol is agreed to, so a client that offered
+/// compression must send plain frames.
+pub fn switching_protocols(accept: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
     const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
     fn routed(head: &str) -> Route {
         match route(head.as_bytes(), false, Rooms::DEFAULT) {
             Head::Complete { len, route } => {
-                assert_eq!(len, head.len());
+                assert!(len <= head.len());
                 route
             }
             Head::Partial => panic!("partial: {head:?}"),
@@ -227,16 +311,35 @@ mod tests {
         }
     }
 
+    fn room_of(route: Route) -> u32 {
+        match route {
+            Route::Chat { room, .. } => room,
+            other => panic!("expected an upgrade, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn chat_rooms_in_range_upgrade() {
+    fn chat_rooms_in_range_upgrade_with_the_rfc_accept_key() {
         assert_eq!(
             routed(&format!("GET /chat/1 HTTP/1.1\r\n{UPGRADE}\r\n")),
-            Route::Chat { room: 1 }
+            Route::Chat {
+                room: 1,
+                // RFC 6455 §1.3's worked example.
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_string()
+            }
         );
         assert_eq!(
-            routed(&format!("GET /chat/20 HTTP/1.1\r\n{UPGRADE}\r\n")),
-            Route::Chat { room: 20 }
+            room_of(routed(&format!(
+                "GET /chat/20?since=5 HTTP/1.1\r\n{UPGRADE}\r\n"
+            ))),
+            20
         );
+        // Header names and tokens are case-insensitive; Connection may list
+        // several tokens, Upgrade several protocols.
+        let mixed = format!(
+            "GET /chat/2 HTTP/1.1\r\nupgrade: h2c, WebSocket\r\nconnection: keep-alive, UPGRADE\r\nsec-websocket-version: 13\r\nsec-websocket-key: {KEY}\r\n\r\n"
+        );
+        assert_eq!(room_of(routed(&mixed)), 2);
     }
 
     #[test]
@@ -267,8 +370,125 @@ mod tests {
     }
 
     #[test]
+    fn every_upgrade_tungstenite_would_refuse_gets_an_answer() {
+        let with = |headers: &str| format!("GET /chat/1 HTTP/1.1\r\n{headers}\r\n");
+        let v13 = "Sec-WebSocket-Version: 13\r\n";
+        let key = format!("Sec-WebSocket-Key: {KEY}\r\n");
+        let cases = [
+            // No Connection header, or one without Upgrade.
+            (with(&format!("Upgrade: websocket\r\n{v13}{key}")), 400),
+            (
+                with(&format!(
+                    "Upgrade: websocket\r\nConnection: keep-alive\r\n{v13}{key}"
+                )),
+                400,
+            ),
+            // Upgrade to something else.
+            (
+                with(&format!(
+                    "Upgrade: websocketx\r\nConnection: Upgrade\r\n{v13}{key}"
+                )),
+                426,
+            ),
+            // Short, empty, not base64, or two keys.
+            (
+                with(&format!(
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n{v13}Sec-WebSocket-Key: abc\r\n"
+                )),
+                400,
+            ),
+            (
+                with(&format!(
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n{v13}Sec-WebSocket-Key:\r\n"
+                )),
+                400,
+            ),
+            (
+                with(&format!(
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n{v13}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=!\r\n"
+                )),
+                400,
+            ),
+            (
+                with(&format!(
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n{v13}{key}{key}"
+                )),
+                400,
+            ),
+            // Another version, or two.
+            (
+                with(&format!(
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\n{key}"
+                )),
+                426,
+            ),
+            (
+                with(&format!(
+                    "Upgrade: websocket\r\nConnection: Upgrade\r\n{v13}{v13}{key}"
+                )),
+                426,
+            ),
+            // HTTP/1.0.
+            (format!("GET /chat/1 HTTP/1.0\r\n{UPGRADE}\r\n"), 400),
+            // Characters no URI holds, bad escapes.
+            (format!("GET /chat/1?a=\"b\" HTTP/1.1\r\n{UPGRADE}\r\n"), 400),
+            (format!("GET /chat/1?a=%zz HTTP/1.1\r\n{UPGRADE}\r\n"), 400),
+            (format!("GET /chat/1?{{x}} HTTP/1.1\r\n{UPGRADE}\r\n"), 400),
+            // Absolute-form and asterisk targets.
+            (
+                format!("GET http://x/chat/1 HTTP/1.1\r\n{UPGRADE}\r\n"),
+                400,
+            ),
+            (format!("GET * HTTP/1.1\r\n{UPGRADE}\r\n"), 400),
+            // Bodies, declared either way.
+            (
+                format!("GET /chat/1 HTTP/1.1\r\n{UPGRADE}Content-Length: 5\r\n\r\n"),
+                400,
+            ),
+            (
+                format!("GET /chat/1 HTTP/1.1\r\n{UPGRADE}Transfer-Encoding: chunked\r\n\r\n"),
+                400,
+            ),
+            (
+                "GET /health HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .to_string(),
+                400,
+            ),
+        ];
+        for (head, expected) in cases {
+            assert_eq!(status(routed(&head)), expected, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_refused() {
+        let head = format!("GET /chat/1 HTTP/1.1\r\n{UPGRADE}\r\n");
+        for trailing in [
+            &b"x"[..],
+            b"GET /health HTTP/1.1\r\n\r\n",
+            &[0x81, 0x82, 1, 2, 3, 4, 5, 6],
+        ] {
+            let mut bytes = head.clone().into_bytes();
+            bytes.extend_from_slice(trailing);
+            match route(&bytes, false, Rooms::DEFAULT) {
+                Head::Complete { len, route } => {
+                    assert_eq!(len, head.len());
+                    assert_eq!(status(route), 400);
+                }
+                Head::Partial => panic!("complete head seen as partial"),
+            }
+        }
+        // A zero Content-Length is no body.
+        assert_eq!(
+            routed("GET /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Route::Health
+        );
+    }
+
+    #[test]
     fn health_is_routed_with_or_without_a_query() {
         assert_eq!(routed("GET /health HTTP/1.1\r\n\r\n"), Route::Health);
+        assert_eq!(routed("GET /health HTTP/1.0\r\n\r\n"), Route::Health);
         assert_eq!(
             routed("GET /health?verbose=1 HTTP/1.1\r\n\r\n"),
             Route::Health
@@ -285,6 +505,11 @@ mod tests {
             Head::Complete { route, .. } => assert_eq!(status(route), 431),
             Head::Partial => panic!("a full buffer must not stay partial"),
         }
+        let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(
+            status(routed(&format!("GET /health HTTP/1.1\r\n{many}\r\n"))),
+            431
+        );
     }
 
     #[test]
@@ -299,5 +524,8 @@ mod tests {
         assert!(text.contains(&format!("Content-Length: {}\r\n", body.len())));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["status"], 503);
+        let upgrade = String::from_utf8(switching_protocols("abc=")).unwrap();
+        assert!(upgrade.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(upgrade.ends_with("Sec-WebSocket-Accept: abc=\r\n\r\n"));
     }
 }

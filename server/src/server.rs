@@ -38,6 +38,9 @@ impl Server {
 
     /// Starts the workers with a broker of the caller's making (tests).
     pub fn start_with(config: Config, make_broker: BrokerFactory<'_>) -> anyhow::Result<Server> {
+        if !config.share_port && config.bind.port() != 0 {
+            refuse_if_taken(config.bind)?;
+        }
         let shared = Arc::new(Shared::new(config.clone()));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut bind = config.bind;
@@ -172,6 +175,25 @@ fn prepare(bind: SocketAddr) -> anyhow::Result<Prepared> {
     let listener = reuseport_listener(bind)?;
     let addr = listener.local_addr()?;
     Ok((poll, listener, handle, inbox, addr))
+}
+
+/// Fails if another socket already listens on `addr`. The workers' own
+/// listeners use `SO_REUSEPORT`, which lets a second process (any process
+/// of the same user) bind the same address and silently take a share of
+/// new connections; a plain bind cannot join a reuseport group, so it
+/// fails exactly when someone already listens there. (An address freed in
+/// the instant between this probe and the workers' binds is harmless.)
+fn refuse_if_taken(addr: SocketAddr) -> anyhow::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Connections in TIME_WAIT from an earlier run do not count as taken.
+    probe.set_reuse_address(true)?;
+    match probe.bind(&addr.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow!(
+            "{addr} is already in use by another process; stop it, pick another --bind, or pass --share-port to share the port with it on purpose"
+        )),
+        Err(e) => Err(e).with_context(|| format!("binding {addr}")),
+    }
 }
 
 /// A non-blocking listener that shares its port with the other workers'

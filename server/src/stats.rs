@@ -16,6 +16,11 @@ use crate::config::Config;
 pub struct WorkerStats {
     /// Open WebSocket connections held by this worker (a gauge).
     pub open_connections: AtomicU64,
+    /// TCP connections accepted: each becomes a WebSocket or carries one
+    /// plain HTTP request (or neither, if it stalls or breaks first).
+    pub tcp_accepted: AtomicU64,
+    /// WebSocket connections opened (the 101 was sent) and closed: their
+    /// difference is `open_connections`.
     pub connections_accepted: AtomicU64,
     pub connections_closed: AtomicU64,
     pub messages_accepted: AtomicU64,
@@ -26,6 +31,7 @@ pub struct WorkerStats {
     pub protocol_errors: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     pub refused_over_capacity: AtomicU64,
+    /// Plain HTTP requests answered (health checks and refusals).
     pub http_requests: AtomicU64,
 }
 
@@ -81,6 +87,7 @@ impl Shared {
                 .sum()
         };
         Totals {
+            tcp_accepted: sum(|w| &w.tcp_accepted),
             connections_accepted: sum(|w| &w.connections_accepted),
             connections_closed: sum(|w| &w.connections_closed),
             messages_accepted: sum(|w| &w.messages_accepted),
@@ -130,6 +137,7 @@ impl Shared {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
+    pub tcp_accepted: u64,
     pub connections_accepted: u64,
     pub connections_closed: u64,
     pub messages_accepted: u64,

@@ -22,17 +22,16 @@ use chatflow_protocol::{
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use tungstenite::handshake::HandshakeError;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes, WebSocket};
 
 use crate::broker::{Broker, Outcome, Ticket};
-use crate::connection::{Connection, HandshakeRole, Phase, Sent};
+use crate::connection::{Connection, Phase, Sent, Then};
 use crate::fanout::{Inbox, WorkerEvent};
-use crate::http::{self, ChatPath, Head, Route};
+use crate::http::{self, Head, Route};
 use crate::rooms::RoomIndex;
-use crate::socket::Socket;
+use crate::socket::{Socket, Violation};
 use crate::stats::{Shared, WorkerStats};
 
 pub const LISTENER: Token = Token(usize::MAX - 1);
@@ -77,8 +76,12 @@ struct Context {
     pending: HashMap<u64, PendingAck>,
     /// Connections with queued output, flushed at the end of the turn.
     dirty: Vec<usize>,
-    /// Connections that stopped reading at `FRAMES_PER_TURN`.
+    /// Connections that stopped reading at their turn's budget, or whose
+    /// paused input may be read again: read next turn without an event.
     resume: Vec<usize>,
+    /// Connections whose output passed its bound: closed as slow readers
+    /// as soon as the caller holding them lets go.
+    slow: Vec<usize>,
     /// Scratch space for request heads.
     head_buf: Vec<u8>,
     shutdown_deadline: Option<Instant>,
@@ -132,6 +135,7 @@ impl Worker {
                 pending: HashMap::new(),
                 dirty: Vec::new(),
                 resume: Vec::new(),
+                slow: Vec::new(),
                 head_buf,
                 shutdown_deadline: None,
             },
@@ -228,7 +232,7 @@ impl Worker {
         }
         self.ctx.next_connection_id += 1;
         entry.insert(Connection::new(stream, self.ctx.next_connection_id));
-        WorkerStats::bump(&self.ctx.stats().connections_accepted);
+        WorkerStats::bump(&self.ctx.stats().tcp_accepted);
     }
 
     /// Handles readiness of connection `key` in whatever phase it is.
@@ -242,7 +246,7 @@ impl Worker {
         match &conn.phase {
             Phase::Routing(_) if readable => self.route(key),
             Phase::Responding { .. } => self.respond(key),
-            Phase::Handshaking { .. } => self.handshake(key),
+            Phase::Lingering(_) if readable => self.linger(key),
             Phase::Open { .. } => {
                 if writable {
                     conn.blocked_on_write = false;
@@ -288,35 +292,29 @@ impl Worker {
             }
             route => route,
         };
-        let response = match route {
-            Route::Chat { room } => {
+        let (response, then) = match route {
+            Route::Chat { room, accept } => {
+                // Holds a slot from here; released in `remove`.
                 conn.counted = true;
-                let Phase::Routing(stream) = std::mem::replace(&mut conn.phase, Phase::Moving)
-                else {
-                    unreachable!("matched above")
-                };
-                let callback = ChatPath {
-                    room,
-                    rooms: shared.config.rooms,
-                };
-                let result = tungstenite::accept_hdr_with_config(
-                    Socket::new(stream),
-                    callback,
-                    Some(self.ctx.ws_config),
-                );
-                return self.handshake_result(key, room, result);
+                (http::switching_protocols(&accept), Then::Open { room })
             }
             Route::Health => {
                 let broker = self.ctx.broker.health();
                 let health = shared.health(&broker, self.ctx.broker.kind().as_str());
                 let body = serde_json::to_string(&health).unwrap_or_default();
-                http::response(200, "application/json", &body, None)
+                WorkerStats::bump(&self.ctx.stats().http_requests);
+                (
+                    http::response(200, "application/json", &body, None),
+                    Then::Close,
+                )
             }
-            Route::Refuse(error) => http::error_response(&error),
+            Route::Refuse(error) => {
+                WorkerStats::bump(&self.ctx.stats().http_requests);
+                (http::error_response(&error), Then::Close)
+            }
         };
-        WorkerStats::bump(&self.ctx.stats().http_requests);
-        // Consume the head we answer, so closing does not reset the socket
-        // under our response.
+        // Consume the head we answer: an upgrade's frames start after it, and
+        // unread input would make a close reset the socket under an answer.
         let mut sink = [0u8; 1024];
         let mut left = len;
         while left > 0 {
@@ -332,17 +330,20 @@ impl Worker {
             stream,
             response,
             written: 0,
+            then,
         };
         self.respond(key);
     }
 
-    /// Writes the rest of a plain HTTP response; closes when done.
+    /// Writes the rest of an HTTP response, then lingers (an answer) or
+    /// opens the WebSocket (a 101).
     fn respond(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         let Phase::Responding {
             stream,
             response,
             written,
+            then,
         } = &mut conn.phase
         else {
             return;
@@ -358,47 +359,52 @@ impl Worker {
                 Err(_) => return self.remove(key),
             }
         }
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        self.remove(key);
+        let then = *then;
+        let Phase::Responding { stream, .. } = std::mem::replace(&mut conn.phase, Phase::Moving)
+        else {
+            unreachable!("matched above")
+        };
+        match then {
+            Then::Close => {
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                conn.phase = Phase::Lingering(stream);
+                conn.accepted_at = Instant::now();
+                self.update_interest(key);
+                self.linger(key);
+            }
+            Then::Open { room } => self.open(key, stream, room),
+        }
     }
 
-    fn handshake(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        let Phase::Handshaking { handshake, room } =
-            std::mem::replace(&mut conn.phase, Phase::Moving)
-        else {
+    /// The 101 is out: the connection is a WebSocket member of `room`.
+    fn open(&mut self, key: usize, stream: TcpStream, room: u32) {
+        let config = &self.ctx.shared.config;
+        let socket = Socket::new(stream, config.max_fragments);
+        let ws = WebSocket::from_raw_socket(socket, Role::Server, Some(self.ctx.ws_config));
+        let slot = self.rooms.join(room, key);
+        self.conns[key].phase = Phase::Open { ws, room, slot };
+        let stats = self.ctx.stats();
+        WorkerStats::bump(&stats.connections_accepted);
+        stats.open_connections.fetch_add(1, Ordering::Relaxed);
+        self.update_interest(key);
+        // Frames may have arrived while the 101 was written: the edge that
+        // announced them is spent, so read now.
+        self.read_frames(key);
+    }
+
+    /// Reads and drops input after an answer until the peer closes.
+    fn linger(&mut self, key: usize) {
+        let Some(Phase::Lingering(stream)) = self.conns.get_mut(key).map(|c| &mut c.phase) else {
             return;
         };
-        self.handshake_result(key, room, handshake.handshake());
-    }
-
-    fn handshake_result(
-        &mut self,
-        key: usize,
-        room: u32,
-        result: Result<WebSocket<Socket>, HandshakeError<HandshakeRole>>,
-    ) {
-        let conn = &mut self.conns[key];
-        match result {
-            Ok(ws) => {
-                let slot = self.rooms.join(room, key);
-                conn.phase = Phase::Open { ws, room, slot };
-                self.ctx
-                    .stats()
-                    .open_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                self.update_interest(key);
-                // Frames may have arrived with the handshake: the edge that
-                // announced them is spent, so read now.
-                self.read_frames(key);
-            }
-            Err(HandshakeError::Interrupted(handshake)) => {
-                conn.phase = Phase::Handshaking { handshake, room };
-                self.update_interest(key);
-            }
-            Err(HandshakeError::Failure(_)) => {
-                WorkerStats::bump(&self.ctx.stats().protocol_errors);
-                self.remove(key);
+        let buf = &mut self.ctx.head_buf;
+        loop {
+            match stream.read(buf) {
+                Ok(0) => return self.remove(key),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.remove(key),
             }
         }
     }
@@ -409,8 +415,18 @@ impl Worker {
         if self.conns[key].discard_input {
             return self.discard_input(key);
         }
+        if let Phase::Open { ws, .. } = &mut self.conns[key].phase {
+            ws.get_mut().start_turn();
+        }
         for _ in 0..FRAMES_PER_TURN {
             let conn = &mut self.conns[key];
+            if conn.blocked_on_write {
+                // The peer is not reading what we send: leave its input in
+                // the kernel (TCP pushes back on it) until our output is
+                // out, so no reply ever has to be dropped.
+                conn.input_paused = true;
+                return;
+            }
             let Phase::Open { ws, room, .. } = &mut conn.phase else {
                 return;
             };
@@ -429,8 +445,27 @@ impl Worker {
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
                     mark_dirty(&mut self.ctx.dirty, key, conn);
                 }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if ws.get_ref().budget_spent() {
+                        self.ctx.resume.push(key);
+                    }
+                    return;
+                }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(tungstenite::Error::Io(_))
+                    if ws.get_ref().violation() == Some(Violation::TooManyFragments) =>
+                {
+                    WorkerStats::bump(&self.ctx.stats().protocol_errors);
+                    let frame = ErrorFrame::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "message split into more than {} frames",
+                            self.ctx.shared.config.max_fragments
+                        ),
+                    );
+                    let _ = conn.send(Message::text(error_json(&frame)));
+                    return self.fatal_close(key, CloseCode::Size, "too many fragments");
+                }
                 Err(tungstenite::Error::Capacity(_)) => {
                     // The stream is mid-frame: it cannot continue. Say why,
                     // then close with 1009.
@@ -464,6 +499,9 @@ impl Worker {
                 // Closed cleanly, reset, or any other I/O failure.
                 Err(_) => return self.remove(key),
             }
+            if !self.ctx.slow.is_empty() {
+                return self.close_slow_readers();
+            }
             if self.conns.get(key).is_none() {
                 return;
             }
@@ -479,20 +517,13 @@ impl Worker {
             ctx,
             ..
         } = self;
-        let mut slow = Vec::new();
         let mut shutdown = false;
         inbox.drain(|event| match event {
-            WorkerEvent::Broadcast { room, frame } => {
-                ctx.deliver(conns, rooms, room, &frame, &mut slow)
-            }
-            WorkerEvent::Published { ticket, result } => {
-                ctx.published(conns, ticket, result, &mut slow)
-            }
+            WorkerEvent::Broadcast { room, frame } => ctx.deliver(conns, rooms, room, &frame),
+            WorkerEvent::Published { ticket, result } => ctx.published(conns, ticket, result),
             WorkerEvent::Shutdown => shutdown = true,
         });
-        for key in slow {
-            self.slow_reader(key);
-        }
+        self.close_slow_readers();
         if shutdown {
             self.begin_shutdown();
         }
@@ -558,6 +589,12 @@ impl Worker {
         }
     }
 
+    fn close_slow_readers(&mut self) {
+        for key in std::mem::take(&mut self.ctx.slow) {
+            self.slow_reader(key);
+        }
+    }
+
     /// A reader that lets output pile up past the bound: tell it why
     /// (best effort: its buffer is full) and drop it now.
     fn slow_reader(&mut self, key: usize) {
@@ -583,6 +620,10 @@ impl Worker {
                     if let Some(stream) = conn.stream_mut() {
                         let _ = stream.shutdown(std::net::Shutdown::Write);
                     }
+                }
+                if conn.input_paused && !conn.blocked_on_write {
+                    conn.input_paused = false;
+                    self.ctx.resume.push(key);
                 }
                 self.update_interest(key);
             } else {
@@ -617,25 +658,53 @@ impl Worker {
         }
     }
 
-    /// Ends stalled handshakes and closes that were never answered.
+    /// Ends stalled requests, closes that were never answered, and
+    /// messages whose frames take too long to arrive.
     fn sweep(&mut self) {
-        let config = &self.ctx.shared.config;
+        let shared = self.ctx.shared.clone();
+        let config = &shared.config;
         let now = Instant::now();
+        let mut stalled_messages = Vec::new();
         let expired: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| {
+            .filter(|(key, c)| {
                 let age = now.saturating_duration_since(c.accepted_at);
+                if let Phase::Open { ws, .. } = &c.phase {
+                    let since = ws.get_ref().incomplete_since();
+                    if !c.closing
+                        && since.is_some_and(|t| {
+                            now.saturating_duration_since(t) > config.message_timeout
+                        })
+                    {
+                        stalled_messages.push(*key);
+                    }
+                }
                 (!c.is_open() && age > config.handshake_timeout)
                     || (c.closing && age > config.shutdown_grace)
             })
             .map(|(k, _)| k)
             .collect();
         for key in expired {
-            if !self.conns[key].is_open() {
+            if matches!(self.conns[key].phase, Phase::Routing(_)) {
                 WorkerStats::bump(&self.ctx.stats().handshake_timeouts);
             }
             self.remove(key);
+        }
+        for key in stalled_messages {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            WorkerStats::bump(&self.ctx.stats().protocol_errors);
+            let frame = ErrorFrame::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "a message took more than {} s to arrive",
+                    config.message_timeout.as_secs_f64()
+                ),
+            );
+            let _ = conn.send(Message::text(error_json(&frame)));
+            self.fatal_close(key, CloseCode::Policy, "message took too long to arrive");
         }
     }
 
@@ -645,10 +714,9 @@ impl Worker {
         }
         let mut conn = self.conns.remove(key);
         if let Phase::Open { room, slot, .. } = conn.phase {
-            self.ctx
-                .stats()
-                .open_connections
-                .fetch_sub(1, Ordering::Relaxed);
+            let stats = self.ctx.stats();
+            stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+            WorkerStats::bump(&stats.connections_closed);
             if let Some(moved) = self.rooms.leave(room, slot) {
                 if let Some(Phase::Open {
                     slot: moved_slot, ..
@@ -660,7 +728,6 @@ impl Worker {
         }
         if conn.counted {
             self.ctx.shared.close_connection();
-            WorkerStats::bump(&self.ctx.stats().connections_closed);
         }
         if let Some(stream) = conn.stream_mut() {
             let _ = self.poll.registry().deregister(stream);
@@ -744,12 +811,11 @@ impl Context {
     fn after_send(&mut self, key: usize, conn: &mut Connection, sent: Sent) {
         match sent {
             Sent::Queued => mark_dirty(&mut self.dirty, key, conn),
-            // Dealt with by the caller's next read (which fails the same
-            // way) or by the flush: both end in `slow_reader`/`remove`.
-            Sent::Full | Sent::Broken => {
-                conn.blocked_on_write = true;
-                mark_dirty(&mut self.dirty, key, conn);
-            }
+            // A reply that cannot be queued must not vanish: the connection
+            // ends instead, as a slow reader.
+            Sent::Full => self.slow.push(key),
+            // The flush fails the same way and removes it.
+            Sent::Broken => mark_dirty(&mut self.dirty, key, conn),
         }
     }
 
@@ -760,7 +826,6 @@ impl Context {
         rooms: &RoomIndex,
         room: u32,
         frame: &Utf8Bytes,
-        slow: &mut Vec<usize>,
     ) {
         let mut sent_count = 0;
         for &key in rooms.members(room) {
@@ -773,7 +838,7 @@ impl Context {
                     sent_count += 1;
                     mark_dirty(&mut self.dirty, key, conn);
                 }
-                Sent::Full => slow.push(key),
+                Sent::Full => self.slow.push(key),
                 Sent::Broken => mark_dirty(&mut self.dirty, key, conn),
             }
         }
@@ -788,7 +853,6 @@ impl Context {
         conns: &mut Slab<Connection>,
         ticket: Ticket,
         result: Result<(), String>,
-        slow: &mut Vec<usize>,
     ) {
         let Some(pending) = self.pending.remove(&ticket.id) else {
             return;
@@ -809,10 +873,8 @@ impl Context {
             Ok(()) => pending.ack,
             Err(reason) => unavailable(&reason, pending.client_message_id.as_deref()),
         };
-        match conn.send(Message::text(reply)) {
-            Sent::Full => slow.push(pending.key),
-            _ => mark_dirty(&mut self.dirty, pending.key, conn),
-        }
+        let sent = conn.send(Message::text(reply));
+        self.after_send(pending.key, conn, sent);
     }
 }
 
