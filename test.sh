@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, clippy with warnings denied, and the
-# whole workspace's tests (unit and integration, against real sockets).
+# whole workspace's tests (unit and integration, against real services).
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: ./test.sh [cargo test args...]
+Usage: ./test.sh [--heavy] [cargo test args...]
 
 Starts Redis, RabbitMQ and PostgreSQL if they are not running (installing them from
 Debian's packages if missing: scripts/ensure-services.sh), then runs, from
@@ -13,10 +13,17 @@ the repository root:
   1. cargo fmt --all -- --check
   2. cargo clippy --workspace --all-targets -- -D warnings
   3. cargo test --workspace [args]
+--heavy also runs the tests marked #[ignore = "heavy: …"] (minutes each:
+clusters, endurance, long chaos runs); CI runs with --heavy. Every other
+test is in the default run, which keeps one fast test of every guarantee.
 Extra arguments go to cargo test (e.g. ./test.sh -p chatflow-server).
 USAGE
 }
-case "${1:-}" in -h|--help) usage; exit 0 ;; esac
+heavy=0
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  --heavy) heavy=1; shift ;;
+esac
 
 cd "$(dirname "$0")"
 
@@ -31,4 +38,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --workspace "$@"
+if [ "$heavy" = 1 ]; then
+  cargo test --workspace "$@" -- --include-ignored
+else
+  cargo test --workspace "$@"
+fi
