@@ -14,7 +14,9 @@
 //! - `writer-N` × WRITERS (persistence on): [`writer`](crate::writer);
 //! - `partitions`: day-partition upkeep, hourly;
 //! - `consumer-stats`: per-second rate snapshots and a Redis PING;
-//! - `consumer-http`: `/health` and `/metrics`.
+//! - `consumer-http`: `/health` and `/metrics` (plus a short-lived
+//!   `consumer-http-c` per connection and `consumer-http-b` refusing
+//!   connections past the cap).
 //!
 //! With persistence on, the database is checked first (reachable, schema
 //! present or applied, partitions created) and the writers connect before
@@ -212,6 +214,8 @@ impl Consumer {
                     flush_interval: db.flush_interval,
                     // Every row a consumer can hold: sends never block.
                     queue_capacity: leases.len() * config.prefetch as usize,
+                    retry_min: config.retry_min,
+                    retry_max: config.retry_max,
                 };
                 let writers = Writers::start(
                     &writer_config,

@@ -1,23 +1,71 @@
-//! The health/metrics port: one small blocking thread (`consumer-http`)
-//! answering `GET /health` (JSON) and `GET /metrics` (Prometheus text), one
-//! request per connection. Scrapes are rare and tiny; a thread that serves
-//! them one at a time with short socket timeouts is all this needs, and a
-//! slow or silent client costs at most those timeouts.
+//! The health/metrics port: an accept thread (`consumer-http`) that hands
+//! each connection to a short-lived thread of its own (`consumer-http-c`)
+//! answering `GET /health` (JSON) or `GET /metrics` (Prometheus text), one
+//! request per connection.
+//!
+//! Scrapes are rare and tiny, but the port is reachable by anyone, and one
+//! slow or silent client must not hold it for the monitors that need it:
+//!
+//! - each connection has its own thread, so a client that dawdles only
+//!   delays itself;
+//! - each request head has one deadline ([`Limits::head_deadline`]),
+//!   enforced by shrinking the read timeout to the time left before every
+//!   read. A per-read timeout alone is no bound: a client sending one byte
+//!   every 1.5 s kept a 2 s per-read timeout satisfied for as long as it
+//!   liked. Past the deadline the client gets 408 and is closed;
+//! - at most [`Limits::max_connections`] are served at once; past that a
+//!   connection gets 503 at once from one thread (`consumer-http-b`) and
+//!   is closed, so a flood of connections costs a bounded number of
+//!   threads, each for a bounded time.
 
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::stats::Shared;
 
 /// A request head larger than this is refused (431).
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 32;
-/// Read/write timeout per connection.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `stop` waits to connect to its own listener to wake it.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection refused past the cap stays half-open after its
+/// 503: ample for a client to send its request and read the answer.
+const REFUSED_LINGER: Duration = Duration::from_millis(500);
+/// Refused connections waiting or held half-open at most (one descriptor
+/// each); past that the oldest is closed early, or a new one at once.
+const REFUSED_HELD: usize = 1024;
+
+/// What one client may take of the port.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// From accept to a complete request head. 2 s: a scrape's head is one
+    /// packet, sent at once; anything slower is broken or hostile.
+    pub head_deadline: Duration,
+    /// Connections served at once. 64: far more than the few monitors and
+    /// scrapers a consumer has, few enough that a flood costs 64 small
+    /// threads for `head_deadline` each.
+    pub max_connections: usize,
+    /// For writing the response (a few KiB: it fits the socket buffer of a
+    /// client that reads nothing).
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            head_deadline: Duration::from_secs(2),
+            max_connections: 64,
+            write_timeout: Duration::from_secs(2),
+        }
+    }
+}
 
 /// The running endpoint.
 pub struct HttpServer {
@@ -28,12 +76,26 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub fn start(listener: TcpListener, shared: Arc<Shared>) -> io::Result<HttpServer> {
+        HttpServer::start_with(listener, shared, Limits::default())
+    }
+
+    pub fn start_with(
+        listener: TcpListener,
+        shared: Arc<Shared>,
+        limits: Limits,
+    ) -> io::Result<HttpServer> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
+        let (busy, refused) = crossbeam_channel::bounded(REFUSED_HELD);
+        let refuser = thread::Builder::new()
+            .name("consumer-http-b".to_string())
+            .spawn(move || refuse_busy(refused))?;
+        // If this spawn fails, `busy` is dropped with its closure and the
+        // refuser ends by itself.
         let thread = thread::Builder::new()
             .name("consumer-http".to_string())
-            .spawn(move || serve(listener, &shared, &stopping))?;
+            .spawn(move || serve(listener, &shared, &stopping, limits, busy, refuser))?;
         Ok(HttpServer {
             addr,
             stop,
@@ -45,8 +107,10 @@ impl HttpServer {
         self.addr
     }
 
-    /// Stops accepting and joins the thread. `accept` has no timeout, so the
-    /// thread is woken by a connection of our own.
+    /// Stops accepting and joins the accept thread, which joins the
+    /// connection threads (each done within its deadline and write
+    /// timeout) and the refuser. `accept` has no timeout, so the thread is
+    /// woken by a connection of our own.
     pub fn stop(&mut self) -> thread::Result<()> {
         self.stop.store(true, Ordering::SeqCst);
         let mut wake = self.addr;
@@ -56,7 +120,7 @@ impl HttpServer {
                 IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
             });
         }
-        let _ = TcpStream::connect_timeout(&wake, IO_TIMEOUT);
+        let _ = TcpStream::connect_timeout(&wake, WAKE_TIMEOUT);
         match self.thread.take() {
             Some(thread) => thread.join(),
             None => Ok(()),
@@ -64,15 +128,41 @@ impl HttpServer {
     }
 }
 
-fn serve(listener: TcpListener, shared: &Shared, stop: &AtomicBool) {
+fn serve(
+    listener: TcpListener,
+    shared: &Arc<Shared>,
+    stop: &AtomicBool,
+    limits: Limits,
+    busy: Sender<TcpStream>,
+    refuser: JoinHandle<()>,
+) {
+    let mut connections: Vec<JoinHandle<()>> = Vec::new();
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         match stream {
             Ok(stream) => {
-                // A client that hangs up or times out is its own problem.
-                let _ = answer(stream, shared);
+                reap(&mut connections);
+                if connections.len() >= limits.max_connections {
+                    // Full too: this one is closed at once, unanswered.
+                    let _ = busy.try_send(stream);
+                    continue;
+                }
+                let shared = shared.clone();
+                let spawned = thread::Builder::new()
+                    .name("consumer-http-c".to_string())
+                    // A client that hangs up or times out is its own problem.
+                    .spawn(move || drop(answer(stream, &shared, limits)));
+                match spawned {
+                    Ok(thread) => connections.push(thread),
+                    // Out of threads: the connection (moved into the
+                    // closure) is closed; do not spin on it.
+                    Err(e) => {
+                        eprintln!("consumer-http: cannot start a connection thread: {e}");
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                }
             }
             Err(e) => {
                 // E.g. out of descriptors: do not spin on it.
@@ -81,34 +171,152 @@ fn serve(listener: TcpListener, shared: &Shared, stop: &AtomicBool) {
             }
         }
     }
+    drop(busy);
+    for thread in connections.into_iter().chain([refuser]) {
+        let _ = thread.join();
+    }
 }
 
-fn answer(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+/// Joins the connection threads that are done, so the rest is what counts
+/// against the cap.
+fn reap(connections: &mut Vec<JoinHandle<()>>) {
+    let mut i = 0;
+    while i < connections.len() {
+        if connections[i].is_finished() {
+            let _ = connections.swap_remove(i).join();
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// The `consumer-http-b` thread: answers each connection past the cap
+/// with 503 at once, then holds it half-open for [`REFUSED_LINGER`] before
+/// closing it. The 503 goes out before the request has even arrived;
+/// closing right away would make the client's request meet a closed
+/// socket, and the reset that answers it can destroy the 503 before the
+/// client reads it. Never blocks: the sockets are non-blocking, and a
+/// fresh socket's send buffer takes the few hundred bytes at once (if not,
+/// the client just sees the close).
+fn refuse_busy(refused: Receiver<TcpStream>) {
+    let busy = response(
+        503,
+        "application/json",
+        &error_body(
+            503,
+            "too many connections to the metrics port; retry shortly",
+        ),
+        Some("Retry-After: 1"),
+    );
+    let mut held: VecDeque<(Instant, TcpStream)> = VecDeque::new();
+    loop {
+        let next = match held.front() {
+            Some((until, _)) => refused.recv_deadline(*until),
+            None => refused.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match next {
+            Ok(mut stream) => {
+                if stream.set_nonblocking(true).is_ok() && stream.write_all(&busy).is_ok() {
+                    let _ = stream.shutdown(Shutdown::Write);
+                    if held.len() >= REFUSED_HELD {
+                        if let Some((_, oldest)) = held.pop_front() {
+                            discard_input(oldest);
+                        }
+                    }
+                    held.push_back((Instant::now() + REFUSED_LINGER, stream));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        let now = Instant::now();
+        while held.front().is_some_and(|(until, _)| *until <= now) {
+            if let Some((_, stream)) = held.pop_front() {
+                discard_input(stream);
+            }
+        }
+    }
+    for (_, stream) in held {
+        discard_input(stream);
+    }
+}
+
+/// Sends FIN after the answer, then closes.
+fn close_after_answer(stream: TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    discard_input(stream);
+}
+
+/// Discards what the client already sent (up to 64 KiB, so a client that
+/// keeps sending cannot keep us here), then closes: closing with unread
+/// input sends a reset, which can destroy the answer before the client
+/// reads it.
+fn discard_input(mut stream: TcpStream) {
+    let _ = stream.set_nonblocking(true);
+    let mut scratch = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!(stream.read(&mut scratch), Ok(n) if n > 0) {
+            break;
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, shared: &Shared, limits: Limits) -> io::Result<()> {
+    stream.set_write_timeout(Some(limits.write_timeout))?;
+    let Some(response) = read_request(&mut stream, shared, Instant::now() + limits.head_deadline)?
+    else {
+        return Ok(());
+    };
+    stream.write_all(&response)?;
+    stream.flush()?;
+    close_after_answer(stream);
+    Ok(())
+}
+
+/// Reads a request head until `deadline` and returns the response to it
+/// (408 past the deadline); `None` if the client hung up first.
+fn read_request(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    deadline: Instant,
+) -> io::Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; MAX_HEAD];
     let mut len = 0;
-    let response = loop {
-        let n = stream.read(&mut buf[len..])?;
-        if n == 0 {
-            return Ok(());
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Some(request_timeout()));
         }
+        // The whole head shares one deadline: each read may only wait for
+        // what is left of it.
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut buf[len..]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Ok(Some(request_timeout()))
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         len += n;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
-                break route(request.method, request.path, shared);
+                return Ok(Some(route(request.method, request.path, shared)));
             }
             Ok(httparse::Status::Partial) if len == buf.len() => {
-                break error(431, "request head too large");
+                return Ok(Some(error(431, "request head too large")));
             }
             Ok(httparse::Status::Partial) => continue,
-            Err(e) => break error(400, &format!("malformed HTTP request: {e}")),
+            Err(e) => return Ok(Some(error(400, &format!("malformed HTTP request: {e}")))),
         }
-    };
-    stream.write_all(&response)?;
-    stream.flush()
+    }
+}
+
+fn request_timeout() -> Vec<u8> {
+    error(408, "the request head did not arrive in time")
 }
 
 /// The response to a complete request head.
@@ -167,6 +375,7 @@ fn response(status: u16, content_type: &str, body: &str, extra_header: Option<&s
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
@@ -209,5 +418,73 @@ mod tests {
         assert!(text(route(Some("GET"), Some("/nope"), &shared)).starts_with("HTTP/1.1 404"));
         shared.shutting_down.store(true, Ordering::Relaxed);
         assert!(text(route(Some("GET"), Some("/health"), &shared)).starts_with("HTTP/1.1 503"));
+    }
+
+    fn shared() -> Arc<Shared> {
+        let config = Config {
+            rooms: chatflow_protocol::Rooms::new(1).unwrap(),
+            amqp_connections: 1,
+            enable_persistence: false,
+            ..Config::default()
+        };
+        Arc::new(Shared::new(config, vec![0; 5]))
+    }
+
+    /// Sends `head` and reads until the server closes.
+    fn exchange(addr: SocketAddr, head: &str) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = stream.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_head_that_misses_its_deadline_gets_408() {
+        let limits = Limits {
+            head_deadline: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let mut server =
+            HttpServer::start_with(TcpListener::bind("127.0.0.1:0").unwrap(), shared(), limits)
+                .unwrap();
+        let started = Instant::now();
+        let slow = exchange(server.local_addr(), "GET /health HTTP/1.1\r\nHost: x\r\n");
+        assert!(
+            slow.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{slow}"
+        );
+        assert!(started.elapsed() >= limits.head_deadline);
+        let quick = exchange(server.local_addr(), "GET /health HTTP/1.1\r\n\r\n");
+        assert!(quick.starts_with("HTTP/1.1 200 OK\r\n"), "{quick}");
+        server.stop().unwrap();
+    }
+
+    #[test]
+    fn past_the_cap_connections_get_503_until_a_slot_frees() {
+        let limits = Limits {
+            head_deadline: Duration::from_millis(500),
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let mut server =
+            HttpServer::start_with(TcpListener::bind("127.0.0.1:0").unwrap(), shared(), limits)
+                .unwrap();
+        let addr = server.local_addr();
+        let _idle = TcpStream::connect(addr).unwrap();
+        let busy = exchange(addr, "GET /health HTTP/1.1\r\n\r\n");
+        assert!(
+            busy.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{busy}"
+        );
+        assert!(busy.contains("Retry-After: 1\r\n"), "{busy}");
+        // The idle connection is timed out at its deadline, freeing its slot.
+        thread::sleep(limits.head_deadline + Duration::from_millis(200));
+        let ok = exchange(addr, "GET /health HTTP/1.1\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        server.stop().unwrap();
     }
 }

@@ -12,7 +12,9 @@
 //! broadcast while persistence is off; with persistence, the
 //! commit of its row, which writers report back possibly out of order —
 //! which is why entries are marked one by one and only the finished prefix
-//! is settled.
+//! is settled. A delivery whose row the database refused becomes poison
+//! after the fact, and is rejected at its place in tag order like one that
+//! was undecodable from the start.
 
 use std::collections::VecDeque;
 
@@ -36,7 +38,8 @@ pub enum Mark {
     Pending,
     /// May be acked.
     Finished,
-    /// Undecodable: to be rejected without requeue (→ dead-letter queue).
+    /// Undecodable, or its row refused by the database: to be rejected
+    /// without requeue (→ dead-letter queue).
     Poison,
 }
 
@@ -88,6 +91,19 @@ impl<D: Tagged> InHand<D> {
         match self.entries.binary_search_by_key(&tag, |(d, _)| d.tag()) {
             Ok(i) if self.entries[i].1 == Mark::Pending => {
                 self.entries[i].1 = Mark::Finished;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks the pending delivery with `tag` poison (its row was refused);
+    /// false if it is not held or no longer pending. It is rejected once
+    /// everything before it is settled, like an undecodable one.
+    pub fn reject(&mut self, tag: u64) -> bool {
+        match self.entries.binary_search_by_key(&tag, |(d, _)| d.tag()) {
+            Ok(i) if self.entries[i].1 == Mark::Pending => {
+                self.entries[i].1 = Mark::Poison;
                 true
             }
             _ => false,
@@ -216,5 +232,36 @@ mod tests {
                 Settle::Reject(4)
             ]
         );
+    }
+
+    #[test]
+    fn a_refused_row_is_rejected_at_its_place_in_tag_order() {
+        let mut h = hand(&[P, P, P, P]);
+        // The writer commits 1 and 4 and refuses 2; 3 is still being written.
+        assert!(h.finish(1));
+        assert!(h.reject(2));
+        assert!(h.finish(4));
+        assert!(!h.reject(4), "finished: no longer pending");
+        assert!(!h.reject(99), "never held");
+        assert_eq!(
+            h.settle(),
+            vec![
+                Settle::AckUpTo {
+                    delivery: 1,
+                    count: 1
+                },
+                Settle::Reject(2)
+            ]
+        );
+        // The ack of 4 waits for 3, and never covers the rejected 2.
+        assert!(h.finish(3));
+        assert_eq!(
+            h.settle(),
+            vec![Settle::AckUpTo {
+                delivery: 4,
+                count: 2
+            }]
+        );
+        assert!(h.is_empty());
     }
 }

@@ -15,10 +15,12 @@
 //! - [`broadcast`]: per-thread Redis connection, pipelined publish, retry;
 //! - [`backoff`]: jittered back-off and shutdown-aware waits;
 //! - [`writer`]: PostgreSQL writer threads: binary COPY batches, dedup of
-//!   redeliveries, commit notices back to consumers;
+//!   redeliveries, isolation of rows the database refuses, commit (and
+//!   reject) notices back to consumers;
 //! - [`partitions`]: schema, day partitions and their upkeep (r2d2 pool);
 //! - [`stats`]: per-thread counters, rates, `/health` and `/metrics`;
-//! - [`http`]: the small blocking HTTP endpoint serving them.
+//! - [`http`]: the small blocking HTTP endpoint serving them (a thread per
+//!   connection, capped, one deadline per request).
 //!
 //! No async runtime: every thread blocks on a crossbeam `select!` or a
 //! socket with a timeout, and every one is named and joined on shutdown.

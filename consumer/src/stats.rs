@@ -35,7 +35,8 @@ pub struct ThreadStats {
     pub acked: AtomicU64,
     /// Deliveries the broker flagged as redelivered.
     pub redelivered: AtomicU64,
-    /// Undecodable deliveries rejected to the dead-letter queue.
+    /// Deliveries rejected to the dead-letter queue: undecodable, or their
+    /// row refused by the database.
     pub dead_lettered: AtomicU64,
     /// Redis pipelines published (one per batch with anything to broadcast).
     pub batches: AtomicU64,
@@ -274,6 +275,8 @@ impl Shared {
             duplicate_batches: sum(|w| &w.duplicate_batches),
             duplicates_dropped: sum(|w| &w.duplicates_dropped),
             retries: sum(|w| &w.retries),
+            rows_dead_lettered: sum(|w| &w.rows_dead_lettered),
+            batch_splits: sum(|w| &w.batch_splits),
             copy_latency_us: Quantiles::of(&latency),
             batch_rows: Quantiles::of(&sizes),
             last_error,
@@ -461,7 +464,7 @@ impl Shared {
             ),
             (
                 "dead_lettered_total",
-                "Undecodable deliveries rejected to the dead-letter queue.",
+                "Deliveries rejected to the dead-letter queue (undecodable, or their row refused by the database).",
                 t.dead_lettered,
             ),
             ("batches_total", "Redis pipelines published.", t.batches),
@@ -540,6 +543,16 @@ impl Shared {
                     "write_retries_total",
                     "Failed batch attempts, retried.",
                     db.retries,
+                ),
+                (
+                    "rows_dead_lettered_total",
+                    "Rows PostgreSQL refused on their own, rejected to the dead-letter queue.",
+                    db.rows_dead_lettered,
+                ),
+                (
+                    "batch_splits_total",
+                    "Refused writes split in two to find the refused rows.",
+                    db.batch_splits,
                 ),
             ] {
                 metric(name, "counter", help, &one(value));
@@ -678,6 +691,11 @@ pub struct DatabaseStatus {
     pub duplicate_batches: u64,
     pub duplicates_dropped: u64,
     pub retries: u64,
+    /// Rows the database refused on their own, handed back to be
+    /// dead-lettered (a bad row, never an outage).
+    pub rows_dead_lettered: u64,
+    /// Refused writes split in two to find the refused rows.
+    pub batch_splits: u64,
     /// COPY + commit per batch, microseconds.
     pub copy_latency_us: Quantiles,
     pub batch_rows: Quantiles,

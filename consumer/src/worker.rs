@@ -9,14 +9,16 @@
 //!   the queue), and under load batches grow by themselves;
 //! - commit notices ([`Committed`]): PostgreSQL writers report rows
 //!   stored (persistence on: a delivery is acked once its row is
-//!   committed, in tag order, however the writers' commits interleave);
+//!   committed, in tag order, however the writers' commits interleave) and
+//!   rows the database refused (rejected like undecodable deliveries);
 //! - shutdown.
 //!
 //! Processing a batch: decode every delivery; publish the `message` frames
 //! of the good ones in one Redis pipeline (retried until Redis takes it);
 //! then settle in tag order — one `ack(multiple)` per run of finished
-//! deliveries, `nack(requeue = false)` for each undecodable one, which the
-//! queue's dead-letter exchange routes to the dead-letter queue. An ack is
+//! deliveries, `nack(requeue = false)` for each undecodable one (and,
+//! later, each one whose row the database refused), which the queue's
+//! dead-letter exchange routes to the dead-letter queue. An ack is
 //! only ever sent after the broadcast it stands for was published.
 //!
 //! A lost channel (stream ended, failed ack, cancelled consumer) drops
@@ -42,12 +44,29 @@ use crate::writer::{Pending, Row};
 /// (they are all counted, and all in the dead-letter queue to inspect).
 const POISON_LOG_LIMIT: u64 = 10;
 
-/// Writers' report that rows are committed: the deliveries with these
-/// tags, received on the channel of lease `epoch`, may be acked.
-#[derive(Clone, Debug)]
+/// A writer's report on rows it has dealt with, about deliveries received
+/// on the channel of lease `epoch`.
+#[derive(Clone, Debug, Default)]
 pub struct Committed {
     pub epoch: u64,
+    /// Committed: these deliveries may be acked.
     pub tags: Vec<u64>,
+    /// Refused by the database on their own (a bad row, not an outage):
+    /// these deliveries are poison, rejected to the dead-letter queue in
+    /// tag order like undecodable ones.
+    pub rejected: Vec<u64>,
+}
+
+impl Committed {
+    /// Marks what the notice settles in `hand`.
+    fn apply(self, hand: &mut InHand<Delivery>) {
+        for tag in self.tags {
+            hand.finish(tag);
+        }
+        for tag in self.rejected {
+            hand.reject(tag);
+        }
+    }
 }
 
 /// Why [`Worker::consume`] returned.
@@ -82,6 +101,16 @@ fn describe(message: ConsumerMessage) -> String {
     }
 }
 
+/// The client timestamps (ms since the Unix epoch) an envelope may carry:
+/// what RFC 3339 can state (years 0000..=9999), with a day of margin for
+/// zone offsets. Servers never produce anything else, and far outside it a
+/// row's timestamp cannot even be encoded (microseconds since 2000
+/// overflow: a panic in a debug build's writer, a wrapped garbage value in
+/// release), so such an envelope is poison from the start. (The server
+/// timestamp travels as RFC 3339 text, which its parser already bounds.)
+const CLIENT_TIMESTAMPS_MS: std::ops::RangeInclusive<i64> =
+    -62_167_305_600_000..=253_402_387_199_999;
+
 /// A good delivery's room, broadcast frame, server time and (when it is to
 /// be stored) row, or why it is poison.
 fn broadcast_of(
@@ -94,6 +123,12 @@ fn broadcast_of(
         return Err(format!(
             "room {} is not one of {}",
             envelope.room_id, topology.rooms
+        ));
+    }
+    if !CLIENT_TIMESTAMPS_MS.contains(&envelope.client_timestamp_ms) {
+        return Err(format!(
+            "clientTimestampMs {} is outside years 0000..=9999",
+            envelope.client_timestamp_ms
         ));
     }
     Ok((
@@ -269,9 +304,7 @@ impl Worker {
                 }
                 recv(self.commits) -> notice => match notice {
                     Ok(notice) if notice.epoch == epoch => {
-                        for tag in notice.tags {
-                            hand.finish(tag);
-                        }
+                        notice.apply(hand);
                         if let Err(ended) = self.settle(channel, hand) {
                             return ended;
                         }
@@ -457,9 +490,7 @@ impl Worker {
         while !hand.is_empty() && self.rows.is_some() {
             match self.commits.recv_deadline(deadline) {
                 Ok(notice) if notice.epoch == epoch => {
-                    for tag in notice.tags {
-                        hand.finish(tag);
-                    }
+                    notice.apply(hand);
                     if self.settle(channel, hand).is_err() {
                         return;
                     }
@@ -514,5 +545,19 @@ mod tests {
         let elsewhere = Envelope::accepted(&msg, 3, id, ServerTime(0), "s");
         let err = broadcast_of(&elsewhere.encode(), &topology, false).unwrap_err();
         assert!(err.contains("room 3"), "{err}");
+
+        // Timestamps no server produces, which a row could not even encode.
+        for ms in [i64::MAX, i64::MIN] {
+            let mut far = envelope.clone();
+            far.client_timestamp_ms = ms;
+            let err = broadcast_of(&far.encode(), &topology, true).unwrap_err();
+            assert!(err.contains("clientTimestampMs"), "{err}");
+        }
+        // The edges of RFC 3339 years are fine.
+        for ms in [-62_167_219_200_000, 253_402_300_799_999] {
+            let mut edge = envelope.clone();
+            edge.client_timestamp_ms = ms; // 0000-01-01T00:00:00Z, 9999-12-31T23:59:59.999Z
+            assert!(broadcast_of(&edge.encode(), &topology, true).is_ok());
+        }
     }
 }

@@ -20,12 +20,33 @@
 //!   `INSERT … SELECT … ON CONFLICT DO NOTHING`, so a redelivery never makes
 //!   a second row.
 //!
-//! A failed batch is kept and retried with backoff, reconnecting as needed;
-//! nothing is acknowledged meanwhile, so a database outage stops acks, the
-//! broker keeps the backlog, and everything drains when the database is
-//! back.
+//! A failed write is classified by its SQLSTATE ([`WriteFailure`]):
+//!
+//! - *the database is unavailable* (connection lost, shutting down, out of
+//!   resources, a conflict between transactions, or anything not pinned on
+//!   the rows): the same rows are retried with jittered back-off,
+//!   reconnecting as needed; nothing is acknowledged meanwhile, so an
+//!   outage stops acks, the broker keeps the backlog, and everything drains
+//!   when the database is back;
+//! - *the database refuses these rows* (a data exception such as a NUL in
+//!   `text`, a constraint violation, a value too long): the rows are split
+//!   in halves, each written on its own, recursively, until the refusal is
+//!   pinned on single rows. Those are handed back to their consumer to be
+//!   rejected to the dead-letter queue; every other row is stored and acked
+//!   as usual. One bad row in a batch of 1,000 costs about 2·log2(1000) ≈
+//!   20 extra statements, and a row is only dead-lettered once it fails
+//!   *alone*, so a failure that was about the batch (too big, say) loses
+//!   nothing. An outage in the middle of a split falls back to retrying the
+//!   part being written: nothing good is dead-lettered because of it.
+//!
+//! Without that split, one poison row would make its batch fail for ever:
+//! the valid rows in it never stored, the consumers mapped to this writer
+//! no longer acking, and once their prefetch filled, their broadcasts
+//! stopping too.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,6 +61,7 @@ use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls};
 
+use crate::backoff::Backoff;
 use crate::worker::Committed;
 
 const COLUMNS: &str =
@@ -55,12 +77,13 @@ const TYPES: [Type; 9] = [
     Type::TIMESTAMPTZ,
     Type::TEXT,
 ];
-const BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often an idle writer looks at the stop flag.
 const TICK: Duration = Duration::from_millis(100);
 /// While a batch fills, how often the writer takes what has arrived.
 const COLLECT_POLL: Duration = Duration::from_millis(5);
+/// Refused rows logged one by one per writer before the log thins out to
+/// one line in 100 (every one is counted and in the dead-letter queue).
+const REFUSED_LOG_LIMIT: u64 = 10;
 
 /// Where and how to write.
 #[derive(Clone, Debug)]
@@ -72,6 +95,10 @@ pub struct WriterConfig {
     pub flush_interval: Duration,
     /// Batches waiting for each writer.
     pub queue_capacity: usize,
+    /// First and longest wait between attempts while the database is
+    /// unavailable (jittered: four writers do not retry in lockstep).
+    pub retry_min: Duration,
+    pub retry_max: Duration,
 }
 
 /// One message as stored.
@@ -132,6 +159,13 @@ pub struct WriterStats {
     pub duplicate_batches: AtomicU64,
     pub duplicates_dropped: AtomicU64,
     pub retries: AtomicU64,
+    /// Rows the database refused on their own (a bad row, not an outage),
+    /// handed back to be rejected to the dead-letter queue. A row whose
+    /// reject did not reach the broker (channel lost) comes back and is
+    /// counted again.
+    pub rows_dead_lettered: AtomicU64,
+    /// Refused writes split in two to find the refused rows.
+    pub batch_splits: AtomicU64,
     pub connected: AtomicBool,
     pub last_error: Mutex<String>,
     /// Microseconds per committed batch (COPY + commit).
@@ -147,6 +181,8 @@ impl Default for WriterStats {
             duplicate_batches: AtomicU64::new(0),
             duplicates_dropped: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            rows_dead_lettered: AtomicU64::new(0),
+            batch_splits: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             last_error: Mutex::new(String::new()),
             latency_us: Mutex::new(
@@ -238,6 +274,86 @@ fn redact(connection: &str) -> String {
         .join(" ")
 }
 
+/// A failed write in one line. `postgres::Error`'s own `Display` stops at
+/// "db error" or "error communicating with the server"; the reason is in
+/// the server's report or the error's source. The report's DETAIL is left
+/// out: for a constraint it quotes the whole row, message text included.
+pub fn describe(error: &postgres::Error) -> String {
+    let mut text = error.to_string();
+    if let Some(db) = error.as_db_error() {
+        let _ = write!(text, ": {} (SQLSTATE {}", db.message(), db.code().code());
+        if let Some(context) = db.where_() {
+            // E.g. "COPY messages, line 3, column message" (binary COPY
+            // names the column, never its value).
+            let _ = write!(text, "; {}", context.replace('\n', "; "));
+        }
+        text.push(')');
+    } else if let Some(source) = std::error::Error::source(error) {
+        let _ = write!(text, ": {source}");
+    }
+    text
+}
+
+/// What a failed write says about the rows it tried to store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The database cannot take anything now, or the failure cannot be
+    /// pinned on the rows: retry the same rows after a back-off, holding
+    /// their acks.
+    Unavailable,
+    /// The database refuses something in these rows and will refuse it
+    /// again: find the rows and dead-letter them.
+    BadRows,
+}
+
+impl WriteFailure {
+    /// Classifies a failed write by its SQLSTATE. No SQLSTATE means the
+    /// failure happened outside the server's statement handling (connection
+    /// refused or lost, timeout, encoding on our side): unavailable.
+    pub fn of(error: &postgres::Error) -> WriteFailure {
+        match error.code() {
+            Some(code) => WriteFailure::of_sqlstate(code),
+            None => WriteFailure::Unavailable,
+        }
+    }
+
+    /// Only classes that describe the *data* are blamed on the rows:
+    /// 22 data exception (NUL in `text`: 22021, a timestamp out of range:
+    /// 22008, …), 23 integrity constraint violation (a CHECK: 23514), 54
+    /// program limit exceeded (a value too long to index). Everything else
+    /// holds acks and retries: 08 connection exception, 53 insufficient
+    /// resources, 57 operator intervention (57P01 admin shutdown, 57P03
+    /// cannot connect now), 40 transaction rollback (serialization,
+    /// deadlock), 58 system error, XX internal error — and any other class
+    /// too (42 undefined table, permission denied, …): those hit every row
+    /// alike, and dead-lettering every message of an outage or of a
+    /// misconfiguration would throw good messages away.
+    ///
+    /// A unique violation (23505) is not a bad row: the row is already
+    /// stored. The fast path turns it into the deduplicating path; seen
+    /// anywhere else it is a race the retry's `ON CONFLICT` settles.
+    pub fn of_sqlstate(code: &SqlState) -> WriteFailure {
+        if *code == SqlState::UNIQUE_VIOLATION {
+            return WriteFailure::Unavailable;
+        }
+        match code.code().get(..2) {
+            Some("22" | "23" | "54") => WriteFailure::BadRows,
+            _ => WriteFailure::Unavailable,
+        }
+    }
+}
+
+/// What became of one row of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Not stored yet (all rows, until their write commits; left so when
+    /// the writer stops during an outage: redelivered later).
+    Waiting,
+    Stored,
+    /// Refused on its own by the database: to be dead-lettered.
+    Refused,
+}
+
 struct Writer {
     index: usize,
     config: WriterConfig,
@@ -251,6 +367,7 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         let mut batch: Vec<Pending> = Vec::with_capacity(self.config.batch_rows);
+        let mut fates: Vec<Fate> = Vec::with_capacity(self.config.batch_rows);
         loop {
             let first = match self.rows.recv_timeout(TICK) {
                 Ok(rows) => rows,
@@ -275,51 +392,122 @@ impl Writer {
                 }
                 std::thread::sleep(COLLECT_POLL.min(deadline - now));
             }
-            if !self.write_until_committed(&batch) {
-                return; // stopping while the database is down: not acked, redelivered later
+            fates.clear();
+            fates.resize(batch.len(), Fate::Waiting);
+            let finished = self.store(&batch, &mut fates);
+            // Also when stopping early: what did commit is acked now
+            // rather than redelivered later.
+            self.tell_consumers(&batch, &fates);
+            if !finished {
+                return; // stopping while the database is down: the rest is not acked, redelivered later
             }
-            self.tell_consumers(&batch);
             batch.clear();
         }
     }
 
-    /// Retries the batch until it commits; false if told to stop first.
-    fn write_until_committed(&mut self, batch: &[Pending]) -> bool {
+    /// Stores the batch, isolating the rows the database refuses: every
+    /// row ends `Stored` or `Refused`. False if told to stop while the
+    /// database is unavailable (rows not written yet stay `Waiting`).
+    ///
+    /// `todo` holds the ranges still to write, next one last. A refused
+    /// range of several rows is replaced by its two halves (first half
+    /// written first); a refused single row is the culprit. An unavailable
+    /// database retries the range at hand with back-off, so the split
+    /// resumes where it was once the database is back.
+    fn store(&mut self, batch: &[Pending], fates: &mut [Fate]) -> bool {
         let all = self.stats.clone();
         let stats = &all[self.index];
-        let mut backoff = BACKOFF_FIRST;
-        loop {
+        let mut backoff = Backoff::new(
+            self.config.retry_min,
+            self.config.retry_max,
+            self.index as u64,
+        );
+        // Depth ≤ log2(rows) + 1 while splitting: a few entries.
+        let mut todo: Vec<Range<usize>> = Vec::with_capacity(16);
+        todo.push(0..batch.len());
+        while let Some(range) = todo.pop() {
+            let rows = &batch[range.clone()];
             let started = Instant::now();
-            match self.write(batch) {
+            let error = match self.write(rows) {
                 Ok(()) => {
                     stats.connected.store(true, Ordering::Release);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
-                    stats.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    stats.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
                     let _ = stats
                         .latency_us
                         .lock()
                         .record(started.elapsed().as_micros().max(1) as u64);
-                    let _ = stats.batch_sizes.lock().record(batch.len() as u64);
-                    return true;
+                    let _ = stats.batch_sizes.lock().record(rows.len() as u64);
+                    fates[range].fill(Fate::Stored);
+                    backoff.reset();
+                    continue;
                 }
-                Err(e) => {
+                Err(error) => error,
+            };
+            match WriteFailure::of(&error) {
+                WriteFailure::BadRows => {
+                    // The database answered: it is up, whatever it thinks
+                    // of these rows.
+                    stats.connected.store(true, Ordering::Release);
+                    if rows.len() == 1 {
+                        fates[range.start] = Fate::Refused;
+                        self.refused(&rows[0], &error);
+                    } else {
+                        stats.batch_splits.fetch_add(1, Ordering::Relaxed);
+                        let middle = range.start + rows.len() / 2;
+                        todo.push(middle..range.end);
+                        todo.push(range.start..middle);
+                    }
+                }
+                WriteFailure::Unavailable => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     stats.connected.store(false, Ordering::Release);
-                    *stats.last_error.lock() = e.to_string();
+                    let reason = describe(&error);
                     if stats.retries.load(Ordering::Relaxed) % 20 == 1 {
                         eprintln!(
-                            "writer-{}: batch of {} rows not stored, retrying: {e}",
+                            "writer-{}: {} rows not stored, retrying: {reason}",
                             self.index,
-                            batch.len()
+                            rows.len()
                         );
                     }
+                    *stats.last_error.lock() = reason;
                     if self.stop.load(Ordering::Acquire) {
                         return false;
                     }
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    self.pause(backoff.next_delay());
+                    todo.push(range);
                 }
             }
+        }
+        true
+    }
+
+    /// Counts and logs a row the database refused on its own.
+    fn refused(&self, pending: &Pending, error: &postgres::Error) {
+        let stats = &self.stats[self.index];
+        let count = stats.rows_dead_lettered.fetch_add(1, Ordering::Relaxed) + 1;
+        if count <= REFUSED_LOG_LIMIT || count % 100 == 0 {
+            let row = &pending.row;
+            eprintln!(
+                "writer-{}: dead-lettering message {} (room {}, user {}; {count} so far): PostgreSQL refuses the row: {}",
+                self.index,
+                row.message_id,
+                row.room_id,
+                row.user_id,
+                describe(error),
+            );
+        }
+    }
+
+    /// Sleeps `delay`, or less if told to stop.
+    fn pause(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        while !self.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            std::thread::sleep(TICK.min(until - now));
         }
     }
 
@@ -346,18 +534,31 @@ impl Writer {
         Ok(())
     }
 
-    /// Tells each consumer which of its deliveries are now stored.
-    fn tell_consumers(&self, batch: &[Pending]) {
-        let mut by_consumer: HashMap<(usize, u64), Vec<u64>> = HashMap::new();
-        for pending in batch {
-            by_consumer
+    /// Tells each consumer which of its deliveries are now stored, and
+    /// which were refused (to be dead-lettered); rows still waiting are
+    /// not mentioned.
+    fn tell_consumers(&self, batch: &[Pending], fates: &[Fate]) {
+        let mut by_consumer: HashMap<(usize, u64), Committed> = HashMap::new();
+        for (pending, fate) in batch.iter().zip(fates) {
+            let notice = by_consumer
                 .entry((pending.consumer, pending.epoch))
-                .or_default()
-                .push(pending.delivery_tag);
+                .or_insert_with(|| Committed {
+                    epoch: pending.epoch,
+                    tags: Vec::new(),
+                    rejected: Vec::new(),
+                });
+            match fate {
+                Fate::Stored => notice.tags.push(pending.delivery_tag),
+                Fate::Refused => notice.rejected.push(pending.delivery_tag),
+                Fate::Waiting => {}
+            }
         }
-        for ((consumer, epoch), tags) in by_consumer {
+        for ((consumer, _), notice) in by_consumer {
+            if notice.tags.is_empty() && notice.rejected.is_empty() {
+                continue;
+            }
             if let Some(sender) = self.notify.get(consumer) {
-                let _ = sender.send(Committed { epoch, tags });
+                let _ = sender.send(notice);
             }
         }
     }
@@ -421,4 +622,53 @@ pub fn insert_batch_deduplicated(
     )?;
     tx.commit()?;
     Ok(inserted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_classes_are_blamed_on_the_rows() {
+        use WriteFailure::{BadRows, Unavailable};
+        for (code, expected) in [
+            // 22 data exception: NUL in text, timestamp out of range, too long.
+            (SqlState::CHARACTER_NOT_IN_REPERTOIRE, BadRows),
+            (SqlState::DATETIME_FIELD_OVERFLOW, BadRows),
+            (SqlState::STRING_DATA_RIGHT_TRUNCATION, BadRows),
+            // 23 integrity constraint violation, except "already stored".
+            (SqlState::CHECK_VIOLATION, BadRows),
+            (SqlState::NOT_NULL_VIOLATION, BadRows),
+            (SqlState::UNIQUE_VIOLATION, Unavailable),
+            // 54 program limit exceeded.
+            (SqlState::PROGRAM_LIMIT_EXCEEDED, BadRows),
+            // The database, not the rows.
+            (SqlState::CONNECTION_FAILURE, Unavailable),
+            (SqlState::ADMIN_SHUTDOWN, Unavailable),
+            (SqlState::CANNOT_CONNECT_NOW, Unavailable),
+            (SqlState::TOO_MANY_CONNECTIONS, Unavailable),
+            (SqlState::DISK_FULL, Unavailable),
+            (SqlState::T_R_SERIALIZATION_FAILURE, Unavailable),
+            (SqlState::T_R_DEADLOCK_DETECTED, Unavailable),
+            (SqlState::SYSTEM_ERROR, Unavailable),
+            (SqlState::INTERNAL_ERROR, Unavailable),
+            (SqlState::QUERY_CANCELED, Unavailable),
+            // Misconfiguration hits every row alike: never dead-letter it.
+            (SqlState::UNDEFINED_TABLE, Unavailable),
+            (SqlState::INSUFFICIENT_PRIVILEGE, Unavailable),
+            (SqlState::READ_ONLY_SQL_TRANSACTION, Unavailable),
+        ] {
+            assert_eq!(
+                WriteFailure::of_sqlstate(&code),
+                expected,
+                "{}",
+                code.code()
+            );
+        }
+        assert_eq!(
+            WriteFailure::of_sqlstate(&SqlState::from_code("22P99")),
+            BadRows,
+            "a code this crate does not name is classified by its class"
+        );
+    }
 }
