@@ -24,6 +24,8 @@ pub enum ErrorCode {
     TooLarge,
     /// Binary frames carry nothing in this protocol.
     UnsupportedFrame,
+    /// A message's frames took too long to arrive; the connection closes.
+    Timeout,
     /// The message was not accepted because the broker is down or refused
     /// it; the client may retry.
     Unavailable,
@@ -36,6 +38,7 @@ impl ErrorCode {
             ErrorCode::ValidationFailed => "VALIDATION_FAILED",
             ErrorCode::TooLarge => "TOO_LARGE",
             ErrorCode::UnsupportedFrame => "UNSUPPORTED_FRAME",
+            ErrorCode::Timeout => "TIMEOUT",
             ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }

@@ -120,6 +120,11 @@ fn route_request(req: &httparse::Request<'_, '_>, trailing_bytes: bool, rooms: R
     if let Err(problem) = check_target(target) {
         return refuse(400, format!("malformed request target: {problem}"));
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request with no Host, or more than one,
+    // MUST get a 400 (RFC 6455 §4.2.1 requires it of an upgrade too).
+    if req.version == Some(1) && header_values(req, "host").count() != 1 {
+        return refuse(400, "an HTTP/1.1 request needs exactly one Host header");
+    }
     // One request per connection, none with a body: bytes after the head
     // are a body, a pipelined request or a frame sent before the upgrade
     // was answered, and a GET with a body is a request-smuggling shape.
@@ -294,7 +299,13 @@ mod tests {
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
     const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
+    /// Routes `head` with one `Host` header added after the request line
+    /// (every HTTP/1.1 request needs one; see `host_is_required`).
     fn routed(head: &str) -> Route {
+        let head = match head.split_once("\r\n") {
+            Some((line, rest)) => format!("{line}\r\nHost: x\r\n{rest}"),
+            None => head.to_string(),
+        };
         match route(head.as_bytes(), false, Rooms::DEFAULT) {
             Head::Complete { len, route } => {
                 assert!(len <= head.len());
@@ -461,8 +472,28 @@ mod tests {
     }
 
     #[test]
+    fn host_is_required_once_in_http_1_1() {
+        let without = format!("GET /chat/1 HTTP/1.1\r\n{UPGRADE}\r\n");
+        let twice = format!("GET /chat/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\n{UPGRADE}\r\n");
+        for head in [without, twice, "GET /health HTTP/1.1\r\n\r\n".to_string()] {
+            match route(head.as_bytes(), false, Rooms::DEFAULT) {
+                Head::Complete { route, .. } => assert_eq!(status(route), 400, "{head:?}"),
+                Head::Partial => panic!("partial: {head:?}"),
+            }
+        }
+        // HTTP/1.0 has no Host requirement.
+        assert_eq!(
+            route(b"GET /health HTTP/1.0\r\n\r\n", false, Rooms::DEFAULT),
+            Head::Complete {
+                len: 24,
+                route: Route::Health
+            }
+        );
+    }
+
+    #[test]
     fn bytes_after_the_head_are_refused() {
-        let head = format!("GET /chat/1 HTTP/1.1\r\n{UPGRADE}\r\n");
+        let head = format!("GET /chat/1 HTTP/1.1\r\nHost: x\r\n{UPGRADE}\r\n");
         for trailing in [
             &b"x"[..],
             b"GET /health HTTP/1.1\r\n\r\n",

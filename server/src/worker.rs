@@ -697,7 +697,7 @@ impl Worker {
             };
             WorkerStats::bump(&self.ctx.stats().protocol_errors);
             let frame = ErrorFrame::new(
-                ErrorCode::TooLarge,
+                ErrorCode::Timeout,
                 format!(
                     "a message took more than {} s to arrive",
                     config.message_timeout.as_secs_f64()
