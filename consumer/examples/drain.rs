@@ -14,6 +14,7 @@
 //! Services on localhost (RABBITMQ_HOST/REDIS_HOST etc. are honoured as by
 //! the consumer). `--subscribe` also counts what arrives on Redis.
 
+use chatflow_broker::Declare;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -39,13 +40,13 @@ struct Bench {
 
 fn main() -> anyhow::Result<()> {
     let mut bench = Bench::parse();
-    bench.consumer.namespace = format!("drain-{}", std::process::id());
+    bench.consumer.services.namespace = format!("drain-{}", std::process::id());
     bench.consumer.metrics_bind = "127.0.0.1:0".to_string();
     let config = bench.consumer.into_config()?;
     let topology = config.topology();
     let n = bench.messages;
 
-    let mut connection = chatflow_protocol::amqp::connect(&config.amqp_endpoint())
+    let mut connection = chatflow_broker::amqp::connect(&config.amqp_endpoint())
         .map_err(anyhow::Error::msg)
         .context("RabbitMQ")?;
     let channel = connection.open_channel(None)?;
@@ -59,7 +60,7 @@ fn main() -> anyhow::Result<()> {
     let confirms = channel.listen_for_publisher_confirms()?;
     channel.enable_publisher_confirms()?;
     let mut ids = IdGenerator::new();
-    let rooms = config.rooms.count() as u64;
+    let rooms = config.rooms().count() as u64;
     for i in 0..n {
         let user = (i / rooms * 7919) % 100_000 + 1;
         let room = (i % rooms) as u32 + 1;

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisResult};
 
-use crate::backoff::{is_shutdown, wait, Backoff, Shutdown};
 use crate::config::Config;
 use crate::stats::{add, ThreadStats};
+use chatflow_broker::retry::{is_shutdown, wait, Backoff, Shutdown};
 
 /// Log the first failure of an outage and then every this many, so a long
 /// outage does not flood the log with a hundred threads' retries.
@@ -36,16 +36,19 @@ pub enum Published {
 
 /// How to reach Redis (shared by consumers and the sampler's probe).
 pub fn client(config: &Config) -> RedisResult<Client> {
-    let info: ConnectionInfo =
-        ConnectionAddr::Tcp(config.redis_host.clone(), config.redis_port).into_connection_info()?;
+    let info: ConnectionInfo = ConnectionAddr::Tcp(
+        config.services.redis.host.clone(),
+        config.services.redis.port,
+    )
+    .into_connection_info()?;
     Client::open(info)
 }
 
 /// A connection with every timeout set, so no call can hang a thread.
 pub fn connect(client: &Client, config: &Config) -> RedisResult<redis::Connection> {
-    let con = client.get_connection_with_timeout(config.connect_timeout)?;
-    con.set_read_timeout(Some(config.redis_timeout))?;
-    con.set_write_timeout(Some(config.redis_timeout))?;
+    let con = client.get_connection_with_timeout(config.connect_timeout())?;
+    con.set_read_timeout(Some(config.services.redis.timeout))?;
+    con.set_write_timeout(Some(config.services.redis.timeout))?;
     Ok(con)
 }
 
@@ -179,9 +182,7 @@ impl Probe {
 
 /// A one-shot reachability check (start-up): connect and PING.
 pub fn check(config: &Config, timeout: Duration) -> RedisResult<()> {
-    let config = Config {
-        connect_timeout: timeout,
-        ..config.clone()
-    };
+    let mut config = config.clone();
+    config.services.amqp.connect_timeout = timeout;
     Probe::new(&config)?.ping()
 }

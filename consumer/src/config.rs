@@ -3,60 +3,28 @@
 //! whose `Default` documents every value. Every default works against
 //! RabbitMQ and Redis on localhost.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use chatflow_broker::Secret;
+use chatflow_broker::{AmqpEndpoint, BrokerArgs, BrokerSettings};
 pub use chatflow_protocol::flags::ConfigError;
 use chatflow_protocol::flags::{bad, seconds};
-use chatflow_protocol::topology::DEFAULT_DELIVERY_LIMIT;
 use chatflow_protocol::{Rooms, Topology, SHARDS_PER_ROOM};
 use clap::builder::BoolishValueParser;
-use clap::Parser;
-
-/// A password: kept out of `Debug` output and logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
-    }
-}
+use clap::{ArgAction, Parser};
 
 /// A validated consumer configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub rabbitmq_host: String,
-    pub rabbitmq_port: u16,
-    pub rabbitmq_user: String,
-    pub rabbitmq_password: Secret,
-    pub rabbitmq_vhost: String,
-    /// AMQP heartbeat: a broker that vanishes without closing the TCP
-    /// connection is noticed after about two intervals.
-    pub amqp_heartbeat: Duration,
-    /// TCP connect (and AMQP handshake) timeout for RabbitMQ and Redis: an
-    /// unreachable host fails an attempt instead of hanging a reconnect loop.
-    pub connect_timeout: Duration,
+    /// RabbitMQ and Redis endpoints, and the topology: rooms, names and
+    /// queue arguments (the same settings the server takes).
+    pub services: BrokerSettings,
     /// How many AMQP connections the consumer channels are spread over.
     /// amiquip runs one I/O thread per connection and a failing connection
     /// takes all of its channels down, so a few connections bound the blast
     /// radius without paying an I/O thread per queue.
     pub amqp_connections: usize,
-    pub redis_host: String,
-    pub redis_port: u16,
-    /// Connect, read and write timeout on Redis: a hung Redis turns into an
-    /// error (and a retry) instead of a consumer thread blocked for ever.
-    pub redis_timeout: Duration,
-    /// Rooms 1..=N; each has [`SHARDS_PER_ROOM`] queues and consumer threads.
-    pub rooms: Rooms,
-    /// Prefix of every exchange, queue and Redis channel name.
-    pub namespace: String,
-    /// Must equal the server's: queues are declared by both, and RabbitMQ
-    /// refuses a re-declaration with different arguments.
-    pub delivery_limit: u32,
-    /// Must equal the server's (see `delivery_limit`). `None`: unbounded.
-    pub queue_max_length: Option<u32>,
     /// Unacked deliveries the broker sends each consumer ahead. Bounds the
     /// memory a stalled consumer (Redis down) holds: prefetch × queues.
     pub prefetch: u16,
@@ -82,21 +50,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            rabbitmq_host: "127.0.0.1".to_string(),
-            rabbitmq_port: 5672,
-            rabbitmq_user: "guest".to_string(),
-            rabbitmq_password: Secret("guest".to_string()),
-            rabbitmq_vhost: "/".to_string(),
-            amqp_heartbeat: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
+            services: BrokerSettings::default(),
             amqp_connections: 4,
-            redis_host: "127.0.0.1".to_string(),
-            redis_port: 6379,
-            redis_timeout: Duration::from_secs(2),
-            rooms: Rooms::DEFAULT,
-            namespace: "chatflow".to_string(),
-            delivery_limit: DEFAULT_DELIVERY_LIMIT,
-            queue_max_length: None,
             prefetch: 100,
             ack_batch: 100,
             metrics_bind: SocketAddr::from(([0, 0, 0, 0], 8083)),
@@ -134,7 +89,7 @@ impl Default for Database {
             host: "127.0.0.1".to_string(),
             port: 5432,
             user: "postgres".to_string(),
-            password: Secret(String::new()),
+            password: Secret::default(),
             name: "chatflow".to_string(),
             writers: 4,
             batch_rows: 1000,
@@ -157,8 +112,8 @@ impl Database {
             quote(&self.name),
             connect_timeout.as_secs().max(1)
         );
-        if !self.password.0.is_empty() {
-            s.push_str(&format!(" password={}", quote(&self.password.0)));
+        if !self.password.is_empty() {
+            s.push_str(&format!(" password={}", quote(self.password.expose())));
         }
         s
     }
@@ -167,7 +122,7 @@ impl Database {
         format!(
             "{}@{}:{}/{}",
             self.user,
-            host_for_url(&self.host),
+            chatflow_broker::settings::host_for_url(&self.host),
             self.port,
             self.name
         )
@@ -175,50 +130,43 @@ impl Database {
 }
 
 impl Config {
-    /// The names and declaration shared with the server.
+    /// The names and queue arguments shared with the server.
     pub fn topology(&self) -> Topology {
-        Topology {
-            queue_max_length: self.queue_max_length,
-            delivery_limit: self.delivery_limit,
-            ..Topology::new(self.namespace.clone(), self.rooms)
-        }
+        self.services.topology.clone()
+    }
+
+    pub fn rooms(&self) -> Rooms {
+        self.services.topology.rooms
     }
 
     /// One consumer thread per (room, shard) queue.
     pub fn consumer_count(&self) -> usize {
-        self.rooms.count() as usize * SHARDS_PER_ROOM as usize
+        self.rooms().count() as usize * SHARDS_PER_ROOM as usize
     }
 
     /// Where and as whom AMQP connections are opened.
-    pub fn amqp_endpoint(&self) -> chatflow_protocol::amqp::AmqpEndpoint {
-        chatflow_protocol::amqp::AmqpEndpoint {
-            host: self.rabbitmq_host.clone(),
-            port: self.rabbitmq_port,
-            user: self.rabbitmq_user.clone(),
-            password: self.rabbitmq_password.0.clone(),
-            vhost: self.rabbitmq_vhost.clone(),
-            heartbeat: self.amqp_heartbeat,
-            connect_timeout: self.connect_timeout,
-        }
+    pub fn amqp_endpoint(&self) -> AmqpEndpoint {
+        self.services.amqp.clone()
     }
 
     /// The broker's address without credentials, for messages and `/health`.
     pub fn amqp_display(&self) -> String {
-        format!(
-            "{}:{}",
-            host_for_url(&self.rabbitmq_host),
-            self.rabbitmq_port
-        )
+        self.services.amqp.display()
     }
 
     pub fn redis_display(&self) -> String {
-        format!("{}:{}", host_for_url(&self.redis_host), self.redis_port)
+        self.services.redis.display()
+    }
+
+    /// TCP connect (and handshake) timeout for every service.
+    pub fn connect_timeout(&self) -> Duration {
+        self.services.amqp.connect_timeout
     }
 
     /// Checks what a library caller (not going through [`Args`]) could get
     /// wrong; [`Args::into_config`] runs the same checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_namespace(&self.namespace)?;
+        self.services.validate()?;
         if self.enable_persistence {
             let db = &self.database;
             if !(1..=64).contains(&db.writers) {
@@ -256,9 +204,6 @@ impl Config {
                 ),
             ));
         }
-        if self.amqp_heartbeat.as_secs() > u16::MAX as u64 {
-            return Err(bad("amqp-heartbeat-secs", "must fit in 16 bits"));
-        }
         if self.retry_min.is_zero() || self.retry_min > self.retry_max {
             return Err(bad(
                 "retry",
@@ -274,54 +219,11 @@ impl Config {
 #[derive(Debug, Parser)]
 #[command(name = "chatflow-consumer", version, about)]
 pub struct Args {
-    /// RabbitMQ host.
-    #[arg(long, env = "RABBITMQ_HOST", default_value = "127.0.0.1")]
-    pub rabbitmq_host: String,
-    /// RabbitMQ AMQP port.
-    #[arg(long, env = "RABBITMQ_PORT", default_value_t = 5672)]
-    pub rabbitmq_port: u16,
-    /// RabbitMQ user.
-    #[arg(long, env = "RABBITMQ_USER", default_value = "guest")]
-    pub rabbitmq_user: String,
-    /// RabbitMQ password (default guest; never printed).
-    #[arg(
-        long,
-        env = "RABBITMQ_PASSWORD",
-        default_value = "guest",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub rabbitmq_password: String,
-    /// RabbitMQ virtual host.
-    #[arg(long, env = "RABBITMQ_VHOST", default_value = "/")]
-    pub rabbitmq_vhost: String,
-    /// AMQP heartbeat in seconds (0 turns heartbeats off).
-    #[arg(long, env = "AMQP_HEARTBEAT_SECS", default_value_t = 30)]
-    pub amqp_heartbeat_secs: u16,
+    #[command(flatten)]
+    pub services: BrokerArgs,
     /// AMQP connections the ROOMS×5 consumer channels are spread over.
     #[arg(long, env = "AMQP_CONNECTIONS", default_value_t = 4)]
     pub amqp_connections: usize,
-    /// Redis host (room broadcasts are PUBLISHed there).
-    #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
-    pub redis_host: String,
-    /// Redis port.
-    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
-    pub redis_port: u16,
-    /// Redis connect/read/write timeout in seconds.
-    #[arg(long, env = "REDIS_TIMEOUT_SECS", default_value_t = 2.0)]
-    pub redis_timeout_secs: f64,
-    /// Number of rooms (rooms are 1..=ROOMS; 5 queues and threads each).
-    #[arg(long, env = "ROOMS", default_value_t = 20)]
-    pub rooms: u32,
-    /// Prefix of exchange, queue and Redis channel names.
-    #[arg(long, env = "NAMESPACE", default_value = "chatflow")]
-    pub namespace: String,
-    /// Quorum-queue delivery limit (must match the server's).
-    #[arg(long, env = "DELIVERY_LIMIT", default_value_t = DEFAULT_DELIVERY_LIMIT)]
-    pub delivery_limit: u32,
-    /// Per-queue length bound (must match the server's; default unbounded).
-    #[arg(long, env = "QUEUE_MAX_LENGTH")]
-    pub queue_max_length: Option<u32>,
     /// Unacked deliveries per consumer.
     #[arg(long, env = "PREFETCH", default_value_t = 100)]
     pub prefetch: u16,
@@ -331,13 +233,14 @@ pub struct Args {
     /// Address of the /health and /metrics endpoints.
     #[arg(long, env = "METRICS_BIND", default_value = "0.0.0.0:8083")]
     pub metrics_bind: String,
-    /// Store messages in PostgreSQL and ack after commit (true/false).
+    /// Store messages in PostgreSQL and ack after commit (1/0, true/false,
+    /// yes/no, on/off).
     #[arg(
         long,
         env = "ENABLE_PERSISTENCE",
         default_value = "true",
         value_parser = BoolishValueParser::new(),
-        action = clap::ArgAction::Set
+        action = ArgAction::Set
     )]
     pub enable_persistence: bool,
     /// PostgreSQL host.
@@ -354,10 +257,11 @@ pub struct Args {
         long,
         env = "DB_PASSWORD",
         default_value = "",
+        value_parser = Secret::parse,
         hide_env_values = true,
         hide_default_value = true
     )]
-    pub db_password: String,
+    pub db_password: Secret,
     /// PostgreSQL database.
     #[arg(long, env = "DB_NAME", default_value = "chatflow")]
     pub db_name: String,
@@ -370,8 +274,9 @@ pub struct Args {
     /// Milliseconds a row waits at most for its batch to fill.
     #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = 500)]
     pub flush_interval_ms: u64,
-    /// Apply database/schema.sql at start (idempotent).
-    #[arg(long, env = "APPLY_SCHEMA")]
+    /// Apply database/schema.sql at start (idempotent; APPLY_SCHEMA: 1/0,
+    /// true/false, yes/no, on/off).
+    #[arg(long, env = "APPLY_SCHEMA", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub apply_schema: bool,
     /// Seconds a consumer waits for its cancel to be confirmed on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5.0)]
@@ -384,19 +289,6 @@ fn non_empty(flag: &'static str, value: String) -> Result<String, ConfigError> {
     } else {
         Ok(value)
     }
-}
-
-/// Namespaces end up in AMQP names (≤ 255 bytes) and Redis channel names:
-/// keep them short and free of characters either side treats specially.
-fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if namespace.is_empty() || namespace.len() > 100 || !namespace.chars().all(ok_char) {
-        return Err(bad(
-            "namespace",
-            format!("{namespace:?} is not 1..=100 characters of A-Z a-z 0-9 - _ ."),
-        ));
-    }
-    Ok(())
 }
 
 impl Args {
@@ -412,36 +304,9 @@ impl Args {
                 ),
             )
         })?;
-        let rooms = Rooms::new(self.rooms).map_err(|e| bad("rooms", e))?;
-        if self.rabbitmq_port == 0 {
-            return Err(bad("rabbitmq-port", "must not be 0"));
-        }
-        if self.redis_port == 0 {
-            return Err(bad("redis-port", "must not be 0"));
-        }
-        if self.delivery_limit == 0 || self.delivery_limit > i32::MAX as u32 {
-            return Err(bad("delivery-limit", "must be in 1..=2147483647"));
-        }
-        if let Some(max) = self.queue_max_length {
-            if max == 0 || max > i32::MAX as u32 {
-                return Err(bad("queue-max-length", "must be in 1..=2147483647"));
-            }
-        }
         let config = Config {
-            rabbitmq_host: non_empty("rabbitmq-host", self.rabbitmq_host)?,
-            rabbitmq_port: self.rabbitmq_port,
-            rabbitmq_user: non_empty("rabbitmq-user", self.rabbitmq_user)?,
-            rabbitmq_password: Secret(self.rabbitmq_password),
-            rabbitmq_vhost: non_empty("rabbitmq-vhost", self.rabbitmq_vhost)?,
-            amqp_heartbeat: Duration::from_secs(self.amqp_heartbeat_secs.into()),
+            services: self.services.into_settings()?,
             amqp_connections: self.amqp_connections,
-            redis_host: non_empty("redis-host", self.redis_host)?,
-            redis_port: self.redis_port,
-            redis_timeout: seconds("redis-timeout-secs", self.redis_timeout_secs)?,
-            rooms,
-            namespace: self.namespace,
-            delivery_limit: self.delivery_limit,
-            queue_max_length: self.queue_max_length,
             prefetch: self.prefetch,
             ack_batch: self.ack_batch,
             metrics_bind,
@@ -450,7 +315,7 @@ impl Args {
                 host: non_empty("db-host", self.db_host)?,
                 port: self.db_port,
                 user: non_empty("db-user", self.db_user)?,
-                password: Secret(self.db_password),
+                password: self.db_password,
                 name: non_empty("db-name", self.db_name)?,
                 writers: self.writers,
                 batch_rows: self.batch_rows,
@@ -462,15 +327,6 @@ impl Args {
         };
         config.validate()?;
         Ok(config)
-    }
-}
-
-/// URL host form: IPv6 literals go in brackets.
-fn host_for_url(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
     }
 }
 
@@ -490,7 +346,7 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_local() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.rooms.count(), 20);
+        assert_eq!(c.rooms().count(), 20);
         assert_eq!(c.consumer_count(), 100);
         assert_eq!(c.prefetch, 100);
         assert_eq!(c.ack_batch, 100);
@@ -558,18 +414,9 @@ mod tests {
     }
 
     #[test]
-    fn credentials_reach_the_broker_unchanged_and_are_never_printed() {
-        let c = parse(&[
-            "--rabbitmq-password",
-            "p@ss/w%rd",
-            "--rabbitmq-vhost",
-            "chat",
-        ])
-        .unwrap();
-        // Passed to SASL PLAIN as they are: no URL to encode them into.
-        let amqp = c.amqp_endpoint();
-        assert_eq!(amqp.password, "p@ss/w%rd");
-        assert_eq!(amqp.vhost, "chat");
+    fn credentials_are_never_printed() {
+        let c = parse(&["--rabbitmq-password", "p@ss/w%rd"]).unwrap();
+        assert_eq!(c.amqp_endpoint().password.expose(), "p@ss/w%rd");
         assert!(!format!("{c:?}").contains("p@ss"));
     }
 }

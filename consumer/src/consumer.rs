@@ -37,7 +37,6 @@ use anyhow::{anyhow, Context as _};
 use chatflow_protocol::SHARDS_PER_ROOM;
 use crossbeam_channel::{bounded, unbounded, Sender};
 
-use crate::backoff::{wait, Shutdown};
 use crate::broadcast::{self, Broadcaster, Probe};
 use crate::config::Config;
 use crate::http::HttpServer;
@@ -46,13 +45,14 @@ use crate::partitions::{self, Pool};
 use crate::stats::{Health, Shared};
 use crate::worker::{Committed, Worker};
 use crate::writer::{WriterConfig, Writers};
+use chatflow_broker::retry::{wait, Shutdown};
 
 /// Checks the database before anything starts: reachable, schema present
 /// (applied first with `--apply-schema`), partitions of the coming days
 /// created.
 fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
     let db = &config.database;
-    let pool = partitions::pool(&db.connection_string(config.connect_timeout))?;
+    let pool = partitions::pool(&db.connection_string(config.connect_timeout()))?;
     if db.apply_schema {
         partitions::apply_schema(&pool)
             .with_context(|| format!("applying database/schema.sql to {}", db.display()))?;
@@ -110,7 +110,7 @@ impl Consumer {
     pub fn start(config: Config) -> anyhow::Result<Consumer> {
         config.validate()?;
         let topology = config.topology();
-        broadcast::check(&config, config.connect_timeout).with_context(|| {
+        broadcast::check(&config, config.connect_timeout()).with_context(|| {
             format!(
                 "cannot reach Redis at {} (--redis-host/--redis-port, REDIS_HOST/REDIS_PORT)",
                 config.redis_display()
@@ -127,7 +127,7 @@ impl Consumer {
                 format!(
                     "cannot open AMQP connection {index} to RabbitMQ at {} as {:?} (--rabbitmq-host/--rabbitmq-port/--rabbitmq-user/--rabbitmq-password, RABBITMQ_*)",
                     config.amqp_display(),
-                    config.rabbitmq_user
+                    config.services.amqp.user
                 )
             })?;
             connections.push(connection);
@@ -208,7 +208,7 @@ impl Consumer {
             Some(pool) => {
                 let db = &config.database;
                 let writer_config = WriterConfig {
-                    connection: db.connection_string(config.connect_timeout),
+                    connection: db.connection_string(config.connect_timeout()),
                     writers: db.writers,
                     batch_rows: db.batch_rows,
                     flush_interval: db.flush_interval,
@@ -290,13 +290,12 @@ impl Consumer {
             self.links.push(thread);
         }
 
-        let mut probe = Probe::new(&Config {
-            // A dark Redis must not hold the sampler for long.
-            connect_timeout: config.connect_timeout.min(Duration::from_secs(1)),
-            redis_timeout: config.redis_timeout.min(Duration::from_secs(1)),
-            ..config.clone()
-        })
-        .context("configuring the Redis probe")?;
+        // A dark Redis must not hold the sampler for long.
+        let mut quick = config.clone();
+        let second = Duration::from_secs(1);
+        quick.services.amqp.connect_timeout = quick.connect_timeout().min(second);
+        quick.services.redis.timeout = quick.services.redis.timeout.min(second);
+        let mut probe = Probe::new(&quick).context("configuring the Redis probe")?;
         let sampler_shared = shared.clone();
         let sampler_shutdown = shutdown.clone();
         self.sampler = Some(

@@ -400,7 +400,8 @@ mod tests {
     #[test]
     fn routes_health_metrics_and_refusals() {
         let config = Config {
-            rooms: chatflow_protocol::Rooms::new(1).unwrap(),
+            services: chatflow_broker::BrokerSettings::default()
+                .with_topology("chatflow", chatflow_protocol::Rooms::new(1).unwrap()),
             amqp_connections: 1,
             ..Config::default()
         };
@@ -422,7 +423,8 @@ mod tests {
 
     fn shared() -> Arc<Shared> {
         let config = Config {
-            rooms: chatflow_protocol::Rooms::new(1).unwrap(),
+            services: chatflow_broker::BrokerSettings::default()
+                .with_topology("chatflow", chatflow_protocol::Rooms::new(1).unwrap()),
             amqp_connections: 1,
             enable_persistence: false,
             ..Config::default()

@@ -13,7 +13,6 @@
 //!   which order (multiple-acks never cross a poison message);
 //! - [`link`]: AMQP connections, channel leases, reconnection;
 //! - [`broadcast`]: per-thread Redis connection, pipelined publish, retry;
-//! - [`backoff`]: jittered back-off and shutdown-aware waits;
 //! - [`writer`]: PostgreSQL writer threads: binary COPY batches, dedup of
 //!   redeliveries, isolation of rows the database refuses, commit (and
 //!   reject) notices back to consumers;
@@ -25,7 +24,6 @@
 //! No async runtime: every thread blocks on a crossbeam `select!` or a
 //! socket with a timeout, and every one is named and joined on shutdown.
 
-pub mod backoff;
 pub mod broadcast;
 pub mod config;
 pub mod consumer;

@@ -22,9 +22,10 @@ use amiquip::{Channel, Connection};
 use chatflow_protocol::Topology;
 use crossbeam_channel::{select, Receiver, Sender};
 
-use crate::backoff::{wait, Backoff, Shutdown};
 use crate::config::Config;
 use crate::stats::{add, Shared};
+use chatflow_broker::retry::{wait, Backoff, Shutdown};
+use chatflow_broker::Declare;
 
 /// A channel handed to a consumer thread. `epoch` is unique per channel
 /// ever opened, so late news about an old channel (e.g. a commit notice for
@@ -46,11 +47,19 @@ pub struct Request {
     pub redeclare: bool,
 }
 
-/// Opens one AMQP connection.
+/// Why a link could not be (re)established.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Connect(#[from] chatflow_broker::amqp::ConnectError),
+    #[error("declaring the topology: {0}")]
+    Declare(#[from] amiquip::Error),
+}
+
 /// Opens one AMQP connection (with `TCP_NODELAY`, see
-/// [`chatflow_protocol::amqp`]).
-pub fn connect(config: &Config) -> Result<Connection, String> {
-    chatflow_protocol::amqp::connect(&config.amqp_endpoint())
+/// [`chatflow_broker::amqp`]).
+pub fn connect(config: &Config) -> Result<Connection, chatflow_broker::amqp::ConnectError> {
+    chatflow_broker::amqp::connect(&config.amqp_endpoint())
 }
 
 /// Declares the topology on a short-lived channel of `connection`.
@@ -153,10 +162,13 @@ impl Link {
             if wait(&self.shutdown, backoff.next_delay()) {
                 return;
             }
-            match connect(config).and_then(|mut c| {
-                declare(&mut c, &config.topology()).map_err(|e| e.to_string())?;
-                Ok(c)
-            }) {
+            let reconnected = connect(config)
+                .map_err(LinkError::Connect)
+                .and_then(|mut c| {
+                    declare(&mut c, &config.topology()).map_err(LinkError::Declare)?;
+                    Ok(c)
+                });
+            match reconnected {
                 Ok(connection) => {
                     eprintln!("{}: reconnected to {}", self.name(), config.amqp_display());
                     add(&self.shared.links[self.index].reconnects, 1);

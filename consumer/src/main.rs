@@ -21,13 +21,13 @@ fn main() -> anyhow::Result<()> {
     let summary = format!(
         "{} consumers ({} rooms × 5 queues, prefetch {}, ack batch {}) over {} AMQP connections to {}, broadcasting to Redis at {}, namespace {:?}",
         config.consumer_count(),
-        config.rooms.count(),
+        config.rooms().count(),
         config.prefetch,
         config.ack_batch,
         config.amqp_connections,
         config.amqp_display(),
         config.redis_display(),
-        config.namespace,
+        config.services.topology.namespace,
     );
     let consumer = Consumer::start(config).context("chatflow-consumer could not start")?;
     println!(

@@ -374,7 +374,10 @@ impl Shared {
             "degraded"
         };
 
-        let rates = self.rates.lock().rates(self.config.rooms.count() as usize);
+        let rates = self
+            .rates
+            .lock()
+            .rates(self.config.rooms().count() as usize);
         let consumed = self.consumed_per_room();
         let per_room = consumed
             .iter()
@@ -390,8 +393,8 @@ impl Shared {
             status,
             reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
-            namespace: self.config.namespace.clone(),
-            rooms: self.config.rooms.count(),
+            namespace: self.config.services.topology.namespace.clone(),
+            rooms: self.config.rooms().count(),
             consumers,
             prefetch: self.config.prefetch,
             ack_batch: self.config.ack_batch,
@@ -824,7 +827,8 @@ mod tests {
 
     fn shared() -> Shared {
         let config = Config {
-            rooms: chatflow_protocol::Rooms::new(2).unwrap(),
+            services: chatflow_broker::BrokerSettings::default()
+                .with_topology("chatflow", chatflow_protocol::Rooms::new(2).unwrap()),
             amqp_connections: 2,
             enable_persistence: false,
             ..Config::default()

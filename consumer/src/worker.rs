@@ -33,12 +33,12 @@ use amiquip::{Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery};
 use chatflow_protocol::{Envelope, Topology};
 use crossbeam_channel::{never, select, Receiver, Sender, TryRecvError};
 
-use crate::backoff::{wait, Backoff, Shutdown};
 use crate::broadcast::{Broadcaster, Published};
 use crate::inhand::{InHand, Mark, Settle};
 use crate::link::{Lease, Request};
 use crate::stats::{add, Shared, ThreadStats};
 use crate::writer::{Pending, Row};
+use chatflow_broker::retry::{wait, Backoff, Shutdown};
 
 /// Undecodable deliveries logged per thread before the log goes quiet
 /// (they are all counted, and all in the dead-letter queue to inspect).

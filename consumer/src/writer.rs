@@ -61,8 +61,8 @@ use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls};
 
-use crate::backoff::Backoff;
 use crate::worker::Committed;
+use chatflow_broker::retry::Backoff;
 
 const COLUMNS: &str =
     "message_id, room_id, user_id, username, message, message_type, client_timestamp, server_timestamp, server_id";

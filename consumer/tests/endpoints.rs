@@ -101,11 +101,9 @@ fn start_refuses_what_it_cannot_do() {
         "{err}"
     );
 
-    let nowhere = Config {
-        // Nothing listens on port 1.
-        rabbitmq_port: 1,
-        ..config(&ns, 1)
-    };
+    let mut nowhere = config(&ns, 1);
+    // Nothing listens on port 1.
+    nowhere.services.amqp.port = 1;
     let err = format!("{:#}", Consumer::start(nowhere).err().expect("refused"));
     assert!(err.contains("RabbitMQ at 127.0.0.1:1"), "{err}");
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use chatflow_consumer::{Config, Consumer};
+use chatflow_consumer::Consumer;
 use common::proxy::Proxy;
 use common::*;
 
@@ -28,10 +28,8 @@ fn batch(n: u32, text: &str) -> Vec<TestMessage> {
 fn redis_outage_holds_acks_and_recovers() {
     let ns = namespace();
     let proxy = Proxy::start(redis_addr());
-    let config = Config {
-        redis_port: proxy.port(),
-        ..config(&ns, 1)
-    };
+    let mut config = config(&ns, 1);
+    config.services.redis.port = proxy.port();
     let mut broker = Broker::new(&config);
     let subscriber = Subscriber::new(&broker.topology);
     let consumer = Consumer::start(config).expect("consumer starts");
@@ -81,10 +79,8 @@ fn redis_outage_holds_acks_and_recovers() {
 fn amqp_outage_reconnects_and_resumes() {
     let ns = namespace();
     let proxy = Proxy::start(amqp_addr());
-    let config = Config {
-        rabbitmq_port: proxy.port(),
-        ..config(&ns, 1)
-    };
+    let mut config = config(&ns, 1);
+    config.services.amqp.port = proxy.port();
     let mut broker = Broker::new(&config);
     let subscriber = Subscriber::new(&broker.topology);
     let consumer = Consumer::start(config).expect("consumer starts");
@@ -129,11 +125,9 @@ fn unacked_deliveries_are_redelivered_after_a_connection_loss() {
     let ns = namespace();
     let redis = Proxy::start(redis_addr());
     let amqp = Proxy::start(amqp_addr());
-    let config = Config {
-        redis_port: redis.port(),
-        rabbitmq_port: amqp.port(),
-        ..config(&ns, 1)
-    };
+    let mut config = config(&ns, 1);
+    config.services.redis.port = redis.port();
+    config.services.amqp.port = amqp.port();
     let mut broker = Broker::new(&config);
     let subscriber = Subscriber::new(&broker.topology);
     let consumer = Consumer::start(config).expect("consumer starts");
@@ -173,10 +167,8 @@ fn unacked_deliveries_are_redelivered_after_a_connection_loss() {
 fn shutdown_during_a_redis_outage_is_prompt_and_loses_nothing() {
     let ns = namespace();
     let redis = Proxy::start(redis_addr());
-    let config = Config {
-        redis_port: redis.port(),
-        ..config(&ns, 1)
-    };
+    let mut config = config(&ns, 1);
+    config.services.redis.port = redis.port();
     let mut broker = Broker::new(&config);
     let consumer = Consumer::start(config).expect("consumer starts");
     redis.cut();

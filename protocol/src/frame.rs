@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use crate::id::MessageId;
-use crate::message::{MessageType, Problem};
+use crate::message::{MessageType, Problem, Rejection};
 use crate::time::ServerTime;
 
 /// Machine-readable error codes of `error` frames.
@@ -51,6 +51,17 @@ pub enum ServerFrame<'a> {
     Ack(#[serde(borrow)] Ack<'a>),
     Error(#[serde(borrow)] ErrorFrame<'a>),
     Message(#[serde(borrow)] Broadcast<'a>),
+}
+
+impl Rejection {
+    /// The error code a rejection is answered with. (Here, not beside
+    /// `Rejection`, so the message module needs nothing of the frames.)
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Rejection::BadJson { .. } => ErrorCode::BadJson,
+            Rejection::Invalid { .. } => ErrorCode::ValidationFailed,
+        }
+    }
 }
 
 impl<'a> ServerFrame<'a> {

@@ -6,19 +6,16 @@
 //! - [`message`]: the client message, its parsing and every validation rule;
 //! - [`flags`]: the configuration error naming a flag, shared by binaries;
 //! - [`frame`]: the frames the server sends (`ack`, `error`, `message`);
-//! - `amqp` (feature `amqp`): opening AMQP connections with `TCP_NODELAY`;
 //! - [`envelope`]: the queue envelope servers publish and consumers decode;
 //! - [`id`]: message ids (UUIDv7: unique without coordination, time-ordered);
 //! - [`routing`]: rooms, shards and routing keys;
 //! - [`time`]: millisecond timestamps and their RFC 3339 form;
-//! - [`topology`]: exchange, queue and channel names, and (feature `amqp`)
-//!   the RabbitMQ declaration server and consumer share.
+//! - [`topology`]: exchange, queue and channel names and queue arguments
+//!   (declaring them is `chatflow-broker`'s job).
 //!
 //! Nothing here does I/O; every function is cheap enough for a worker's hot
 //! path and allocation-free where the input allows it.
 
-#[cfg(feature = "amqp")]
-pub mod amqp;
 pub mod envelope;
 pub mod flags;
 pub mod frame;

@@ -16,7 +16,6 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::frame::ErrorCode;
 use crate::time::parse_rfc3339_ms;
 
 pub const USER_ID_MIN: u32 = 1;
@@ -31,10 +30,40 @@ pub const MESSAGE_MAX_CHARS: usize = 500;
 pub const TIMESTAMP_MAX_LEN: usize = 40;
 pub const CLIENT_MESSAGE_ID_MAX_LEN: usize = 64;
 
-/// The largest valid client message in bytes, generously: 500 characters of
-/// up to 4 bytes each, JSON-escaped as `\uXXXX\uXXXX` (12 bytes per char in
-/// the worst case), plus the other fields. Servers size frame limits from it.
-pub const MAX_CLIENT_MESSAGE_BYTES: usize = MESSAGE_MAX_CHARS * 12 + 1024;
+/// The largest client message a server reads, in bytes. Every field at its
+/// longest with every character JSON-escaped — keys too, non-BMP characters
+/// as `\uXXXX\uXXXX` (12 bytes) — is 7,567 bytes ([`max_escaped_len`]);
+/// 8 KiB leaves room for whitespace. Unknown fields are ignored, so a valid
+/// message padded past this with them is possible and refused as too
+/// large: nothing this protocol carries needs the room. Servers size their
+/// frame limits from it.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 8 * 1024;
+
+/// The length of the largest message of known fields written with every
+/// character escaped: what [`MAX_CLIENT_MESSAGE_BYTES`] must hold.
+pub const fn max_escaped_len() -> usize {
+    // A key or string value: quotes plus each character escaped; BMP
+    // characters take `\uXXXX` (6 bytes), others a surrogate pair (12).
+    const fn string(bmp_chars: usize, any_chars: usize) -> usize {
+        2 + bmp_chars * 6 + any_chars * 12
+    }
+    let keys = string(6, 0) // userId
+        + string(8, 0) // username
+        + string(7, 0) // message
+        + string(9, 0) // timestamp
+        + string(11, 0) // messageType
+        + string(15, 0); // clientMessageId
+    let values = string(6, 0) // "100000" (a string is longer than a number)
+        + string(USERNAME_MAX_LEN, 0)
+        + string(0, MESSAGE_MAX_CHARS)
+        + string(TIMESTAMP_MAX_LEN, 0)
+        + string(5, 0) // LEAVE
+        + string(0, CLIENT_MESSAGE_ID_MAX_LEN);
+    // Braces, six colons, five commas.
+    keys + values + 2 + 6 + 5
+}
+
+const _: () = assert!(max_escaped_len() <= MAX_CLIENT_MESSAGE_BYTES);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -134,13 +163,6 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Rejection::BadJson { .. } => ErrorCode::BadJson,
-            Rejection::Invalid { .. } => ErrorCode::ValidationFailed,
-        }
-    }
-
     pub fn field(&self) -> Option<Field> {
         match self {
             Rejection::BadJson { .. } => None,
@@ -774,7 +796,7 @@ mod tests {
             "{\"userId\":1,\"userId\":2}",
         ] {
             let r = rejection(bad);
-            assert_eq!(r.code(), ErrorCode::BadJson, "{bad}: {r:?}");
+            assert_eq!(r.code(), crate::ErrorCode::BadJson, "{bad}: {r:?}");
             assert!(r.field().is_none());
         }
     }

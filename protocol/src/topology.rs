@@ -1,7 +1,6 @@
 //! The names of everything messages travel through (exchange, queues,
-//! dead-letter queue, Redis channels) and, with the `amqp` feature, the one
-//! function that declares the RabbitMQ side. Server and consumer both call
-//! it at start-up; declaring is idempotent.
+//! dead-letter queue, Redis channels) and the queue arguments. Declaring
+//! them on RabbitMQ is `chatflow-broker`'s job (`Declare`).
 //!
 //! Every name starts with a namespace (default `chatflow`), so tests and
 //! parallel deployments on one broker never collide.
@@ -75,78 +74,6 @@ impl Topology {
         self.rooms
             .iter()
             .flat_map(|room| (0..SHARDS_PER_ROOM).map(move |shard| (room, shard)))
-    }
-
-    /// Declares exchange, queues, bindings and the dead-letter path.
-    #[cfg(feature = "amqp")]
-    pub fn declare(&self, channel: &amiquip::Channel) -> amiquip::Result<()> {
-        use crate::routing::routing_key;
-        use amiquip::{
-            AmqpValue, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
-        };
-
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let exchange =
-            channel.exchange_declare(ExchangeType::Direct, self.exchange(), durable.clone())?;
-        let dlx =
-            channel.exchange_declare(ExchangeType::Fanout, self.dead_letter_exchange(), durable)?;
-        let dlq = channel.queue_declare(
-            self.dead_letter_queue(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-        )?;
-        dlq.bind(&dlx, "", FieldTable::new())?;
-
-        let mut arguments = FieldTable::new();
-        arguments.insert(
-            "x-queue-type".into(),
-            AmqpValue::LongString("quorum".into()),
-        );
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AmqpValue::LongString(self.dead_letter_exchange()),
-        );
-        arguments.insert(
-            "x-delivery-limit".into(),
-            AmqpValue::LongInt(self.delivery_limit as i32),
-        );
-        if let Some(max) = self.queue_max_length {
-            arguments.insert("x-max-length".into(), AmqpValue::LongInt(max as i32));
-            arguments.insert(
-                "x-overflow".into(),
-                AmqpValue::LongString("reject-publish".into()),
-            );
-        }
-        for (room, shard) in self.shards() {
-            let queue = channel.queue_declare(
-                self.queue(room, shard),
-                QueueDeclareOptions {
-                    durable: true,
-                    arguments: arguments.clone(),
-                    ..QueueDeclareOptions::default()
-                },
-            )?;
-            queue.bind(&exchange, routing_key(room, shard), FieldTable::new())?;
-        }
-        Ok(())
-    }
-
-    /// Deletes everything [`declare`](Self::declare) made (tests).
-    #[cfg(feature = "amqp")]
-    pub fn delete(&self, channel: &amiquip::Channel) -> amiquip::Result<()> {
-        use amiquip::QueueDeleteOptions;
-        for (room, shard) in self.shards() {
-            channel.queue_delete(self.queue(room, shard), QueueDeleteOptions::default())?;
-        }
-        channel.queue_delete(self.dead_letter_queue(), QueueDeleteOptions::default())?;
-        channel.exchange_delete(self.exchange(), false)?;
-        channel.exchange_delete(self.dead_letter_exchange(), false)?;
-        Ok(())
     }
 }
 

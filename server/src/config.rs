@@ -4,11 +4,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use chatflow_broker::{BrokerArgs, BrokerSettings};
 pub use chatflow_protocol::flags::ConfigError;
 use chatflow_protocol::flags::{bad, seconds};
 use chatflow_protocol::message::MAX_CLIENT_MESSAGE_BYTES;
 use chatflow_protocol::Rooms;
-use clap::{Parser, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
 
 /// Where accepted messages go and where room broadcasts come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -47,7 +49,6 @@ pub struct Config {
     /// test machine running many servers at once).
     pub pin_workers: bool,
     pub broker: BrokerKind,
-    pub rooms: Rooms,
     /// Open (and opening) WebSocket connections over this are refused with
     /// HTTP 503 at the handshake.
     pub max_connections: usize,
@@ -72,7 +73,7 @@ pub struct Config {
     /// bytes, not its frames: without this, a message of empty
     /// continuation frames could be fed forever. Browsers and our client
     /// send a chat message in one frame; 64 leaves room for any client
-    /// that fragments a 7 KiB message.
+    /// that fragments an 8 KiB message.
     pub max_fragments: u32,
     /// A message whose frames have not all arrived this long after its
     /// first bytes ends the connection (1008): a client dribbling one
@@ -90,76 +91,37 @@ pub struct Config {
     pub share_port: bool,
     /// Names this server in envelopes and `/health`.
     pub server_id: String,
-    /// RabbitMQ and Redis endpoints and names (used by `--broker rabbitmq`).
-    pub messaging: Messaging,
+    /// RabbitMQ and Redis endpoints, and the topology: rooms and names
+    /// (the same settings the consumer takes).
+    pub services: BrokerSettings,
+    /// How accepted messages are handed to RabbitMQ (`--broker rabbitmq`).
+    pub publishing: Publishing,
 }
 
-/// Where the distributed path's services are, and how to use them.
+impl Config {
+    /// Rooms `1..=N`: connections to others are refused.
+    pub fn rooms(&self) -> Rooms {
+        self.services.topology.rooms
+    }
+}
+
+/// How the RabbitMQ broker publishes.
 #[derive(Clone, Debug)]
-pub struct Messaging {
-    pub rabbitmq_host: String,
-    pub rabbitmq_port: u16,
-    pub rabbitmq_user: String,
-    pub rabbitmq_password: String,
-    pub redis_host: String,
-    pub redis_port: u16,
-    /// Prefix of every exchange, queue and channel name.
-    pub namespace: String,
+pub struct Publishing {
     /// Publisher threads, each with its own AMQP connection and confirm
     /// channel. A sender always uses the same one, so its order holds.
     pub publishers: usize,
-    /// Per-queue bound past which RabbitMQ refuses publishes (clients get
-    /// UNAVAILABLE). `None`: unbounded.
-    pub queue_max_length: Option<u32>,
-    /// Redeliveries after which a queue dead-letters a message. Queue
-    /// arguments must match the consumer's, or the second declaration fails.
-    pub delivery_limit: u32,
     /// Publishes waiting for a publisher thread, per thread; past it new
     /// messages are refused at once instead of queueing without bound.
     pub publish_queue: usize,
 }
 
-impl Default for Messaging {
+impl Default for Publishing {
     fn default() -> Self {
-        Messaging {
-            rabbitmq_host: "127.0.0.1".to_string(),
-            rabbitmq_port: 5672,
-            rabbitmq_user: "guest".to_string(),
-            rabbitmq_password: "guest".to_string(),
-            redis_host: "127.0.0.1".to_string(),
-            redis_port: 6379,
-            namespace: "chatflow".to_string(),
+        Publishing {
             publishers: 1,
-            queue_max_length: None,
-            delivery_limit: chatflow_protocol::topology::DEFAULT_DELIVERY_LIMIT,
             publish_queue: 65_536,
         }
-    }
-}
-
-impl Messaging {
-    /// The RabbitMQ endpoint (connections are opened with `TCP_NODELAY`).
-    pub fn amqp_endpoint(&self) -> chatflow_protocol::amqp::AmqpEndpoint {
-        chatflow_protocol::amqp::AmqpEndpoint {
-            host: self.rabbitmq_host.clone(),
-            port: self.rabbitmq_port,
-            user: self.rabbitmq_user.clone(),
-            password: self.rabbitmq_password.clone(),
-            vhost: "/".to_string(),
-            heartbeat: std::time::Duration::from_secs(30),
-            connect_timeout: std::time::Duration::from_secs(5),
-        }
-    }
-
-    pub fn redis_url(&self) -> String {
-        format!("redis://{}:{}/", self.redis_host, self.redis_port)
-    }
-
-    pub fn topology(&self, rooms: Rooms) -> chatflow_protocol::Topology {
-        let mut topology = chatflow_protocol::Topology::new(self.namespace.clone(), rooms);
-        topology.queue_max_length = self.queue_max_length;
-        topology.delivery_limit = self.delivery_limit;
-        topology
     }
 }
 
@@ -170,7 +132,6 @@ impl Default for Config {
             workers: available_cores(),
             pin_workers: true,
             broker: BrokerKind::Rabbitmq,
-            rooms: Rooms::DEFAULT,
             max_connections: 100_000,
             max_pending_output: 256 * 1024,
             socket_send_buffer: None,
@@ -183,7 +144,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(2),
             share_port: false,
             server_id: default_server_id(),
-            messaging: Messaging::default(),
+            services: BrokerSettings::default(),
+            publishing: Publishing::default(),
         }
     }
 }
@@ -213,15 +175,12 @@ pub struct Args {
     /// Worker threads, one per core (default: every core this process may use).
     #[arg(long, env = "WORKERS")]
     pub workers: Option<usize>,
-    /// Do not pin workers to cores.
-    #[arg(long, env = "NO_PIN")]
+    /// Do not pin workers to cores (NO_PIN: 1/0, true/false, yes/no, on/off).
+    #[arg(long, env = "NO_PIN", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub no_pin: bool,
     /// Where accepted messages go.
     #[arg(long, env = "BROKER", value_enum, default_value = "rabbitmq")]
     pub broker: BrokerKind,
-    /// Number of rooms (rooms are 1..=ROOMS).
-    #[arg(long, env = "ROOMS", default_value_t = 20)]
-    pub rooms: u32,
     /// Refuse WebSocket connections past this many with HTTP 503.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
@@ -248,43 +207,16 @@ pub struct Args {
     pub message_timeout_secs: f64,
     /// Share the port with another process already listening on it
     /// (SO_REUSEPORT); without this, start-up fails if the port is taken.
-    #[arg(long, env = "SHARE_PORT")]
+    #[arg(long, env = "SHARE_PORT", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub share_port: bool,
     /// This server's id in envelopes and /health (default: hostname-pid).
     #[arg(long, env = "SERVER_ID")]
     pub server_id: Option<String>,
-    /// RabbitMQ host.
-    #[arg(long, env = "RABBITMQ_HOST", default_value = "127.0.0.1")]
-    pub rabbitmq_host: String,
-    #[arg(long, env = "RABBITMQ_PORT", default_value_t = 5672)]
-    pub rabbitmq_port: u16,
-    #[arg(long, env = "RABBITMQ_USER", default_value = "guest")]
-    pub rabbitmq_user: String,
-    /// RabbitMQ password (prefer the environment variable: flags show in `ps`).
-    #[arg(
-        long,
-        env = "RABBITMQ_PASSWORD",
-        default_value = "guest",
-        hide_default_value = true
-    )]
-    pub rabbitmq_password: String,
-    /// Redis host (room broadcasts arrive over its pub/sub).
-    #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
-    pub redis_host: String,
-    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
-    pub redis_port: u16,
-    /// Prefix of every exchange, queue and Redis channel name.
-    #[arg(long, env = "NAMESPACE", default_value = "chatflow")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub services: BrokerArgs,
     /// Publisher threads (each an AMQP connection with a confirm channel).
     #[arg(long, env = "PUBLISHERS", default_value_t = 1)]
     pub publishers: usize,
-    /// Per-queue length past which RabbitMQ refuses new messages (default: unbounded).
-    #[arg(long, env = "QUEUE_MAX_LENGTH")]
-    pub queue_max_length: Option<u32>,
-    /// Redeliveries before a queue dead-letters a message (must match the consumer's).
-    #[arg(long, env = "DELIVERY_LIMIT", default_value_t = chatflow_protocol::topology::DEFAULT_DELIVERY_LIMIT)]
-    pub delivery_limit: u32,
 }
 
 impl Args {
@@ -301,7 +233,6 @@ impl Args {
         if !(1..=1024).contains(&workers) {
             return Err(bad("workers", format!("{workers} is not in 1..=1024")));
         }
-        let rooms = Rooms::new(self.rooms).map_err(|e| bad("rooms", e))?;
         if self.max_connections == 0 {
             return Err(bad("max-connections", "must be at least 1"));
         }
@@ -340,21 +271,6 @@ impl Args {
                 format!("{} is not in 1..=64", self.publishers),
             ));
         }
-        if self.namespace.is_empty()
-            || self.namespace.len() > 64
-            || !self
-                .namespace
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(bad(
-                "namespace",
-                "must be 1..=64 letters, digits, '-' or '_'",
-            ));
-        }
-        if self.queue_max_length == Some(0) {
-            return Err(bad("queue-max-length", "must be at least 1"));
-        }
         let server_id = match self.server_id {
             Some(id) if id.is_empty() || id.len() > 64 => {
                 return Err(bad("server-id", "must be 1..=64 characters"))
@@ -367,7 +283,6 @@ impl Args {
             workers,
             pin_workers: !self.no_pin,
             broker: self.broker,
-            rooms,
             max_connections: self.max_connections,
             max_pending_output: self.max_pending_output,
             socket_send_buffer: self.socket_send_buffer,
@@ -378,18 +293,10 @@ impl Args {
             message_timeout: seconds("message-timeout-secs", self.message_timeout_secs)?,
             share_port: self.share_port,
             server_id,
-            messaging: Messaging {
-                rabbitmq_host: self.rabbitmq_host,
-                rabbitmq_port: self.rabbitmq_port,
-                rabbitmq_user: self.rabbitmq_user,
-                rabbitmq_password: self.rabbitmq_password,
-                redis_host: self.redis_host,
-                redis_port: self.redis_port,
-                namespace: self.namespace,
+            services: self.services.into_settings()?,
+            publishing: Publishing {
                 publishers: self.publishers,
-                queue_max_length: self.queue_max_length,
-                delivery_limit: self.delivery_limit,
-                ..Messaging::default()
+                ..Publishing::default()
             },
             ..defaults
         })
@@ -414,12 +321,12 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.bind.port(), 8080);
         assert_eq!(c.broker, BrokerKind::Rabbitmq);
-        let amqp = c.messaging.amqp_endpoint();
+        let amqp = &c.services.amqp;
         assert_eq!(
             (amqp.host.as_str(), amqp.port, amqp.user.as_str()),
             ("127.0.0.1", 5672, "guest")
         );
-        assert_eq!(c.rooms.count(), 20);
+        assert_eq!(c.rooms().count(), 20);
         assert!(c.workers >= 1);
     }
 

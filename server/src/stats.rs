@@ -118,7 +118,7 @@ impl Shared {
             connections: self.connections.load(Ordering::Relaxed),
             max_connections: self.config.max_connections,
             workers: self.config.workers,
-            rooms: self.config.rooms.count(),
+            rooms: self.config.rooms().count(),
             broker: BrokerStatus {
                 kind: broker_kind,
                 connected: broker.connected,

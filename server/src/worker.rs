@@ -115,7 +115,7 @@ impl Worker {
             .max_write_buffer_size(config.max_pending_output)
             .max_message_size(Some(config.max_message_size))
             .max_frame_size(Some(config.max_message_size));
-        let rooms = RoomIndex::new(config.rooms.count());
+        let rooms = RoomIndex::new(config.rooms().count());
         let head_buf = vec![0; config.max_request_head];
         Ok(Worker {
             index,
@@ -274,7 +274,7 @@ impl Worker {
             Err(_) => return self.remove(key),
         };
         let shared = &self.ctx.shared;
-        let (len, route) = match http::route(&buf[..n], n == buf.len(), shared.config.rooms) {
+        let (len, route) = match http::route(&buf[..n], n == buf.len(), shared.config.rooms()) {
             Head::Partial => return,
             Head::Complete { len, route } => (len, route),
         };
@@ -472,7 +472,7 @@ impl Worker {
                     let frame = ErrorFrame::new(
                         ErrorCode::TooLarge,
                         format!(
-                            "frame larger than {} bytes; no valid message is that large",
+                            "frame larger than {} bytes; no message of this protocol needs that much",
                             self.ctx.shared.config.max_message_size
                         ),
                     );

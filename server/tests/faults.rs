@@ -68,11 +68,7 @@ fn stopped_broker_gives_unavailable_then_recovers() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let namespace = unique_namespace("rabbit-down");
     let server = Server::start(rabbit_config(&namespace, 1)).unwrap();
-    let _guard = TopologyGuard(
-        rabbit_config(&namespace, 1)
-            .messaging
-            .topology(chatflow_protocol::Rooms::new(1).unwrap()),
-    );
+    let _guard = TopologyGuard(rabbit_config(&namespace, 1).services.topology);
     let addr = server.local_addr();
     let mut client = connect(addr, 1);
     assert_eq!(
@@ -105,9 +101,7 @@ fn redis_restart_is_survived_by_resubscribing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let namespace = unique_namespace("redis-restart");
     let server = Server::start(rabbit_config(&namespace, 1)).unwrap();
-    let topology = rabbit_config(&namespace, 1)
-        .messaging
-        .topology(chatflow_protocol::Rooms::new(1).unwrap());
+    let topology = rabbit_config(&namespace, 1).services.topology;
     let _guard = TopologyGuard(topology.clone());
     let addr = server.local_addr();
     let mut member = connect(addr, 1);

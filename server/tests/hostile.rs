@@ -31,9 +31,8 @@ const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const TS: &str = "2026-11-27T02:00:00.123Z";
 /// The headers of a valid upgrade (after the request line and Host).
 const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-/// The largest frame the default configuration reads (protocol's
-/// `MAX_CLIENT_MESSAGE_BYTES`: 500 characters × 12 escaped bytes + 1,024).
-const MAX_FRAME: usize = 500 * 12 + 1024;
+/// The largest frame the default configuration reads.
+const MAX_FRAME: usize = chatflow_protocol::message::MAX_CLIENT_MESSAGE_BYTES;
 
 // ---------------------------------------------------------------------------
 // Canaries
@@ -957,16 +956,16 @@ fn framing_violations_close_with_the_rfc_code() {
         ),
         ("a 2^63 length", huge_header, too_big, Some("TOO_LARGE")),
         (
-            "a 7 KiB frame",
-            frame(true, OP_TEXT, &[b' '; 7 * 1024]),
+            "a frame one byte over the limit",
+            frame(true, OP_TEXT, &[b' '; MAX_FRAME + 1]),
             too_big,
             Some("TOO_LARGE"),
         ),
         (
             "a message over the limit in two fragments",
             open_then(
-                &frame(false, OP_TEXT, &[b' '; 4096]),
-                frame(true, OP_CONTINUE, &[b' '; 4096]),
+                &frame(false, OP_TEXT, &[b' '; MAX_FRAME / 2 + 1]),
+                frame(true, OP_CONTINUE, &[b' '; MAX_FRAME / 2 + 1]),
             ),
             too_big,
             Some("TOO_LARGE"),
@@ -1172,8 +1171,8 @@ fn json_bombs_and_unicode_edge_cases_get_one_error_each() {
     let open_arrays = "[".repeat(6_800);
     let nested_objects = format!("{}1{}", r#"{"a":"#.repeat(1_130), "}".repeat(1_130));
     let open_objects = r#"{"a":"#.repeat(1_350);
-    // The longest strings of escapes a frame can carry: a full 7 KiB frame
-    // is refused for its size (7,024 bytes at most) before any JSON is read.
+    // The longest strings of escapes a frame can carry: a full 8 KiB frame
+    // is refused for its size before any JSON is read.
     let newline_escapes = format!("\"{}\"", "\\n".repeat(3_400));
     let unicode_escapes = format!("\"{}\"", "\\u00e9".repeat(1_130));
     let ok = "\"hi\"";

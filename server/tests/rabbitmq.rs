@@ -62,7 +62,7 @@ fn acked_messages_are_in_their_quorum_queue() {
 fn broker_refusals_become_unavailable_errors() {
     let namespace = unique_namespace("nack");
     let mut config = rabbit_config(&namespace, 1);
-    config.messaging.queue_max_length = Some(2);
+    config.services.topology.queue_max_length = Some(2);
     let server = Server::start(config).unwrap();
     let _guard = TopologyGuard(server_topology_with_max(&namespace, 1, 2));
     let mut client = connect(server.local_addr(), 1);
@@ -132,9 +132,7 @@ fn redis_broadcasts_reach_the_rooms_members() {
 }
 
 fn server_topology(namespace: &str, rooms: u32) -> chatflow_protocol::Topology {
-    rabbit_config(namespace, rooms)
-        .messaging
-        .topology(chatflow_protocol::Rooms::new(rooms).unwrap())
+    rabbit_config(namespace, rooms).services.topology
 }
 
 fn server_topology_with_max(namespace: &str, rooms: u32, max: u32) -> chatflow_protocol::Topology {

@@ -18,12 +18,13 @@ pub fn server(namespace: &str, rooms: u32, id: &str) -> Server {
         workers: 2,
         pin_workers: false,
         broker: BrokerKind::Rabbitmq,
-        rooms: chatflow_protocol::Rooms::new(rooms).unwrap(),
         server_id: id.to_string(),
         shutdown_grace: Duration::from_millis(500),
         ..Config::default()
     };
-    config.messaging.namespace = namespace.to_string();
+    config.services = config
+        .services
+        .with_topology(namespace, chatflow_protocol::Rooms::new(rooms).unwrap());
     Server::start(config).expect("server starts")
 }
 

@@ -19,6 +19,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use amiquip::{AmqpProperties, Confirm, ConfirmSmoother, Connection, Publish};
+use chatflow_broker::Declare;
 use chatflow_consumer::Config;
 use chatflow_protocol::{
     routing_key, ClientMessage, Envelope, IdGenerator, Rooms, ServerTime, Topology,
@@ -48,15 +49,16 @@ pub fn namespace() -> String {
 /// A consumer configuration for tests: its own namespace, few rooms, one
 /// AMQP connection, port 0 for metrics, quick retries.
 pub fn config(namespace: &str, rooms: u32) -> Config {
+    let mut services = chatflow_broker::BrokerSettings::default()
+        .with_topology(namespace, Rooms::new(rooms).unwrap());
+    services.amqp.connect_timeout = Duration::from_secs(2);
+    services.redis.timeout = Duration::from_secs(1);
     Config {
-        namespace: namespace.to_string(),
-        rooms: Rooms::new(rooms).unwrap(),
+        services,
         amqp_connections: 1,
         metrics_bind: "127.0.0.1:0".parse().unwrap(),
         retry_min: Duration::from_millis(20),
         retry_max: Duration::from_millis(500),
-        connect_timeout: Duration::from_secs(2),
-        redis_timeout: Duration::from_secs(1),
         // Broadcast-then-ack tests; persistence tests turn it on with a
         // database of their own.
         enable_persistence: false,

@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use amiquip::{AmqpProperties, Channel, Confirm, Connection, Publish};
+use chatflow_broker::{AmqpEndpoint, Declare};
 use chatflow_protocol::{routing_key, Envelope, Topology};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
@@ -88,17 +89,17 @@ impl RabbitBroker {
     /// misconfigured server fails at start rather than refusing every
     /// message) and starts the Redis subscriber.
     pub fn start(config: &Config, fanout: Fanout) -> anyhow::Result<Self> {
-        let messaging = &config.messaging;
-        let topology = messaging.topology(config.rooms);
+        let services = &config.services;
+        let topology = services.topology.clone();
         let stopping = Arc::new(AtomicBool::new(false));
         let mut publishers = Vec::new();
         let mut threads = Vec::new();
-        for index in 0..messaging.publishers {
-            let (requests, incoming) = bounded(messaging.publish_queue);
+        for index in 0..config.publishing.publishers {
+            let (requests, incoming) = bounded(config.publishing.publish_queue);
             let state = Arc::new(LinkState::default());
             let mut publisher = Publisher {
                 index,
-                endpoint: messaging.amqp_endpoint(),
+                endpoint: services.amqp.clone(),
                 topology: topology.clone(),
                 requests: incoming,
                 fanout: fanout.clone(),
@@ -107,13 +108,9 @@ impl RabbitBroker {
             };
             // The first connection is made here so start-up reports a bad
             // address or credentials as an error.
-            let link = publisher.connect().map_err(|e| {
-                anyhow::anyhow!(
-                    "RabbitMQ at {}:{}: {e}",
-                    messaging.rabbitmq_host,
-                    messaging.rabbitmq_port
-                )
-            })?;
+            let link = publisher
+                .connect()
+                .map_err(|e| anyhow::anyhow!("RabbitMQ at {}: {e}", services.amqp.display()))?;
             state.set_up();
             threads.push(
                 std::thread::Builder::new()
@@ -122,7 +119,8 @@ impl RabbitBroker {
             );
             publishers.push((requests, state));
         }
-        let subscriber = RedisSubscriber::start(messaging, topology, fanout, stopping.clone())?;
+        let subscriber =
+            RedisSubscriber::start(&services.redis, topology, fanout, stopping.clone())?;
         Ok(RabbitBroker {
             publishers,
             subscriber,
@@ -201,7 +199,7 @@ struct Link {
 
 struct Publisher {
     index: usize,
-    endpoint: chatflow_protocol::amqp::AmqpEndpoint,
+    endpoint: AmqpEndpoint,
     topology: Topology,
     requests: Receiver<PublishRequest>,
     fanout: Fanout,
@@ -211,7 +209,8 @@ struct Publisher {
 
 impl Publisher {
     fn connect(&mut self) -> Result<Link, String> {
-        let mut connection = chatflow_protocol::amqp::connect(&self.endpoint)?;
+        let mut connection =
+            chatflow_broker::amqp::connect(&self.endpoint).map_err(|e| e.to_string())?;
         let text = |e: amiquip::Error| e.to_string();
         let channel = connection.open_channel(None).map_err(text)?;
         self.topology.declare(&channel).map_err(text)?;

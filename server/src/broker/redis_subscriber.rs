@@ -18,14 +18,13 @@ use parking_lot::Mutex;
 use tungstenite::Utf8Bytes;
 
 use super::rabbitmq::LinkState;
-use crate::config::Messaging;
 use crate::fanout::Fanout;
+use chatflow_broker::RedisEndpoint;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a read waits before the thread looks at the shutdown flag.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct RedisSubscriber {
     pub state: Arc<LinkState>,
@@ -38,12 +37,13 @@ impl RedisSubscriber {
     /// wrong address fails the start and a started server hears every
     /// broadcast published after it.
     pub fn start(
-        messaging: &Messaging,
+        redis: &RedisEndpoint,
         topology: Topology,
         fanout: Fanout,
         stopping: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(messaging.redis_url())?;
+        let client = redis::Client::open(redis.url())?;
+        let connect_timeout = redis.timeout;
         let state = Arc::new(LinkState::default());
         let reconnects = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
@@ -56,7 +56,7 @@ impl RedisSubscriber {
                     let mut backoff = BACKOFF_FIRST;
                     let mut subscribed_before = false;
                     while !stopping.load(Ordering::Acquire) {
-                        let mut connection = match connect(&client) {
+                        let mut connection = match connect(&client, connect_timeout) {
                             Ok(connection) => connection,
                             Err(e) => {
                                 if let Some(ready) = ready.take() {
@@ -100,11 +100,7 @@ impl RedisSubscriber {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 let _ = thread.join();
-                anyhow::bail!(
-                    "Redis at {}:{}: {e}",
-                    messaging.redis_host,
-                    messaging.redis_port
-                );
+                anyhow::bail!("Redis at {}: {e}", redis.display());
             }
             Err(_) => anyhow::bail!("the Redis subscriber thread exited during start-up"),
         }
@@ -126,8 +122,8 @@ impl RedisSubscriber {
     }
 }
 
-fn connect(client: &redis::Client) -> redis::RedisResult<redis::Connection> {
-    let connection = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+fn connect(client: &redis::Client, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let connection = client.get_connection_with_timeout(timeout)?;
     connection.set_read_timeout(Some(READ_TIMEOUT))?;
     Ok(connection)
 }

@@ -55,8 +55,8 @@ pub fn unique_namespace(tag: &str) -> String {
 /// rooms (few rooms, few queues: declaring is quick).
 pub fn rabbit_config(namespace: &str, rooms: u32) -> Config {
     let mut config = config(BrokerKind::Rabbitmq);
-    config.rooms = chatflow_protocol::Rooms::new(rooms).unwrap();
-    config.messaging.namespace = namespace.to_string();
+    config.services.topology.rooms = chatflow_protocol::Rooms::new(rooms).unwrap();
+    config.services.topology.namespace = namespace.to_string();
     config
 }
 
@@ -69,7 +69,7 @@ impl Drop for TopologyGuard {
             amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672/%2f")
         {
             if let Ok(channel) = connection.open_channel(None) {
-                let _ = self.0.delete(&channel);
+                let _ = chatflow_broker::Declare::delete(&self.0, &channel);
             }
             let _ = connection.close();
         }

@@ -1,13 +1,18 @@
-//! Exponential back-off with jitter, and the interruptible wait every retry
-//! loop uses so shutdown is never stuck behind a sleep.
+//! The one jittered back-off and the one shutdown signal every ChatFlow
+//! thread that retries or waits uses (server publishers and subscriber,
+//! consumer threads, links and writers, the load client's senders).
 //!
-//! Jitter matters here: a Redis or broker restart is seen by a hundred
-//! consumer threads at once, and without it they would all reconnect in the
-//! same millisecond, every time.
+//! Jitter matters: a Redis or broker restart is seen by a hundred consumer
+//! threads at once, and without it they would all reconnect in the same
+//! millisecond, every time.
+//!
+//! Shutdown is a channel on which nothing is ever sent: dropping its
+//! [`ShutdownTrigger`] wakes every `select!` on it and every [`wait`] at
+//! once, so no thread is stuck behind a sleep when the process stops.
 
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 /// Delays that double from `min` to `max`, each drawn from [d/2, d).
 #[derive(Debug)]
@@ -53,9 +58,27 @@ impl Backoff {
     }
 }
 
-/// The shutdown signal: a channel on which nothing is ever sent; dropping
-/// its sender wakes every `select!` and wait at once.
+/// The listening side of the shutdown signal: clone it into every thread;
+/// `select!` on it (`recv(shutdown) -> _`) or call [`wait`] and
+/// [`is_shutdown`].
 pub type Shutdown = Receiver<()>;
+
+/// The signalling side: [`ShutdownTrigger::signal`] (or dropping it) tells
+/// every [`Shutdown`] at once.
+#[derive(Debug)]
+pub struct ShutdownTrigger(Option<Sender<()>>);
+
+impl ShutdownTrigger {
+    pub fn signal(&mut self) {
+        self.0.take();
+    }
+}
+
+/// A new shutdown signal: the trigger and its first listener.
+pub fn shutdown_signal() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = crossbeam_channel::bounded(0);
+    (ShutdownTrigger(Some(tx)), rx)
+}
 
 /// True once shutdown has been signalled.
 pub fn is_shutdown(shutdown: &Shutdown) -> bool {
@@ -95,10 +118,10 @@ mod tests {
 
     #[test]
     fn wait_returns_early_on_shutdown() {
-        let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+        let (mut trigger, rx) = shutdown_signal();
         assert!(!wait(&rx, Duration::from_millis(1)));
         assert!(!is_shutdown(&rx));
-        drop(tx);
+        trigger.signal();
         let started = Instant::now();
         assert!(wait(&rx, Duration::from_secs(10)));
         assert!(started.elapsed() < Duration::from_secs(1));

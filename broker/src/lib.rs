@@ -1,0 +1,24 @@
+//! `chatflow-broker`: the plumbing to RabbitMQ and Redis that server and
+//! consumer share, so each concern is written once.
+//!
+//! Layout:
+//! - [`settings`]: the shared flags (`BrokerArgs`, flattened into both
+//!   binaries), their validation, and [`Secret`];
+//! - [`amqp`] (feature `amqp`): opening AMQP connections with `TCP_NODELAY`;
+//! - [`declare`] (feature `amqp`): declaring the topology on RabbitMQ;
+//! - [`retry`]: the one jittered back-off and the one shutdown signal.
+//!
+//! The names themselves (exchange, queues, channels) are wire facts and
+//! live in `chatflow-protocol`'s `topology`; this crate does the I/O.
+
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(feature = "amqp")]
+pub mod declare;
+pub mod retry;
+pub mod settings;
+
+#[cfg(feature = "amqp")]
+pub use declare::Declare;
+pub use retry::{shutdown_signal, Backoff, Shutdown, ShutdownTrigger};
+pub use settings::{AmqpEndpoint, BrokerArgs, BrokerSettings, RedisEndpoint, Secret};
