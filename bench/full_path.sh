@@ -14,8 +14,16 @@ PORT="${PORT:-18280}"
 NS="bench-$(date +%s)"
 DB="${DB_NAME:-chatflow}"
 ulimit -n "$(ulimit -Hn)"
-cargo build --release -q -p chatflow-server -p chatflow-consumer -p chatflow-client
-cargo build --release -q -p chatflow-consumer --example queue_depth
+# BIN=DIR runs binaries built elsewhere (e.g. a copy of an earlier commit's,
+# for a before/after comparison); it must hold chatflow-server,
+# chatflow-consumer, chatflow-client and queue_depth.
+if [[ -z "${BIN:-}" ]]; then
+  cargo build --release -q -p chatflow-server -p chatflow-consumer -p chatflow-client
+  cargo build --release -q -p chatflow-consumer --example queue_depth
+  mkdir -p target/release/bench-bin
+  cp target/release/chatflow-{server,consumer,client} target/release/examples/queue_depth target/release/bench-bin/
+  BIN=target/release/bench-bin
+fi
 scripts/ensure-services.sh redis rabbitmq postgres
 DB_USER=postgres DB_NAME="$DB" database/setup_database.sh >/dev/null
 before=$(psql -h 127.0.0.1 -U postgres -d "$DB" -Atc "select count(*) from messages")
@@ -23,10 +31,10 @@ out="results/full-path-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 
 NAMESPACE="$NS" ENABLE_PERSISTENCE="$PERSIST" DB_USER=postgres DB_NAME="$DB" \
-  target/release/chatflow-consumer --metrics-bind 127.0.0.1:18283 >"$out/consumer.log" 2>&1 &
+  "$BIN"/chatflow-consumer --metrics-bind 127.0.0.1:18283 >"$out/consumer.log" 2>&1 &
 consumer=$!
 sleep 2
-NAMESPACE="$NS" target/release/chatflow-server --bind "127.0.0.1:$PORT" >"$out/server.log" 2>&1 &
+NAMESPACE="$NS" "$BIN"/chatflow-server --bind "127.0.0.1:$PORT" >"$out/server.log" 2>&1 &
 server=$!
 cleanup() {
   kill "$server" "$consumer" 2>/dev/null || true
@@ -38,9 +46,9 @@ cleanup() {
 }
 trap cleanup EXIT
 sleep 1
-NAMESPACE="$NS" target/release/examples/queue_depth --seconds 3600 --interval 2 >"$out/queue_depth.txt" 2>&1 &
+NAMESPACE="$NS" "$BIN"/queue_depth --seconds 3600 --interval 2 >"$out/queue_depth.txt" 2>&1 &
 depth=$!
-target/release/chatflow-client --url "ws://127.0.0.1:$PORT" --progress off -o "$out/client" "$@" | tee "$out/client.txt"
+"$BIN"/chatflow-client --url "ws://127.0.0.1:$PORT" --progress off -o "$out/client" "$@" | tee "$out/client.txt"
 kill -INT "$depth" 2>/dev/null || true
 sleep 2
 awk '/ready=/{split($2,a,"="); n++; s+=a[2]; if (a[2]>m) m=a[2]} END {printf "queue depth (2 s samples): %d samples, mean %.0f, max %d ready messages\n", n, s/(n?n:1), m}' "$out/queue_depth.txt" | tee -a "$out/client.txt"

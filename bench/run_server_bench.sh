@@ -5,17 +5,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT="${PORT:-18090}"; BROKER="${BROKER:-none}"; DURATION="${DURATION:-10}"; THREADS="${THREADS:-1}"
-cargo build --release -q -p chatflow-server -p chatflow-bench
+# BIN=DIR runs binaries built elsewhere (chatflow-server and wsload), e.g.
+# an earlier commit's, for a before/after comparison.
+if [[ -z "${BIN:-}" ]]; then
+  cargo build --release -q -p chatflow-server -p chatflow-bench
+  BIN=target/release
+fi
 ulimit -n "$(ulimit -Hn)"
 shapes=("${@}")
 [[ ${#shapes[@]} -gt 0 ]] || shapes=("64 1" "64 32" "1000 1")
 for shape in "${shapes[@]}"; do
   read -r conns window <<<"$shape"
-  target/release/chatflow-server --bind "127.0.0.1:$PORT" --workers 2 --broker "$BROKER" >/dev/null 2>&1 &
+  "$BIN"/chatflow-server --bind "127.0.0.1:$PORT" --workers 2 --broker "$BROKER" >/dev/null 2>&1 &
   srv=$!
   trap 'kill $srv 2>/dev/null || true' EXIT
   sleep 0.3
-  target/release/wsload --addr "127.0.0.1:$PORT" --connections "$conns" --window "$window" \
+  "$BIN"/wsload --addr "127.0.0.1:$PORT" --connections "$conns" --window "$window" \
     --threads "$THREADS" --duration "$DURATION" --warmup 2
   ticks=$(awk '{print $14+$15}' "/proc/$srv/stat")
   echo "  server_cpu_seconds=$(echo "scale=2; $ticks/$(getconf CLK_TCK)" | bc)"
