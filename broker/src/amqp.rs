@@ -12,28 +12,30 @@ use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 
 use crate::settings::AmqpEndpoint;
 
-/// Why a connection could not be opened.
+/// Why a connection could not be opened. The cause is part of the message
+/// (and deliberately not also a `source()`, which would print it twice in
+/// an `anyhow` chain).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("resolving {host}:{port}: {source}")]
+    #[error("resolving {host}:{port}: {cause}")]
     Resolve {
         host: String,
         port: u16,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{host}:{port} resolves to no address")]
     NoAddress { host: String, port: u16 },
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}: {cause}")]
     Tcp {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("AMQP handshake with {addr}: {source}")]
+    #[error("AMQP handshake with {addr}: {cause}")]
     Handshake {
         addr: SocketAddr,
         // Boxed: amiquip's error is large, and this one travels up every
         // reconnect loop.
-        source: Box<amiquip::Error>,
+        cause: Box<amiquip::Error>,
     },
 }
 
@@ -43,10 +45,10 @@ pub fn connect(endpoint: &AmqpEndpoint) -> Result<Connection, ConnectError> {
     let (host, port) = (endpoint.host.as_str(), endpoint.port);
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
-        .map_err(|source| ConnectError::Resolve {
+        .map_err(|cause| ConnectError::Resolve {
             host: host.to_string(),
             port,
-            source,
+            cause,
         })?
         .collect();
     let mut last = ConnectError::NoAddress {
@@ -54,7 +56,7 @@ pub fn connect(endpoint: &AmqpEndpoint) -> Result<Connection, ConnectError> {
         port,
     };
     for addr in addrs {
-        let tcp = |source| ConnectError::Tcp { addr, source };
+        let tcp = |cause| ConnectError::Tcp { addr, cause };
         let stream = match TcpStream::connect_timeout(&addr, endpoint.connect_timeout) {
             Ok(stream) => stream,
             Err(e) => {
@@ -74,10 +76,10 @@ pub fn connect(endpoint: &AmqpEndpoint) -> Result<Connection, ConnectError> {
             .connection_timeout(Some(endpoint.connect_timeout));
         match Connection::insecure_open_stream(stream, options, ConnectionTuning::default()) {
             Ok(connection) => return Ok(connection),
-            Err(source) => {
+            Err(cause) => {
                 last = ConnectError::Handshake {
                     addr,
-                    source: Box::new(source),
+                    cause: Box::new(cause),
                 }
             }
         }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
@@ -18,12 +19,55 @@ fn chart_error(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// A white canvas of the charts' size that draws into `path`.
+fn canvas(path: &Path) -> Result<DrawingArea<SVGBackend<'_>, Shift>> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| chart_error(path, e))?;
+    Ok(root)
+}
+
+/// What every chart shares: the title, margins and room for axis labels.
+fn layout<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'static, DB> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 24))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(90);
+    builder
+}
+
+/// Draws the legend (where it hides the least of the curves) and writes
+/// the file.
+fn finish<'a, DB, CT>(
+    root: &DrawingArea<DB, Shift>,
+    chart: &mut ChartContext<'a, DB, CT>,
+    legend: SeriesLabelPosition,
+    path: &Path,
+) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(legend)
+        .draw()
+        .map_err(|e| chart_error(path, e))?;
+    root.present().map_err(|e| chart_error(path, e))
+}
+
 /// Acked messages per second (`per_second[i]` = second i of the run),
 /// drawn as a 1-second line and 10-second averages.
 pub fn throughput(path: &Path, per_second: &[u64], title: &str) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| chart_error(path, e);
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = canvas(path)?;
     let seconds = per_second.len().max(1) as f64;
     let tens: Vec<(f64, f64)> = per_second
         .chunks(10)
@@ -36,11 +80,7 @@ pub fn throughput(path: &Path, per_second: &[u64], title: &str) -> Result<()> {
         })
         .collect();
     let peak = per_second.iter().copied().max().unwrap_or(0).max(1) as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(20)
-        .x_label_area_size(45)
-        .y_label_area_size(90)
+    let mut chart = layout(&root, title)
         .build_cartesian_2d(0.0..seconds, 0.0..peak * 1.1)
         .map_err(|e| err(&e))?;
     chart
@@ -73,15 +113,7 @@ pub fn throughput(path: &Path, per_second: &[u64], title: &str) -> Result<()> {
         .map_err(|e| err(&e))?
         .label("10-second buckets")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(3)));
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    finish(&root, &mut chart, SeriesLabelPosition::LowerRight, path)
 }
 
 /// Deepest percentile shown: 99.9999%.
@@ -96,8 +128,7 @@ fn nines(percentile: f64) -> f64 {
 /// One curve per named series: (percentile 0..=100, latency ms).
 pub fn latency(path: &Path, series: &[(&str, Vec<(f64, f64)>)], title: &str) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| chart_error(path, e);
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let root = canvas(path)?;
     let points = series.iter().flat_map(|(_, c)| c.iter());
     let (mut lo, mut hi, mut right) = (f64::INFINITY, 0.0f64, 3.0f64);
     for &(p, ms) in points {
@@ -110,11 +141,7 @@ pub fn latency(path: &Path, series: &[(&str, Vec<(f64, f64)>)], title: &str) -> 
     }
     let lo = (lo * 0.8).max(0.001);
     let hi = (hi * 1.25).max(lo * 10.0);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(20)
-        .x_label_area_size(45)
-        .y_label_area_size(90)
+    let mut chart = layout(&root, title)
         .build_cartesian_2d(0.0..right.min(MAX_NINES), (lo..hi).log_scale())
         .map_err(|e| err(&e))?;
     chart
@@ -154,15 +181,7 @@ pub fn latency(path: &Path, series: &[(&str, Vec<(f64, f64)>)], title: &str) -> 
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    finish(&root, &mut chart, SeriesLabelPosition::UpperLeft, path)
 }
 
 #[cfg(test)]

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chatflow_protocol::Rooms;
-use clap::{Parser, ValueEnum};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::error::{Error, Result};
+use crate::error::{DurationError, EndpointError, Error, Result};
 
 /// One server to load, `ws://host:port[/prefix]`. Rooms are reached at
 /// `{base}/chat/{room}`.
@@ -23,13 +24,13 @@ pub struct Endpoint {
 impl Endpoint {
     /// Parses `ws://host[:port][/prefix]` or `host:port`. The port defaults
     /// to 80, the WebSocket default.
-    pub fn parse(text: &str) -> std::result::Result<Endpoint, String> {
+    pub fn parse(text: &str) -> std::result::Result<Endpoint, EndpointError> {
         let rest = if let Some(rest) = text.strip_prefix("ws://") {
             rest
         } else if text.starts_with("wss://") {
-            return Err("wss:// is not supported (the client is built without TLS)".into());
+            return Err(EndpointError::Tls);
         } else if text.contains("://") {
-            return Err(format!("expected a ws:// URL, got {text:?}"));
+            return Err(EndpointError::NotWebSocket(text.to_string()));
         } else {
             text
         };
@@ -38,7 +39,7 @@ impl Endpoint {
             None => (rest, ""),
         };
         if authority.is_empty() {
-            return Err(format!("no host in {text:?}"));
+            return Err(EndpointError::NoHost(text.to_string()));
         }
         let authority = if authority.starts_with('[') {
             // IPv6 literal: the port follows the closing bracket.
@@ -48,7 +49,10 @@ impl Endpoint {
             }
         } else if let Some((host, port)) = authority.rsplit_once(':') {
             if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(format!("bad host:port {authority:?} in {text:?}"));
+                return Err(EndpointError::BadAuthority {
+                    authority: authority.to_string(),
+                    text: text.to_string(),
+                });
             }
             authority.to_string()
         } else {
@@ -308,7 +312,7 @@ impl Config {
 }
 
 /// Parses `250ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError> {
     let text = text.trim();
     let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
         (n, 0.001)
@@ -323,13 +327,17 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         Ok(v) if v.is_finite() && v >= 0.0 && v * scale < 1e9 => {
             Ok(Duration::from_secs_f64(v * scale))
         }
-        _ => Err(format!(
-            "expected a duration such as 500ms, 5s, 1.5s or 2m, got {text:?}"
-        )),
+        _ => Err(DurationError(text.to_string())),
     }
 }
 
 /// The command line. Defaults are the seed system's load run.
+///
+/// The boolean flags (`--no-delivery`, `--no-charts`, `--no-sched-batch`)
+/// mean "yes" alone and also take a value, `--no-charts=BOOL`, spelled
+/// 1/0, true/false, yes/no or on/off like every boolean in the workspace,
+/// so a script can pass a variable through. The client reads no
+/// environment variables.
 #[derive(Debug, Parser)]
 #[command(
     name = "chatflow-client",
@@ -396,7 +404,9 @@ pub struct Args {
     pub ack_timeout: Duration,
     /// Do not measure delivery latency (use against `--broker none` servers,
     /// which broadcast nothing).
-    #[arg(long)]
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    #[arg(action = ArgAction::Set, num_args = 0..=1, require_equals = true)]
+    #[arg(default_missing_value = "true", default_value_t = false)]
     pub no_delivery: bool,
     /// A broadcast not seen this long after its ack counts as missing (bounds
     /// the wait at the end of the run).
@@ -409,11 +419,15 @@ pub struct Args {
     #[arg(short = 'o', long = "out", value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Skip the SVG charts.
-    #[arg(long)]
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    #[arg(action = ArgAction::Set, num_args = 0..=1, require_equals = true)]
+    #[arg(default_missing_value = "true", default_value_t = false)]
     pub no_charts: bool,
     /// Keep sender threads in the normal scheduling class instead of
     /// SCHED_BATCH (which avoids preempting a server on the same machine).
-    #[arg(long)]
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    #[arg(action = ArgAction::Set, num_args = 0..=1, require_equals = true)]
+    #[arg(default_missing_value = "true", default_value_t = false)]
     pub no_sched_batch: bool,
     /// Pin each sender thread to the CPU its connection's packets arrive on
     /// (auto: only when the server is on loopback).
@@ -432,7 +446,10 @@ impl Args {
     pub fn into_config(self) -> Result<Config> {
         let mut urls = Vec::with_capacity(self.urls.len());
         for u in &self.urls {
-            urls.push(Endpoint::parse(u).map_err(|e| Error::Config(format!("--url {u}: {e}")))?);
+            urls.push(Endpoint::parse(u).map_err(|source| Error::Url {
+                text: u.clone(),
+                source,
+            })?);
         }
         let config = Config {
             urls,
@@ -488,10 +505,24 @@ mod tests {
             Endpoint::parse("ws://h:1/lb").unwrap().room_url(2),
             "ws://h:1/lb/chat/2"
         );
-        assert!(Endpoint::parse("wss://h:1").unwrap_err().contains("wss"));
-        assert!(Endpoint::parse("http://h:1").is_err());
-        assert!(Endpoint::parse("ws://h:notaport").is_err());
-        assert!(Endpoint::parse("ws://:80").is_err());
+        assert_eq!(Endpoint::parse("wss://h:1"), Err(EndpointError::Tls));
+        assert!(matches!(
+            Endpoint::parse("http://h:1"),
+            Err(EndpointError::NotWebSocket(_))
+        ));
+        for bad in ["ws://h:notaport", "ws://:80"] {
+            assert!(
+                matches!(
+                    Endpoint::parse(bad),
+                    Err(EndpointError::BadAuthority { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Endpoint::parse("ws:///chat"),
+            Err(EndpointError::NoHost(_))
+        ));
     }
 
     #[test]
@@ -500,7 +531,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("soon"), Err(DurationError("soon".into())));
         assert!(parse_duration("-1s").is_err());
     }
 
@@ -514,34 +545,30 @@ mod tests {
         assert_eq!(c.main_total(), 468_000);
     }
 
+    /// Why `config` is refused, as the user reads it.
+    fn refusal(config: Config) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
     #[test]
     fn cross_flag_errors_name_the_flags() {
-        let e = Config {
+        let e = refusal(Config {
             threads: 8,
             ..Config::default()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
+        });
         assert!(e.contains("--threads") && e.contains("--rooms"), "{e}");
-        let e = Config {
+        let e = refusal(Config {
             total: 100,
             ..Config::default()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
+        });
         assert!(
             e.contains("--messages") && e.contains("--warmup-threads"),
             "{e}"
         );
-        let e = Config {
+        let e = refusal(Config {
             window: 0,
             ..Config::default()
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
+        });
         assert!(e.contains("--window"), "{e}");
     }
 
@@ -571,6 +598,36 @@ mod tests {
         assert_eq!(c.window, 32);
         assert!(!c.delivery);
         assert_eq!(c.ack_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn boolean_flags_take_every_usual_spelling() {
+        // Alone a flag means yes; `=VALUE` takes 1/0, true/false, yes/no, on/off.
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(std::iter::once("chatflow-client").chain(args.iter().copied()))
+                .map(|a| a.into_config().unwrap())
+        };
+        let c = parse(&[]).unwrap();
+        assert!(c.delivery && c.charts && c.sched_batch);
+        let c = parse(&["--no-delivery", "--no-charts", "--no-sched-batch"]).unwrap();
+        assert!(!c.delivery && !c.charts && !c.sched_batch);
+        for (value, yes) in chatflow_testkit::cli::BOOLEAN_SPELLINGS {
+            let c = parse(&[
+                &format!("--no-delivery={value}"),
+                &format!("--no-charts={value}"),
+                &format!("--no-sched-batch={value}"),
+            ])
+            .unwrap_or_else(|e| panic!("{value}: {e}"));
+            assert_eq!(
+                (c.delivery, c.charts, c.sched_batch),
+                (!yes, !yes, !yes),
+                "{value}"
+            );
+        }
+        let e = parse(&["--no-charts=maybe"]).unwrap_err();
+        assert!(e.to_string().contains("--no-charts"), "{e}");
+        // A value only with `=`: a separate word is not taken as one.
+        assert!(parse(&["--no-charts", "yes"]).is_err());
     }
 
     #[test]

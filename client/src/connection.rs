@@ -7,6 +7,7 @@
 //! silent server still sees Ctrl-C and its deadlines. A "drain" read passes
 //! MSG_DONTWAIT instead, to take what already arrived without blocking:
 //! that is how a pipelined connection collects several acks per wake-up.
+//! A connection that cannot be opened says why in a [`ConnectError`].
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -18,6 +19,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use crate::config::Endpoint;
+use crate::error::{describe, ConnectError};
 
 /// The socket under tungstenite: blocking TCP whose reads can be made
 /// non-blocking per call.
@@ -31,6 +33,10 @@ impl Read for Stream {
         if !self.dont_wait {
             return self.tcp.read(buf);
         }
+        // One recv(2) with MSG_DONTWAIT, the socket staying blocking. No safe
+        // call does this: socket2's `recv_with_flags` wants a
+        // `[MaybeUninit<u8>]` (the same cast, unsafe), and toggling
+        // O_NONBLOCK would cost two more syscalls per pipelined turn.
         // SAFETY: `buf` is a valid, writable region of `buf.len()` bytes and
         // the descriptor stays open for the duration of the call.
         let n = unsafe {
@@ -92,19 +98,27 @@ impl Connection {
         connect_timeout: Duration,
         tick: Duration,
         window: usize,
-    ) -> Result<Connection, String> {
+    ) -> Result<Connection, ConnectError> {
         let deadline = Instant::now() + connect_timeout;
-        let addrs: Vec<SocketAddr> = endpoint
-            .authority
+        let authority = &endpoint.authority;
+        let addrs: Vec<SocketAddr> = authority
             .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", endpoint.authority))?
+            .map_err(|source| ConnectError::Resolve {
+                authority: authority.clone(),
+                source,
+            })?
             .collect();
-        let mut last = format!("no address for {}", endpoint.authority);
+        let mut last = ConnectError::NoAddress {
+            authority: authority.clone(),
+        };
         let mut tcp = None;
         for addr in addrs {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                last = format!("connect to {addr}: timed out");
+                last = ConnectError::Connect {
+                    addr,
+                    source: io::ErrorKind::TimedOut.into(),
+                };
                 break;
             }
             match TcpStream::connect_timeout(&addr, left) {
@@ -112,16 +126,17 @@ impl Connection {
                     tcp = Some(s);
                     break;
                 }
-                Err(e) => last = format!("connect to {addr}: {e}"),
+                Err(source) => last = ConnectError::Connect { addr, source },
             }
         }
         let tcp = tcp.ok_or(last)?;
-        let io = |e: io::Error| format!("socket setup: {e}");
-        tcp.set_nodelay(true).map_err(io)?;
+        tcp.set_nodelay(true).map_err(ConnectError::Socket)?;
         // The handshake may take longer than a tick; the loop below
         // retries until the connect deadline.
-        tcp.set_read_timeout(Some(tick)).map_err(io)?;
-        tcp.set_write_timeout(Some(connect_timeout)).map_err(io)?;
+        tcp.set_read_timeout(Some(tick))
+            .map_err(ConnectError::Socket)?;
+        tcp.set_write_timeout(Some(connect_timeout))
+            .map_err(ConnectError::Socket)?;
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(MAX_SERVER_MESSAGE))
@@ -140,12 +155,12 @@ impl Connection {
                 Ok((ws, _response)) => break ws,
                 Err(HandshakeError::Interrupted(mid)) => {
                     if Instant::now() >= deadline {
-                        return Err(format!("handshake with {url}: timed out"));
+                        return Err(ConnectError::HandshakeTimeout { url });
                     }
                     attempt = mid.handshake();
                 }
-                Err(HandshakeError::Failure(e)) => {
-                    return Err(format!("handshake with {url}: {}", describe(&e)))
+                Err(HandshakeError::Failure(source)) => {
+                    return Err(ConnectError::Handshake { url, source })
                 }
             }
         };
@@ -159,19 +174,16 @@ impl Connection {
     /// (SO_INCOMING_CPU); on loopback, the CPU of the server thread that
     /// writes to it. `None` if unknown.
     pub fn incoming_cpu(&self) -> Option<usize> {
-        let mut cpu: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: a valid descriptor, and an out-parameter of the size given.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.ws.get_ref().tcp.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_INCOMING_CPU,
-                (&mut cpu as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0 && cpu >= 0).then_some(cpu as usize)
+        #[cfg(target_os = "linux")]
+        {
+            // The kernel reports -1 (here usize::MAX) until a packet arrived.
+            socket2::SockRef::from(&self.ws.get_ref().tcp)
+                .cpu_affinity()
+                .ok()
+                .filter(|&cpu| cpu <= i32::MAX as usize)
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
     }
 
     /// Is the server on this machine (a loopback address)?
@@ -221,14 +233,7 @@ impl Connection {
                         None => "server closed the connection".into(),
                     })
                 }
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Read1::Nothing
-                }
+                Err(tungstenite::Error::Io(e)) if nothing_yet(&e) => return Read1::Nothing,
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {
                     continue
                 }
@@ -249,27 +254,19 @@ impl Connection {
         while Instant::now() < deadline {
             match self.ws.read() {
                 Ok(_) => continue,
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
-                }
+                Err(tungstenite::Error::Io(e)) if nothing_yet(&e) => continue,
                 Err(_) => return,
             }
         }
     }
 }
 
-fn describe(e: &tungstenite::Error) -> String {
-    match e {
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            "connection closed".into()
-        }
-        tungstenite::Error::Io(e) => e.to_string(),
-        tungstenite::Error::Http(resp) => format!("HTTP {}", resp.status()),
-        other => other.to_string(),
-    }
+/// A read that found nothing: WouldBlock from a drain (MSG_DONTWAIT), or
+/// the tick's SO_RCVTIMEO running out (which Linux also reports as
+/// WouldBlock; TimedOut elsewhere).
+fn nothing_yet(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }

@@ -13,6 +13,7 @@ use chatflow_protocol::{MessageType, ServerTime};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
+use crate::threads;
 use crate::wire::push_u64;
 
 /// How a message ended.
@@ -135,27 +136,20 @@ impl CsvWriter {
         let file = File::create(path).map_err(|e| Error::io(path, e))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let path = path.to_path_buf();
-        let handle = std::thread::Builder::new()
-            .name("csv-writer".into())
-            .spawn(move || {
-                if sched_batch {
-                    crate::sender::set_sched_batch();
-                }
-                write_all(rx, file, path, start_ms, rooms)
-            })
-            .map_err(|source| Error::Spawn {
-                name: "csv-writer".into(),
-                source,
-            })?;
+        let handle = threads::spawn("csv-writer", sched_batch, move || {
+            write_all(rx, file, path, start_ms, rooms)
+        })?;
         Ok(CsvWriter { tx, handle })
     }
 
     /// Waits for every sender to be gone, then for the file to be complete.
     pub fn finish(self) -> Result<Aggregates> {
         drop(self.tx);
-        self.handle
-            .join()
-            .unwrap_or_else(|_| Err(Error::Config("the CSV writer thread panicked".into())))
+        self.handle.join().unwrap_or_else(|_| {
+            Err(Error::Panicked {
+                thread: "CSV writer",
+            })
+        })
     }
 }
 

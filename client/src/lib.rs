@@ -13,6 +13,7 @@
 //! - [`generator`]: the seeded message generator thread and its lanes;
 //! - [`wire`]: client frames written straight into the output buffer, server frames scanned;
 //! - [`connection`]: one blocking WebSocket (connect, flush, blocking or draining reads);
+//! - [`error`]: every typed error ([`Error`], [`ConnectError`], flag values);
 //! - [`breaker`]: the per-server circuit breaker shared by all threads;
 //! - [`sender`]: a sender thread (window, retries, ack matching, deliveries);
 //! - [`delivery`]: matching broadcasts to acked messages by id;
@@ -21,7 +22,11 @@
 //! - [`report`]: `summary.json` and the text summary;
 //! - [`charts`]: the SVG charts;
 //! - [`progress`]: the progress bar or plain progress lines;
-//! - [`run`]: one run from preflight to report.
+//! - [`threads`]: named threads, SCHED_BATCH and CPU pinning;
+//! - [`run`](mod@run): one run from preflight to report.
+//!
+//! Retry delays (sender retries and reconnects, preflight) come from the
+//! workspace's one jittered back-off, `chatflow_broker::retry::Backoff`.
 
 pub mod breaker;
 pub mod charts;
@@ -36,13 +41,14 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod sender;
+pub mod threads;
 pub mod wire;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub use config::{Args, Config, Endpoint, PinMode, ProgressMode};
-pub use error::{Error, Result};
+pub use error::{ConnectError, DurationError, EndpointError, Error, Result};
 pub use report::{Report, RunOutcome};
 pub use run::run_until;
 

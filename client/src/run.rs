@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use chatflow_broker::retry::Backoff;
 use chatflow_protocol::time::now_ms;
 
 use crate::charts;
@@ -25,6 +26,7 @@ use crate::report::{
     Settings, Totals,
 };
 use crate::sender::{self, Outcome, Shared, Spec};
+use crate::threads;
 
 /// How often the watching thread samples progress. Short, so a small run
 /// ends promptly after its last thread; the sampling itself is a few loads.
@@ -37,7 +39,7 @@ const WATCH_TICK: Duration = Duration::from_millis(25);
 pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
     config.validate()?;
     let seed = config.seed.unwrap_or_else(rand::random);
-    preflight(&config, &stop)?;
+    preflight(&config, &stop, seed)?;
     let dir = make_out_dir(config.out_dir.as_deref())?;
     let mut files = Files {
         csv: dir.join("messages.csv"),
@@ -76,11 +78,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
             main_messages: config.main_total(),
         };
         let gen_stop = Arc::clone(&gen_stop);
-        let batch = config.sched_batch;
-        spawn("generator", move || {
-            if batch {
-                sender::set_sched_batch();
-            }
+        threads::spawn("generator", config.sched_batch, move || {
             generator::generate(plan, &gen_stop)
         })?
     };
@@ -271,7 +269,10 @@ fn run_phase(
     for spec in specs {
         let for_thread = Arc::clone(shared);
         let thread_name = format!("{prefix}-{}", spec.slot);
-        match spawn(&thread_name, move || sender::run(&for_thread, spec)) {
+        let sched_batch = shared.config.sched_batch;
+        match threads::spawn(&thread_name, sched_batch, move || {
+            sender::run(&for_thread, spec)
+        }) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 shared.abort(format!("could not start thread {thread_name}"));
@@ -373,12 +374,14 @@ fn phase_report(
     (report, ack, delivery)
 }
 
-/// Connects to room 1 of every server, with the configured retries, so an
-/// unreachable server is reported clearly before anything starts.
-fn preflight(config: &Config, stop: &AtomicBool) -> Result<()> {
+/// Connects to room 1 of every server, with the configured retries and
+/// back-off, so an unreachable server is reported clearly before anything
+/// starts.
+fn preflight(config: &Config, stop: &AtomicBool, seed: u64) -> Result<()> {
     for endpoint in &config.urls {
         let started = Instant::now();
         let mut attempts = 0;
+        let mut backoff = Backoff::new(config.backoff_base, config.backoff_max, seed);
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Err(Error::Interrupted);
@@ -398,11 +401,7 @@ fn preflight(config: &Config, stop: &AtomicBool) -> Result<()> {
                     })
                 }
                 Err(_) => {
-                    let delay = config
-                        .backoff_base
-                        .saturating_mul(1 << (attempts - 1).min(20))
-                        .min(config.backoff_max);
-                    let until = Instant::now() + delay;
+                    let until = Instant::now() + backoff.next_delay();
                     while Instant::now() < until && !stop.load(Ordering::Relaxed) {
                         thread::sleep(config.tick.min(until - Instant::now()));
                     }
@@ -436,20 +435,4 @@ fn make_out_dir(given: Option<&Path>) -> Result<PathBuf> {
         }
     }
     unreachable!("an unbounded range always yields")
-}
-
-fn spawn<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<JoinHandle<T>> {
-    thread::Builder::new()
-        .name(name.to_string())
-        // Senders keep little on the stack; 256 KiB instead of 2 MiB keeps
-        // a thousand threads cheap.
-        .stack_size(256 * 1024)
-        .spawn(f)
-        .map_err(|source| Error::Spawn {
-            name: name.to_string(),
-            source,
-        })
 }

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chatflow_client::{Error, Report, RunOutcome};
+use chatflow_client::{ConnectError, Error, Report, RunOutcome};
 use chatflow_server::BrokerKind;
 use common::fake::{Fake, Quirks};
 use common::*;
@@ -102,7 +102,7 @@ fn dead_url() -> String {
 
 #[test]
 fn an_unreachable_server_is_a_clear_error_after_the_retries() {
-    // Preflight tries 1 + retries times with backoff, then names the URL and the cause.
+    // Preflight tries 1 + retries times with backoff, then names the URL and the typed cause.
     let url = dead_url();
     let mut cfg = config(&url, "unreachable");
     cfg.retries = 2;
@@ -116,7 +116,17 @@ fn an_unreachable_server_is_a_clear_error_after_the_retries() {
         }) => {
             assert_eq!(u, format!("{url}/chat/1"));
             assert_eq!(attempts, 3);
-            assert!(last.contains("refused"), "{last}");
+            // The cause is typed: the last attempt's address refused.
+            match &last {
+                ConnectError::Connect { source, .. } => {
+                    assert_eq!(
+                        source.kind(),
+                        std::io::ErrorKind::ConnectionRefused,
+                        "{last}"
+                    )
+                }
+                other => panic!("expected a refused connect, got {other:?}"),
+            }
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }

@@ -46,9 +46,8 @@ fn main() -> anyhow::Result<()> {
     let topology = config.topology();
     let n = bench.messages;
 
-    let mut connection = chatflow_broker::amqp::connect(&config.amqp_endpoint())
-        .map_err(anyhow::Error::msg)
-        .context("RabbitMQ")?;
+    let mut connection =
+        chatflow_broker::amqp::connect(&config.amqp_endpoint()).context("RabbitMQ")?;
     let channel = connection.open_channel(None)?;
     topology.declare(&channel)?;
 

@@ -1,4 +1,4 @@
-//! A consumer thread's Redis side: its own connection, one pipelined
+//! A queue consumer's Redis side: its own connection, one pipelined
 //! `PUBLISH` per batch, and retry-until-published while Redis is away.
 //!
 //! Why a connection per consumer thread: a pipeline is one write and one
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisResult};
 
 use crate::config::Config;
-use crate::stats::{add, ThreadStats};
+use crate::counters::{add, QueueStats};
 use chatflow_broker::retry::{is_shutdown, wait, Backoff, Shutdown};
 
 /// Log the first failure of an outage and then every this many, so a long
@@ -82,7 +82,7 @@ impl Broadcaster {
     pub fn publish(
         &mut self,
         pipe: &Pipeline,
-        stats: &ThreadStats,
+        stats: &QueueStats,
         shutdown: &Shutdown,
     ) -> Published {
         let mut failures: u64 = 0;
@@ -138,7 +138,7 @@ impl Broadcaster {
         }
     }
 
-    fn try_publish(&mut self, pipe: &Pipeline, stats: &ThreadStats) -> RedisResult<()> {
+    fn try_publish(&mut self, pipe: &Pipeline, stats: &QueueStats) -> RedisResult<()> {
         if self.con.is_none() {
             self.con = Some(connect(&self.client, &self.config)?);
             if self.broken {
@@ -165,6 +165,16 @@ impl Probe {
             config: config.clone(),
             con: None,
         })
+    }
+
+    /// A probe whose connect, read and write each give up within `limit`
+    /// (or the configured timeouts, if shorter): a dark Redis must not
+    /// hold the sampler for long.
+    pub fn with_limit(config: &Config, limit: Duration) -> RedisResult<Self> {
+        let mut quick = config.clone();
+        quick.services.amqp.connect_timeout = quick.connect_timeout().min(limit);
+        quick.services.redis.timeout = quick.services.redis.timeout.min(limit);
+        Probe::new(&quick)
     }
 
     pub fn ping(&mut self) -> RedisResult<()> {

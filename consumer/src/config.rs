@@ -335,12 +335,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        let mut full = vec!["chatflow-consumer"];
-        full.extend_from_slice(args);
-        Args::try_parse_from(full)
-            .map_err(|e| e.to_string())?
-            .into_config()
-            .map_err(|e| e.to_string())
+        chatflow_testkit::cli::parse_config("chatflow-consumer", args, Args::into_config)
     }
 
     #[test]
@@ -370,34 +365,34 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        for (args, flag) in [
-            (&["--rooms", "0"][..], "--rooms"),
-            (&["--prefetch", "0"][..], "--prefetch"),
-            (&["--ack-batch", "0"][..], "--ack-batch"),
-            (&["--ack-batch", "101"][..], "--ack-batch"),
-            (&["--amqp-connections", "0"][..], "--amqp-connections"),
-            (
-                &["--rooms", "1", "--amqp-connections", "6"][..],
-                "--amqp-connections",
-            ),
-            (&["--metrics-bind", "nowhere"][..], "--metrics-bind"),
-            (&["--namespace", "a b"][..], "--namespace"),
-            (&["--namespace", ""][..], "--namespace"),
-            (&["--redis-timeout-secs", "0"][..], "--redis-timeout-secs"),
-            (&["--rabbitmq-port", "0"][..], "--rabbitmq-port"),
-            (&["--rabbitmq-port", "many"][..], "--rabbitmq-port"),
-            (
-                &["--enable-persistence", "maybe"][..],
-                "--enable-persistence",
-            ),
-            (&["--writers", "0"][..], "--writers"),
-            (&["--batch-rows", "0"][..], "--batch-rows"),
-            (&["--flush-interval-ms", "0"][..], "--flush-interval-ms"),
-            (&["--db-port", "x"][..], "--db-port"),
-        ] {
-            let err = parse(args).unwrap_err();
-            assert!(err.contains(flag), "{args:?}: {err}");
-        }
+        chatflow_testkit::cli::assert_refusals_name_their_flag(
+            parse,
+            &[
+                (&["--rooms", "0"][..], "--rooms"),
+                (&["--prefetch", "0"][..], "--prefetch"),
+                (&["--ack-batch", "0"][..], "--ack-batch"),
+                (&["--ack-batch", "101"][..], "--ack-batch"),
+                (&["--amqp-connections", "0"][..], "--amqp-connections"),
+                (
+                    &["--rooms", "1", "--amqp-connections", "6"][..],
+                    "--amqp-connections",
+                ),
+                (&["--metrics-bind", "nowhere"][..], "--metrics-bind"),
+                (&["--namespace", "a b"][..], "--namespace"),
+                (&["--namespace", ""][..], "--namespace"),
+                (&["--redis-timeout-secs", "0"][..], "--redis-timeout-secs"),
+                (&["--rabbitmq-port", "0"][..], "--rabbitmq-port"),
+                (&["--rabbitmq-port", "many"][..], "--rabbitmq-port"),
+                (
+                    &["--enable-persistence", "maybe"][..],
+                    "--enable-persistence",
+                ),
+                (&["--writers", "0"][..], "--writers"),
+                (&["--batch-rows", "0"][..], "--batch-rows"),
+                (&["--flush-interval-ms", "0"][..], "--flush-interval-ms"),
+                (&["--db-port", "x"][..], "--db-port"),
+            ],
+        );
     }
 
     #[test]

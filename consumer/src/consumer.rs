@@ -1,51 +1,62 @@
-//! Starting and stopping the consumer: connections, channels and threads,
-//! and an orderly shutdown.
+//! Starting and stopping the consumer ([`Consumer`]): connections,
+//! channels and threads, and an orderly shutdown.
 //!
 //! Start-up order: Redis is reachable; the AMQP connections open; the
 //! topology is declared (idempotent, shared with the server); one channel
 //! per queue is opened here, on the thread that owns the connections, and
-//! moved into its consumer thread; the metrics port is bound. Anything that
-//! fails up to there fails `start` with an error naming the setting to
-//! check. Only then are threads spawned:
+//! moved into its queue consumer's thread; the metrics port is bound.
+//! Anything that fails up to there fails `start` with an error naming the
+//! setting to check. Only then are threads spawned, every one through
+//! [`Threads`] (named, watched for panics and early stops):
 //!
-//! - `consumer-r{room}s{shard}` × ROOMS×5: [`worker`](crate::worker);
-//! - `amqp-link-N` × AMQP_CONNECTIONS: [`link`](crate::link), owning the
+//! - `consumer-r{room}s{shard}` × ROOMS×5:
+//!   [`queue_consumer`](crate::queue_consumer);
+//! - `amqp-link-N` × AMQP_CONNECTIONS: [`link`], owning the
 //!   connections (consumers are assigned in blocks of whole rooms);
 //! - `writer-N` × WRITERS (persistence on): [`writer`](crate::writer);
 //! - `partitions`: day-partition upkeep, hourly;
-//! - `consumer-stats`: per-second rate snapshots and a Redis PING;
-//! - `consumer-http`: `/health` and `/metrics` (plus a short-lived
-//!   `consumer-http-c` per connection and `consumer-http-b` refusing
-//!   connections past the cap).
+//! - `consumer-stats`: [`sampler`], per-second rate
+//!   snapshots and a Redis PING;
+//! - `consumer-http`: [`http`](crate::http), `/health` and `/metrics` (plus
+//!   a short-lived `consumer-http-c` per connection and `consumer-http-b`
+//!   refusing connections past the cap).
 //!
 //! With persistence on, the database is checked first (reachable, schema
 //! present or applied, partitions created) and the writers connect before
 //! any consumer starts.
 //!
-//! Shutdown: consumers cancel, drain, broadcast what they hold, wait
-//! (bounded) for its rows to commit, ack and close their channels; then the
-//! links close the connections; then the writers flush and stop, and the
-//! upkeep, sampler and HTTP threads stop. Every thread is joined.
+//! Shutdown is one signal ([`chatflow_broker::Shutdown`]), signalled in
+//! one place ([`Consumer::shutdown`], or drop) and heard by every thread at
+//! once: queue consumers cancel, drain, broadcast what they hold, wait
+//! (bounded) for its rows to commit, ack and close their channels; links
+//! close the connections once their consumers are gone; writers write what
+//! the consumers handed over and end when their inputs close (giving up at
+//! once if the database is down); upkeep, sampler and HTTP threads stop.
+//! Every thread is joined, in that order.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
+use chatflow_broker::{shutdown_signal, ShutdownTrigger};
 use chatflow_protocol::SHARDS_PER_ROOM;
 use crossbeam_channel::{bounded, unbounded, Sender};
 
 use crate::broadcast::{self, Broadcaster, Probe};
 use crate::config::Config;
+use crate::handoff::Committed;
+use crate::health::Health;
 use crate::http::HttpServer;
 use crate::link::{self, Lease, Link};
+use crate::metrics;
 use crate::partitions::{self, Pool};
-use crate::stats::{Health, Shared};
-use crate::worker::{Committed, Worker};
+use crate::queue_consumer::QueueConsumer;
+use crate::sampler;
+use crate::state::Shared;
+use crate::threads::Threads;
 use crate::writer::{WriterConfig, Writers};
-use chatflow_broker::retry::{wait, Shutdown};
 
 /// Checks the database before anything starts: reachable, schema present
 /// (applied first with `--apply-schema`), partitions of the coming days
@@ -66,26 +77,21 @@ fn prepare_database(config: &Config) -> anyhow::Result<Pool> {
     Ok(pool)
 }
 
-/// How often the sampler snapshots counters and pings Redis.
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-
 /// A running consumer. Dropping it shuts it down (ignoring errors); call
 /// [`Consumer::shutdown`] to see them.
 pub struct Consumer {
     shared: Arc<Shared>,
     metrics_addr: SocketAddr,
-    /// Dropped to signal shutdown: every `select!` on it wakes at once.
-    shutdown_tx: Option<Sender<()>>,
-    workers: Vec<JoinHandle<()>>,
+    /// The one shutdown signal: signalled in [`Consumer::stop`], it wakes
+    /// every thread's `select!` and `wait` at once.
+    trigger: Option<ShutdownTrigger>,
+    queue_consumers: Vec<JoinHandle<()>>,
     links: Vec<JoinHandle<()>>,
     sampler: Option<JoinHandle<()>>,
     http: Option<HttpServer>,
-    /// One per consumer thread, by index: where PostgreSQL writers report
-    /// committed rows.
-    commit_senders: Vec<Sender<Committed>>,
     /// Persistence: the writer threads, the pool and its upkeep thread.
     writers: Option<Writers>,
-    upkeep: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    upkeep: Option<JoinHandle<()>>,
     pool: Option<Pool>,
 }
 
@@ -119,11 +125,16 @@ impl Consumer {
 
         let consumers = config.consumer_count();
         let link_of = assign_links(consumers, config.amqp_connections);
-        let shared = Arc::new(Shared::new(config.clone(), link_of.clone()));
+        let (trigger, shutdown) = shutdown_signal();
+        let shared = Arc::new(Shared::new(
+            config.clone(),
+            link_of.clone(),
+            Threads::new(shutdown),
+        ));
 
         let mut connections = Vec::with_capacity(config.amqp_connections);
         for index in 0..config.amqp_connections {
-            let connection = link::connect(&config).map_err(anyhow::Error::msg).with_context(|| {
+            let connection = link::connect(&config).with_context(|| {
                 format!(
                     "cannot open AMQP connection {index} to RabbitMQ at {} as {:?} (--rabbitmq-host/--rabbitmq-port/--rabbitmq-user/--rabbitmq-password, RABBITMQ_*)",
                     config.amqp_display(),
@@ -154,22 +165,20 @@ impl Consumer {
         })?;
         let metrics_addr = listener.local_addr()?;
 
-        let (shutdown_tx, shutdown) = bounded::<()>(0);
         let mut consumer = Consumer {
-            shared: shared.clone(),
+            shared,
             metrics_addr,
-            shutdown_tx: Some(shutdown_tx),
-            workers: Vec::with_capacity(consumers),
+            trigger: Some(trigger),
+            queue_consumers: Vec::with_capacity(consumers),
             links: Vec::with_capacity(config.amqp_connections),
             sampler: None,
             http: None,
-            commit_senders: Vec::with_capacity(consumers),
             writers: None,
             upkeep: None,
             pool,
         };
         // From here on a failure shuts down what was started.
-        if let Err(e) = consumer.spawn(connections, leases, &shutdown, listener) {
+        if let Err(e) = consumer.spawn(connections, leases, listener) {
             let _ = consumer.stop();
             return Err(e);
         }
@@ -180,12 +189,13 @@ impl Consumer {
         &mut self,
         connections: Vec<amiquip::Connection>,
         leases: Vec<Lease>,
-        shutdown: &Shutdown,
         listener: TcpListener,
     ) -> anyhow::Result<()> {
         let shared = self.shared.clone();
         let config = &shared.config;
         let topology = config.topology();
+        let threads = &shared.threads;
+        let shutdown = threads.shutdown();
 
         // Link plumbing first: each consumer needs its link's request sender.
         let mut requests = Vec::new();
@@ -197,41 +207,35 @@ impl Consumer {
             request_rxs.push(rx);
         }
 
-        // Commit notices: writers → consumer threads.
-        let mut commit_rxs = Vec::with_capacity(leases.len());
-        for _ in 0..leases.len() {
-            let (commit_tx, commit_rx) = unbounded();
-            self.commit_senders.push(commit_tx);
-            commit_rxs.push(commit_rx);
+        // Commit notices: writers → queue consumers. Only the writers hold
+        // the senders, so a consumer sees its notices end with them.
+        let (commit_txs, commit_rxs): (Vec<Sender<Committed>>, Vec<_>) =
+            leases.iter().map(|_| unbounded()).unzip();
+        if let Some(pool) = &self.pool {
+            let db = &config.database;
+            let writer_config = WriterConfig {
+                connection: db.connection_string(config.connect_timeout()),
+                writers: db.writers,
+                batch_rows: db.batch_rows,
+                flush_interval: db.flush_interval,
+                // Every row a consumer can hold: sends never block.
+                queue_capacity: leases.len() * config.prefetch as usize,
+                retry_min: config.retry_min,
+                retry_max: config.retry_max,
+            };
+            let writers = Writers::start(
+                &writer_config,
+                shared.counters.writers.clone(),
+                commit_txs,
+                threads,
+            )
+            .with_context(|| format!("starting the PostgreSQL writers ({})", db.display()))?;
+            self.writers = Some(writers);
+            self.upkeep = Some(
+                partitions::start_upkeep(pool.clone(), threads)
+                    .context("spawning the partition upkeep thread")?,
+            );
         }
-        let persistent = match &self.pool {
-            Some(pool) => {
-                let db = &config.database;
-                let writer_config = WriterConfig {
-                    connection: db.connection_string(config.connect_timeout()),
-                    writers: db.writers,
-                    batch_rows: db.batch_rows,
-                    flush_interval: db.flush_interval,
-                    // Every row a consumer can hold: sends never block.
-                    queue_capacity: leases.len() * config.prefetch as usize,
-                    retry_min: config.retry_min,
-                    retry_max: config.retry_max,
-                };
-                let writers = Writers::start(
-                    &writer_config,
-                    shared.writers.clone(),
-                    self.commit_senders.clone(),
-                )
-                .with_context(|| format!("starting the PostgreSQL writers ({})", db.display()))?;
-                self.writers = Some(writers);
-                let stop = Arc::new(AtomicBool::new(false));
-                let thread = partitions::start_upkeep(pool.clone(), stop.clone())
-                    .context("spawning the partition upkeep thread")?;
-                self.upkeep = Some((stop, thread));
-                true
-            }
-            None => false,
-        };
 
         for ((index, first), commit_rx) in leases.into_iter().enumerate().zip(commit_rxs) {
             let (room, shard) = Shared::queue_of(index);
@@ -240,7 +244,7 @@ impl Consumer {
             let slot = slots[link_index].len();
             slots[link_index].push(lease_tx);
             let name = format!("consumer-r{room}s{shard}");
-            let worker = Worker {
+            let queue_consumer = QueueConsumer {
                 index,
                 name: name.clone(),
                 room,
@@ -254,16 +258,13 @@ impl Consumer {
                 slot,
                 leases: lease_rx,
                 commits: commit_rx,
-                rows: persistent
-                    .then(|| self.writers.as_ref().map(|w| w.sender_for(index)))
-                    .flatten(),
+                rows: self.writers.as_ref().map(|w| w.sender_for(index)),
                 shutdown: shutdown.clone(),
             };
-            let thread = thread::Builder::new()
-                .name(name)
-                .spawn(move || worker.run(first))
-                .context("spawning a consumer thread")?;
-            self.workers.push(thread);
+            let thread = threads
+                .spawn(name, move || queue_consumer.run(first))
+                .context("spawning a queue consumer thread")?;
+            self.queue_consumers.push(thread);
         }
         // Only the consumers hold request senders now, so a link sees its
         // requests disconnect exactly when its last consumer has exited.
@@ -283,42 +284,16 @@ impl Consumer {
                 shutdown: shutdown.clone(),
                 shared: shared.clone(),
             };
-            let thread = thread::Builder::new()
-                .name(format!("amqp-link-{index}"))
-                .spawn(move || link.run())
+            let thread = threads
+                .spawn(format!("amqp-link-{index}"), move || link.run())
                 .context("spawning a link thread")?;
             self.links.push(thread);
         }
 
-        // A dark Redis must not hold the sampler for long.
-        let mut quick = config.clone();
-        let second = Duration::from_secs(1);
-        quick.services.amqp.connect_timeout = quick.connect_timeout().min(second);
-        quick.services.redis.timeout = quick.services.redis.timeout.min(second);
-        let mut probe = Probe::new(&quick).context("configuring the Redis probe")?;
-        let sampler_shared = shared.clone();
-        let sampler_shutdown = shutdown.clone();
-        self.sampler = Some(
-            thread::Builder::new()
-                .name("consumer-stats".to_string())
-                .spawn(move || {
-                    let shared = sampler_shared;
-                    shared.sample();
-                    while !wait(&sampler_shutdown, SAMPLE_EVERY) {
-                        shared.sample();
-                        let probe_state = &shared.redis_probe;
-                        match probe.ping() {
-                            Ok(()) => probe_state.up.store(true, Ordering::Relaxed),
-                            Err(e) => {
-                                probe_state.up.store(false, Ordering::Relaxed);
-                                *probe_state.last_error.lock() = Some(e.to_string());
-                            }
-                        }
-                    }
-                })
-                .context("spawning the sampler thread")?,
-        );
-
+        // A second at most per connect or PING: a sample is never later.
+        let probe = Probe::with_limit(config, Duration::from_secs(1))
+            .context("configuring the Redis probe")?;
+        self.sampler = Some(sampler::start(&shared, probe).context("spawning the sampler thread")?);
         self.http =
             Some(HttpServer::start(listener, shared.clone()).context("spawning the HTTP thread")?);
         Ok(())
@@ -331,12 +306,12 @@ impl Consumer {
 
     /// The `/health` document.
     pub fn health(&self) -> Health {
-        self.shared.health()
+        Health::of(&self.shared)
     }
 
     /// `/metrics` (Prometheus text).
     pub fn metrics(&self) -> String {
-        self.shared.prometheus()
+        metrics::encode(&self.health())
     }
 
     /// A read-only view of the counters that outlives the consumer (e.g.
@@ -345,57 +320,54 @@ impl Consumer {
         Monitor(self.shared.clone())
     }
 
-    /// Consumer threads, one per queue.
+    /// Queue consumers, one per queue.
     pub fn consumers(&self) -> usize {
-        self.shared.threads.len()
-    }
-
-    /// Where PostgreSQL writers report committed rows, by consumer index
-    /// (room `i / 5 + 1`, shard `i % 5`).
-    pub fn commit_senders(&self) -> &[Sender<Committed>] {
-        &self.commit_senders
+        self.shared.counters.queues.len()
     }
 
     /// Stops consuming, finishes in-hand work (broadcast, ack), closes
-    /// channels then connections, and joins every thread.
+    /// channels then connections, and joins every thread. An error names
+    /// the threads that panicked while the consumer ran.
     pub fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop()
     }
 
     fn stop(&mut self) -> anyhow::Result<()> {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
-        drop(self.shutdown_tx.take());
-        let mut panicked = Vec::new();
-        // Consumers first (they close their channels), then the links (they
-        // close the connections once their consumers are gone).
-        for thread in self.workers.drain(..).chain(self.links.drain(..)) {
-            let name = thread.thread().name().unwrap_or("?").to_string();
-            if thread.join().is_err() {
-                panicked.push(name);
-            }
+        // The one place shutdown is signalled.
+        if let Some(mut trigger) = self.trigger.take() {
+            trigger.signal();
         }
-        if let Some(sampler) = self.sampler.take() {
-            if sampler.join().is_err() {
-                panicked.push("consumer-stats".to_string());
-            }
+        // Queue consumers first (they close their channels, waiting for
+        // their last commits), then the links (they close the connections
+        // once their consumers are gone), the sampler; then the writers,
+        // whose inputs the consumers' exit has closed; partition upkeep and
+        // the HTTP endpoint last.
+        for thread in self
+            .queue_consumers
+            .drain(..)
+            .chain(self.links.drain(..))
+            .chain(self.sampler.take())
+        {
+            // Thread bodies catch their panics (see `threads`).
+            let _ = thread.join();
         }
-        // Writers after the consumers (which waited for their last commits);
-        // then partition upkeep.
         if let Some(writers) = self.writers.take() {
             writers.shutdown();
         }
-        if let Some((stop, thread)) = self.upkeep.take() {
-            stop.store(true, Ordering::Release);
-            if thread.join().is_err() {
-                panicked.push("partitions".to_string());
-            }
+        if let Some(upkeep) = self.upkeep.take() {
+            let _ = upkeep.join();
         }
-        if let Some(mut http) = self.http.take() {
-            if http.stop().is_err() {
-                panicked.push("consumer-http".to_string());
-            }
+        if let Some(http) = self.http.take() {
+            http.join();
         }
-        self.commit_senders.clear();
+        let panicked: Vec<String> = self
+            .shared
+            .threads
+            .dead()
+            .into_iter()
+            .filter(|d| d.panicked)
+            .map(|d| d.name)
+            .collect();
         if panicked.is_empty() {
             Ok(())
         } else {
@@ -410,17 +382,17 @@ pub struct Monitor(Arc<Shared>);
 
 impl Monitor {
     pub fn health(&self) -> Health {
-        self.0.health()
+        Health::of(&self.0)
     }
 
     pub fn metrics(&self) -> String {
-        self.0.prometheus()
+        metrics::encode(&self.health())
     }
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        if self.shutdown_tx.is_some() {
+        if self.trigger.is_some() {
             let _ = self.stop();
         }
     }

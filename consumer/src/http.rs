@@ -17,18 +17,23 @@
 //!   connection gets 503 at once from one thread (`consumer-http-b`) and
 //!   is closed, so a flood of connections costs a bounded number of
 //!   threads, each for a bounded time.
+//!
+//! The accept thread stops on the process's shutdown signal; `accept` has
+//! no timeout, so [`HttpServer::join`] wakes it with a connection of its
+//! own.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::stats::Shared;
+use crate::health::Health;
+use crate::metrics;
+use crate::state::Shared;
 
 /// A request head larger than this is refused (431).
 const MAX_HEAD: usize = 8 * 1024;
@@ -70,8 +75,8 @@ impl Default for Limits {
 /// The running endpoint.
 pub struct HttpServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    thread: JoinHandle<()>,
 }
 
 impl HttpServer {
@@ -85,21 +90,19 @@ impl HttpServer {
         limits: Limits,
     ) -> io::Result<HttpServer> {
         let addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
         let (busy, refused) = crossbeam_channel::bounded(REFUSED_HELD);
-        let refuser = thread::Builder::new()
-            .name("consumer-http-b".to_string())
-            .spawn(move || refuse_busy(refused))?;
+        let threads = shared.threads.clone();
+        let refuser = threads.spawn("consumer-http-b", move || refuse_busy(refused))?;
         // If this spawn fails, `busy` is dropped with its closure and the
         // refuser ends by itself.
-        let thread = thread::Builder::new()
-            .name("consumer-http".to_string())
-            .spawn(move || serve(listener, &shared, &stopping, limits, busy, refuser))?;
+        let serving = shared.clone();
+        let thread = threads.spawn("consumer-http", move || {
+            serve(listener, &serving, limits, busy, refuser)
+        })?;
         Ok(HttpServer {
             addr,
-            stop,
-            thread: Some(thread),
+            shared,
+            thread,
         })
     }
 
@@ -107,12 +110,14 @@ impl HttpServer {
         self.addr
     }
 
-    /// Stops accepting and joins the accept thread, which joins the
-    /// connection threads (each done within its deadline and write
-    /// timeout) and the refuser. `accept` has no timeout, so the thread is
-    /// woken by a connection of our own.
-    pub fn stop(&mut self) -> thread::Result<()> {
-        self.stop.store(true, Ordering::SeqCst);
+    /// After the shutdown signal: wakes the accept thread, which stops
+    /// accepting, and joins it (it joins the connection threads, each done
+    /// within its deadline and write timeout, and the refuser).
+    pub fn join(self) {
+        debug_assert!(
+            self.shared.is_shutting_down(),
+            "HttpServer::join before the shutdown signal would wait for ever"
+        );
         let mut wake = self.addr;
         if wake.ip().is_unspecified() {
             wake.set_ip(match wake.ip() {
@@ -121,24 +126,21 @@ impl HttpServer {
             });
         }
         let _ = TcpStream::connect_timeout(&wake, WAKE_TIMEOUT);
-        match self.thread.take() {
-            Some(thread) => thread.join(),
-            None => Ok(()),
-        }
+        // Its panics are caught and recorded (see `threads`).
+        let _ = self.thread.join();
     }
 }
 
 fn serve(
     listener: TcpListener,
     shared: &Arc<Shared>,
-    stop: &AtomicBool,
     limits: Limits,
     busy: Sender<TcpStream>,
     refuser: JoinHandle<()>,
 ) {
     let mut connections: Vec<JoinHandle<()>> = Vec::new();
     for stream in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
+        if shared.is_shutting_down() {
             break;
         }
         match stream {
@@ -332,7 +334,7 @@ pub fn route(method: Option<&str>, path: Option<&str>, shared: &Shared) -> Vec<u
     let path = path.unwrap_or("/");
     match path.split('?').next().unwrap_or(path) {
         "/health" => {
-            let health = shared.health();
+            let health = Health::of(shared);
             // Degraded is still 200: the process is alive and recovering by
             // itself; the body says what is wrong. 503 only while stopping.
             let status = if health.status == "shutting_down" {
@@ -346,7 +348,7 @@ pub fn route(method: Option<&str>, path: Option<&str>, shared: &Shared) -> Vec<u
         "/metrics" => response(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            &shared.prometheus(),
+            &metrics::encode(&Health::of(shared)),
             None,
         ),
         other => error(
@@ -391,7 +393,8 @@ fn response(status: u16, content_type: &str, body: &str, extra_header: Option<&s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::state::for_tests;
+    use chatflow_broker::ShutdownTrigger;
 
     fn text(bytes: Vec<u8>) -> String {
         String::from_utf8(bytes).unwrap()
@@ -399,13 +402,7 @@ mod tests {
 
     #[test]
     fn routes_health_metrics_and_refusals() {
-        let config = Config {
-            services: chatflow_broker::BrokerSettings::default()
-                .with_topology("chatflow", chatflow_protocol::Rooms::new(1).unwrap()),
-            amqp_connections: 1,
-            ..Config::default()
-        };
-        let shared = Shared::new(config, vec![0; 5]);
+        let (mut trigger, shared) = for_tests(1);
         let health = text(route(Some("GET"), Some("/health?x=1"), &shared));
         assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
         let body = health.split("\r\n\r\n").nth(1).unwrap();
@@ -417,19 +414,21 @@ mod tests {
         assert!(metrics.contains("chatflow_consumer_consumed_total{room=\"1\"} 0"));
         assert!(text(route(Some("POST"), Some("/health"), &shared)).starts_with("HTTP/1.1 405"));
         assert!(text(route(Some("GET"), Some("/nope"), &shared)).starts_with("HTTP/1.1 404"));
-        shared.shutting_down.store(true, Ordering::Relaxed);
+        trigger.signal();
         assert!(text(route(Some("GET"), Some("/health"), &shared)).starts_with("HTTP/1.1 503"));
     }
 
-    fn shared() -> Arc<Shared> {
-        let config = Config {
-            services: chatflow_broker::BrokerSettings::default()
-                .with_topology("chatflow", chatflow_protocol::Rooms::new(1).unwrap()),
-            amqp_connections: 1,
-            enable_persistence: false,
-            ..Config::default()
-        };
-        Arc::new(Shared::new(config, vec![0; 5]))
+    /// A server on a free port with `limits`, and its shutdown trigger.
+    fn serving(limits: Limits) -> (ShutdownTrigger, HttpServer) {
+        let (trigger, shared) = for_tests(1);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = HttpServer::start_with(listener, Arc::new(shared), limits).unwrap();
+        (trigger, server)
+    }
+
+    fn stop((mut trigger, server): (ShutdownTrigger, HttpServer)) {
+        trigger.signal();
+        server.join();
     }
 
     /// Sends `head` and reads until the server closes.
@@ -450,9 +449,8 @@ mod tests {
             head_deadline: Duration::from_millis(300),
             ..Limits::default()
         };
-        let mut server =
-            HttpServer::start_with(TcpListener::bind("127.0.0.1:0").unwrap(), shared(), limits)
-                .unwrap();
+        let running = serving(limits);
+        let server = &running.1;
         let started = Instant::now();
         let slow = exchange(server.local_addr(), "GET /health HTTP/1.1\r\nHost: x\r\n");
         assert!(
@@ -462,7 +460,7 @@ mod tests {
         assert!(started.elapsed() >= limits.head_deadline);
         let quick = exchange(server.local_addr(), "GET /health HTTP/1.1\r\n\r\n");
         assert!(quick.starts_with("HTTP/1.1 200 OK\r\n"), "{quick}");
-        server.stop().unwrap();
+        stop(running);
     }
 
     #[test]
@@ -472,9 +470,8 @@ mod tests {
             max_connections: 1,
             ..Limits::default()
         };
-        let mut server =
-            HttpServer::start_with(TcpListener::bind("127.0.0.1:0").unwrap(), shared(), limits)
-                .unwrap();
+        let running = serving(limits);
+        let server = &running.1;
         let addr = server.local_addr();
         let _idle = TcpStream::connect(addr).unwrap();
         let busy = exchange(addr, "GET /health HTTP/1.1\r\n\r\n");
@@ -487,6 +484,6 @@ mod tests {
         thread::sleep(limits.head_deadline + Duration::from_millis(200));
         let ok = exchange(addr, "GET /health HTTP/1.1\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        server.stop().unwrap();
+        stop(running);
     }
 }

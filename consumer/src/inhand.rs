@@ -1,4 +1,4 @@
-//! The deliveries a consumer thread holds but has not settled with the
+//! The deliveries a queue consumer holds but has not settled with the
 //! broker, and the order in which they may be settled.
 //!
 //! Delivery tags on a channel increase; `ack(multiple)` settles every

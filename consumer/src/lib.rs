@@ -4,22 +4,37 @@
 //! PostgreSQL, and acks it once its row is committed (persistence off: once
 //! it is broadcast).
 //!
-//! Layout:
+//! Layout, one concern a module:
 //! - [`config`]: flags and environment → a validated [`Config`];
 //! - [`consumer`]: [`Consumer::start`] / [`Consumer::shutdown`] —
-//!   connections, channels, threads, orderly stop;
-//! - [`worker`]: one queue's consumer thread: batches, broadcast, ack;
+//!   connections, channels, threads, the one shutdown signal;
+//! - [`queue_consumer`]: one queue's thread: batches, broadcast, ack;
 //! - [`inhand`]: which held deliveries may be acked or rejected, and in
 //!   which order (multiple-acks never cross a poison message);
 //! - [`link`]: AMQP connections, channel leases, reconnection;
-//! - [`broadcast`]: per-thread Redis connection, pipelined publish, retry;
+//! - [`broadcast`]: per-consumer Redis connection, pipelined publish, retry;
+//! - [`handoff`]: what queue consumers and writers send each other (rows
+//!   to store, commit notices);
 //! - [`writer`]: PostgreSQL writer threads: binary COPY batches, dedup of
-//!   redeliveries, isolation of rows the database refuses, commit (and
-//!   reject) notices back to consumers;
+//!   redeliveries, isolation of rows the database refuses;
 //! - [`partitions`]: schema, day partitions and their upkeep (r2d2 pool);
-//! - [`stats`]: per-thread counters, rates, `/health` and `/metrics`;
+//! - [`threads`]: spawning named threads that hear the shutdown signal and
+//!   whose panics and early stops are recorded;
+//! - [`state`]: what every thread shares ([`Shared`](state::Shared));
+//! - [`counters`]: per-thread hot counters and their sums;
+//! - [`rates`]: the window of per-second snapshots rates come from;
+//! - [`sampler`]: the thread taking those snapshots and pinging Redis;
+//! - [`health`]: the `/health` document;
+//! - [`metrics`]: the same as Prometheus text for `/metrics`;
 //! - [`http`]: the small blocking HTTP endpoint serving them (a thread per
 //!   connection, capped, one deadline per request).
+//! - `fault` (hidden from the docs): test-only fault injection, a writer
+//!   or queue consumer panicking on a chosen message text.
+//!
+//! Dependencies run one way, no two modules import each other: `consumer`
+//! wires everything; `queue_consumer` and `writer` meet only in `handoff`;
+//! `state` builds on `counters`, `rates` and `threads`; `health` reads
+//! `state`, `metrics` encodes `health`, `http` serves both.
 //!
 //! No async runtime: every thread blocks on a crossbeam `select!` or a
 //! socket with a timeout, and every one is named and joined on shutdown.
@@ -27,15 +42,24 @@
 pub mod broadcast;
 pub mod config;
 pub mod consumer;
+pub mod counters;
+#[doc(hidden)]
+pub mod fault;
+pub mod handoff;
+pub mod health;
 pub mod http;
 pub mod inhand;
 pub mod link;
+pub mod metrics;
 pub mod partitions;
-pub mod stats;
-pub mod worker;
+pub mod queue_consumer;
+pub mod rates;
+pub mod sampler;
+pub mod state;
+pub mod threads;
 pub mod writer;
 
 pub use config::{Args, Config, ConfigError};
 pub use consumer::{Consumer, Monitor};
-pub use stats::Health;
-pub use worker::Committed;
+pub use handoff::Committed;
+pub use health::Health;

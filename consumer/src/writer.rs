@@ -1,18 +1,19 @@
-//! Persistence: the writer threads that store every consumed message in
-//! PostgreSQL with binary COPY, and tell each consumer thread which of its
-//! deliveries are committed (so it may ack them).
+//! Persistence: the writer threads (`writer-N`) that store every consumed
+//! message in PostgreSQL with binary COPY, and tell each queue consumer
+//! which of its deliveries are committed (so it may ack them). What they
+//! receive and send back is defined in [`handoff`](crate::handoff).
 //!
-//! Each consumer thread hands its batches of rows to one writer, always the
+//! Each queue consumer hands its batches of rows to one writer, always the
 //! same (consumer index mod writers), as one message per batch (one channel
 //! operation per consumer batch, not per row). One writer per consumer
 //! matters: a consumer acks in tag order, so if its rows were spread over
 //! every writer, any one writer's slow commit would stall every consumer;
-//! this way it stalls a quarter of them. Each writer owns its connection and collects up to `batch_rows`
-//! rows or `flush_interval` after the first. It collects by polling every
-//! few milliseconds rather than waking for every arrival: a hundred
-//! consumer threads hand over small batches thousands of times a second,
-//! and a wake-up per hand-over cost more CPU than the COPY itself. Then it
-//! writes the rows in one transaction:
+//! this way it stalls a quarter of them. Each writer owns its connection
+//! and collects up to `batch_rows` rows or `flush_interval` after the
+//! first. It collects by polling every few milliseconds rather than waking
+//! for every arrival: a hundred queue consumers hand over small batches
+//! thousands of times a second, and a wake-up per hand-over cost more CPU
+//! than the COPY itself. Then it writes the rows in one transaction:
 //!
 //! - fast path: `COPY messages … FROM STDIN BINARY`;
 //! - when the batch may hold duplicates (a redelivered message, or the fast
@@ -27,7 +28,9 @@
 //!   the rows): the same rows are retried with jittered back-off,
 //!   reconnecting as needed; nothing is acknowledged meanwhile, so an
 //!   outage stops acks, the broker keeps the backlog, and everything drains
-//!   when the database is back;
+//!   when the database is back — unless the shutdown signal comes first:
+//!   then the writer gives up, and the broker redelivers those rows'
+//!   messages to the next consumer;
 //! - *the database refuses these rows* (a data exception such as a NUL in
 //!   `text`, a constraint violation, a value too long): the rows are split
 //!   in halves, each written on its own, recursively, until the refusal is
@@ -39,6 +42,10 @@
 //!   nothing. An outage in the middle of a split falls back to retrying the
 //!   part being written: nothing good is dead-lettered because of it.
 //!
+//! A writer ends when its input disconnects (every queue consumer gone),
+//! so on shutdown it still writes what the consumers hand over while they
+//! drain.
+//!
 //! Without that split, one poison row would make its batch fail for ever:
 //! the valid rows in it never stored, the consumers mapped to this writer
 //! no longer acking, and once their prefetch filled, their broadcasts
@@ -46,23 +53,24 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use chatflow_protocol::Envelope;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use hdrhistogram::Histogram;
-use parking_lot::Mutex;
+use chatflow_broker::retry::{is_shutdown, wait, Backoff, Shutdown};
+use crossbeam_channel::{Receiver, Sender};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls};
 
-use crate::worker::Committed;
-use chatflow_broker::retry::Backoff;
+use crate::counters::WriterStats;
+use crate::fault::{self, Site};
+use crate::handoff::{Committed, Pending};
+use crate::threads::Threads;
 
 const COLUMNS: &str =
     "message_id, room_id, user_id, username, message, message_type, client_timestamp, server_timestamp, server_id";
@@ -77,8 +85,6 @@ const TYPES: [Type; 9] = [
     Type::TIMESTAMPTZ,
     Type::TEXT,
 ];
-/// How often an idle writer looks at the stop flag.
-const TICK: Duration = Duration::from_millis(100);
 /// While a batch fills, how often the writer takes what has arrived.
 const COLLECT_POLL: Duration = Duration::from_millis(5);
 /// Refused rows logged one by one per writer before the log thins out to
@@ -101,125 +107,62 @@ pub struct WriterConfig {
     pub retry_max: Duration,
 }
 
-/// One message as stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Row {
-    pub message_id: uuid::Uuid,
-    pub room_id: i32,
-    pub user_id: i32,
-    pub username: String,
-    pub message: String,
-    pub message_type: &'static str,
-    pub client_timestamp: SystemTime,
-    pub server_timestamp: SystemTime,
-    pub server_id: String,
-}
-
-impl Row {
-    pub fn from_envelope(envelope: &Envelope<'_>) -> Row {
-        Row {
-            message_id: envelope.message_id.as_uuid(),
-            room_id: envelope.room_id as i32,
-            user_id: envelope.user_id as i32,
-            username: envelope.username.to_string(),
-            message: envelope.message.to_string(),
-            message_type: envelope.message_type.as_str(),
-            client_timestamp: unix_ms(envelope.client_timestamp_ms),
-            server_timestamp: unix_ms(envelope.server_timestamp.0),
-            server_id: envelope.server_id.to_string(),
-        }
-    }
-}
-
-fn unix_ms(ms: i64) -> SystemTime {
-    if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    }
-}
-
-/// A row on its way to a writer, with the delivery it came from.
-pub struct Pending {
-    pub row: Row,
-    /// Index of the consumer thread to tell when it is committed.
-    pub consumer: usize,
-    /// The consumer's channel lease the delivery came on (tags are per
-    /// channel).
-    pub epoch: u64,
-    pub delivery_tag: u64,
-    /// The broker redelivered it: it may already be stored.
-    pub redelivered: bool,
-}
-
-/// One writer's counters and COPY latencies.
-pub struct WriterStats {
-    pub rows: AtomicU64,
-    pub batches: AtomicU64,
-    pub duplicate_batches: AtomicU64,
-    pub duplicates_dropped: AtomicU64,
-    pub retries: AtomicU64,
-    /// Rows the database refused on their own (a bad row, not an outage),
-    /// handed back to be rejected to the dead-letter queue. A row whose
-    /// reject did not reach the broker (channel lost) comes back and is
-    /// counted again.
-    pub rows_dead_lettered: AtomicU64,
-    /// Refused writes split in two to find the refused rows.
-    pub batch_splits: AtomicU64,
-    pub connected: AtomicBool,
-    pub last_error: Mutex<String>,
-    /// Microseconds per committed batch (COPY + commit).
-    pub latency_us: Mutex<Histogram<u64>>,
-    pub batch_sizes: Mutex<Histogram<u64>>,
-}
-
-impl Default for WriterStats {
-    fn default() -> Self {
-        WriterStats {
-            rows: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            duplicate_batches: AtomicU64::new(0),
-            duplicates_dropped: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            rows_dead_lettered: AtomicU64::new(0),
-            batch_splits: AtomicU64::new(0),
-            connected: AtomicBool::new(false),
-            last_error: Mutex::new(String::new()),
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid bounds"),
-            ),
-            batch_sizes: Mutex::new(
-                Histogram::new_with_bounds(1, 1_000_000, 2).expect("valid bounds"),
-            ),
-        }
-    }
+/// Why the writers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database is unreachable or refuses us now.
+    #[error("connecting to PostgreSQL ({target}): {}", describe(.source))]
+    Connect {
+        /// The connection string, password hidden.
+        target: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("spawning writer-{index}: {source}")]
+    Spawn {
+        index: usize,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The writer threads.
 pub struct Writers {
     inputs: Vec<Sender<Vec<Pending>>>,
-    stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Writers {
     /// Connects every writer (failing if the database is unreachable now)
-    /// and starts them. `notify[i]` reaches consumer thread `i`; `stats`
-    /// has one entry per writer.
+    /// and starts them (`writer-N`, watched by `threads`, whose shutdown
+    /// signal makes a writer give up retrying during an outage).
+    /// `notify[i]` reaches queue consumer `i`; `stats` has one entry per
+    /// writer.
     pub fn start(
         config: &WriterConfig,
         stats: Arc<Vec<WriterStats>>,
         notify: Vec<Sender<Committed>>,
-    ) -> anyhow::Result<Writers> {
-        let stop = Arc::new(AtomicBool::new(false));
+        threads: &Arc<Threads>,
+    ) -> Result<Writers, StartError> {
+        // Every connection first: a database that refuses us starts
+        // nothing.
+        let mut clients = Vec::with_capacity(config.writers);
+        for _ in 0..config.writers {
+            let client = Client::connect(&config.connection, NoTls).map_err(|source| {
+                StartError::Connect {
+                    target: redact(&config.connection),
+                    source,
+                }
+            })?;
+            clients.push(client);
+        }
         let notify = Arc::new(notify);
-        let mut threads = Vec::new();
-        let mut inputs = Vec::new();
-        for index in 0..config.writers {
+        let mut writers = Writers {
+            inputs: Vec::with_capacity(config.writers),
+            threads: Vec::with_capacity(config.writers),
+        };
+        for (index, client) in clients.into_iter().enumerate() {
             let (input, rows) = crossbeam_channel::bounded(config.queue_capacity);
-            inputs.push(input);
-            let client = Client::connect(&config.connection, NoTls)
-                .map_err(|e| anyhow::anyhow!("PostgreSQL ({}): {e}", redact(&config.connection)))?;
             stats[index].connected.store(true, Ordering::Release);
             let writer = Writer {
                 index,
@@ -228,30 +171,27 @@ impl Writers {
                 rows,
                 notify: notify.clone(),
                 stats: stats.clone(),
-                stop: stop.clone(),
+                shutdown: threads.shutdown().clone(),
             };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("writer-{index}"))
-                    .spawn(move || writer.run())?,
-            );
+            let thread = threads
+                .spawn(format!("writer-{index}"), move || writer.run())
+                .map_err(|source| StartError::Spawn { index, source })?;
+            writers.inputs.push(input);
+            writers.threads.push(thread);
         }
-        Ok(Writers {
-            inputs,
-            stop,
-            threads,
-        })
+        Ok(writers)
     }
 
-    /// Where consumer `consumer` sends its batches of rows.
+    /// Where queue consumer `consumer` sends its batches of rows.
     pub fn sender_for(&self, consumer: usize) -> Sender<Vec<Pending>> {
         self.inputs[consumer % self.inputs.len()].clone()
     }
 
-    /// Writes what is queued (while the database answers), then stops.
-    /// Call after the consumers have stopped handing rows over.
+    /// Lets each writer write what is queued (while the database answers;
+    /// after the shutdown signal, a writer facing an outage gives up), and
+    /// joins them. Call after the queue consumers have stopped handing
+    /// rows over: a writer ends once every sender of its input is gone.
     pub fn shutdown(self) {
-        self.stop.store(true, Ordering::Release);
         drop(self.inputs);
         for thread in self.threads {
             let _ = thread.join();
@@ -361,7 +301,8 @@ struct Writer {
     rows: Receiver<Vec<Pending>>,
     notify: Arc<Vec<Sender<Committed>>>,
     stats: Arc<Vec<WriterStats>>,
-    stop: Arc<AtomicBool>,
+    /// After it, a writer facing an outage gives up instead of retrying.
+    shutdown: Shutdown,
 }
 
 impl Writer {
@@ -369,12 +310,9 @@ impl Writer {
         let mut batch: Vec<Pending> = Vec::with_capacity(self.config.batch_rows);
         let mut fates: Vec<Fate> = Vec::with_capacity(self.config.batch_rows);
         loop {
-            let first = match self.rows.recv_timeout(TICK) {
-                Ok(rows) => rows,
-                Err(RecvTimeoutError::Timeout) if self.stop.load(Ordering::Acquire) => return,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
+            // Ends when every queue consumer (and `Writers`) has dropped
+            // its sender: only then is nothing more to come.
+            let Ok(first) = self.rows.recv() else { return };
             batch.extend(first);
             let deadline = Instant::now() + self.config.flush_interval;
             // A batch may end a little past `batch_rows`: consumer batches
@@ -392,6 +330,11 @@ impl Writer {
                 }
                 std::thread::sleep(COLLECT_POLL.min(deadline - now));
             }
+            if fault::armed() {
+                for pending in &batch {
+                    fault::strike(Site::Writer, &pending.row.message);
+                }
+            }
             fates.clear();
             fates.resize(batch.len(), Fate::Waiting);
             let finished = self.store(&batch, &mut fates);
@@ -406,7 +349,7 @@ impl Writer {
     }
 
     /// Stores the batch, isolating the rows the database refuses: every
-    /// row ends `Stored` or `Refused`. False if told to stop while the
+    /// row ends `Stored` or `Refused`. False if shutdown comes while the
     /// database is unavailable (rows not written yet stay `Waiting`).
     ///
     /// `todo` holds the ranges still to write, next one last. A refused
@@ -471,10 +414,12 @@ impl Writer {
                         );
                     }
                     *stats.last_error.lock() = reason;
-                    if self.stop.load(Ordering::Acquire) {
+                    if is_shutdown(&self.shutdown) {
                         return false;
                     }
-                    self.pause(backoff.next_delay());
+                    // Cut short by shutdown, the wait still ends in one
+                    // more attempt: the database may just be back.
+                    wait(&self.shutdown, backoff.next_delay());
                     todo.push(range);
                 }
             }
@@ -496,18 +441,6 @@ impl Writer {
                 row.user_id,
                 describe(error),
             );
-        }
-    }
-
-    /// Sleeps `delay`, or less if told to stop.
-    fn pause(&self, delay: Duration) {
-        let until = Instant::now() + delay;
-        while !self.stop.load(Ordering::Acquire) {
-            let now = Instant::now();
-            if now >= until {
-                return;
-            }
-            std::thread::sleep(TICK.min(until - now));
         }
     }
 

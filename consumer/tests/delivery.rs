@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use chatflow_consumer::fault::{self, Site};
 use chatflow_consumer::Consumer;
 use chatflow_protocol::routing_key;
 use common::*;
@@ -245,4 +246,52 @@ fn shutdown_while_flowing_leaves_unacked_messages_for_the_next_consumer() {
     });
     second.shutdown().expect("clean shutdown");
     assert_eq!(broker.total_depth(), 0);
+}
+
+/// A queue consumer that panics shows in /health: status degraded naming
+/// its thread, no longer counted as connected; its delivery goes back to
+/// the queue, unacked; the other queues keep flowing; and shutdown reports
+/// the panic. The panic comes from the hidden fault hook
+/// (`chatflow_consumer::fault`), keyed by a text only this test sends.
+#[test]
+fn a_queue_consumer_that_panics_shows_in_health() {
+    let ns = namespace();
+    let config = config(&ns, 1);
+    let mut broker = Broker::new(&config);
+    let consumer = Consumer::start(config).expect("consumer starts");
+    wait_until("health ok", || consumer.health().status == "ok");
+    let marker = format!("panic the consumer of {ns}");
+    fault::panic_on(Site::QueueConsumer, &marker);
+    // User 2: queue (1, 2), consumer-r1s2.
+    broker.publish_messages(&[message(1, 2, &marker)]);
+    wait_until("the dead consumer in /health", || {
+        consumer
+            .health()
+            .dead_threads
+            .iter()
+            .any(|d| d.name == "consumer-r1s2")
+    });
+    let health = consumer.health();
+    assert_eq!(health.status, "degraded");
+    let reason = health.reason.unwrap();
+    assert!(
+        reason.contains("consumer-r1s2 panicked: fault injected"),
+        "{reason}"
+    );
+    let queue = broker.topology.queue(1, 2);
+    wait_until("its delivery back in the queue", || {
+        broker.depth(&queue) == 1
+    });
+    // Other queues keep flowing (their link may have to reconnect first).
+    broker.publish_messages(&[message(1, 1, "still flowing")]);
+    wait_until("the other queue's message acked", || {
+        consumer.health().totals.acked == 1
+    });
+    assert_eq!(
+        consumer.health().rabbitmq.consumers_connected,
+        4,
+        "the dead one is not counted"
+    );
+    let err = consumer.shutdown().expect_err("a thread panicked");
+    assert!(err.to_string().contains("consumer-r1s2"), "{err}");
 }

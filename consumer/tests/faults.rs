@@ -173,12 +173,13 @@ fn consumer_killed_mid_run_loses_nothing() {
     server.shutdown().unwrap();
 }
 
-/// Starts PostgreSQL again when dropped.
-struct PostgresBack;
-impl Drop for PostgresBack {
+/// Starts a service (`postgres`, `redis`) again when dropped, even when
+/// the test fails.
+struct ServiceBack(&'static str);
+impl Drop for ServiceBack {
     fn drop(&mut self) {
         let _ = Command::new("../scripts/ensure-services.sh")
-            .arg("postgres")
+            .arg(self.0)
             .status();
     }
 }
@@ -209,7 +210,7 @@ fn database_outage_loses_nothing() {
     let server = server(&ns, 1, "server-p");
     let listener = Listener::new(connect(&server, 1));
     let mut client = connect(&server, 1);
-    let back = PostgresBack;
+    let back = ServiceBack("postgres");
     let mut degraded_seen = false;
     let mut outage_started = None;
     let (acked, errors) = send_all(&mut client, 3000, 16, |n| {
@@ -243,16 +244,6 @@ fn database_outage_loses_nothing() {
     consumer.shutdown().unwrap();
 }
 
-/// Starts Redis again when dropped.
-struct RedisBack;
-impl Drop for RedisBack {
-    fn drop(&mut self) {
-        let _ = Command::new("../scripts/ensure-services.sh")
-            .arg("redis")
-            .status();
-    }
-}
-
 /// Redis restarts mid-run: consumer and server both reconnect by
 /// themselves and broadcasts resume, without restarting anything.
 #[test]
@@ -268,7 +259,7 @@ fn redis_restart_mid_run_broadcasts_resume() {
     let (before, _) = send_all(&mut client, 200, 8, |_| {});
     wait_until("broadcasts flow", || listener.has_all(&before));
     {
-        let _back = RedisBack;
+        let _back = ServiceBack("redis");
         let _ = Command::new("redis-cli")
             .args(["shutdown", "nosave"])
             .status();

@@ -308,12 +308,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        let mut full = vec!["chatflow-server"];
-        full.extend_from_slice(args);
-        Args::try_parse_from(full)
-            .map_err(|e| e.to_string())?
-            .into_config()
-            .map_err(|e| e.to_string())
+        chatflow_testkit::cli::parse_config("chatflow-server", args, Args::into_config)
     }
 
     #[test]
@@ -332,26 +327,26 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_flag() {
-        for (args, flag) in [
-            (&["--bind", "nowhere"][..], "--bind"),
-            (&["--workers", "0"][..], "--workers"),
-            (&["--rooms", "0"][..], "--rooms"),
-            (&["--max-pending-output", "10"][..], "--max-pending-output"),
-            (&["--read-buffer-size", "1"][..], "--read-buffer-size"),
-            (&["--shutdown-grace-secs", "0"][..], "--shutdown-grace-secs"),
-            (&["--broker", "kafka"][..], "--broker"),
-            (&["--workers", "many"][..], "--workers"),
-            (&["--publishers", "0"][..], "--publishers"),
-            (&["--max-fragments", "0"][..], "--max-fragments"),
-            (
-                &["--message-timeout-secs", "0"][..],
-                "--message-timeout-secs",
-            ),
-            (&["--namespace", "a b"][..], "--namespace"),
-            (&["--rabbitmq-port", "99999"][..], "--rabbitmq-port"),
-        ] {
-            let err = parse(args).unwrap_err();
-            assert!(err.contains(flag), "{args:?}: {err}");
-        }
+        chatflow_testkit::cli::assert_refusals_name_their_flag(
+            parse,
+            &[
+                (&["--bind", "nowhere"][..], "--bind"),
+                (&["--workers", "0"][..], "--workers"),
+                (&["--rooms", "0"][..], "--rooms"),
+                (&["--max-pending-output", "10"][..], "--max-pending-output"),
+                (&["--read-buffer-size", "1"][..], "--read-buffer-size"),
+                (&["--shutdown-grace-secs", "0"][..], "--shutdown-grace-secs"),
+                (&["--broker", "kafka"][..], "--broker"),
+                (&["--workers", "many"][..], "--workers"),
+                (&["--publishers", "0"][..], "--publishers"),
+                (&["--max-fragments", "0"][..], "--max-fragments"),
+                (
+                    &["--message-timeout-secs", "0"][..],
+                    "--message-timeout-secs",
+                ),
+                (&["--namespace", "a b"][..], "--namespace"),
+                (&["--rabbitmq-port", "99999"][..], "--rabbitmq-port"),
+            ],
+        );
     }
 }

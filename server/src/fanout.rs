@@ -2,7 +2,12 @@
 //! channel) and one `mio::Waker`. Brokers and subscribers hand room frames
 //! and publish results to workers only through here; nothing else may block
 //! or touch a worker's state.
+//!
+//! The types those events carry ([`Ticket`], [`PublishError`]) live here,
+//! with the event, so that the brokers (which send them) and the workers
+//! (which receive them) both import this module and never each other.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -16,14 +21,102 @@ pub enum WorkerEvent {
     /// text is shared: every recipient's copy is a reference count.
     Broadcast { room: u32, frame: Utf8Bytes },
     /// A broker's answer to a publish it called `Pending`: `Ok` acks the
-    /// client, `Err` sends it an `UNAVAILABLE` error with the reason.
+    /// client, `Err` sends it an `UNAVAILABLE` error saying why.
     Published {
-        ticket: crate::broker::Ticket,
-        result: Result<(), String>,
+        ticket: Ticket,
+        result: Result<(), PublishError>,
     },
-    /// Stop accepting, close every connection with 1001 and exit.
+    /// Stop accepting, close every connection with 1001 and exit (the
+    /// worker's part of the stop described in [`crate::server`]).
     Shutdown,
 }
+
+/// Names one offered message: the worker that offered it and a number that
+/// worker never reuses. A broker answering `Pending` returns it in
+/// [`WorkerEvent::Published`] to `worker`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ticket {
+    pub worker: usize,
+    pub id: u64,
+}
+
+/// Why a message was not accepted. Every variant is a fixed text, so a
+/// refusal costs no allocation beyond the error frame the client gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishError {
+    /// The broker connection is down (reconnecting). Never sent.
+    Unreachable,
+    /// This server's queue towards the broker is full. Never sent.
+    QueueFull,
+    /// The server is stopping. Never sent.
+    ShuttingDown,
+    /// The broker answered with a negative confirm (e.g. its queue is at
+    /// its maximum length).
+    Nacked,
+    /// The connection dropped between publish and confirm.
+    LinkLost,
+    /// No confirm came before the deadline (on shutdown).
+    Timeout,
+}
+
+/// The text of an `UNAVAILABLE` error for a message that never left this
+/// server: nothing was stored.
+macro_rules! never_sent {
+    ($why:literal) => {
+        concat!(
+            "message not accepted: ",
+            $why,
+            "; it never reached the broker: retry later"
+        )
+    };
+}
+
+/// The text for a message the broker may have taken: retrying is safe
+/// against loss but not against a duplicate.
+macro_rules! maybe_stored {
+    ($why:literal) => {
+        concat!(
+            "message not accepted: ",
+            $why,
+            "; it may have been stored, so a retry may store it twice (until idempotent sends exist)"
+        )
+    };
+}
+
+impl PublishError {
+    /// The client's `UNAVAILABLE` message: what happened and what a retry
+    /// does.
+    pub const fn message(self) -> &'static str {
+        match self {
+            PublishError::Unreachable => never_sent!("the message broker is unreachable"),
+            PublishError::QueueFull => never_sent!("the server's publish queue is full"),
+            PublishError::ShuttingDown => never_sent!("the server is shutting down"),
+            PublishError::Nacked => {
+                maybe_stored!("the broker refused it (queue full or unavailable)")
+            }
+            PublishError::LinkLost => {
+                maybe_stored!("the broker connection dropped before it confirmed")
+            }
+            PublishError::Timeout => maybe_stored!("the broker did not confirm it in time"),
+        }
+    }
+
+    /// Whether the broker may hold the message despite the refusal.
+    pub const fn may_be_stored(self) -> bool {
+        matches!(
+            self,
+            PublishError::Nacked | PublishError::LinkLost | PublishError::Timeout
+        )
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for PublishError {}
 
 /// The sending half of one worker's inbox.
 #[derive(Clone)]
@@ -114,10 +207,33 @@ impl Fanout {
         self.workers.get(worker).is_some_and(|w| w.send(event))
     }
 
-    /// Asks every worker to shut down.
+    /// Wakes every worker with [`WorkerEvent::Shutdown`].
     pub fn shutdown(&self) {
         for worker in self.workers.iter() {
             worker.send(WorkerEvent::Shutdown);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_whether_a_retry_can_duplicate() {
+        for error in [
+            PublishError::Unreachable,
+            PublishError::QueueFull,
+            PublishError::ShuttingDown,
+            PublishError::Nacked,
+            PublishError::LinkLost,
+            PublishError::Timeout,
+        ] {
+            let text = error.message();
+            assert!(text.starts_with("message not accepted: "), "{text}");
+            assert!(!text.contains("was not stored"), "{text}");
+            assert_eq!(text.contains("twice"), error.may_be_stored(), "{text}");
+            assert_eq!(error.to_string(), text);
         }
     }
 }

@@ -355,26 +355,16 @@ mod tests {
 
     #[test]
     fn bad_rooms_and_paths_are_refused() {
-        assert_eq!(
-            status(routed(&format!("GET /chat/0 HTTP/1.1\r\n{UPGRADE}\r\n"))),
-            404
-        );
-        assert_eq!(
-            status(routed(&format!("GET /chat/21 HTTP/1.1\r\n{UPGRADE}\r\n"))),
-            404
-        );
-        assert_eq!(
-            status(routed(&format!("GET /chat/abc HTTP/1.1\r\n{UPGRADE}\r\n"))),
-            400
-        );
-        assert_eq!(
-            status(routed(&format!("GET /chat/ HTTP/1.1\r\n{UPGRADE}\r\n"))),
-            400
-        );
-        assert_eq!(
-            status(routed(&format!("GET /other HTTP/1.1\r\n{UPGRADE}\r\n"))),
-            404
-        );
+        for (target, expected) in [
+            ("/chat/0", 404),
+            ("/chat/21", 404),
+            ("/chat/abc", 400),
+            ("/chat/", 400),
+            ("/other", 404),
+        ] {
+            let head = format!("GET {target} HTTP/1.1\r\n{UPGRADE}\r\n");
+            assert_eq!(status(routed(&head)), expected, "{target}");
+        }
         assert_eq!(status(routed("POST /chat/1 HTTP/1.1\r\n\r\n")), 405);
         assert_eq!(status(routed("GET /chat/1 HTTP/1.1\r\n\r\n")), 426);
         assert_eq!(status(routed("garbage\r\n\r\n")), 400);

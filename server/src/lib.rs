@@ -1,18 +1,27 @@
 //! `chatflow-server`: the thread-per-core WebSocket server.
 //!
-//! Layout:
+//! Layout (one line of purpose each; no two of these modules import each
+//! other, and types sent between threads live with their receiver):
 //! - [`config`]: flags and environment → a validated [`Config`];
 //! - [`server`]: [`Server::start`] / [`Server::shutdown`] — worker threads,
-//!   broker, orderly stop;
-//! - [`worker`]: one pinned thread's mio event loop;
-//! - [`connection`]: one client's socket and phase (routing, HTTP response,
-//!   handshake, open WebSocket);
+//!   which broker runs, and the one documented stop order;
+//! - [`worker`]: one pinned thread's mio event loop — accept, inbox,
+//!   flush/resume lists, sweep; it dispatches events to connections and
+//!   carries out the [`connection::Next`] they answer;
+//! - [`connection`]: one client's socket, phase and every transition
+//!   (`handshake`: routing, HTTP answer, lingering; `websocket`: frames,
+//!   messages, replies, broadcasts, closes; `context`: the per-worker state
+//!   the steps share);
 //! - [`http`]: request-head routing, `/health`, HTTP errors;
-//! - [`socket`]: the client socket that skips `recv` calls known to block;
+//! - [`socket`]: the client socket that skips `recv` calls known to block,
+//!   meters frames and budgets each turn;
 //! - [`rooms`]: a worker's room-membership index;
-//! - [`fanout`]: worker inboxes and wakers (all cross-thread input);
-//! - [`broker`]: the boundary to "where messages go" (memory, none);
-//! - [`stats`]: per-worker counters and the health document.
+//! - [`fanout`]: worker inboxes and wakers (all cross-thread input) and the
+//!   types their events carry (`Ticket`, `PublishError`);
+//! - [`broker`]: the boundary to "where messages go" (`memory`, `none`,
+//!   `rabbitmq` with `redis_subscriber`, and `link_state` for their
+//!   `/health`);
+//! - [`stats`]: per-worker counters, dead workers and the health document.
 //!
 //! No async runtime: every worker owns its sockets outright and nothing it
 //! does blocks.

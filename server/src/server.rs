@@ -1,18 +1,50 @@
 //! Starting and stopping a server: worker threads (pinned, each with its own
 //! Poll and `SO_REUSEPORT` listener), the broker, and an orderly shutdown.
+//!
+//! # Stopping
+//!
+//! One primitive, `chatflow_broker`'s [`ShutdownTrigger`] /
+//! [`Shutdown`](chatflow_broker::Shutdown) pair, signals every stop; this is the one place that says in which
+//! order. [`Server::shutdown`]:
+//!
+//! 1. signals the server's trigger. From then on [`Shared::is_stopping`]
+//!    holds: new WebSocket upgrades get a 503 and `/health` says
+//!    `shutting_down`;
+//! 2. wakes every worker with [`WorkerEvent::Shutdown`] through its inbox
+//!    (a mio loop sleeps in `epoll_wait`, so its `Waker` is how any signal
+//!    reaches it): the worker stops accepting, closes its WebSockets with
+//!    1001 and exits when they are gone or the grace period ends;
+//! 3. joins the workers, then calls [`Broker::shutdown`], which signals the
+//!    broker's own trigger: publishers stop taking messages, wait (bounded)
+//!    for the confirms in flight, and exit; the Redis subscriber exits. The
+//!    broker stops second because answers to messages published before the
+//!    stop must still reach the workers during their grace period.
+//!
+//! A broker's trigger dropped without a signal (a start that fails half-way)
+//! stops its threads the same way.
+//!
+//! A worker thread that ends early (a panic, a failed Poll) is marked dead
+//! at once ([`Shared::worker_died`]): `/health` lists it and says
+//! `degraded`.
+//!
+//! [`WorkerEvent::Shutdown`]: crate::fanout::WorkerEvent::Shutdown
 
+use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use anyhow::{anyhow, Context as _};
+use chatflow_broker::{shutdown_signal, ShutdownTrigger};
 use crossbeam_channel::bounded;
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::broker::{self, Broker, BrokerFactory, BrokerHealth};
-use crate::config::Config;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::none::NoBroker;
+use crate::broker::rabbitmq::RabbitBroker;
+use crate::broker::{Broker, BrokerFactory};
+use crate::config::{BrokerKind, Config};
 use crate::fanout::{inbox, Fanout, Inbox, WorkerHandle};
 use crate::stats::{Health, Shared};
 use crate::worker::{Worker, WAKER};
@@ -27,13 +59,16 @@ pub struct Server {
     fanout: Fanout,
     broker: Arc<dyn Broker>,
     shared: Arc<Shared>,
+    /// Step 1 of the stop (see the module docs). Never dropped: a server
+    /// dropped without `shutdown` keeps serving, as documented above.
+    stop: ManuallyDrop<ShutdownTrigger>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Server {
     /// Starts the workers and the broker the configuration names.
     pub fn start(config: Config) -> anyhow::Result<Server> {
-        Self::start_with(config, Box::new(broker::build))
+        Self::start_with(config, Box::new(build_broker))
     }
 
     /// Starts the workers with a broker of the caller's making (tests).
@@ -41,7 +76,8 @@ impl Server {
         if !config.share_port && config.bind.port() != 0 {
             refuse_if_taken(config.bind)?;
         }
-        let shared = Arc::new(Shared::new(config.clone()));
+        let (stop, stopping) = shutdown_signal();
+        let shared = Arc::new(Shared::new(config.clone(), stopping));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut bind = config.bind;
         let mut handles = Vec::with_capacity(config.workers);
@@ -80,6 +116,13 @@ impl Server {
                     let Ok(Some(broker)) = go_rx.recv() else {
                         return;
                     };
+                    // From here on, any way out but a clean stop (an error
+                    // below, or a panic unwinding through) marks it dead.
+                    let mut watch = DeathWatch {
+                        shared: shared.clone(),
+                        index,
+                        armed: true,
+                    };
                     let worker = match Worker::new(index, poll, listener, inbox, shared, broker) {
                         Ok(worker) => worker,
                         Err(e) => {
@@ -87,8 +130,9 @@ impl Server {
                             return;
                         }
                     };
-                    if let Err(e) = worker.run() {
-                        eprintln!("worker-{index}: event loop failed: {e}");
+                    match worker.run() {
+                        Ok(()) => watch.armed = false,
+                        Err(e) => eprintln!("worker-{index}: event loop failed: {e}"),
                     }
                 })
                 .context("spawning a worker thread")?;
@@ -129,6 +173,7 @@ impl Server {
             fanout,
             broker,
             shared,
+            stop: ManuallyDrop::new(stop),
             threads,
         })
     }
@@ -141,15 +186,14 @@ impl Server {
 
     /// The same document `GET /health` serves.
     pub fn health(&self) -> Health {
-        let broker: BrokerHealth = self.broker.health();
-        self.shared.health(&broker, self.broker.kind().as_str())
+        self.shared.health(&*self.broker)
     }
 
     /// Stops accepting, closes every connection with 1001 (waiting up to
     /// the configured grace for clients to answer), joins every worker, then
-    /// stops the broker.
-    pub fn shutdown(self) -> anyhow::Result<()> {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
+    /// stops the broker: the order in the module docs.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop.signal();
         self.fanout.shutdown();
         let mut panicked = 0;
         for thread in self.threads {
@@ -162,6 +206,33 @@ impl Server {
             return Err(anyhow!("{panicked} worker thread(s) panicked"));
         }
         Ok(())
+    }
+}
+
+/// Builds the broker the configuration names (the default
+/// [`BrokerFactory`]).
+fn build_broker(config: &Config, fanout: Fanout) -> anyhow::Result<Arc<dyn Broker>> {
+    Ok(match config.broker {
+        BrokerKind::Rabbitmq => Arc::new(RabbitBroker::start(config, fanout)?),
+        BrokerKind::Memory => Arc::new(MemoryBroker::new(fanout)),
+        BrokerKind::None => Arc::new(NoBroker),
+    })
+}
+
+/// Marks worker `index` dead in `/health` when dropped still armed: the
+/// worker thread disarms it on a clean stop, so only an early exit or a
+/// panic (whose unwinding drops it) marks the worker.
+struct DeathWatch {
+    shared: Arc<Shared>,
+    index: usize,
+    armed: bool,
+}
+
+impl Drop for DeathWatch {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.worker_died(self.index);
+        }
     }
 }
 

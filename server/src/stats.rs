@@ -5,10 +5,12 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use chatflow_broker::retry::is_shutdown;
+use chatflow_broker::Shutdown;
 use crossbeam_utils::CachePadded;
 use serde::Serialize;
 
-use crate::broker::BrokerHealth;
+use crate::broker::Broker;
 use crate::config::Config;
 
 /// One worker's counters.
@@ -33,6 +35,10 @@ pub struct WorkerStats {
     pub refused_over_capacity: AtomicU64,
     /// Plain HTTP requests answered (health checks and refusals).
     pub http_requests: AtomicU64,
+    /// The worker's thread ended before the server stopped (it panicked,
+    /// or its event loop failed): its connections are gone and `/health`
+    /// says `degraded`.
+    pub dead: AtomicBool,
 }
 
 impl WorkerStats {
@@ -47,12 +53,14 @@ pub struct Shared {
     pub started: Instant,
     /// WebSocket connections open or opening, against `max_connections`.
     pub connections: AtomicUsize,
-    pub shutting_down: AtomicBool,
+    /// The server's stop signal (see [`crate::server`]): once given, new
+    /// WebSockets are refused and `/health` says `shutting_down`.
+    stopping: Shutdown,
     pub workers: Vec<CachePadded<WorkerStats>>,
 }
 
 impl Shared {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, stopping: Shutdown) -> Self {
         let workers = (0..config.workers)
             .map(|_| CachePadded::new(WorkerStats::default()))
             .collect();
@@ -60,9 +68,30 @@ impl Shared {
             config,
             started: Instant::now(),
             connections: AtomicUsize::new(0),
-            shutting_down: AtomicBool::new(false),
+            stopping,
             workers,
         }
+    }
+
+    /// Whether the server's stop has been signalled. Asked per upgrade and
+    /// per `/health`, never per message.
+    pub fn is_stopping(&self) -> bool {
+        is_shutdown(&self.stopping)
+    }
+
+    /// Records that worker `index` is gone for good.
+    pub fn worker_died(&self, index: usize) {
+        if let Some(worker) = self.workers.get(index) {
+            worker.dead.store(true, Ordering::Release);
+        }
+    }
+
+    /// The workers whose threads ended before the server stopped.
+    pub fn dead_workers(&self) -> Vec<usize> {
+        (self.workers.iter().enumerate())
+            .filter(|(_, w)| w.dead.load(Ordering::Acquire))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Takes a connection slot, or says the server is full.
@@ -102,11 +131,15 @@ impl Shared {
         }
     }
 
-    /// The `/health` document.
-    pub fn health(&self, broker: &BrokerHealth, broker_kind: &'static str) -> Health {
-        let status = if self.shutting_down.load(Ordering::Relaxed) {
+    /// The `/health` document: `degraded` while the broker is disconnected
+    /// or a worker is dead.
+    pub fn health(&self, broker: &dyn Broker) -> Health {
+        let broker_kind = broker.kind().as_str();
+        let broker = broker.health();
+        let dead_workers = self.dead_workers();
+        let status = if self.is_stopping() {
             "shutting_down"
-        } else if !broker.connected {
+        } else if !broker.connected || !dead_workers.is_empty() {
             "degraded"
         } else {
             "ok"
@@ -118,11 +151,12 @@ impl Shared {
             connections: self.connections.load(Ordering::Relaxed),
             max_connections: self.config.max_connections,
             workers: self.config.workers,
+            dead_workers,
             rooms: self.config.rooms().count(),
             broker: BrokerStatus {
                 kind: broker_kind,
                 connected: broker.connected,
-                detail: broker.detail.clone(),
+                detail: broker.detail,
             },
             connections_per_worker: self
                 .workers
@@ -160,6 +194,8 @@ pub struct Health {
     pub connections: usize,
     pub max_connections: usize,
     pub workers: usize,
+    /// Indexes of workers whose threads died (see [`WorkerStats::dead`]).
+    pub dead_workers: Vec<usize>,
     pub rooms: u32,
     /// Open WebSockets per worker: shows how evenly `SO_REUSEPORT` spreads.
     pub connections_per_worker: Vec<u64>,

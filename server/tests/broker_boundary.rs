@@ -1,7 +1,8 @@
 //! The broker boundary with a broker that answers later, from its own
 //! thread, the way a durable broker answers with publisher confirms: acks go
 //! out only on its word, refusals become UNAVAILABLE errors, and a client
-//! that left before the answer costs nothing.
+//! that left before the answer costs nothing. Also: a broker that panics on
+//! a worker's thread, to see a dead worker in `/health`.
 
 mod common;
 
@@ -10,8 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 use chatflow_protocol::Envelope;
-use chatflow_server::broker::{Broker, Outcome, Ticket};
-use chatflow_server::fanout::{Fanout, WorkerEvent};
+use chatflow_server::broker::{Broker, Outcome};
+use chatflow_server::fanout::{Fanout, PublishError, Ticket, WorkerEvent};
 use chatflow_server::{BrokerKind, Server};
 use common::*;
 use crossbeam_channel::{unbounded, Sender};
@@ -32,7 +33,7 @@ impl DeferredBroker {
                 // Confirm first, then deliver: the order of the real path
                 // (publisher confirm, then consumer, then Redis fan-out).
                 let result = if refuse {
-                    Err("test broker refused it".to_string())
+                    Err(PublishError::Nacked)
                 } else {
                     Ok(())
                 };
@@ -84,6 +85,12 @@ fn acks_wait_for_the_broker_and_refusals_become_unavailable() {
     assert_eq!(refused["type"], "error");
     assert_eq!(refused["code"], "UNAVAILABLE");
     assert_eq!(refused["clientMessageId"], "b");
+    // A nack does not prove the message unstored: the text must not say so.
+    assert_eq!(refused["message"], PublishError::Nacked.message());
+    assert!(refused["message"]
+        .as_str()
+        .unwrap()
+        .contains("may have been stored"));
 
     // Pipelined: answers come back for every message, matched by id.
     for i in 0..50 {
@@ -133,4 +140,75 @@ fn answers_for_departed_clients_are_dropped() {
         health(addr)["totals"]["messagesAccepted"] == 2
     });
     server.shutdown().unwrap();
+}
+
+/// Acks every message except "panic", on which it panics: on the worker's
+/// thread, since `publish` runs there.
+struct PanickingBroker;
+
+impl Broker for PanickingBroker {
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::Memory
+    }
+
+    fn publish(&self, _ticket: Ticket, envelope: &Envelope<'_>) -> Outcome {
+        if envelope.message == "panic" {
+            panic!("test broker: panicking on a worker thread on purpose");
+        }
+        Outcome::Accepted
+    }
+}
+
+/// A worker that panics shows in /health at once (degraded, and which
+/// worker), gives back its connection slots, leaves the other worker
+/// serving, and makes shutdown report the panic. (The panic message in the
+/// test output is expected.)
+#[test]
+fn a_worker_that_panics_shows_in_health() {
+    let server = Server::start_with(
+        config(BrokerKind::Memory),
+        Box::new(|_, _| Ok(Arc::new(PanickingBroker) as Arc<dyn Broker>)),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let mut victim = connect(addr, 1);
+    assert_eq!(request(&mut victim, message(1, "fine", "a"))["type"], "ack");
+    assert_eq!(server.health().status, "ok");
+    assert!(server.health().dead_workers.is_empty());
+
+    send(&mut victim, message(1, "panic", "b"));
+    assert!(
+        victim.read().is_err(),
+        "the connection dies with its worker"
+    );
+    eventually("the dead worker is reported", || {
+        !server.health().dead_workers.is_empty()
+    });
+    let health = server.health();
+    assert_eq!(health.status, "degraded");
+    assert_eq!(health.dead_workers.len(), 1);
+    assert!(health.dead_workers[0] < 2);
+    assert_eq!(health.connections, 0, "its connection slot was given back");
+
+    // The survivor answers, over HTTP and WebSocket alike.
+    let over_http = common::health(addr);
+    assert_eq!(over_http["status"], "degraded");
+    assert_eq!(
+        over_http["deadWorkers"],
+        serde_json::json!(health.dead_workers)
+    );
+    let mut survivor = connect(addr, 1);
+    assert_eq!(
+        request(&mut survivor, message(2, "still here", "c"))["type"],
+        "ack"
+    );
+    drop(survivor);
+
+    let stopped = server.shutdown();
+    assert!(
+        stopped
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("panicked")),
+        "{stopped:?}"
+    );
 }

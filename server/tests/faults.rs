@@ -1,48 +1,55 @@
-//! Outages of the real shared services: RabbitMQ stopped and started, Redis
-//! restarted. These stop services every other test uses, so the tests in
-//! this binary run one at a time (cargo runs test binaries one after
-//! another) and put the services back even when they fail.
+//! Outages of the server's own connections to RabbitMQ and Redis. The
+//! server reaches each service through a `chatflow_testkit::Proxy`, and a
+//! test cuts and restores the proxy: to the server that is the service
+//! going away and coming back, while the shared services keep running for
+//! every other test on the machine. So these tests run in parallel with
+//! the rest, and a failing one cannot leave a service down.
 
 mod common;
 
-use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use chatflow_protocol::Topology;
 use chatflow_server::Server;
+use chatflow_testkit::services::{amqp_addr, redis_addr, AMQP_URL, REDIS_URL};
+use chatflow_testkit::Proxy;
 use common::*;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(status.success(), "{program} {args:?} failed: {status}");
+/// A RabbitMQ-backed server whose AMQP and Redis connections both go
+/// through proxies. Fields drop in order, so the topology is deleted last,
+/// pass or fail.
+struct Routed {
+    server: Server,
+    amqp: Proxy,
+    redis: Proxy,
+    topology: Topology,
+    _guard: TopologyGuard,
 }
 
-/// Starts the broker app again when dropped, so a failing test cannot leave
-/// RabbitMQ down for the rest of the suite.
-struct RabbitBack;
-impl Drop for RabbitBack {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "start_app"])
-            .status();
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "await_startup"])
-            .status();
-    }
-}
-
-/// Restarts Redis when dropped.
-struct RedisBack;
-impl Drop for RedisBack {
-    fn drop(&mut self) {
-        let _ = Command::new("../scripts/ensure-services.sh")
-            .arg("redis")
-            .status();
+impl Routed {
+    fn start(tag: &str) -> Routed {
+        let namespace = unique_namespace(tag);
+        let amqp = Proxy::start(amqp_addr());
+        let redis = Proxy::start(redis_addr());
+        let mut config = rabbit_config(&namespace, 1);
+        config.services.amqp.port = amqp.port();
+        config.services.redis.port = redis.port();
+        let topology = config.services.topology.clone();
+        let guard = TopologyGuard(topology.clone());
+        let server = Server::start(config).expect("server starts through the proxies");
+        // Otherwise a cut would prove nothing.
+        assert!(amqp.relayed() >= 1, "the publishers go through the proxy");
+        assert!(
+            redis.relayed() >= 1,
+            "the subscriber goes through the proxy"
+        );
+        Routed {
+            server,
+            amqp,
+            redis,
+            topology,
+            _guard: guard,
+        }
     }
 }
 
@@ -61,23 +68,33 @@ fn until_reply(client: &mut Client, want: &str, within: Duration) -> serde_json:
     panic!("no {want} within {within:?}; last reply {last}");
 }
 
-/// With RabbitMQ stopped, messages get UNAVAILABLE (never a false ack) and
-/// /health says degraded; once it is back, the same connection gets acks.
+/// Publishes a broadcast frame on the room's channel straight to Redis
+/// (as a consumer would); returns how many subscribers got it, -1 if Redis
+/// did not answer.
+fn publish(channel: &str, text: &str) -> i64 {
+    let frame = format!(
+        r#"{{"type":"message","messageId":"0190a5c0-0000-7000-8000-000000000001","roomId":1,"userId":1,"username":"user1","message":"{text}","messageType":"TEXT","timestamp":"2026-11-27T02:00:00Z","serverTimestamp":"2026-11-27T02:00:00.001Z"}}"#
+    );
+    redis::Client::open(REDIS_URL)
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("PUBLISH").arg(channel).arg(frame).query(&mut c))
+        .unwrap_or(-1)
+}
+
+/// With its RabbitMQ connections cut, the server answers messages with
+/// UNAVAILABLE (never a false ack) and /health says degraded; once they
+/// are restored, the same WebSocket gets acks again without a restart.
 #[test]
-fn stopped_broker_gives_unavailable_then_recovers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let namespace = unique_namespace("rabbit-down");
-    let server = Server::start(rabbit_config(&namespace, 1)).unwrap();
-    let _guard = TopologyGuard(rabbit_config(&namespace, 1).services.topology);
-    let addr = server.local_addr();
+fn rabbitmq_outage_gives_unavailable_then_recovers() {
+    let routed = Routed::start("rabbit-down");
+    let addr = routed.server.local_addr();
     let mut client = connect(addr, 1);
     assert_eq!(
         request(&mut client, message(1, "before", "b"))["type"],
         "ack"
     );
 
-    let back = RabbitBack;
-    run("rabbitmqctl", &["-q", "stop_app"]);
+    routed.amqp.cut();
     let refused = until_reply(&mut client, "error", Duration::from_secs(30));
     assert_eq!(refused["code"], "UNAVAILABLE");
     let h = health(addr);
@@ -86,57 +103,44 @@ fn stopped_broker_gives_unavailable_then_recovers() {
         h["broker"]["detail"].as_str().unwrap().contains("rabbitmq"),
         "{h}"
     );
+    // The outage is this server's alone: the shared broker still serves.
+    amiquip::Connection::insecure_open(AMQP_URL)
+        .expect("RabbitMQ itself stays up")
+        .close()
+        .unwrap();
 
-    drop(back); // start_app and wait for the broker
+    routed.amqp.restore();
     let ack = until_reply(&mut client, "ack", Duration::from_secs(60));
     assert_eq!(ack["status"], "OK");
     eventually("health is ok again", || health(addr)["status"] == "ok");
-    server.shutdown().unwrap();
+    routed.server.shutdown().unwrap();
 }
 
-/// After Redis restarts, the server resubscribes by itself: broadcasts
+/// With its Redis connection cut, the server says degraded; once it is
+/// restored, the server resubscribes by itself (once) and broadcasts
 /// published afterwards reach room members again.
 #[test]
-fn redis_restart_is_survived_by_resubscribing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let namespace = unique_namespace("redis-restart");
-    let server = Server::start(rabbit_config(&namespace, 1)).unwrap();
-    let topology = rabbit_config(&namespace, 1).services.topology;
-    let _guard = TopologyGuard(topology.clone());
-    let addr = server.local_addr();
+fn redis_outage_is_survived_by_resubscribing() {
+    let routed = Routed::start("redis-down");
+    let addr = routed.server.local_addr();
     let mut member = connect(addr, 1);
-    let channel = topology.redis_channel(1);
-    let frame = |text: &str| {
-        format!(
-            r#"{{"type":"message","messageId":"0190a5c0-0000-7000-8000-000000000001","roomId":1,"userId":1,"username":"user1","message":"{text}","messageType":"TEXT","timestamp":"2026-11-27T02:00:00Z","serverTimestamp":"2026-11-27T02:00:00.001Z"}}"#
-        )
-    };
-    let publish = |text: &str| -> i64 {
-        redis::Client::open("redis://127.0.0.1:6379/")
-            .and_then(|c| c.get_connection())
-            .and_then(|mut c| {
-                redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(frame(text))
-                    .query(&mut c)
-            })
-            .unwrap_or(-1)
-    };
-    assert_eq!(publish("before"), 1);
+    let channel = routed.topology.redis_channel(1);
+    assert_eq!(publish(&channel, "before"), 1);
     assert_eq!(recv_kind(&mut member, "message")["message"], "before");
 
-    {
-        let _back = RedisBack;
-        let _ = Command::new("redis-cli")
-            .args(["shutdown", "nosave"])
-            .status();
-        eventually("the server notices Redis is gone", || {
-            health(addr)["status"] == "degraded"
-        });
-    }
-    // Redis is back (RedisBack restarted it); the subscriber comes back by
-    // itself within its backoff.
-    eventually("the server resubscribed", || publish("after") == 1);
+    routed.redis.cut();
+    eventually("the server notices Redis is gone", || {
+        health(addr)["status"] == "degraded"
+    });
+    eventually("Redis dropped the cut subscription", || {
+        publish(&channel, "during") == 0
+    });
+
+    routed.redis.restore();
+    // Within its back-off, the subscriber comes back by itself.
+    eventually("the server resubscribed", || {
+        publish(&channel, "after") == 1
+    });
     assert_eq!(recv_kind(&mut member, "message")["message"], "after");
     let h = health(addr);
     assert_eq!(h["status"], "ok", "{h}");
@@ -147,5 +151,5 @@ fn redis_restart_is_survived_by_resubscribing() {
             .contains("1 reconnects"),
         "{h}"
     );
-    server.shutdown().unwrap();
+    routed.server.shutdown().unwrap();
 }

@@ -1499,90 +1499,87 @@ fn flood(
     replies
 }
 
+/// Floods a fresh `--broker none` server with `count` frames sent without
+/// reading, then checks every reply with `check(index, reply)`.
+fn never_reading_client(
+    what: &str,
+    count: usize,
+    frame_of: impl Fn(usize) -> Vec<u8>,
+    check: impl Fn(usize, &Value),
+) {
+    let server = start(BrokerKind::None);
+    let addr = server.local_addr();
+    let mut canaries = Canaries::cover(addr, false);
+    let frames: Vec<u8> = (0..count).flat_map(frame_of).collect();
+    let replies = flood(addr, &mut canaries, what, frames, count);
+    for (i, reply) in replies.iter().enumerate() {
+        check(i, reply);
+    }
+    drop(canaries);
+    server.shutdown().unwrap();
+}
+
 /// 30,000 messages sent without reading get every ack, in order (or a
 /// counted slow-reader cut; never fewer acks on an open connection).
 #[test]
 fn a_client_that_never_reads_its_acks_gets_every_one_in_order() {
-    let server = start(BrokerKind::None);
-    let addr = server.local_addr();
-    let mut canaries = Canaries::cover(addr, false);
-    let count = 30_000;
-    let frames: Vec<u8> = (0..count)
-        .flat_map(|i| {
+    never_reading_client(
+        "30,000 messages",
+        30_000,
+        |i| {
             frame(
                 true,
                 OP_TEXT,
                 message(1, "flood", &i.to_string()).as_bytes(),
             )
-        })
-        .collect();
-    let replies = flood(addr, &mut canaries, "30,000 messages", frames, count);
-    for (i, reply) in replies.iter().enumerate() {
-        assert_eq!(reply["type"], "ack", "reply {i}: {reply}");
-        assert_eq!(
-            reply["clientMessageId"],
-            i.to_string(),
-            "reply {i}: {reply}"
-        );
-    }
-    drop(canaries);
-    server.shutdown().unwrap();
+        },
+        |i, reply| {
+            assert_eq!(reply["type"], "ack", "reply {i}: {reply}");
+            assert_eq!(
+                reply["clientMessageId"],
+                i.to_string(),
+                "reply {i}: {reply}"
+            );
+        },
+    );
 }
 
 /// 30,000 invalid messages sent without reading get every error, in order
 /// (or a counted slow-reader cut).
 #[test]
 fn a_client_that_never_reads_its_errors_gets_every_one_in_order() {
-    let server = start(BrokerKind::None);
-    let addr = server.local_addr();
-    let mut canaries = Canaries::cover(addr, false);
-    let count = 30_000;
-    let frames: Vec<u8> = (0..count)
-        .flat_map(|i| {
+    never_reading_client(
+        "30,000 invalid messages",
+        30_000,
+        |i| {
             frame(
                 true,
                 OP_TEXT,
                 raw_message("0", "\"x\"", &i.to_string()).as_bytes(),
             )
-        })
-        .collect();
-    let replies = flood(
-        addr,
-        &mut canaries,
-        "30,000 invalid messages",
-        frames,
-        count,
+        },
+        |i, reply| {
+            assert_eq!(reply["code"], "VALIDATION_FAILED", "reply {i}: {reply}");
+            assert_eq!(reply["field"], "userId", "reply {i}: {reply}");
+            assert_eq!(
+                reply["clientMessageId"],
+                i.to_string(),
+                "reply {i}: {reply}"
+            );
+        },
     );
-    for (i, reply) in replies.iter().enumerate() {
-        assert_eq!(reply["code"], "VALIDATION_FAILED", "reply {i}: {reply}");
-        assert_eq!(reply["field"], "userId", "reply {i}: {reply}");
-        assert_eq!(
-            reply["clientMessageId"],
-            i.to_string(),
-            "reply {i}: {reply}"
-        );
-    }
-    drop(canaries);
-    server.shutdown().unwrap();
 }
 
 /// 40,000 binary frames sent without reading get every UNSUPPORTED_FRAME
 /// error (or a counted slow-reader cut).
 #[test]
 fn a_client_that_never_reads_binary_frame_errors_gets_every_one() {
-    let server = start(BrokerKind::None);
-    let addr = server.local_addr();
-    let mut canaries = Canaries::cover(addr, false);
-    let count = 40_000;
-    let frames: Vec<u8> = (0..count)
-        .flat_map(|_| frame(true, OP_BINARY, &[1, 2, 3]))
-        .collect();
-    let replies = flood(addr, &mut canaries, "40,000 binary frames", frames, count);
-    for (i, reply) in replies.iter().enumerate() {
-        assert_eq!(reply["code"], "UNSUPPORTED_FRAME", "reply {i}: {reply}");
-    }
-    drop(canaries);
-    server.shutdown().unwrap();
+    never_reading_client(
+        "40,000 binary frames",
+        40_000,
+        |_| frame(true, OP_BINARY, &[1, 2, 3]),
+        |i, reply| assert_eq!(reply["code"], "UNSUPPORTED_FRAME", "reply {i}: {reply}"),
+    );
 }
 
 /// A member of a busy room that never reads is closed as a slow reader,

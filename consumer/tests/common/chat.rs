@@ -2,16 +2,15 @@
 //! run in-process on port 0 with the RabbitMQ broker, in the test's
 //! namespace.
 
-use std::net::TcpStream;
 use std::time::Duration;
 
 use chatflow_server::{BrokerKind, Config, Server};
+use chatflow_testkit::ws;
 use serde_json::Value;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
 
-pub type Client = WebSocket<MaybeTlsStream<TcpStream>>;
+pub use chatflow_testkit::ws::Client;
 
+/// A started server (id `id`) on the RabbitMQ broker in `namespace`.
 pub fn server(namespace: &str, rooms: u32, id: &str) -> Server {
     let mut config = Config {
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -28,56 +27,27 @@ pub fn server(namespace: &str, rooms: u32, id: &str) -> Server {
     Server::start(config).expect("server starts")
 }
 
+/// A WebSocket to `/chat/{room}` of `server`, reads giving up after 30 s.
 pub fn connect(server: &Server, room: u32) -> Client {
-    let (client, _) = tungstenite::connect(format!("ws://{}/chat/{room}", server.local_addr()))
-        .expect("connects");
-    if let MaybeTlsStream::Plain(stream) = client.get_ref() {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-    }
-    client
+    ws::connect(server.local_addr(), room, Duration::from_secs(30))
 }
 
+/// A valid chat message from `user` with the client's own id.
 pub fn chat_message(user: u32, text: &str, id: &str) -> String {
-    serde_json::json!({
-        "userId": user,
-        "username": format!("user{user}"),
-        "message": text,
-        "timestamp": "2026-11-27T02:00:00.123Z",
-        "messageType": "TEXT",
-        "clientMessageId": id,
-    })
-    .to_string()
+    ws::chat_message(user, text, id)
 }
 
+/// Sends one text frame.
 pub fn send(client: &mut Client, text: String) {
-    client.send(Message::text(text)).expect("send");
+    ws::send_text(client, text);
 }
 
 /// The next JSON frame; `None` on a read timeout.
 pub fn next_frame(client: &mut Client) -> Option<Value> {
-    loop {
-        match client.read() {
-            Ok(Message::Text(text)) => {
-                return Some(serde_json::from_str(&text).expect("JSON frame"))
-            }
-            Ok(_) => continue,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return None
-            }
-            Err(e) => panic!("connection failed: {e}"),
-        }
-    }
+    ws::next_json(client)
 }
 
+/// Changes how long [`next_frame`] waits.
 pub fn set_timeout(client: &mut Client, timeout: Duration) {
-    if let MaybeTlsStream::Plain(stream) = client.get_ref() {
-        stream.set_read_timeout(Some(timeout)).unwrap();
-    }
+    ws::set_read_timeout(client, timeout);
 }

@@ -2,18 +2,18 @@
 //! (127.0.0.1:6379). Every test gets its own namespace, so its exchange,
 //! queues, dead-letter queue and Redis channels are its own, and deletes its
 //! topology at the end ([`Broker`]'s drop). Timeouts everywhere: a broken
-//! consumer fails a test instead of hanging it.
+//! consumer fails a test instead of hanging it. What the server's tests
+//! share with these lives in `chatflow-testkit`; this file wraps it under
+//! the names the tests here use.
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
 pub mod chat;
 pub mod database;
-pub mod proxy;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,26 +24,19 @@ use chatflow_consumer::Config;
 use chatflow_protocol::{
     routing_key, ClientMessage, Envelope, IdGenerator, Rooms, ServerTime, Topology,
 };
+use chatflow_testkit::TopologyGuard;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+#[allow(unused_imports)] // like dead_code above: each binary uses a part
+pub use chatflow_testkit::proxy;
+pub use chatflow_testkit::services::{AMQP_URL, REDIS_URL};
 
 /// Longest any single wait in a test may take.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30";
-pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
-
 /// A namespace no other test (or run) uses.
 pub fn namespace() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "test-{}-{nanos:x}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    chatflow_testkit::unique_namespace("consumer")
 }
 
 /// A consumer configuration for tests: its own namespace, few rooms, one
@@ -66,13 +59,9 @@ pub fn config(namespace: &str, rooms: u32) -> Config {
     }
 }
 
-/// Polls `condition` every 20 ms until it holds; panics after `TIMEOUT`.
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
+/// Polls `condition` until it holds; panics after [`TIMEOUT`].
+pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    chatflow_testkit::wait_until(what, TIMEOUT, condition);
 }
 
 fn now_ms() -> i64 {
@@ -125,8 +114,9 @@ pub fn message(room: u32, user: u32, text: &str) -> TestMessage {
 pub struct Broker {
     pub topology: Topology,
     connection: Option<Connection>,
-    /// Delete the topology on drop (false for extra publishers).
-    owner: bool,
+    /// Deletes the topology once the connection is closed (`None` for
+    /// extra publishers). Fields drop after [`Broker`]'s own `drop`.
+    _cleanup: Option<TopologyGuard>,
 }
 
 impl Broker {
@@ -148,9 +138,9 @@ impl Broker {
         topology.declare(&channel).expect("declare topology");
         channel.close().unwrap();
         Broker {
+            _cleanup: owner.then(|| TopologyGuard(topology.clone())),
             topology,
             connection: Some(connection),
-            owner,
         }
     }
 
@@ -238,17 +228,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(mut connection) = self.connection.take() {
-            if !self.owner {
-                let _ = connection.close();
-                return;
-            }
-            if let Ok(channel) = connection.open_channel(None) {
-                if let Err(e) = self.topology.delete(&channel) {
-                    eprintln!("cleanup of {}: {e}", self.topology.namespace);
-                }
-                let _ = channel.close();
-            }
+        if let Some(connection) = self.connection.take() {
             let _ = connection.close();
         }
     }
@@ -380,19 +360,5 @@ pub fn count_ids(broadcasts: &[(String, String)]) -> HashMap<String, usize> {
 
 /// A plain HTTP/1.1 GET: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("metrics port answers");
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    chatflow_testkit::http_get(addr, path, "", TIMEOUT)
 }

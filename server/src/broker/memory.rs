@@ -6,9 +6,9 @@
 use chatflow_protocol::Envelope;
 use tungstenite::Utf8Bytes;
 
-use super::{Broker, Outcome, Ticket};
+use super::{Broker, Outcome};
 use crate::config::BrokerKind;
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, Ticket};
 
 pub struct MemoryBroker {
     fanout: Fanout,

@@ -3,14 +3,19 @@
 //!
 //! A worker hands every validated message to [`Broker::publish`] and sends
 //! the client's `ack` when the broker says the message is accepted. Room
-//! broadcasts reach workers through the [`Fanout`](crate::fanout::Fanout)
-//! the broker was built with. Implementations: [`memory`] (in-process
-//! broadcast), [`none`] (ack only) and [`rabbitmq`] (publisher confirms,
-//! broadcasts back over Redis). A durable broker answers
-//! [`Outcome::Pending`] and later sends the worker
+//! broadcasts reach workers through the [`Fanout`] the broker was built
+//! with. Implementations: [`memory`] (in-process broadcast), [`none`] (ack
+//! only) and [`rabbitmq`] (publisher confirms, broadcasts back over Redis,
+//! [`redis_subscriber`]; both links report through [`link_state`]). A
+//! durable broker answers [`Outcome::Pending`] and later sends the worker
 //! [`WorkerEvent::Published`](crate::fanout::WorkerEvent::Published) with the
-//! same ticket; the worker then acks (or errors) the client.
+//! same [`Ticket`]; the worker then acks (or errors) the client.
+//!
+//! This module only declares the interface; which implementation runs is
+//! chosen in [`crate::server`], so no implementation and this module import
+//! each other.
 
+pub mod link_state;
 pub mod memory;
 pub mod none;
 pub mod rabbitmq;
@@ -21,7 +26,7 @@ use std::sync::Arc;
 use chatflow_protocol::Envelope;
 
 use crate::config::{BrokerKind, Config};
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, PublishError, Ticket};
 
 /// What the broker says about one offered message.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,16 +36,7 @@ pub enum Outcome {
     /// The answer will come to the worker's inbox with this ticket.
     Pending,
     /// Not accepted; the client gets an `UNAVAILABLE` error saying why.
-    Refused(&'static str),
-}
-
-/// Names one offered message: the worker that offered it and a number that
-/// worker never reuses. A broker answering `Pending` returns it in
-/// `WorkerEvent::Published` to `worker`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ticket {
-    pub worker: usize,
-    pub id: u64,
+    Refused(PublishError),
 }
 
 /// The broker's state for `/health`.
@@ -64,19 +60,11 @@ pub trait Broker: Send + Sync {
         }
     }
 
-    /// Called once, after every worker has stopped.
+    /// Called once, after every worker has stopped (the broker's part of
+    /// the stop described in [`crate::server`]).
     fn shutdown(&self) {}
 }
 
 /// Makes the broker once the workers' inboxes exist. Tests pass their own.
 pub type BrokerFactory<'a> =
     Box<dyn FnOnce(&Config, Fanout) -> anyhow::Result<Arc<dyn Broker>> + 'a>;
-
-/// Builds the broker the configuration names.
-pub fn build(config: &Config, fanout: Fanout) -> anyhow::Result<Arc<dyn Broker>> {
-    Ok(match config.broker {
-        BrokerKind::Rabbitmq => Arc::new(rabbitmq::RabbitBroker::start(config, fanout)?),
-        BrokerKind::Memory => Arc::new(memory::MemoryBroker::new(fanout)),
-        BrokerKind::None => Arc::new(none::NoBroker),
-    })
-}

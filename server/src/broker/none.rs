@@ -3,8 +3,9 @@
 
 use chatflow_protocol::Envelope;
 
-use super::{Broker, Outcome, Ticket};
+use super::{Broker, Outcome};
 use crate::config::BrokerKind;
+use crate::fanout::Ticket;
 
 pub struct NoBroker;
 

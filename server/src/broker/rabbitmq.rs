@@ -9,78 +9,114 @@
 //! A sender always goes through the same publisher (by user id), and one
 //! channel publishes in order, so one sender's messages stay in order.
 //!
-//! Failure handling: amiquip does not reconnect, so each publisher does. While
-//! it is disconnected, new messages are refused at once (`UNAVAILABLE`);
-//! messages published but not yet confirmed when the connection drops are
-//! failed to their clients, who may retry (the broker may still have stored
-//! them: a client retry can then duplicate a message under a new id, never
-//! lose one). `/health` says `degraded` with the reason.
+//! Failure handling: amiquip does not reconnect, so each publisher does,
+//! with the shared jittered [`Backoff`]. While it is disconnected, new
+//! messages are refused at once (`UNAVAILABLE`); messages published but not
+//! yet confirmed when the connection drops are failed to their clients, who
+//! may retry (the broker may still have stored them: a client retry can then
+//! duplicate a message under a new id, never lose one). `/health` says
+//! `degraded` with the reason.
+//!
+//! Stopping: [`Broker::shutdown`] signals this broker's [`ShutdownTrigger`];
+//! every publisher and the subscriber wake from whatever they wait on (see
+//! [`crate::server`] for the whole order).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use amiquip::{AmqpProperties, Channel, Confirm, Connection, Publish};
-use chatflow_broker::{AmqpEndpoint, Declare};
-use chatflow_protocol::{routing_key, Envelope, Topology};
+use chatflow_broker::amqp::ConnectError;
+use chatflow_broker::{shutdown_signal, AmqpEndpoint, Backoff, Declare, Shutdown, ShutdownTrigger};
+use chatflow_protocol::{routing_key, Envelope, Topology, SHARDS_PER_ROOM};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
+use super::link_state::LinkState;
 use super::redis_subscriber::RedisSubscriber;
-use super::{Broker, BrokerHealth, Outcome, Ticket};
+use super::{Broker, BrokerHealth, Outcome};
 use crate::config::{BrokerKind, Config};
-use crate::fanout::{Fanout, WorkerEvent};
+use crate::fanout::{Fanout, PublishError, Ticket, WorkerEvent};
 
 /// Backoff between reconnection attempts: from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often an idle publisher looks at the shutdown flag.
-const TICK: Duration = Duration::from_millis(100);
 /// Publishes taken from the queue in one go before confirms are read.
 const PUBLISH_BURST: usize = 256;
 /// On shutdown, how long in-flight messages may wait for their confirm.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why a publisher's link to RabbitMQ could not be opened, or broke.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    // amiquip's error is large and these travel up the reconnect loop:
+    // boxed, like `ConnectError::Handshake`.
+    #[error("opening a channel: {0}")]
+    Channel(Box<amiquip::Error>),
+    #[error("declaring the topology: {0}")]
+    Declare(Box<amiquip::Error>),
+    #[error("enabling publisher confirms: {0}")]
+    Confirms(Box<amiquip::Error>),
+    #[error("publishing: {0}")]
+    Publish(Box<amiquip::Error>),
+    #[error("the confirm stream ended")]
+    ConfirmStreamEnded,
+}
+
 /// One message on its way to a publisher thread.
 struct PublishRequest {
     ticket: Ticket,
-    routing_key: String,
+    /// Index of its routing key in [`Routes`].
+    route: usize,
     body: Vec<u8>,
 }
 
-/// A connection's state, shared by its thread and `/health`.
-#[derive(Default)]
-pub struct LinkState {
-    connected: AtomicBool,
-    reason: Mutex<String>,
+/// The routing key of every (room, shard) queue, built once at start: a
+/// request carries an index, not a key formatted on the worker's thread.
+/// (amiquip takes the key as an owned `String`, so the publisher still
+/// clones one per message: a copy, not a `format!`.)
+struct Routes {
+    keys: Vec<String>,
 }
 
-impl LinkState {
-    pub fn set_up(&self) {
-        self.connected.store(true, Ordering::Release);
-        self.reason.lock().clear();
+impl Routes {
+    fn new(topology: &Topology) -> Self {
+        Routes {
+            keys: topology
+                .shards()
+                .map(|(room, shard)| routing_key(room, shard))
+                .collect(),
+        }
     }
 
-    pub fn set_down(&self, reason: String) {
-        self.connected.store(false, Ordering::Release);
-        *self.reason.lock() = reason;
+    /// The index of (room, shard); `Topology::shards` lists rooms from 1,
+    /// each with its shards from 0.
+    fn index(room: u32, shard: u32) -> usize {
+        (room as usize - 1) * SHARDS_PER_ROOM as usize + shard as usize
     }
 
-    pub fn is_up(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+    fn key(&self, index: usize) -> &str {
+        &self.keys[index]
     }
+}
 
-    pub fn reason(&self) -> String {
-        self.reason.lock().clone()
-    }
+/// Every message's properties: persistent JSON. Built once per publisher
+/// and cloned per message (amiquip takes them by value).
+fn message_properties() -> AmqpProperties {
+    AmqpProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".to_string())
 }
 
 pub struct RabbitBroker {
     publishers: Vec<(Sender<PublishRequest>, Arc<LinkState>)>,
     subscriber: RedisSubscriber,
-    stopping: Arc<AtomicBool>,
+    /// Signalled (or dropped, if start fails half-way) to stop every
+    /// thread below.
+    stop: Mutex<ShutdownTrigger>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -91,7 +127,8 @@ impl RabbitBroker {
     pub fn start(config: &Config, fanout: Fanout) -> anyhow::Result<Self> {
         let services = &config.services;
         let topology = services.topology.clone();
-        let stopping = Arc::new(AtomicBool::new(false));
+        let (stop, shutdown) = shutdown_signal();
+        let routes = Arc::new(Routes::new(&topology));
         let mut publishers = Vec::new();
         let mut threads = Vec::new();
         for index in 0..config.publishing.publishers {
@@ -101,10 +138,12 @@ impl RabbitBroker {
                 index,
                 endpoint: services.amqp.clone(),
                 topology: topology.clone(),
+                routes: routes.clone(),
+                properties: message_properties(),
                 requests: incoming,
                 fanout: fanout.clone(),
                 state: state.clone(),
-                stopping: stopping.clone(),
+                shutdown: shutdown.clone(),
             };
             // The first connection is made here so start-up reports a bad
             // address or credentials as an error.
@@ -115,16 +154,15 @@ impl RabbitBroker {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("publisher-{index}"))
-                    .spawn(move || publisher.run(Some(link)))?,
+                    .spawn(move || publisher.run(link))?,
             );
             publishers.push((requests, state));
         }
-        let subscriber =
-            RedisSubscriber::start(&services.redis, topology, fanout, stopping.clone())?;
+        let subscriber = RedisSubscriber::start(&services.redis, topology, fanout, shutdown)?;
         Ok(RabbitBroker {
             publishers,
             subscriber,
-            stopping,
+            stop: Mutex::new(stop),
             threads: Mutex::new(threads),
         })
     }
@@ -138,17 +176,17 @@ impl Broker for RabbitBroker {
     fn publish(&self, ticket: Ticket, envelope: &Envelope<'_>) -> Outcome {
         let (requests, state) = &self.publishers[envelope.user_id as usize % self.publishers.len()];
         if !state.is_up() {
-            return Outcome::Refused("the message broker is unreachable");
+            return Outcome::Refused(PublishError::Unreachable);
         }
         let request = PublishRequest {
             ticket,
-            routing_key: routing_key(envelope.room_id, envelope.shard()),
+            route: Routes::index(envelope.room_id, envelope.shard()),
             body: envelope.encode(),
         };
         match requests.try_send(request) {
             Ok(()) => Outcome::Pending,
-            Err(TrySendError::Full(_)) => Outcome::Refused("the server's publish queue is full"),
-            Err(TrySendError::Disconnected(_)) => Outcome::Refused("the server is shutting down"),
+            Err(TrySendError::Full(_)) => Outcome::Refused(PublishError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => Outcome::Refused(PublishError::ShuttingDown),
         }
     }
 
@@ -177,7 +215,7 @@ impl Broker for RabbitBroker {
     }
 
     fn shutdown(&self) {
-        self.stopping.store(true, Ordering::Release);
+        self.stop.lock().signal();
         for thread in self.threads.lock().drain(..) {
             let _ = thread.join();
         }
@@ -201,21 +239,27 @@ struct Publisher {
     index: usize,
     endpoint: AmqpEndpoint,
     topology: Topology,
+    routes: Arc<Routes>,
+    properties: AmqpProperties,
     requests: Receiver<PublishRequest>,
     fanout: Fanout,
     state: Arc<LinkState>,
-    stopping: Arc<AtomicBool>,
+    shutdown: Shutdown,
 }
 
 impl Publisher {
-    fn connect(&mut self) -> Result<Link, String> {
-        let mut connection =
-            chatflow_broker::amqp::connect(&self.endpoint).map_err(|e| e.to_string())?;
-        let text = |e: amiquip::Error| e.to_string();
-        let channel = connection.open_channel(None).map_err(text)?;
-        self.topology.declare(&channel).map_err(text)?;
-        let confirms = channel.listen_for_publisher_confirms().map_err(text)?;
-        channel.enable_publisher_confirms().map_err(text)?;
+    fn connect(&mut self) -> Result<Link, LinkError> {
+        let mut connection = chatflow_broker::amqp::connect(&self.endpoint)?;
+        let channel = connection
+            .open_channel(None)
+            .map_err(|e| LinkError::Channel(Box::new(e)))?;
+        self.topology
+            .declare(&channel)
+            .map_err(|e| LinkError::Declare(Box::new(e)))?;
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .and_then(|confirms| channel.enable_publisher_confirms().map(|()| confirms))
+            .map_err(|e| LinkError::Confirms(Box::new(e)))?;
         Ok(Link {
             connection,
             channel,
@@ -227,104 +271,95 @@ impl Publisher {
     }
 
     /// Publishes until shutdown, reconnecting whenever the link drops.
-    fn run(mut self, mut link: Option<Link>) {
-        let mut backoff = BACKOFF_FIRST;
+    fn run(mut self, first: Link) {
+        // Decorrelated across servers and publishers: a broker restart must
+        // not bring every reconnect back in the same millisecond.
+        let seed = (u64::from(std::process::id()) << 8) | self.index as u64;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX, seed);
+        let mut link = Some(first);
         loop {
-            let Some(live) = link.take() else {
-                if self.stopping.load(Ordering::Acquire) {
-                    return self.refuse_queued("the server is shutting down");
-                }
-                self.wait_refusing(backoff);
-                match self.connect() {
-                    Ok(live) => {
-                        eprintln!("publisher-{}: connected to RabbitMQ", self.index);
-                        self.state.set_up();
-                        backoff = BACKOFF_FIRST;
-                        link = Some(live);
+            let mut live = match link.take() {
+                Some(live) => live,
+                None => {
+                    if self.wait_refusing(backoff.next_delay()) {
+                        return self.refuse_queued(PublishError::ShuttingDown);
                     }
-                    Err(e) => {
-                        self.state.set_down(format!("reconnecting: {e}"));
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
-                continue;
-            };
-            match self.serve(live) {
-                Ok(()) => return,
-                Err(reason) => {
-                    eprintln!(
-                        "publisher-{}: RabbitMQ connection lost: {reason}",
-                        self.index
-                    );
-                    self.state.set_down(format!("connection lost: {reason}"));
-                }
-            }
-        }
-    }
-
-    /// Publishes and reads confirms on one live link. `Ok` on shutdown (after
-    /// in-flight messages were confirmed), `Err` when the link broke.
-    fn serve(&mut self, mut link: Link) -> Result<(), String> {
-        let outcome = loop {
-            if self.stopping.load(Ordering::Acquire) {
-                break self.drain(&mut link);
-            }
-            select! {
-                recv(self.requests) -> request => {
-                    let Ok(request) = request else { break self.drain(&mut link) };
-                    if let Err(e) = self.publish(&mut link, request) {
-                        break Err(e);
-                    }
-                    // Take what else is waiting before looking at confirms:
-                    // one wake-up, many publishes.
-                    for request in self.requests.try_iter().take(PUBLISH_BURST) {
-                        if let Err(e) = self.publish(&mut link, request) {
-                            return self.lost(link, e);
+                    match self.connect() {
+                        Ok(live) => {
+                            eprintln!("publisher-{}: connected to RabbitMQ", self.index);
+                            self.state.set_up();
+                            backoff.reset();
+                            live
+                        }
+                        Err(e) => {
+                            self.state.set_down(format!("reconnecting: {e}"));
+                            continue;
                         }
                     }
                 }
-                recv(link.confirms) -> confirm => match confirm {
-                    Ok(confirm) => self.confirmed(&mut link, confirm),
-                    Err(_) => break Err("the confirm stream ended".to_string()),
-                },
-                default(TICK) => {}
+            };
+            match self.serve(&mut live) {
+                Ok(()) => {
+                    self.drain(&mut live);
+                    let _ = live.channel.close();
+                    let _ = live.connection.close();
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("publisher-{}: RabbitMQ connection lost: {e}", self.index);
+                    // Down first, so a client told its message failed
+                    // finds `/health` saying why.
+                    self.state.set_down(format!("connection lost: {e}"));
+                    self.lost(live);
+                }
             }
-        };
-        match outcome {
-            Ok(()) => {
-                let _ = link.channel.close();
-                let _ = link.connection.close();
-                Ok(())
-            }
-            Err(e) => self.lost(link, e),
         }
     }
 
-    fn publish(&self, link: &mut Link, request: PublishRequest) -> Result<(), String> {
-        let properties = AmqpProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".to_string());
-        let publish = Publish::with_properties(&request.body, request.routing_key, properties);
-        match link.channel.basic_publish(link.exchange.clone(), publish) {
-            Ok(()) => {
-                link.in_flight.push_back(Some(request.ticket));
-                Ok(())
-            }
-            Err(e) => {
-                self.answer(request.ticket, Err(format!("publish failed: {e}")));
-                Err(e.to_string())
+    /// Publishes and reads confirms on one live link until shutdown (`Ok`)
+    /// or until the link breaks.
+    fn serve(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        loop {
+            select! {
+                recv(self.requests) -> request => {
+                    // Every sender gone: the broker itself was dropped.
+                    let Ok(request) = request else { return Ok(()) };
+                    self.publish(link, request)?;
+                    // Take what else is waiting before looking at confirms:
+                    // one wake-up, many publishes.
+                    for request in self.requests.try_iter().take(PUBLISH_BURST) {
+                        self.publish(link, request)?;
+                    }
+                }
+                recv(link.confirms) -> confirm => match confirm {
+                    Ok(confirm) => self.confirmed(link, confirm),
+                    Err(_) => return Err(LinkError::ConfirmStreamEnded),
+                },
+                recv(self.shutdown) -> _ => return Ok(()),
             }
         }
+    }
+
+    fn publish(&self, link: &mut Link, request: PublishRequest) -> Result<(), LinkError> {
+        let publish = Publish {
+            body: &request.body,
+            routing_key: self.routes.key(request.route).to_owned(),
+            mandatory: false,
+            immediate: false,
+            properties: self.properties.clone(),
+        };
+        let published = link.channel.basic_publish(link.exchange.as_str(), publish);
+        // On failure too: `lost` then fails it with the rest of the link's
+        // messages, after `/health` already says why.
+        link.in_flight.push_back(Some(request.ticket));
+        published.map_err(|e| LinkError::Publish(Box::new(e)))
     }
 
     /// Resolves the tickets a confirm covers.
     fn confirmed(&self, link: &mut Link, confirm: Confirm) {
         let (payload, result) = match confirm {
             Confirm::Ack(payload) => (payload, Ok(())),
-            Confirm::Nack(payload) => (
-                payload,
-                Err("the broker refused the message (queue full or unavailable)"),
-            ),
+            Confirm::Nack(payload) => (payload, Err(PublishError::Nacked)),
         };
         let tag = payload.delivery_tag;
         if tag < link.base_tag {
@@ -334,7 +369,7 @@ impl Publisher {
         let first = if payload.multiple { 0 } else { last };
         for slot in first..=last.min(link.in_flight.len().saturating_sub(1)) {
             if let Some(ticket) = link.in_flight[slot].take() {
-                self.answer(ticket, result.map_err(str::to_string));
+                self.answer(ticket, result);
             }
         }
         while link.in_flight.front().is_some_and(Option::is_none) {
@@ -343,9 +378,11 @@ impl Publisher {
         }
     }
 
-    /// On shutdown: waits (bounded) for the confirms of what is in flight.
-    fn drain(&self, link: &mut Link) -> Result<(), String> {
-        self.refuse_queued("the server is shutting down");
+    /// On shutdown: refuses what is queued and waits (bounded) for the
+    /// confirms of what is in flight; what is still unconfirmed then times
+    /// out.
+    fn drain(&self, link: &mut Link) {
+        self.refuse_queued(PublishError::ShuttingDown);
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while link.in_flight.iter().any(Option::is_some) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -354,47 +391,65 @@ impl Publisher {
                 Err(_) => break,
             }
         }
-        Ok(())
+        for ticket in link.in_flight.drain(..).flatten() {
+            self.answer(ticket, Err(PublishError::Timeout));
+        }
     }
 
     /// The link broke: every unconfirmed message fails to its client.
-    fn lost(&self, link: Link, reason: String) -> Result<(), String> {
+    /// Closing a broken connection can only fail; dropping it is enough.
+    fn lost(&self, link: Link) {
         for ticket in link.in_flight.into_iter().flatten() {
-            self.answer(
-                ticket,
-                Err(format!(
-                    "the broker connection dropped before it confirmed ({reason})"
-                )),
-            );
+            self.answer(ticket, Err(PublishError::LinkLost));
         }
-        // Closing a broken connection can only fail; dropping is enough.
-        drop(link.channel);
-        drop(link.connection);
-        Err(reason)
     }
 
-    /// Sleeps `pause`, refusing whatever arrives meanwhile.
-    fn wait_refusing(&self, pause: Duration) {
+    /// Waits `pause` (less if shutdown comes first), refusing whatever
+    /// arrives meanwhile. True on shutdown.
+    fn wait_refusing(&self, pause: Duration) -> bool {
         let deadline = Instant::now() + pause;
-        while let Ok(request) = self
-            .requests
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.answer(
-                request.ticket,
-                Err("the message broker is unreachable".to_string()),
-            );
+        loop {
+            select! {
+                recv(self.requests) -> request => match request {
+                    Ok(request) => self.answer(request.ticket, Err(PublishError::Unreachable)),
+                    Err(_) => return true,
+                },
+                recv(self.shutdown) -> _ => return true,
+                default(deadline.saturating_duration_since(Instant::now())) => return false,
+            }
         }
     }
 
-    fn refuse_queued(&self, reason: &str) {
+    fn refuse_queued(&self, reason: PublishError) {
         for request in self.requests.try_iter() {
-            self.answer(request.ticket, Err(reason.to_string()));
+            self.answer(request.ticket, Err(reason));
         }
     }
 
-    fn answer(&self, ticket: Ticket, result: Result<(), String>) {
+    fn answer(&self, ticket: Ticket, result: Result<(), PublishError>) {
         self.fanout
             .send_to(ticket.worker, WorkerEvent::Published { ticket, result });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatflow_protocol::{shard_of, Rooms};
+
+    #[test]
+    fn route_indexes_find_their_room_and_shard() {
+        let topology = Topology::new("t", Rooms::new(7).unwrap());
+        let routes = Routes::new(&topology);
+        assert_eq!(routes.keys.len(), 35);
+        for room in 1..=7 {
+            for user in [1, 2, 3, 4, 5, 99_999] {
+                let shard = shard_of(user);
+                assert_eq!(
+                    routes.key(Routes::index(room, shard)),
+                    routing_key(room, shard)
+                );
+            }
+        }
     }
 }

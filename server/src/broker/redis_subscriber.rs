@@ -5,25 +5,28 @@
 //!
 //! redis-rs does not resubscribe after a reconnect (a classic way for a chat
 //! server to go silently deaf after a Redis restart), so this thread does:
-//! on any error it marks itself down, backs off, reconnects and subscribes
-//! again; `/health` shows the outage and the reconnect count.
+//! on any error it marks itself down, backs off (the shared jittered
+//! [`Backoff`], cut short by shutdown), reconnects and subscribes again;
+//! `/health` shows the outage and the reconnect count.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use chatflow_broker::retry::{is_shutdown, wait};
+use chatflow_broker::{Backoff, RedisEndpoint, Shutdown};
 use chatflow_protocol::Topology;
 use parking_lot::Mutex;
 use tungstenite::Utf8Bytes;
 
-use super::rabbitmq::LinkState;
+use super::link_state::LinkState;
 use crate::fanout::Fanout;
-use chatflow_broker::RedisEndpoint;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long a read waits before the thread looks at the shutdown flag.
+/// How long a read waits before the thread looks at the shutdown signal
+/// (a blocking Redis read cannot wait on a channel too).
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
 pub struct RedisSubscriber {
@@ -35,12 +38,12 @@ pub struct RedisSubscriber {
 impl RedisSubscriber {
     /// Starts the subscriber and waits for its first subscription, so a
     /// wrong address fails the start and a started server hears every
-    /// broadcast published after it.
+    /// broadcast published after it. The thread ends on `shutdown`.
     pub fn start(
         redis: &RedisEndpoint,
         topology: Topology,
         fanout: Fanout,
-        stopping: Arc<AtomicBool>,
+        shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let client = redis::Client::open(redis.url())?;
         let connect_timeout = redis.timeout;
@@ -53,19 +56,19 @@ impl RedisSubscriber {
                 .name("redis-subscriber".to_string())
                 .spawn(move || {
                     let mut ready = Some(ready_tx);
-                    let mut backoff = BACKOFF_FIRST;
+                    let seed = u64::from(std::process::id());
+                    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX, seed);
                     let mut subscribed_before = false;
-                    while !stopping.load(Ordering::Acquire) {
+                    while !is_shutdown(&shutdown) {
                         let mut connection = match connect(&client, connect_timeout) {
                             Ok(connection) => connection,
                             Err(e) => {
                                 if let Some(ready) = ready.take() {
-                                    let _ = ready.send(Err(e.to_string()));
+                                    let _ = ready.send(Err(e));
                                     return;
                                 }
                                 state.set_down(format!("reconnecting: {e}"));
-                                std::thread::sleep(backoff);
-                                backoff = (backoff * 2).min(BACKOFF_MAX);
+                                wait(&shutdown, backoff.next_delay());
                                 continue;
                             }
                         };
@@ -74,10 +77,14 @@ impl RedisSubscriber {
                         let mut pubsub = connection.as_pubsub();
                         if let Err(e) = pubsub.psubscribe(topology.redis_pattern()) {
                             state.set_down(format!("subscribing: {e}"));
+                            // Backs off like a failed connect: no tight loop
+                            // against a Redis that takes connections but
+                            // refuses subscriptions.
+                            wait(&shutdown, backoff.next_delay());
                             continue;
                         }
                         state.set_up();
-                        backoff = BACKOFF_FIRST;
+                        backoff.reset();
                         if subscribed_before {
                             reconnects.fetch_add(1, Ordering::Relaxed);
                             eprintln!("redis-subscriber: resubscribed");
@@ -86,7 +93,7 @@ impl RedisSubscriber {
                         if let Some(ready) = ready.take() {
                             let _ = ready.send(Ok(()));
                         }
-                        match forward(&mut pubsub, &topology, &fanout, &stopping) {
+                        match forward(&mut pubsub, &topology, &fanout, &shutdown) {
                             Ok(()) => return,
                             Err(e) => {
                                 eprintln!("redis-subscriber: connection lost: {e}");
@@ -133,9 +140,9 @@ fn forward(
     pubsub: &mut redis::PubSub<'_>,
     topology: &Topology,
     fanout: &Fanout,
-    stopping: &AtomicBool,
+    shutdown: &Shutdown,
 ) -> redis::RedisResult<()> {
-    while !stopping.load(Ordering::Acquire) {
+    while !is_shutdown(shutdown) {
         let message = match pubsub.get_message() {
             Ok(message) => message,
             Err(e) if e.is_timeout() => continue,

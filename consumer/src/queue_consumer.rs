@@ -1,5 +1,6 @@
-//! One consumer thread (`consumer-r{room}s{shard}`): it owns one queue's
-//! channel and consumer, its Redis connection and its in-hand deliveries.
+//! One queue consumer ([`QueueConsumer`], thread `consumer-r{room}s{shard}`):
+//! it owns one queue's channel and AMQP consumer, its Redis connection and
+//! its in-hand deliveries.
 //!
 //! The loop `select!`s over three inputs:
 //! - deliveries: the first one that arrives starts a batch, which takes
@@ -23,83 +24,31 @@
 //!
 //! A lost channel (stream ended, failed ack, cancelled consumer) drops
 //! what is in hand — the broker redelivers it, flagged `redelivered` — and
-//! asks the link for a new channel after a short back-off.
+//! asks the link for a new channel after a short back-off. A queue
+//! consumer whose writer or link is gone cannot do its job any more: it
+//! settles what it can, closes its channel and stops, saying why
+//! ([`Stopped`]), which `/health` reports.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use amiquip::{Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery};
-use chatflow_protocol::{Envelope, Topology};
+use chatflow_broker::retry::{wait, Backoff, Shutdown};
+use chatflow_protocol::{Envelope, Rooms, Topology};
 use crossbeam_channel::{never, select, Receiver, Sender, TryRecvError};
 
 use crate::broadcast::{Broadcaster, Published};
+use crate::counters::{add, QueueStats};
+use crate::fault::{self, Site};
+use crate::handoff::{Committed, Pending, Row};
 use crate::inhand::{InHand, Mark, Settle};
-use crate::link::{Lease, Request};
-use crate::stats::{add, Shared, ThreadStats};
-use crate::writer::{Pending, Row};
-use chatflow_broker::retry::{wait, Backoff, Shutdown};
+use crate::link::{ChannelLost, Lease, Request};
+use crate::state::Shared;
 
-/// Undecodable deliveries logged per thread before the log goes quiet
+/// Undecodable deliveries logged per consumer before the log goes quiet
 /// (they are all counted, and all in the dead-letter queue to inspect).
 const POISON_LOG_LIMIT: u64 = 10;
-
-/// A writer's report on rows it has dealt with, about deliveries received
-/// on the channel of lease `epoch`.
-#[derive(Clone, Debug, Default)]
-pub struct Committed {
-    pub epoch: u64,
-    /// Committed: these deliveries may be acked.
-    pub tags: Vec<u64>,
-    /// Refused by the database on their own (a bad row, not an outage):
-    /// these deliveries are poison, rejected to the dead-letter queue in
-    /// tag order like undecodable ones.
-    pub rejected: Vec<u64>,
-}
-
-impl Committed {
-    /// Marks what the notice settles in `hand`.
-    fn apply(self, hand: &mut InHand<Delivery>) {
-        for tag in self.tags {
-            hand.finish(tag);
-        }
-        for tag in self.rejected {
-            hand.reject(tag);
-        }
-    }
-}
-
-/// Why [`Worker::consume`] returned.
-enum Ended {
-    Shutdown,
-    Lost {
-        error: String,
-        /// Consuming failed at the start (e.g. the queue is missing).
-        redeclare: bool,
-    },
-}
-
-fn lost(error: impl ToString) -> Ended {
-    Ended::Lost {
-        error: error.to_string(),
-        redeclare: false,
-    }
-}
-
-/// What a non-delivery on the consumer stream means.
-fn describe(message: ConsumerMessage) -> String {
-    match message {
-        ConsumerMessage::Delivery(_) => "unexpected delivery".to_string(),
-        ConsumerMessage::ClientCancelled => "consumer cancelled".to_string(),
-        ConsumerMessage::ServerCancelled => {
-            "consumer cancelled by the broker (queue deleted?)".to_string()
-        }
-        ConsumerMessage::ClientClosedChannel => "channel closed".to_string(),
-        ConsumerMessage::ServerClosedChannel(e) => format!("broker closed the channel: {e}"),
-        ConsumerMessage::ClientClosedConnection => "connection closed".to_string(),
-        ConsumerMessage::ServerClosedConnection(e) => format!("broker closed the connection: {e}"),
-    }
-}
 
 /// The client timestamps (ms since the Unix epoch) an envelope may carry:
 /// what RFC 3339 can state (years 0000..=9999), with a day of margin for
@@ -111,32 +60,75 @@ fn describe(message: ConsumerMessage) -> String {
 const CLIENT_TIMESTAMPS_MS: std::ops::RangeInclusive<i64> =
     -62_167_305_600_000..=253_402_387_199_999;
 
-/// A good delivery's room, broadcast frame, server time and (when it is to
-/// be stored) row, or why it is poison.
-fn broadcast_of(
-    body: &[u8],
-    topology: &Topology,
-    with_row: bool,
-) -> Result<(u32, String, i64, Option<Row>), String> {
-    let envelope = Envelope::decode(body).map_err(|e| format!("not an envelope: {e}"))?;
+/// Why a delivery is poison: it goes to the dead-letter queue.
+#[derive(Debug, thiserror::Error)]
+pub enum Poison {
+    #[error("not an envelope: {0}")]
+    NotAnEnvelope(#[source] serde_json::Error),
+    #[error("room {room} is not one of {rooms}")]
+    UnknownRoom { room: u32, rooms: Rooms },
+    #[error("clientTimestampMs {0} is outside years 0000..=9999")]
+    ClientTimestamp(i64),
+}
+
+/// What a good delivery gives: where and what to broadcast, and (when it
+/// is to be stored) its row.
+#[derive(Debug)]
+pub struct Broadcast {
+    pub room: u32,
+    /// The `message` frame, exactly as clients receive it.
+    pub frame: String,
+    /// Server timestamp, ms since the Unix epoch (for the lag).
+    pub server_ms: i64,
+    pub row: Option<Row>,
+}
+
+/// Decodes a delivery's body: its broadcast, or why it is poison.
+pub fn decode(body: &[u8], topology: &Topology, with_row: bool) -> Result<Broadcast, Poison> {
+    let envelope = Envelope::decode(body).map_err(Poison::NotAnEnvelope)?;
     if !topology.rooms.contains(envelope.room_id) {
-        return Err(format!(
-            "room {} is not one of {}",
-            envelope.room_id, topology.rooms
-        ));
+        return Err(Poison::UnknownRoom {
+            room: envelope.room_id,
+            rooms: topology.rooms,
+        });
     }
     if !CLIENT_TIMESTAMPS_MS.contains(&envelope.client_timestamp_ms) {
-        return Err(format!(
-            "clientTimestampMs {} is outside years 0000..=9999",
-            envelope.client_timestamp_ms
-        ));
+        return Err(Poison::ClientTimestamp(envelope.client_timestamp_ms));
     }
-    Ok((
-        envelope.room_id,
-        envelope.broadcast_json(),
-        envelope.server_timestamp.0,
-        with_row.then(|| Row::from_envelope(&envelope)),
-    ))
+    if fault::armed() {
+        fault::strike(Site::QueueConsumer, &envelope.message);
+    }
+    Ok(Broadcast {
+        room: envelope.room_id,
+        frame: envelope.broadcast_json(),
+        server_ms: envelope.server_timestamp.0,
+        row: with_row.then(|| Row::from_envelope(&envelope)),
+    })
+}
+
+/// Why a queue consumer stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error("its PostgreSQL writer is gone: nothing it consumes can be stored")]
+    WriterGone,
+    #[error("its AMQP link thread is gone: it cannot get a channel")]
+    LinkGone,
+}
+
+/// Why [`QueueConsumer::consume`] returned.
+enum Ended {
+    Shutdown,
+    /// Boxed: amiquip's errors are large, and this travels up every
+    /// `Result` of the hot path.
+    Lost(Box<ChannelLost>),
+    /// Rows cannot be handed over: the writer's input is closed.
+    WriterGone,
+}
+
+impl From<ChannelLost> for Ended {
+    fn from(lost: ChannelLost) -> Self {
+        Ended::Lost(Box::new(lost))
+    }
 }
 
 /// A delivery of a batch after decoding.
@@ -153,8 +145,25 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Everything one consumer thread owns.
-pub struct Worker {
+/// Clears a "consuming" flag however the scope ends (a panic included), so
+/// `/health` never counts a dead consumer as connected.
+struct Consuming<'a>(&'a AtomicBool);
+
+impl<'a> Consuming<'a> {
+    fn start(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Consuming(flag)
+    }
+}
+
+impl Drop for Consuming<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Everything one queue consumer owns.
+pub struct QueueConsumer {
     pub index: usize,
     pub name: String,
     pub room: u32,
@@ -164,7 +173,7 @@ pub struct Worker {
     pub redis_channel: String,
     pub shared: Arc<Shared>,
     pub broadcaster: Broadcaster,
-    /// This thread's link and its slot there.
+    /// This consumer's link and its slot there.
     pub link: Sender<Request>,
     pub slot: usize,
     pub leases: Receiver<Lease>,
@@ -175,13 +184,14 @@ pub struct Worker {
     pub shutdown: Shutdown,
 }
 
-impl Worker {
-    fn stats(&self) -> &ThreadStats {
-        &self.shared.threads[self.index]
+impl QueueConsumer {
+    fn stats(&self) -> &QueueStats {
+        self.shared.queue(self.index)
     }
 
     /// Consumes until shutdown, getting a new channel whenever one is lost.
-    pub fn run(mut self, first: Lease) {
+    /// Returns early only if it cannot go on (its writer or link gone).
+    pub fn run(mut self, first: Lease) -> Result<(), Stopped> {
         let config = &self.shared.config;
         let mut backoff = Backoff::new(config.retry_min, config.retry_max, self.index as u64);
         let mut lease = Some(first);
@@ -194,17 +204,17 @@ impl Worker {
                             add(&self.stats().channel_reopens, 1);
                             next
                         }
-                        Err(_) => return,
+                        Err(_) => return Err(Stopped::LinkGone),
                     },
-                    recv(self.shutdown) -> _ => return,
+                    recv(self.shutdown) -> _ => return Ok(()),
                 },
             };
             let started = Instant::now();
             match self.consume(current) {
-                Ended::Shutdown => return,
-                Ended::Lost { error, redeclare } => {
-                    self.stats().amqp_up.store(false, Ordering::Relaxed);
-                    eprintln!("{}: lost its channel: {error}", self.name);
+                Ended::Shutdown => return Ok(()),
+                Ended::WriterGone => return Err(Stopped::WriterGone),
+                Ended::Lost(lost) => {
+                    eprintln!("{}: lost its channel: {lost}", self.name);
                     // A channel that worked for a while earns a quick retry;
                     // one failing at once (queue missing, broker refusing)
                     // backs off further each time.
@@ -212,47 +222,51 @@ impl Worker {
                         backoff.reset();
                     }
                     if wait(&self.shutdown, backoff.next_delay()) {
-                        return;
+                        return Ok(());
                     }
                     let request = Request {
                         slot: self.slot,
-                        error,
-                        redeclare,
+                        lost: *lost,
                     };
                     if self.link.send(request).is_err() {
-                        return;
+                        return Err(Stopped::LinkGone);
                     }
                 }
             }
         }
     }
 
-    /// Consumes on one channel until it is lost or shutdown comes.
+    /// Consumes on one channel until it is lost, shutdown comes or the
+    /// writer is gone.
     fn consume(&mut self, lease: Lease) -> Ended {
         let Lease { channel, epoch } = lease;
         if let Err(e) = channel.qos(0, self.shared.config.prefetch, false) {
-            return lost(format!("qos: {e}"));
+            return ChannelLost::Qos(e).into();
         }
         let consumer = match channel.basic_consume(self.queue.clone(), ConsumerOptions::default()) {
             Ok(consumer) => consumer,
-            Err(e) => {
-                return Ended::Lost {
-                    error: format!("consuming {}: {e}", self.queue),
-                    redeclare: true,
+            Err(source) => {
+                return ChannelLost::Consume {
+                    queue: self.queue.clone(),
+                    source,
                 }
+                .into()
             }
         };
-        self.stats().amqp_up.store(true, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let consuming = Consuming::start(&shared.queue(self.index).amqp_up);
         let mut hand = InHand::default();
         match self.pump(&channel, &consumer, epoch, &mut hand) {
-            Ended::Shutdown => {
+            ended @ (Ended::Shutdown | Ended::WriterGone) => {
+                // Either way this channel is done with: settle what can
+                // be settled and close it in order.
                 self.stop(&channel, &consumer, epoch, &mut hand);
-                self.stats().amqp_up.store(false, Ordering::Relaxed);
+                drop(consuming);
                 drop(consumer);
                 if let Err(e) = channel.close() {
                     eprintln!("{}: closing its channel: {e}", self.name);
                 }
-                Ended::Shutdown
+                ended
             }
             ended => {
                 // The channel is gone: what is in hand will be redelivered.
@@ -280,8 +294,8 @@ impl Worker {
                 recv(deliveries) -> message => {
                     let first = match message {
                         Ok(ConsumerMessage::Delivery(delivery)) => delivery,
-                        Ok(other) => return lost(describe(other)),
-                        Err(_) => return lost("delivery stream ended (connection gone)"),
+                        Ok(other) => return ChannelLost::from(other).into(),
+                        Err(_) => return ChannelLost::StreamEnded.into(),
                     };
                     let mut batch = Vec::with_capacity(ack_batch);
                     batch.push(first);
@@ -291,9 +305,9 @@ impl Worker {
                             // The channel died under the batch: it cannot be
                             // acked, so it is not broadcast either; the broker
                             // redelivers it.
-                            Ok(other) => return lost(describe(other)),
+                            Ok(other) => return ChannelLost::from(other).into(),
                             Err(TryRecvError::Disconnected) => {
-                                return lost("delivery stream ended (connection gone)")
+                                return ChannelLost::StreamEnded.into()
                             }
                             Err(TryRecvError::Empty) => break,
                         }
@@ -303,21 +317,39 @@ impl Worker {
                     }
                 }
                 recv(self.commits) -> notice => match notice {
-                    Ok(notice) if notice.epoch == epoch => {
-                        notice.apply(hand);
-                        if let Err(ended) = self.settle(channel, hand) {
+                    Ok(notice) => {
+                        if let Err(ended) = self.on_notice(channel, epoch, notice, hand) {
                             return ended;
                         }
                     }
-                    // About an earlier channel: those deliveries are being
-                    // redelivered and will be committed and acked anew.
-                    Ok(_) => {}
                     // Nobody can send commits any more: stop listening.
                     Err(_) => self.commits = never(),
                 },
                 recv(self.shutdown) -> _ => return Ended::Shutdown,
             }
         }
+    }
+
+    /// Marks what a writer's notice settles, and settles it. A notice about
+    /// an earlier channel is ignored: those deliveries are being
+    /// redelivered and will be committed and acked anew.
+    fn on_notice(
+        &self,
+        channel: &Channel,
+        epoch: u64,
+        notice: Committed,
+        hand: &mut InHand<Delivery>,
+    ) -> Result<(), Ended> {
+        if notice.epoch != epoch {
+            return Ok(());
+        }
+        for tag in notice.tags {
+            hand.finish(tag);
+        }
+        for tag in notice.rejected {
+            hand.reject(tag);
+        }
+        self.settle(channel, hand)
     }
 
     /// Decodes, broadcasts and settles one batch.
@@ -339,50 +371,49 @@ impl Worker {
         let mut oldest_ms = i64::MAX;
         let mut decoded = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match broadcast_of(&delivery.body, &self.topology, self.rows.is_some()) {
-                Ok((room, frame, server_ms, row)) => {
-                    if room == self.room {
-                        pipe.publish(&self.redis_channel, frame.as_bytes()).ignore();
-                    } else {
-                        pipe.publish(self.topology.redis_channel(room), frame.as_bytes())
+            match decode(&delivery.body, &self.topology, self.rows.is_some()) {
+                Ok(good) => {
+                    if good.room == self.room {
+                        pipe.publish(&self.redis_channel, good.frame.as_bytes())
                             .ignore();
+                    } else {
+                        pipe.publish(
+                            self.topology.redis_channel(good.room),
+                            good.frame.as_bytes(),
+                        )
+                        .ignore();
                     }
                     frames += 1;
-                    oldest_ms = oldest_ms.min(server_ms);
-                    decoded.push((delivery, Decoded::Good(row)));
+                    oldest_ms = oldest_ms.min(good.server_ms);
+                    decoded.push((delivery, Decoded::Good(good.row)));
                 }
-                Err(reason) => {
-                    self.log_poison(&delivery, &reason);
+                Err(poison) => {
+                    self.log_poison(&delivery, &poison);
                     decoded.push((delivery, Decoded::Poison));
                 }
             }
         }
-        let mut published = Published::Yes;
         if frames > 0 {
-            let stats = &self.shared.threads[self.index];
-            published = self.broadcaster.publish(&pipe, stats, &self.shutdown);
-            if published == Published::Yes {
-                let stats = self.stats();
-                add(&stats.broadcasts, frames);
-                add(&stats.batches, 1);
-                let mut h = stats.histograms.lock();
-                h.batch_size.saturating_record(size);
-                // The batch's oldest message: how far behind this queue is.
-                h.lag_ms
-                    .saturating_record(now_ms().saturating_sub(oldest_ms).max(1) as u64);
+            let stats = self.shared.queue(self.index);
+            if self.broadcaster.publish(&pipe, stats, &self.shutdown) == Published::GaveUp {
+                // Unpublished: pending, a barrier no ack passes; redelivered
+                // to the next consumer.
+                for (delivery, decoded) in decoded {
+                    let mark = match decoded {
+                        Decoded::Good(_) => Mark::Pending,
+                        Decoded::Poison => Mark::Poison,
+                    };
+                    hand.push(delivery, mark);
+                }
+                return Err(Ended::Shutdown);
             }
-        }
-        if published == Published::GaveUp {
-            // Unpublished: pending, a barrier no ack passes; redelivered
-            // to the next consumer.
-            for (delivery, decoded) in decoded {
-                let mark = match decoded {
-                    Decoded::Good(_) => Mark::Pending,
-                    Decoded::Poison => Mark::Poison,
-                };
-                hand.push(delivery, mark);
-            }
-            return Err(Ended::Shutdown);
+            add(&stats.broadcasts, frames);
+            add(&stats.batches, 1);
+            let mut h = stats.histograms.lock();
+            h.batch_size.saturating_record(size);
+            // The batch's oldest message: how far behind this queue is.
+            h.lag_ms
+                .saturating_record(now_ms().saturating_sub(oldest_ms).max(1) as u64);
         }
         match &self.rows {
             // Persistence off: the broadcast is the work an ack stands for.
@@ -417,7 +448,7 @@ impl Worker {
                     hand.push(delivery, Mark::Pending);
                 }
                 if !batch_rows.is_empty() && rows.send(batch_rows).is_err() {
-                    return Err(Ended::Shutdown);
+                    return Err(Ended::WriterGone);
                 }
             }
         }
@@ -429,15 +460,11 @@ impl Worker {
         for step in hand.settle() {
             match step {
                 Settle::AckUpTo { delivery, count } => {
-                    delivery
-                        .ack_multiple(channel)
-                        .map_err(|e| lost(format!("ack: {e}")))?;
+                    delivery.ack_multiple(channel).map_err(ChannelLost::Ack)?;
                     add(&self.stats().acked, count as u64);
                 }
                 Settle::Reject(delivery) => {
-                    delivery
-                        .nack(channel, false)
-                        .map_err(|e| lost(format!("nack: {e}")))?;
+                    delivery.nack(channel, false).map_err(ChannelLost::Nack)?;
                     add(&self.stats().dead_lettered, 1);
                 }
             }
@@ -445,10 +472,11 @@ impl Worker {
         Ok(())
     }
 
-    /// Shutdown on a live channel: cancel the consumer, take what the
-    /// broker had already sent until it confirms the cancel, then broadcast
-    /// and settle it. Cancelling and draining before the consumer is dropped
-    /// matters: dropping a busy consumer can tear the whole connection down.
+    /// Leaving a live channel (shutdown, or the writer gone): cancel the
+    /// consumer, take what the broker had already sent until it confirms
+    /// the cancel, then broadcast and settle it. Cancelling and draining
+    /// before the consumer is dropped matters: dropping a busy consumer can
+    /// tear the whole connection down.
     fn stop(
         &mut self,
         channel: &Channel,
@@ -480,33 +508,30 @@ impl Worker {
             let rest = tail.split_off(ack_batch.min(tail.len()));
             let batch = std::mem::replace(&mut tail, rest);
             if self.process(channel, epoch, batch, hand).is_err() {
-                // Redis gave up or the channel failed: the rest stays unacked
-                // and is redelivered to the next consumer.
+                // Redis gave up, the writer is gone or the channel failed:
+                // the rest stays unacked and is redelivered to the next
+                // consumer.
                 return;
             }
         }
         // Rows still being written: wait (bounded) for their commits, so
         // their deliveries are acked now rather than redelivered later.
         while !hand.is_empty() && self.rows.is_some() {
-            match self.commits.recv_deadline(deadline) {
-                Ok(notice) if notice.epoch == epoch => {
-                    notice.apply(hand);
-                    if self.settle(channel, hand).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => break,
+            let Ok(notice) = self.commits.recv_deadline(deadline) else {
+                break;
+            };
+            if self.on_notice(channel, epoch, notice, hand).is_err() {
+                return;
             }
         }
     }
 
-    fn log_poison(&self, delivery: &Delivery, reason: &str) {
+    fn log_poison(&self, delivery: &Delivery, poison: &Poison) {
         let seen = self.stats().dead_lettered.load(Ordering::Relaxed);
         if seen < POISON_LOG_LIMIT {
             let body = &delivery.body[..delivery.body.len().min(120)];
             eprintln!(
-                "{}: dead-lettering an undecodable message (tag {}, {reason}): {:?}",
+                "{}: dead-lettering an undecodable message (tag {}, {poison}): {:?}",
                 self.name,
                 delivery.delivery_tag(),
                 String::from_utf8_lossy(body)
@@ -518,7 +543,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chatflow_protocol::{ClientMessage, IdGenerator, Rooms, ServerFrame, ServerTime};
+    use chatflow_protocol::{ClientMessage, IdGenerator, ServerFrame, ServerTime};
 
     #[test]
     fn envelopes_become_message_frames_and_garbage_is_poison() {
@@ -529,35 +554,42 @@ mod tests {
         .unwrap();
         let id = IdGenerator::with_instance(1).next_id(1_795_744_800_000);
         let envelope = Envelope::accepted(&msg, 2, id, ServerTime(1_795_744_800_000), "s");
-        let (room, frame, server_ms, row) =
-            broadcast_of(&envelope.encode(), &topology, true).unwrap();
-        let row = row.expect("a row when asked for one");
+        let good = decode(&envelope.encode(), &topology, true).unwrap();
+        let row = good.row.expect("a row when asked for one");
         assert_eq!(row.message_id, id.as_uuid());
         assert_eq!(row.user_id, 7);
-        assert_eq!((room, server_ms), (2, 1_795_744_800_000));
-        assert_eq!(frame, envelope.broadcast_json());
+        assert_eq!((good.room, good.server_ms), (2, 1_795_744_800_000));
+        assert_eq!(good.frame, envelope.broadcast_json());
         assert!(matches!(
-            ServerFrame::parse(&frame),
+            ServerFrame::parse(&good.frame),
             Ok(ServerFrame::Message(_))
         ));
 
-        assert!(broadcast_of(b"{not json", &topology, false).is_err());
+        assert!(matches!(
+            decode(b"{not json", &topology, false),
+            Err(Poison::NotAnEnvelope(_))
+        ));
         let elsewhere = Envelope::accepted(&msg, 3, id, ServerTime(0), "s");
-        let err = broadcast_of(&elsewhere.encode(), &topology, false).unwrap_err();
-        assert!(err.contains("room 3"), "{err}");
+        let err = decode(&elsewhere.encode(), &topology, false).unwrap_err();
+        assert!(matches!(err, Poison::UnknownRoom { room: 3, .. }), "{err}");
+        assert!(err.to_string().contains("room 3"), "{err}");
 
         // Timestamps no server produces, which a row could not even encode.
         for ms in [i64::MAX, i64::MIN] {
             let mut far = envelope.clone();
             far.client_timestamp_ms = ms;
-            let err = broadcast_of(&far.encode(), &topology, true).unwrap_err();
-            assert!(err.contains("clientTimestampMs"), "{err}");
+            let err = decode(&far.encode(), &topology, true).unwrap_err();
+            assert!(
+                matches!(err, Poison::ClientTimestamp(t) if t == ms),
+                "{err}"
+            );
+            assert!(err.to_string().contains("clientTimestampMs"), "{err}");
         }
         // The edges of RFC 3339 years are fine.
         for ms in [-62_167_219_200_000, 253_402_300_799_999] {
             let mut edge = envelope.clone();
             edge.client_timestamp_ms = ms; // 0000-01-01T00:00:00Z, 9999-12-31T23:59:59.999Z
-            assert!(broadcast_of(&edge.encode(), &topology, true).is_ok());
+            assert!(decode(&edge.encode(), &topology, true).is_ok());
         }
     }
 }

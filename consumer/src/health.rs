@@ -1,0 +1,396 @@
+//! The `/health` document ([`Health`]): status (`ok`, `degraded` with the
+//! reasons, or `shutting_down`), the state of every connection, threads
+//! that died, rates, totals and latency quantiles — built from
+//! [`Shared`] on each request, serialised as camelCase JSON.
+//!
+//! Degraded means "running, recovering by itself, but not doing all its
+//! job": a broker, Redis or database outage, or a dead thread (which will
+//! not recover by itself: its queues stall until a restart).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::counters::{Totals, WriterStats};
+use crate::state::Shared;
+use crate::threads::DeadThread;
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// `ok`, `degraded` (see `reason`) or `shutting_down`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub uptime_seconds: f64,
+    pub namespace: String,
+    pub rooms: u32,
+    pub consumers: usize,
+    pub prefetch: u16,
+    pub ack_batch: usize,
+    pub persistence: bool,
+    pub rabbitmq: RabbitStatus,
+    pub redis: RedisStatus,
+    /// Present with persistence on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+    /// Threads that panicked or stopped before shutdown (absent when none
+    /// did).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dead_threads: Vec<DeadThread>,
+    pub rates: Rates,
+    pub per_room: Vec<RoomStatus>,
+    pub totals: Totals,
+    pub latency: Latency,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitStatus {
+    pub address: String,
+    pub connected: bool,
+    pub consumers_connected: usize,
+    pub connections: Vec<LinkStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStatus {
+    pub index: usize,
+    pub connected: bool,
+    pub consumers: usize,
+    pub consumers_up: usize,
+    pub reconnects: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisStatus {
+    pub address: String,
+    pub connected: bool,
+    pub ping_ok: bool,
+    pub consumers_connected: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    pub address: String,
+    pub connected: bool,
+    pub writers: usize,
+    pub writers_connected: usize,
+    pub rows: u64,
+    pub rows_per_second: f64,
+    pub batches: u64,
+    pub duplicate_batches: u64,
+    pub duplicates_dropped: u64,
+    pub retries: u64,
+    /// Rows the database refused on their own, handed back to be
+    /// dead-lettered (a bad row, never an outage).
+    pub rows_dead_lettered: u64,
+    /// Refused writes split in two to find the refused rows.
+    pub batch_splits: u64,
+    /// COPY + commit per batch, microseconds.
+    pub copy_latency_us: Quantiles,
+    pub batch_rows: Quantiles,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rates {
+    pub window_seconds: f64,
+    pub consumed_per_second: f64,
+    pub broadcasts_per_second: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomStatus {
+    pub room: u32,
+    pub consumed: u64,
+    pub consumed_per_second: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    pub redis_publish_us: Quantiles,
+    pub lag_ms: Quantiles,
+    pub batch_size: Quantiles,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quantiles {
+    pub count: u64,
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Quantiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Quantiles::default();
+        }
+        Quantiles {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p95: h.value_at_quantile(0.95),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+        }
+    }
+}
+
+/// "`what` (last error: `error`)", or just `what`.
+fn with_last_error(mut what: String, error: Option<&String>) -> String {
+    if let Some(error) = error {
+        let _ = write!(what, " (last error: {error})");
+    }
+    what
+}
+
+impl Health {
+    /// The document as of now.
+    pub fn of(shared: &Shared) -> Health {
+        let config = &shared.config;
+        let counters = &shared.counters;
+        let consumers = counters.queues.len();
+        let amqp_up = counters.amqp_up();
+        let redis_up = counters.redis_up();
+        let links: Vec<LinkStatus> = counters
+            .links
+            .iter()
+            .enumerate()
+            .map(|(index, l)| {
+                let mine = || shared.link_of.iter().zip(&counters.queues);
+                LinkStatus {
+                    index,
+                    connected: l.connected.load(Ordering::Relaxed),
+                    consumers: mine().filter(|(&i, _)| i == index).count(),
+                    consumers_up: mine()
+                        .filter(|(&i, q)| i == index && q.amqp_up.load(Ordering::Relaxed))
+                        .count(),
+                    reconnects: l.reconnects.load(Ordering::Relaxed),
+                    last_error: l.last_error.lock().clone(),
+                }
+            })
+            .collect();
+        let rabbitmq_connected = amqp_up == consumers && links.iter().all(|l| l.connected);
+        let probe = &counters.redis_probe;
+        let ping_ok = probe.up.load(Ordering::Relaxed);
+        let redis_connected = ping_ok && redis_up == consumers;
+        let redis_error = probe.last_error.lock().clone();
+        let dead_threads = shared.threads.dead();
+        let database = config.enable_persistence.then(|| database_status(shared));
+
+        let mut reasons = Vec::new();
+        if !dead_threads.is_empty() {
+            let names: Vec<String> = dead_threads
+                .iter()
+                .map(|d| format!("{} {}", d.name, d.reason))
+                .collect();
+            reasons.push(format!(
+                "{} thread(s) dead, their queues stalled until a restart: {}",
+                dead_threads.len(),
+                names.join(", ")
+            ));
+        }
+        if !rabbitmq_connected {
+            reasons.push(with_last_error(
+                format!(
+                    "rabbitmq at {}: {amqp_up} of {consumers} consumers connected",
+                    config.amqp_display()
+                ),
+                links.iter().find_map(|l| l.last_error.as_ref()),
+            ));
+        }
+        if !redis_connected {
+            let mut reason = format!(
+                "redis at {}: broadcasts failing on {} of {consumers} consumers",
+                config.redis_display(),
+                consumers - redis_up
+            );
+            if !ping_ok {
+                reason.push_str(", ping failing");
+            }
+            reasons.push(with_last_error(reason, redis_error.as_ref()));
+        }
+        if let Some(db) = database.as_ref().filter(|db| !db.connected) {
+            reasons.push(with_last_error(
+                format!(
+                    "postgresql at {}: {} of {} writers failing, acks held back",
+                    db.address,
+                    db.writers - db.writers_connected,
+                    db.writers
+                ),
+                db.last_error.as_ref(),
+            ));
+        }
+        let status = if shared.is_shutting_down() {
+            "shutting_down"
+        } else if reasons.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        };
+
+        let rates = shared.rates.lock().rates(config.rooms().count() as usize);
+        let per_room = counters
+            .consumed_per_room()
+            .into_iter()
+            .enumerate()
+            .map(|(i, consumed)| RoomStatus {
+                room: i as u32 + 1,
+                consumed,
+                consumed_per_second: rates.per_room.get(i).copied().unwrap_or(0.0),
+            })
+            .collect();
+        let h = counters.histograms();
+        Health {
+            status,
+            reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+            uptime_seconds: shared.started.elapsed().as_secs_f64(),
+            namespace: config.services.topology.namespace.clone(),
+            rooms: config.rooms().count(),
+            consumers,
+            prefetch: config.prefetch,
+            ack_batch: config.ack_batch,
+            persistence: config.enable_persistence,
+            rabbitmq: RabbitStatus {
+                address: config.amqp_display(),
+                connected: rabbitmq_connected,
+                consumers_connected: amqp_up,
+                connections: links,
+            },
+            redis: RedisStatus {
+                address: config.redis_display(),
+                connected: redis_connected,
+                ping_ok,
+                consumers_connected: redis_up,
+                last_error: redis_error,
+            },
+            database,
+            dead_threads,
+            rates: Rates {
+                window_seconds: rates.window.as_secs_f64(),
+                consumed_per_second: rates.per_room.iter().sum(),
+                broadcasts_per_second: rates.broadcasts,
+            },
+            per_room,
+            totals: counters.totals(),
+            latency: Latency {
+                redis_publish_us: Quantiles::of(&h.publish_us),
+                lag_ms: Quantiles::of(&h.lag_ms),
+                batch_size: Quantiles::of(&h.batch_size),
+            },
+        }
+    }
+}
+
+/// The database section (persistence on).
+fn database_status(shared: &Shared) -> DatabaseStatus {
+    let counters = &shared.counters;
+    let writers = &counters.writers;
+    let sum = |f| counters.sum_writers(f);
+    let failing = |w: &&WriterStats| !w.connected.load(Ordering::Relaxed);
+    let mut latency = WriterStats::latency_histogram();
+    let mut sizes = WriterStats::batch_size_histogram();
+    for w in writers.iter() {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = latency.add(&*w.latency_us.lock());
+        let _ = sizes.add(&*w.batch_sizes.lock());
+    }
+    let writers_connected = writers.len() - writers.iter().filter(failing).count();
+    DatabaseStatus {
+        address: shared.config.database.display(),
+        connected: writers_connected == writers.len(),
+        writers: writers.len(),
+        writers_connected,
+        rows: sum(|w| &w.rows),
+        rows_per_second: shared.rates.lock().rates(0).rows,
+        batches: sum(|w| &w.batches),
+        duplicate_batches: sum(|w| &w.duplicate_batches),
+        duplicates_dropped: sum(|w| &w.duplicates_dropped),
+        retries: sum(|w| &w.retries),
+        rows_dead_lettered: sum(|w| &w.rows_dead_lettered),
+        batch_splits: sum(|w| &w.batch_splits),
+        copy_latency_us: Quantiles::of(&latency),
+        batch_rows: Quantiles::of(&sizes),
+        last_error: writers
+            .iter()
+            .filter(failing)
+            .map(|w| w.last_error.lock().clone())
+            .find(|e| !e.is_empty()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::for_tests;
+
+    #[test]
+    fn degraded_with_a_reason_until_every_consumer_is_up() {
+        let (_trigger, s) = for_tests(2);
+        let h = Health::of(&s);
+        assert_eq!(h.status, "degraded");
+        assert!(h.reason.as_deref().unwrap().contains("rabbitmq"));
+        for q in &s.counters.queues {
+            q.amqp_up.store(true, Ordering::Relaxed);
+        }
+        for l in &s.counters.links {
+            l.connected.store(true, Ordering::Relaxed);
+        }
+        assert_eq!(Health::of(&s).status, "ok");
+        s.counters.queues[3]
+            .redis_up
+            .store(false, Ordering::Relaxed);
+        let h = Health::of(&s);
+        assert_eq!(h.status, "degraded");
+        assert!(
+            h.reason.as_deref().unwrap().contains("redis"),
+            "{:?}",
+            h.reason
+        );
+    }
+
+    #[test]
+    fn a_dead_thread_degrades_health_and_is_named() {
+        let (mut trigger, s) = for_tests(1);
+        for q in &s.counters.queues {
+            q.amqp_up.store(true, Ordering::Relaxed);
+        }
+        s.counters.links[0].connected.store(true, Ordering::Relaxed);
+        assert_eq!(Health::of(&s).status, "ok");
+        fn on_fire() {
+            panic!("disk on fire")
+        }
+        s.threads
+            .spawn("writer-3", on_fire)
+            .unwrap()
+            .join()
+            .unwrap();
+        let h = Health::of(&s);
+        assert_eq!(h.status, "degraded");
+        let reason = h.reason.unwrap();
+        assert!(
+            reason.contains("writer-3 panicked: disk on fire"),
+            "{reason}"
+        );
+        let json = serde_json::to_value(Health::of(&s)).unwrap();
+        assert_eq!(json["deadThreads"][0]["name"], "writer-3");
+        trigger.signal();
+        assert_eq!(Health::of(&s).status, "shutting_down");
+    }
+}

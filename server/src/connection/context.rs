@@ -1,0 +1,86 @@
+//! What a connection's steps need from their worker besides the connection
+//! itself: the shared state and broker, the WebSocket settings, the room
+//! index, the id generator, the acks waiting for the broker, and a scratch
+//! buffer. Kept apart from the worker's loop state (Poll, slab, lists) so a
+//! step can borrow it while the worker holds the connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chatflow_protocol::IdGenerator;
+use tungstenite::protocol::WebSocketConfig;
+
+use crate::broker::Broker;
+use crate::fanout::Ticket;
+use crate::rooms::RoomIndex;
+use crate::stats::{Shared, WorkerStats};
+
+/// An ack waiting for the broker's word.
+pub(super) struct PendingAck {
+    pub key: usize,
+    pub connection_id: u64,
+    /// The ack frame, ready to send on success.
+    pub ack: String,
+    pub client_message_id: Option<String>,
+}
+
+pub struct Context {
+    index: usize,
+    pub(super) shared: Arc<Shared>,
+    pub(super) broker: Arc<dyn Broker>,
+    pub(super) ws_config: WebSocketConfig,
+    /// Open connections by room: who gets a broadcast.
+    pub(super) rooms: RoomIndex,
+    pub(super) ids: IdGenerator,
+    next_ticket: u64,
+    /// Messages the broker answered `Pending`, by ticket id.
+    pub(super) pending: HashMap<u64, PendingAck>,
+    /// Request heads are peeked into it; dropped input is read into it.
+    pub(super) scratch: Vec<u8>,
+}
+
+impl Context {
+    /// Worker `index`'s context, made on the worker's own (pinned) thread.
+    pub fn new(index: usize, shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Self {
+        let config = &shared.config;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config.read_buffer_size)
+            // Replies are buffered until the end-of-turn flush; past this
+            // much tungstenite writes early. (It must stay below the bound.)
+            .write_buffer_size((16 * 1024).min(config.max_pending_output / 2))
+            .max_write_buffer_size(config.max_pending_output)
+            .max_message_size(Some(config.max_message_size))
+            .max_frame_size(Some(config.max_message_size));
+        let rooms = RoomIndex::new(config.rooms().count());
+        let scratch = vec![0; config.max_request_head];
+        Context {
+            index,
+            shared,
+            broker,
+            ws_config,
+            rooms,
+            ids: IdGenerator::new(),
+            next_ticket: 0,
+            pending: HashMap::new(),
+            scratch,
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// This worker's counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.shared.workers[self.index]
+    }
+
+    /// A ticket this worker never used before.
+    pub(super) fn next_ticket(&mut self) -> Ticket {
+        self.next_ticket += 1;
+        Ticket {
+            worker: self.index,
+            id: self.next_ticket,
+        }
+    }
+}

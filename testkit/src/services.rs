@@ -1,0 +1,57 @@
+//! The machine's shared services, as the tests reach them: RabbitMQ
+//! (guest/guest), Redis and PostgreSQL on 127.0.0.1 at their usual ports
+//! (`scripts/ensure-services.sh` starts them). Other tests and other
+//! people use the same services at the same time, so a test works in its
+//! own namespace ([`crate::unique_namespace`]), deletes what it declared
+//! ([`TopologyGuard`]) and never stops a service: an outage is made with a
+//! [`crate::Proxy`] in front of it.
+
+use std::net::SocketAddr;
+
+use amiquip::Connection;
+use chatflow_broker::Declare;
+use chatflow_protocol::Topology;
+
+/// RabbitMQ as the tests' own connections reach it (never through a proxy).
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30";
+/// Redis as the tests' own connections reach it.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+
+/// RabbitMQ's AMQP port, for a proxy's upstream.
+pub fn amqp_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5672))
+}
+
+/// Redis's port, for a proxy's upstream.
+pub fn redis_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6379))
+}
+
+/// PostgreSQL's port, for a proxy's upstream.
+pub fn postgres_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5432))
+}
+
+/// Deletes a test's RabbitMQ topology (its queues, dead-letter queue and
+/// exchanges) when dropped, pass or fail, over a connection of its own.
+pub struct TopologyGuard(pub Topology);
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        if let Err(e) = delete(&self.0) {
+            // A panic here would abort a test that is already unwinding;
+            // a queue left behind is only untidy.
+            eprintln!("clean-up of namespace {}: {e}", self.0.namespace);
+        }
+    }
+}
+
+/// Deletes everything `topology.declare` makes.
+fn delete(topology: &Topology) -> amiquip::Result<()> {
+    let mut connection = Connection::insecure_open(AMQP_URL)?;
+    let deleted = connection
+        .open_channel(None)
+        .and_then(|channel| topology.delete(&channel));
+    let _ = connection.close();
+    deleted
+}
