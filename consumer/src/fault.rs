@@ -1,7 +1,7 @@
 //! Fault injection for tests (hidden from the docs; not for production):
 //! makes the writer or the queue consumer that handles a message with a
 //! chosen text panic, so a test can prove a dead thread shows in
-//! `/health` (`tests/threads.rs`).
+//! `/health` (`tests/persistence.rs`, `tests/delivery.rs`).
 //!
 //! Process-wide, keyed by the message text: a test arms it with a text
 //! only its own messages carry, so tests running alongside are not hit.

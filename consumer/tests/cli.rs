@@ -5,7 +5,7 @@
 use chatflow_consumer::{Args, Config};
 use chatflow_testkit::cli::{
     assert_boolean_spellings, assert_help_hides_env, assert_hidden, assert_refusal_hides_env,
-    env_lock, BoolVar,
+    env_lock, parse_config, BoolVar,
 };
 use clap::Parser;
 
@@ -60,11 +60,6 @@ fn boolean_variables_take_every_usual_spelling() {
                 read: |config: &Config| config.database.apply_schema,
             },
         ],
-        || {
-            Args::try_parse_from(["chatflow-consumer"])
-                .map_err(|e| e.to_string())?
-                .into_config()
-                .map_err(|e| e.to_string())
-        },
+        || parse_config("chatflow-consumer", &[], Args::into_config),
     );
 }

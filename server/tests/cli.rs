@@ -5,7 +5,7 @@
 use chatflow_server::{Args, Config};
 use chatflow_testkit::cli::{
     assert_boolean_spellings, assert_help_hides_env, assert_hidden, assert_refusal_hides_env,
-    env_lock, BoolVar,
+    env_lock, parse_config, BoolVar,
 };
 use clap::Parser;
 
@@ -50,11 +50,6 @@ fn boolean_variables_take_every_usual_spelling() {
                 read: |config: &Config| config.share_port,
             },
         ],
-        || {
-            Args::try_parse_from(["chatflow-server"])
-                .map_err(|e| e.to_string())?
-                .into_config()
-                .map_err(|e| e.to_string())
-        },
+        || parse_config("chatflow-server", &[], Args::into_config),
     );
 }

@@ -20,6 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use chatflow_bench::masked_text_frame;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -149,27 +150,16 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS in /proc/PID/status")
 }
 
-/// A masked client text frame (payloads under 64 KiB).
-fn text_frame(payload: &[u8]) -> Vec<u8> {
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x81];
-    if payload.len() < 126 {
-        frame.push(0x80 | payload.len() as u8);
-    } else {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    frame.extend_from_slice(&MASK);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    frame
-}
+/// Any mask will do: the server only checks that there is one.
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 fn chat_message(user: u32, n: u64) -> Vec<u8> {
-    text_frame(
+    masked_text_frame(
         format!(
             r#"{{"userId":{user},"username":"user{user}","message":"m{n}","timestamp":"2026-12-01T00:00:00Z","messageType":"TEXT","clientMessageId":"c{n}"}}"#
         )
         .as_bytes(),
+        MASK,
     )
 }
 
