@@ -38,6 +38,24 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
+        self.jittered(base)
+    }
+
+    /// The delay after `attempts` failures of one thing, without keeping a
+    /// `Backoff` per thing (a client with thousands of messages retrying
+    /// keeps only their attempt counts): what the `attempts`-th
+    /// [`next_delay`](Self::next_delay) after a reset would give.
+    pub fn delay_after(&mut self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(31);
+        let base = self
+            .min
+            .checked_mul(1 << doublings)
+            .map_or(self.max, |d| d.min(self.max));
+        self.jittered(base)
+    }
+
+    /// A delay drawn from [base/2, base).
+    fn jittered(&mut self, base: Duration) -> Duration {
         let half = base / 2;
         let nanos = half.as_nanos().max(1) as u64;
         half + Duration::from_nanos(self.random() % nanos)
@@ -114,6 +132,17 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() < min);
+    }
+
+    #[test]
+    fn delay_after_matches_the_sequence_of_next_delays() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_millis(800));
+        let mut b = Backoff::new(min, max, 3);
+        for (attempts, base) in [(0, 100), (1, 100), (2, 200), (3, 400), (4, 800), (40, 800)] {
+            let d = b.delay_after(attempts);
+            let base = Duration::from_millis(base);
+            assert!(d >= base / 2 && d < base, "{attempts}: {d:?} vs {base:?}");
+        }
     }
 
     #[test]

@@ -244,8 +244,8 @@ struct SenderThread<'a> {
     stopping: bool,
     deliveries: Option<Deliveries>,
     records: Vec<Record>,
-    /// Seeds each failed message's own back-off (see [`Self::retry_delay`]).
-    retry_seed: u64,
+    /// Message retries' delays, by attempt count (see [`Self::retry_delay`]).
+    retry_backoff: Backoff,
     out: Outcome,
 }
 
@@ -272,7 +272,11 @@ impl<'a> SenderThread<'a> {
                 .then(|| Deliveries::new(cfg.delivery_timeout, cfg.window)),
             records: Vec::with_capacity(RECORD_BATCH),
             // Any value other than the connect back-off's seed.
-            retry_seed: spec.seed ^ 0x5851_F42D_4C95_7F2D,
+            retry_backoff: Backoff::new(
+                cfg.backoff_base,
+                cfg.backoff_max,
+                spec.seed ^ 0x5851_F42D_4C95_7F2D,
+            ),
             out: Outcome {
                 phase: spec.phase,
                 acked: 0,
@@ -653,18 +657,12 @@ impl<'a> SenderThread<'a> {
     }
 
     /// The wait before a message's next attempt, `attempts` having failed:
-    /// the `attempts`-th delay of a [`Backoff`] of its own (`--backoff`,
-    /// doubling up to `--backoff-max`, jittered so threads that failed
-    /// together do not come back together). Rebuilt here, on the failure
-    /// path, so in-flight entries carry only their attempt count.
+    /// `--backoff` doubled per failed attempt up to `--backoff-max`,
+    /// jittered so threads that failed together do not come back together
+    /// ([`Backoff::delay_after`]: in-flight entries carry only their
+    /// attempt count, not a back-off each).
     fn retry_delay(&mut self, attempts: u32) -> Duration {
-        self.retry_seed = self.retry_seed.wrapping_add(1);
-        let mut backoff =
-            Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max, self.retry_seed);
-        for _ in 1..attempts {
-            backoff.next_delay();
-        }
-        backoff.next_delay()
+        self.retry_backoff.delay_after(attempts)
     }
 
     fn record(&mut self, msg: Msg, sent_ms: i64, latency: Duration, status: Status) {
