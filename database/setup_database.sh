@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates ChatFlow's database role and database if absent, applies
-# schema.sql, and creates the partitions of today and the next 7 days.
+# schema.sql (upgrading an existing database in place: new indexes replace
+# old ones, and the rollups are filled from the messages already stored),
+# and creates the partitions of today and the next 7 days.
 # Idempotent: a second run changes nothing.
 set -euo pipefail
 
@@ -58,5 +60,6 @@ SQL
 # Schema and partitions, as the owner so it owns every table.
 PGOPTIONS="-c client_min_messages=warning" PGPASSWORD="$DB_PASSWORD" psql -X -q -v ON_ERROR_STOP=1 -h "$DB_HOST" -p "$DB_PORT" -U "$DB_USER" -d "$DB_NAME" \
   -f "$here/schema.sql" \
+  -c "SELECT chatflow_backfill_rollups()" \
   -c "SELECT chatflow_ensure_partitions((now() AT TIME ZONE 'UTC')::date, $PARTITION_DAYS)" >/dev/null
 echo "setup_database.sh: $DB_NAME on $DB_HOST:$DB_PORT ready (owner $DB_USER, partitions for $PARTITION_DAYS days)"

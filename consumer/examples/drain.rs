@@ -9,7 +9,8 @@
 //!
 //! Persistence is on by default (as in the consumer): rows go to DB_NAME
 //! (default `chatflow`, see database/setup_database.sh);
-//! `--enable-persistence false` measures broadcast-then-ack alone.
+//! `--enable-persistence false` measures broadcast-then-ack alone;
+//! `--no-rollups` stores without the analytics rollups (what they cost).
 //!
 //! Services on localhost (RABBITMQ_HOST/REDIS_HOST etc. are honoured as by
 //! the consumer). `--subscribe` also counts what arrives on Redis.

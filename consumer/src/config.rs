@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use chatflow_broker::Secret;
 use chatflow_broker::{AmqpEndpoint, BrokerArgs, BrokerSettings};
+pub use chatflow_database::Secret;
+use chatflow_database::{DatabaseArgs, DatabaseSettings, Rollups};
 pub use chatflow_protocol::flags::ConfigError;
 use chatflow_protocol::flags::{bad, seconds};
 use chatflow_protocol::{Rooms, Topology, SHARDS_PER_ROOM};
@@ -67,11 +68,9 @@ impl Default for Config {
 /// Where messages are stored and how they are written.
 #[derive(Clone, Debug)]
 pub struct Database {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Secret,
-    pub name: String,
+    /// Where PostgreSQL is and as whom (the `DB_*` settings the server's
+    /// read API shares).
+    pub settings: DatabaseSettings,
     /// Writer threads, each with its own connection.
     pub writers: usize,
     /// Most rows per COPY batch.
@@ -81,51 +80,35 @@ pub struct Database {
     /// Apply `database/schema.sql` at start (idempotent). Off by default:
     /// `setup_database.sh` is the way to create the schema.
     pub apply_schema: bool,
+    /// Maintain the analytics rollups with every batch. `Skip` only
+    /// measures what they cost (the hidden `--no-rollups`, for the drain
+    /// benchmark): it leaves the read API's analytics wrong.
+    pub rollups: Rollups,
 }
 
 impl Default for Database {
     fn default() -> Self {
         Database {
-            host: "127.0.0.1".to_string(),
-            port: 5432,
-            user: "postgres".to_string(),
-            password: Secret::default(),
-            name: "chatflow".to_string(),
+            settings: DatabaseSettings::default(),
             writers: 4,
             batch_rows: 1000,
             flush_interval: Duration::from_millis(500),
             apply_schema: false,
+            rollups: Rollups::Maintain,
         }
     }
 }
 
 impl Database {
     /// A libpq-style connection string (values quoted, so any password
-    /// works).
+    /// works), naming the consumer in `pg_stat_activity`.
     pub fn connection_string(&self, connect_timeout: Duration) -> String {
-        let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-        let mut s = format!(
-            "host={} port={} user={} dbname={} connect_timeout={} application_name=chatflow-consumer",
-            quote(&self.host),
-            self.port,
-            quote(&self.user),
-            quote(&self.name),
-            connect_timeout.as_secs().max(1)
-        );
-        if !self.password.is_empty() {
-            s.push_str(&format!(" password={}", quote(self.password.expose())));
-        }
-        s
+        self.settings
+            .connection_string("chatflow-consumer", connect_timeout)
     }
 
     pub fn display(&self) -> String {
-        format!(
-            "{}@{}:{}/{}",
-            self.user,
-            chatflow_broker::settings::host_for_url(&self.host),
-            self.port,
-            self.name
-        )
+        self.settings.display()
     }
 }
 
@@ -169,6 +152,7 @@ impl Config {
         self.services.validate()?;
         if self.enable_persistence {
             let db = &self.database;
+            db.settings.validate()?;
             if !(1..=64).contains(&db.writers) {
                 return Err(bad("writers", format!("{} is not in 1..=64", db.writers)));
             }
@@ -243,28 +227,8 @@ pub struct Args {
         action = ArgAction::Set
     )]
     pub enable_persistence: bool,
-    /// PostgreSQL host.
-    #[arg(long, env = "DB_HOST", default_value = "127.0.0.1")]
-    pub db_host: String,
-    /// PostgreSQL port.
-    #[arg(long, env = "DB_PORT", default_value_t = 5432)]
-    pub db_port: u16,
-    /// PostgreSQL user (setup_database.sh creates it).
-    #[arg(long, env = "DB_USER", default_value = "postgres")]
-    pub db_user: String,
-    /// PostgreSQL password (empty: none, for trust authentication; never printed).
-    #[arg(
-        long,
-        env = "DB_PASSWORD",
-        default_value = "",
-        value_parser = Secret::parse,
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub db_password: Secret,
-    /// PostgreSQL database.
-    #[arg(long, env = "DB_NAME", default_value = "chatflow")]
-    pub db_name: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Writer threads (each its own connection, binary COPY).
     #[arg(long, env = "WRITERS", default_value_t = 4)]
     pub writers: usize,
@@ -278,17 +242,13 @@ pub struct Args {
     /// true/false, yes/no, on/off).
     #[arg(long, env = "APPLY_SCHEMA", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub apply_schema: bool,
+    /// Benchmarks only: store rows without maintaining the rollups, to
+    /// measure what they cost. Leaves the read API's analytics wrong.
+    #[arg(long, hide = true, action = ArgAction::SetTrue)]
+    pub no_rollups: bool,
     /// Seconds a consumer waits for its cancel to be confirmed on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5.0)]
     pub shutdown_grace_secs: f64,
-}
-
-fn non_empty(flag: &'static str, value: String) -> Result<String, ConfigError> {
-    if value.trim().is_empty() {
-        Err(bad(flag, "must not be empty"))
-    } else {
-        Ok(value)
-    }
 }
 
 impl Args {
@@ -312,15 +272,16 @@ impl Args {
             metrics_bind,
             enable_persistence: self.enable_persistence,
             database: Database {
-                host: non_empty("db-host", self.db_host)?,
-                port: self.db_port,
-                user: non_empty("db-user", self.db_user)?,
-                password: self.db_password,
-                name: non_empty("db-name", self.db_name)?,
+                settings: self.database.into_settings()?,
                 writers: self.writers,
                 batch_rows: self.batch_rows,
                 flush_interval: Duration::from_millis(self.flush_interval_ms),
                 apply_schema: self.apply_schema,
+                rollups: if self.no_rollups {
+                    Rollups::Skip
+                } else {
+                    Rollups::Maintain
+                },
             },
             shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
             ..defaults

@@ -222,6 +222,7 @@ impl Consumer {
                 queue_capacity: leases.len() * config.prefetch as usize,
                 retry_min: config.retry_min,
                 retry_max: config.retry_max,
+                rollups: db.rollups,
             };
             let writers = Writers::start(
                 &writer_config,

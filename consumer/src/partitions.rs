@@ -1,40 +1,30 @@
 //! Partition upkeep and the consumer's other database work (everything that
-//! is not a writer's COPY), over an r2d2 pool: applying the schema when
+//! is not a writer's COPY), over a small r2d2 pool (`chatflow-database`'s `pool`): applying the schema when
 //! asked, creating the coming days' partitions at start and then hourly
 //! (idempotent, so a missed day is caught up), and checking the database for
-//! `/health`.
+//! `/health`. The SQL itself lives in `chatflow-database`'s `schema`.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chatflow_broker::retry::wait;
-use postgres::NoTls;
-use r2d2_postgres::PostgresConnectionManager;
+use chatflow_database::{pool, schema};
 
 use crate::threads::Threads;
 
-/// The schema, applied by `setup_database.sh` or with `--apply-schema`.
-pub const SCHEMA: &str = include_str!("../../database/schema.sql");
-
-/// Days of partitions kept ahead, today included.
-pub const DAYS_AHEAD: i32 = 8;
 /// Days change once a day; an hour keeps a missed run cheap to catch up.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(3600);
 /// After a failed run: soon, but without hammering a database that is down.
 const UPKEEP_RETRY: Duration = Duration::from_secs(60);
 
-pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub use chatflow_database::pool::Pool;
 
 /// Why database work failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("bad connection string: {0}")]
-    Config(#[source] postgres::Error),
-    /// No connection within the pool's timeout (the database is down, or
-    /// refuses us).
     #[error("{0}")]
-    Connect(#[source] r2d2::Error),
+    Pool(#[from] pool::PoolError),
     #[error("{0}")]
     Query(#[source] postgres::Error),
 }
@@ -42,34 +32,24 @@ pub enum DbError {
 /// A small pool for non-writer work. Built without connecting, so a
 /// database that is down later does not stop the consumer.
 pub fn pool(connection: &str) -> Result<Pool, DbError> {
-    let config: postgres::Config = connection.parse().map_err(DbError::Config)?;
-    let manager = PostgresConnectionManager::new(config, NoTls);
-    Ok(r2d2::Pool::builder()
-        .max_size(4)
-        .min_idle(Some(0))
-        .connection_timeout(Duration::from_secs(2))
-        .build_unchecked(manager))
+    Ok(pool::pool(connection, 4, Duration::from_secs(2))?)
 }
 
-/// Applies `schema.sql` (idempotent).
+fn client(pool: &Pool) -> Result<pool::Connection, DbError> {
+    pool.get()
+        .map_err(|e| DbError::Pool(pool::PoolError::Unavailable(e)))
+}
+
+/// Applies `schema.sql` (idempotent) and fills the rollups of a database
+/// that has messages from before them.
 pub fn apply_schema(pool: &Pool) -> Result<(), DbError> {
-    let mut client = pool.get().map_err(DbError::Connect)?;
-    client
-        .batch_execute(&format!("SET client_min_messages = warning; {SCHEMA}"))
-        .map_err(DbError::Query)
+    schema::apply_schema(&mut *client(pool)?).map_err(DbError::Query)
 }
 
 /// Creates the partitions of today (UTC) and the next days; returns how many
 /// were new.
 pub fn ensure_partitions(pool: &Pool) -> Result<i32, DbError> {
-    let mut client = pool.get().map_err(DbError::Connect)?;
-    let row = client
-        .query_one(
-            "SELECT chatflow_ensure_partitions((now() AT TIME ZONE 'UTC')::date, $1)",
-            &[&DAYS_AHEAD],
-        )
-        .map_err(DbError::Query)?;
-    Ok(row.get(0))
+    schema::ensure_partitions(&mut *client(pool)?).map_err(DbError::Query)
 }
 
 /// Whether the database answers now.

@@ -21,6 +21,9 @@
 //!   `INSERT … SELECT … ON CONFLICT DO NOTHING`, so a redelivery never makes
 //!   a second row.
 //!
+//! Both paths (`chatflow-database`'s `store`) add the batch's rollups in the
+//! same transaction, counting only the rows that went in.
+//!
 //! A failed write is classified by its SQLSTATE ([`WriteFailure`]):
 //!
 //! - *the database is unavailable* (connection lost, shutting down, out of
@@ -61,10 +64,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chatflow_broker::retry::{is_shutdown, wait, Backoff, Shutdown};
+use chatflow_database::settings::redact;
+use chatflow_database::{copy_batch, insert_batch_deduplicated, Rollups};
 use crossbeam_channel::{Receiver, Sender};
-use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::error::SqlState;
-use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls};
 
 use crate::counters::WriterStats;
@@ -72,19 +75,6 @@ use crate::fault::{self, Site};
 use crate::handoff::{Committed, Pending};
 use crate::threads::Threads;
 
-const COLUMNS: &str =
-    "message_id, room_id, user_id, username, message, message_type, client_timestamp, server_timestamp, server_id";
-const TYPES: [Type; 9] = [
-    Type::UUID,
-    Type::INT4,
-    Type::INT4,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-];
 /// While a batch fills, how often the writer takes what has arrived.
 const COLLECT_POLL: Duration = Duration::from_millis(5);
 /// Refused rows logged one by one per writer before the log thins out to
@@ -105,6 +95,9 @@ pub struct WriterConfig {
     /// unavailable (jittered: four writers do not retry in lockstep).
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Maintain the analytics rollups with every batch (always, but for
+    /// the drain benchmark's measurement of what they cost).
+    pub rollups: Rollups,
 }
 
 /// Why the writers could not start.
@@ -197,21 +190,6 @@ impl Writers {
             let _ = thread.join();
         }
     }
-}
-
-/// Hides the password of a connection string in messages.
-fn redact(connection: &str) -> String {
-    connection
-        .split_whitespace()
-        .map(|part| {
-            if part.starts_with("password=") {
-                "password=***"
-            } else {
-                part
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// A failed write in one line. `postgres::Error`'s own `Display` stops at
@@ -453,14 +431,14 @@ impl Writer {
         let client = self.client.as_mut().expect("connected above");
         let stats = &self.stats[self.index];
         if !batch.iter().any(|p| p.redelivered) {
-            match copy_batch(client, batch) {
+            match copy_batch(client, batch, self.config.rollups) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
                 Err(e) => return Err(e),
             }
         }
         stats.duplicate_batches.fetch_add(1, Ordering::Relaxed);
-        let inserted = insert_batch_deduplicated(client, batch)?;
+        let inserted = insert_batch_deduplicated(client, batch, self.config.rollups)?;
         stats
             .duplicates_dropped
             .fetch_add(batch.len() as u64 - inserted, Ordering::Relaxed);
@@ -495,66 +473,6 @@ impl Writer {
             }
         }
     }
-}
-
-fn write_rows(
-    writer: &mut BinaryCopyInWriter<'_>,
-    batch: &[Pending],
-) -> Result<(), postgres::Error> {
-    for pending in batch {
-        let r = &pending.row;
-        let values: [&(dyn ToSql + Sync); 9] = [
-            &r.message_id,
-            &r.room_id,
-            &r.user_id,
-            &r.username,
-            &r.message,
-            &r.message_type,
-            &r.client_timestamp,
-            &r.server_timestamp,
-            &r.server_id,
-        ];
-        writer.write(&values)?;
-    }
-    Ok(())
-}
-
-/// The fast path: one binary COPY straight into the partitioned table.
-pub fn copy_batch(client: &mut Client, batch: &[Pending]) -> Result<(), postgres::Error> {
-    let mut tx = client.transaction()?;
-    {
-        let sink = tx.copy_in(&format!("COPY messages ({COLUMNS}) FROM STDIN BINARY"))?;
-        let mut writer = BinaryCopyInWriter::new(sink, &TYPES);
-        write_rows(&mut writer, batch)?;
-        writer.finish()?;
-    }
-    tx.commit()
-}
-
-/// The dedup path: COPY into a per-session staging table, then insert what
-/// is not stored yet. Returns how many rows were new.
-pub fn insert_batch_deduplicated(
-    client: &mut Client,
-    batch: &[Pending],
-) -> Result<u64, postgres::Error> {
-    let mut tx = client.transaction()?;
-    tx.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS messages_staging (LIKE messages INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-    )?;
-    {
-        let sink = tx.copy_in(&format!(
-            "COPY messages_staging ({COLUMNS}) FROM STDIN BINARY"
-        ))?;
-        let mut writer = BinaryCopyInWriter::new(sink, &TYPES);
-        write_rows(&mut writer, batch)?;
-        writer.finish()?;
-    }
-    let inserted = tx.execute(
-        &format!("INSERT INTO messages ({COLUMNS}) SELECT {COLUMNS} FROM messages_staging ON CONFLICT DO NOTHING"),
-        &[],
-    )?;
-    tx.commit()?;
-    Ok(inserted)
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chatflow_consumer::{Config, Consumer};
+use chatflow_testkit::database::TestDatabase;
 use common::chat::*;
-use common::database::TestDatabase;
 use common::{config, namespace, wait_until, Broker};
 
 /// Messages sent to server A reach the room's members on server B (and on
@@ -23,7 +23,7 @@ fn messages_cross_servers_in_order_and_are_stored() {
         enable_persistence: true,
         ..config(&ns, 2)
     };
-    consumer_config.database.name = db.name.clone();
+    consumer_config.database.settings.name = db.name.clone();
     consumer_config.database.apply_schema = true;
     consumer_config.database.flush_interval = Duration::from_millis(50);
     let _broker = Broker::new(&consumer_config); // deletes the topology at the end

@@ -91,7 +91,7 @@ fn start_refuses_what_it_cannot_do() {
         enable_persistence: true,
         ..config(&ns, 1)
     };
-    persistent.database.name = "chatflow_no_such_database".to_string();
+    persistent.database.settings.name = "chatflow_no_such_database".to_string();
     // The topology is declared before the database is checked: delete it
     // at the end.
     let _broker = Broker::new(&persistent);

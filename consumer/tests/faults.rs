@@ -14,8 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chatflow_consumer::{Config, Consumer};
+use chatflow_testkit::database::TestDatabase;
 use common::chat::*;
-use common::database::TestDatabase;
 use common::{config, namespace, wait_until, Broker};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -45,7 +45,7 @@ fn persistent(ns: &str, db: &TestDatabase) -> Config {
         enable_persistence: true,
         ..config(ns, 1)
     };
-    c.database.name = db.name.clone();
+    c.database.settings.name = db.name.clone();
     c.database.flush_interval = Duration::from_millis(50);
     c
 }

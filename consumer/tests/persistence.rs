@@ -19,11 +19,11 @@ use chatflow_consumer::counters::WriterStats;
 use chatflow_consumer::fault::{self, Site};
 use chatflow_consumer::handoff::{Pending, Row};
 use chatflow_consumer::threads::Threads;
-use chatflow_consumer::writer::{
-    copy_batch, describe, insert_batch_deduplicated, WriteFailure, WriterConfig, Writers,
-};
+use chatflow_consumer::writer::{describe, WriteFailure, WriterConfig, Writers};
 use chatflow_consumer::{partitions, Committed, Config, Consumer};
-use common::database::{TestDatabase, ADMIN};
+use chatflow_database::Rollups::Maintain;
+use chatflow_database::{copy_batch, insert_batch_deduplicated};
+use chatflow_testkit::database::{TestDatabase, ADMIN};
 use common::proxy::Proxy;
 use common::*;
 use crossbeam_channel::Receiver;
@@ -36,8 +36,8 @@ fn persistent(ns: &str, rooms: u32, db: &TestDatabase) -> Config {
         enable_persistence: true,
         ..config(ns, rooms)
     };
-    config.database.user = "postgres".to_string();
-    config.database.name = db.name.clone();
+    config.database.settings.user = "postgres".to_string();
+    config.database.settings.name = db.name.clone();
     config.database.apply_schema = true;
     config.database.flush_interval = Duration::from_millis(50);
     config
@@ -204,8 +204,8 @@ fn writer_paths_deduplicate_redeliveries() {
     partitions::ensure_partitions(&partitions::pool(&db.connection()).unwrap()).unwrap();
     let now = SystemTime::now();
     let batch: Vec<Pending> = (1..=50).map(|u| pending(row(u, now), 1, false)).collect();
-    copy_batch(&mut client, &batch).unwrap();
-    let err = copy_batch(&mut client, &batch[..1]).unwrap_err();
+    copy_batch(&mut client, &batch, Maintain).unwrap();
+    let err = copy_batch(&mut client, &batch[..1], Maintain).unwrap_err();
     assert_eq!(
         err.code(),
         Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
@@ -214,10 +214,16 @@ fn writer_paths_deduplicate_redeliveries() {
         .iter()
         .map(|p| pending(p.row.clone(), 1, true))
         .collect();
-    assert_eq!(insert_batch_deduplicated(&mut client, &again).unwrap(), 0);
+    assert_eq!(
+        insert_batch_deduplicated(&mut client, &again, Maintain).unwrap(),
+        0
+    );
     let mut mixed = again;
     mixed.push(pending(row(99, now), 1, true));
-    assert_eq!(insert_batch_deduplicated(&mut client, &mixed).unwrap(), 1);
+    assert_eq!(
+        insert_batch_deduplicated(&mut client, &mixed, Maintain).unwrap(),
+        1
+    );
     assert_eq!(db.rows(), 51);
 }
 
@@ -228,7 +234,7 @@ fn rows_without_a_partition_land_in_default() {
     let db = TestDatabase::new(&namespace()).with_schema();
     let mut client = db.client();
     let far = SystemTime::now() + Duration::from_secs(400 * 86_400);
-    copy_batch(&mut client, &[pending(row(5, far), 1, false)]).unwrap();
+    copy_batch(&mut client, &[pending(row(5, far), 1, false)], Maintain).unwrap();
     assert_eq!(
         db.count("SELECT count(*) FROM messages_default"),
         1,
@@ -310,6 +316,7 @@ fn one_writer(connection: String, batch_rows: usize) -> OneWriter {
         queue_capacity: 16,
         retry_min: Duration::from_millis(20),
         retry_max: Duration::from_millis(200),
+        rollups: Maintain,
     };
     let stats = Arc::new(vec![WriterStats::default()]);
     let (notify, notices) = crossbeam_channel::unbounded();
@@ -364,7 +371,8 @@ fn failures_are_classified_by_sqlstate() {
     let db = TestDatabase::new(&namespace()).with_schema();
     let mut client = db.client();
     for kind in 0..3 {
-        let err = copy_batch(&mut client, &[pending(bad_row(kind), 1, false)]).unwrap_err();
+        let err =
+            copy_batch(&mut client, &[pending(bad_row(kind), 1, false)], Maintain).unwrap_err();
         let expected = [
             SqlState::CHARACTER_NOT_IN_REPERTOIRE,
             SqlState::CHECK_VIOLATION,
@@ -380,9 +388,9 @@ fn failures_are_classified_by_sqlstate() {
     }
     // The connection is still good after a refused row.
     let row = pending(good_row(5), 1, false);
-    copy_batch(&mut client, std::slice::from_ref(&row)).unwrap();
+    copy_batch(&mut client, std::slice::from_ref(&row), Maintain).unwrap();
     // Already stored: not a bad row (the dedup path's business).
-    let err = copy_batch(&mut client, &[row]).unwrap_err();
+    let err = copy_batch(&mut client, &[row], Maintain).unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION));
     assert_eq!(WriteFailure::of(&err), WriteFailure::Unavailable);
 
@@ -405,7 +413,7 @@ fn failures_are_classified_by_sqlstate() {
     db.client()
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .unwrap();
-    let err = copy_batch(&mut client, &[pending(good_row(6), 1, false)]).unwrap_err();
+    let err = copy_batch(&mut client, &[pending(good_row(6), 1, false)], Maintain).unwrap_err();
     assert!(
         err.code().is_none_or(|c| *c == SqlState::ADMIN_SHUTDOWN),
         "{err}"
@@ -414,7 +422,12 @@ fn failures_are_classified_by_sqlstate() {
 
     // No schema: every row would fail alike (42P01), none is to blame.
     let empty = TestDatabase::new(&namespace());
-    let err = copy_batch(&mut empty.client(), &[pending(good_row(7), 1, false)]).unwrap_err();
+    let err = copy_batch(
+        &mut empty.client(),
+        &[pending(good_row(7), 1, false)],
+        Maintain,
+    )
+    .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
     assert_eq!(WriteFailure::of(&err), WriteFailure::Unavailable);
 }

@@ -5,6 +5,8 @@
 //! Layout:
 //! - [`wait`]: [`wait_until`], polling a condition with a timeout;
 //! - [`http`]: [`http_get`], one plain HTTP/1.1 GET;
+//! - [`database`]: [`TestDatabase`], a PostgreSQL database of a test's own,
+//!   dropped when it ends;
 //! - [`names`]: [`unique_namespace`], names no other test or run uses;
 //! - [`services`]: where the machine's shared RabbitMQ, Redis and
 //!   PostgreSQL listen, and [`TopologyGuard`], which deletes a test's
@@ -25,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod database;
 pub mod http;
 pub mod limits;
 pub mod names;
@@ -33,6 +36,7 @@ pub mod services;
 pub mod wait;
 pub mod ws;
 
+pub use database::TestDatabase;
 pub use http::http_get;
 pub use limits::raise_fd_limit;
 pub use names::unique_namespace;

@@ -9,7 +9,6 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 
 pub mod chat;
-pub mod database;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
