@@ -55,7 +55,6 @@
 //! stopping too.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -64,6 +63,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chatflow_broker::retry::{is_shutdown, wait, Backoff, Shutdown};
+pub use chatflow_database::describe;
 use chatflow_database::settings::redact;
 use chatflow_database::{copy_batch, insert_batch_deduplicated, Rollups};
 use crossbeam_channel::{Receiver, Sender};
@@ -190,26 +190,6 @@ impl Writers {
             let _ = thread.join();
         }
     }
-}
-
-/// A failed write in one line. `postgres::Error`'s own `Display` stops at
-/// "db error" or "error communicating with the server"; the reason is in
-/// the server's report or the error's source. The report's DETAIL is left
-/// out: for a constraint it quotes the whole row, message text included.
-pub fn describe(error: &postgres::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(db) = error.as_db_error() {
-        let _ = write!(text, ": {} (SQLSTATE {}", db.message(), db.code().code());
-        if let Some(context) = db.where_() {
-            // E.g. "COPY messages, line 3, column message" (binary COPY
-            // names the column, never its value).
-            let _ = write!(text, "; {}", context.replace('\n', "; "));
-        }
-        text.push(')');
-    } else if let Some(source) = std::error::Error::source(error) {
-        let _ = write!(text, ": {source}");
-    }
-    text
 }
 
 /// What a failed write says about the rows it tried to store.

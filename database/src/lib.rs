@@ -3,6 +3,7 @@
 //! queries through it, the data generator loads through it.
 //!
 //! Layout:
+//! - [`error`]: PostgreSQL errors in one line ([`describe`]);
 //! - [`settings`]: the shared `DB_*` flags ([`DatabaseArgs`], flattened
 //!   into server and consumer) and [`DatabaseSettings`];
 //! - [`schema`]: `schema.sql`, the day partitions, the rollup backfill;
@@ -18,6 +19,7 @@
 //! Typed results and `postgres::Error`s: callers decide what an error
 //! means (the writers classify it by SQLSTATE, the API maps it to a status).
 
+pub mod error;
 pub mod pool;
 pub mod read;
 pub mod rollup;
@@ -27,6 +29,7 @@ pub mod settings;
 pub mod store;
 pub mod window;
 
+pub use error::describe;
 pub use row::Row;
 pub use settings::{DatabaseArgs, DatabaseSettings, Secret};
 pub use store::{copy_batch, insert_batch_deduplicated, Rollups};

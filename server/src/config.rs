@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chatflow_broker::{BrokerArgs, BrokerSettings};
+use chatflow_database::{DatabaseArgs, DatabaseSettings};
 pub use chatflow_protocol::flags::ConfigError;
 use chatflow_protocol::flags::{bad, seconds};
 use chatflow_protocol::message::MAX_CLIENT_MESSAGE_BYTES;
@@ -96,6 +97,53 @@ pub struct Config {
     pub services: BrokerSettings,
     /// How accepted messages are handed to RabbitMQ (`--broker rabbitmq`).
     pub publishing: Publishing,
+    /// The read API on its own port and threads (`None`: not served). The
+    /// binary's default is `0.0.0.0:8082`; a library caller (a test)
+    /// opts in, so that servers started side by side do not fight over
+    /// one port.
+    pub api: Option<ApiConfig>,
+}
+
+/// The read API (server/API.md): its port, threads, database pool and
+/// the bounds every request is held to.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Where it listens (port 0 picks a free port).
+    pub bind: SocketAddr,
+    /// Threads answering requests (`api-N`), each one request at a time:
+    /// queries block, so this bounds the database work in flight.
+    pub threads: usize,
+    /// Connections open at once (each on a thread of the HTTP server while
+    /// it lasts); past it, new ones wait in the listen queue.
+    pub max_connections: usize,
+    /// A client that sends nothing (or reads nothing) for this long mid-
+    /// request or between requests is disconnected.
+    pub io_timeout: Duration,
+    pub database: DatabaseSettings,
+    /// Pooled connections (the most queries in flight).
+    pub pool_size: u32,
+    /// How long a request waits for a pooled connection before a 503.
+    pub pool_timeout: Duration,
+    /// PostgreSQL cancels an API query running longer (a 504).
+    pub statement_timeout: Duration,
+    /// Longest window the aggregate endpoints accept (a 400 past it).
+    pub max_window: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 8082)),
+            threads: 4,
+            max_connections: 256,
+            io_timeout: Duration::from_secs(10),
+            database: DatabaseSettings::default(),
+            pool_size: 8,
+            pool_timeout: Duration::from_secs(2),
+            statement_timeout: Duration::from_secs(5),
+            max_window: Duration::from_secs(168 * 3600),
+        }
+    }
 }
 
 impl Config {
@@ -146,6 +194,7 @@ impl Default for Config {
             server_id: default_server_id(),
             services: BrokerSettings::default(),
             publishing: Publishing::default(),
+            api: None,
         }
     }
 }
@@ -217,6 +266,32 @@ pub struct Args {
     /// Publisher threads (each an AMQP connection with a confirm channel).
     #[arg(long, env = "PUBLISHERS", default_value_t = 1)]
     pub publishers: usize,
+    /// Where the read API listens (history, analytics, /api/metrics), or "off".
+    #[arg(long, env = "API_BIND", default_value = "0.0.0.0:8082")]
+    pub api_bind: String,
+    /// Threads answering API requests, one query at a time each.
+    #[arg(long, env = "API_THREADS", default_value_t = 4)]
+    pub api_threads: usize,
+    /// API connections open at once (more wait in the listen queue).
+    #[arg(long, env = "API_MAX_CONNECTIONS", default_value_t = 256)]
+    pub api_max_connections: usize,
+    /// Seconds an API client may stay silent mid-request or between requests.
+    #[arg(long, env = "API_IO_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub api_io_timeout_secs: f64,
+    /// Seconds PostgreSQL lets one API query run before cancelling it (504).
+    #[arg(long, env = "API_STATEMENT_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub api_statement_timeout_secs: f64,
+    /// Longest window, in hours, the aggregate endpoints accept.
+    #[arg(long, env = "API_MAX_WINDOW_HOURS", default_value_t = 168)]
+    pub api_max_window_hours: u32,
+    /// PostgreSQL connections in the API's pool.
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: u32,
+    /// Seconds an API request waits for a pooled connection (503 past it).
+    #[arg(long, env = "DB_POOL_TIMEOUT_SECS", default_value_t = 2.0)]
+    pub db_pool_timeout_secs: f64,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 impl Args {
@@ -271,6 +346,7 @@ impl Args {
                 format!("{} is not in 1..=64", self.publishers),
             ));
         }
+        let api = self.api_config()?;
         let server_id = match self.server_id {
             Some(id) if id.is_empty() || id.len() > 64 => {
                 return Err(bad("server-id", "must be 1..=64 characters"))
@@ -298,8 +374,66 @@ impl Args {
                 publishers: self.publishers,
                 ..Publishing::default()
             },
+            api,
             ..defaults
         })
+    }
+
+    /// The read API's settings, or `None` for `--api-bind off`.
+    fn api_config(&self) -> Result<Option<ApiConfig>, ConfigError> {
+        if self.api_bind.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let bind = self.api_bind.parse().map_err(|e| {
+            bad(
+                "api-bind",
+                format!(
+                    "{:?} is not an address like 0.0.0.0:8082, nor \"off\" ({e})",
+                    self.api_bind
+                ),
+            )
+        })?;
+        if !(1..=256).contains(&self.api_threads) {
+            return Err(bad(
+                "api-threads",
+                format!("{} is not in 1..=256", self.api_threads),
+            ));
+        }
+        if !(1..=100_000).contains(&self.api_max_connections) {
+            return Err(bad(
+                "api-max-connections",
+                format!("{} is not in 1..=100000", self.api_max_connections),
+            ));
+        }
+        if !(1..=1024).contains(&self.db_pool_size) {
+            return Err(bad(
+                "db-pool-size",
+                format!("{} is not in 1..=1024", self.db_pool_size),
+            ));
+        }
+        if !(1..=8784).contains(&self.api_max_window_hours) {
+            return Err(bad(
+                "api-max-window-hours",
+                format!(
+                    "{} is not in 1..=8784 (a leap year)",
+                    self.api_max_window_hours
+                ),
+            ));
+        }
+        Ok(Some(ApiConfig {
+            bind,
+            threads: self.api_threads,
+            max_connections: self.api_max_connections,
+            io_timeout: seconds("api-io-timeout-secs", self.api_io_timeout_secs)?,
+            database: self.database.clone().into_settings()?,
+            pool_size: self.db_pool_size,
+            pool_timeout: seconds("db-pool-timeout-secs", self.db_pool_timeout_secs)?,
+            statement_timeout: seconds(
+                "api-statement-timeout-secs",
+                self.api_statement_timeout_secs,
+            )?,
+            max_window: Duration::from_secs(u64::from(self.api_max_window_hours) * 3600),
+        }))
     }
 }
 
@@ -323,6 +457,12 @@ mod tests {
         );
         assert_eq!(c.rooms().count(), 20);
         assert!(c.workers >= 1);
+        let api = c.api.expect("the binary serves the API by default");
+        assert_eq!(api.bind.port(), 8082);
+        assert_eq!(api.threads, ApiConfig::default().threads);
+        assert_eq!(api.max_window, ApiConfig::default().max_window);
+        assert_eq!(api.database, DatabaseSettings::default());
+        assert!(parse(&["--api-bind", "off"]).unwrap().api.is_none());
     }
 
     #[test]
@@ -346,6 +486,22 @@ mod tests {
                 ),
                 (&["--namespace", "a b"][..], "--namespace"),
                 (&["--rabbitmq-port", "99999"][..], "--rabbitmq-port"),
+                (&["--api-bind", "port 8082"][..], "--api-bind"),
+                (&["--api-threads", "0"][..], "--api-threads"),
+                (&["--db-pool-size", "0"][..], "--db-pool-size"),
+                (
+                    &["--db-pool-timeout-secs", "0"][..],
+                    "--db-pool-timeout-secs",
+                ),
+                (
+                    &["--api-statement-timeout-secs", "-1"][..],
+                    "--api-statement-timeout-secs",
+                ),
+                (
+                    &["--api-max-window-hours", "0"][..],
+                    "--api-max-window-hours",
+                ),
+                (&["--db-host", ""][..], "--db-host"),
             ],
         );
     }

@@ -21,16 +21,21 @@
 //! - [`broker`]: the boundary to "where messages go" (`memory`, `none`,
 //!   `rabbitmq` with `redis_subscriber`, and `link_state` for their
 //!   `/health`);
-//! - [`stats`]: per-worker counters, dead workers and the health document.
+//! - [`stats`]: per-worker counters, dead workers and the health document;
+//! - [`api`]: the read API on its own port and threads (server/API.md):
+//!   history, analytics and `/api/metrics` over a PostgreSQL pool;
+//! - [`live`]: where the API's live stats come from.
 //!
 //! No async runtime: every worker owns its sockets outright and nothing it
 //! does blocks.
 
+pub mod api;
 pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod fanout;
 pub mod http;
+pub mod live;
 pub mod rooms;
 pub mod server;
 pub mod socket;

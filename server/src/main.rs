@@ -27,6 +27,10 @@ fn main() -> anyhow::Result<()> {
         server.local_addr(),
         server.local_addr(),
     );
+    match server.api_addr() {
+        Some(addr) => println!("chatflow-server read API at http://{addr}/api/metrics"),
+        None => println!("chatflow-server read API off"),
+    }
     if let Some(signal) = signals.forever().next() {
         eprintln!("chatflow-server: signal {signal}: shutting down");
     }

@@ -40,12 +40,14 @@ use crossbeam_channel::bounded;
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::api::{Api, ApiContext};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::none::NoBroker;
 use crate::broker::rabbitmq::RabbitBroker;
 use crate::broker::{Broker, BrokerFactory};
 use crate::config::{BrokerKind, Config};
 use crate::fanout::{inbox, Fanout, Inbox, WorkerHandle};
+use crate::live::ServerLive;
 use crate::stats::{Health, Shared};
 use crate::worker::{Worker, WAKER};
 
@@ -63,6 +65,8 @@ pub struct Server {
     /// dropped without `shutdown` keeps serving, as documented above.
     stop: ManuallyDrop<ShutdownTrigger>,
     threads: Vec<JoinHandle<()>>,
+    /// The read API, when configured (its own port and threads).
+    api: Option<Api>,
 }
 
 impl Server {
@@ -165,6 +169,28 @@ impl Server {
                 return Err(e.context(format!("starting the {} broker", config.broker.as_str())));
             }
         };
+        let api = match &config.api {
+            Some(api_config) => {
+                let live = ServerLive {
+                    shared: shared.clone(),
+                    broker: broker.clone(),
+                };
+                let started = ApiContext::new(api_config, config.rooms(), Box::new(live))
+                    .and_then(|context| Api::start(api_config, context));
+                match started {
+                    Ok(api) => Some(api),
+                    Err(e) => {
+                        drop(go_senders);
+                        for t in threads {
+                            let _ = t.join();
+                        }
+                        broker.shutdown();
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
         for go in go_senders {
             let _ = go.send(Some(broker.clone()));
         }
@@ -175,6 +201,7 @@ impl Server {
             shared,
             stop: ManuallyDrop::new(stop),
             threads,
+            api,
         })
     }
 
@@ -182,6 +209,12 @@ impl Server {
     /// configured one was 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the read API listens (with the real port when the configured
+    /// one was 0), if it is on.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(Api::local_addr)
     }
 
     /// The same document `GET /health` serves.
@@ -193,6 +226,9 @@ impl Server {
     /// the configured grace for clients to answer), joins every worker, then
     /// stops the broker: the order in the module docs.
     pub fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(api) = self.api.take() {
+            api.shutdown();
+        }
         self.stop.signal();
         self.fanout.shutdown();
         let mut panicked = 0;

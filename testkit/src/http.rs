@@ -1,6 +1,9 @@
-//! One plain HTTP/1.1 GET over a fresh connection, for `/health`,
-//! `/metrics` and refused upgrades. Both servers answer a GET and close
-//! the connection, so the response is read to end of stream.
+//! Plain HTTP/1.1 requests over a fresh connection: [`http_get`] for
+//! `/health`, `/metrics` and refused upgrades (both servers answer a GET
+//! and close the connection, so the response is read to end of stream),
+//! and [`http_request`] for any method, asking the server to close
+//! (`Connection: close`, for servers that keep connections alive) and
+//! keeping the headers.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,6 +22,63 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &str, timeout: Duration) 
         .read_to_string(&mut raw)
         .unwrap_or_else(|e| panic!("GET {path}: reading the response: {e}"));
     parse(&raw)
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// Header lines, as (name, value).
+    pub headers: Vec<(String, String)>,
+    /// Everything after the head.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `method target` to `addr` with `Connection: close` and reads the
+/// whole response. Connecting and reading each give up after `timeout`.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    timeout: Duration,
+) -> HttpResponse {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .unwrap_or_else(|e| panic!("{method} {target}: {addr} does not answer: {e}"));
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    write!(
+        stream,
+        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("{method} {target}: reading the response: {e}"));
+    let raw = String::from_utf8_lossy(&raw);
+    let (status, body) = parse(&raw);
+    let head = raw.split_once("\r\n\r\n").map_or(&*raw, |(head, _)| head);
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// (status, body) of a whole response; panics on anything else.

@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - [`wait`]: [`wait_until`], polling a condition with a timeout;
-//! - [`http`]: [`http_get`], one plain HTTP/1.1 GET;
+//! - [`http`]: [`http_get`], one plain HTTP/1.1 GET, and [`http_request`],
+//!   any method with the response's headers;
 //! - [`database`]: [`TestDatabase`], a PostgreSQL database of a test's own,
 //!   dropped when it ends;
 //! - [`names`]: [`unique_namespace`], names no other test or run uses;
@@ -37,7 +38,7 @@ pub mod wait;
 pub mod ws;
 
 pub use database::TestDatabase;
-pub use http::http_get;
+pub use http::{http_get, http_request, HttpResponse};
 pub use limits::raise_fd_limit;
 pub use names::unique_namespace;
 pub use proxy::Proxy;

@@ -1,0 +1,201 @@
+//! The read API (server/API.md) on its own port: `tiny_http` accepts and
+//! parses requests (a thread per connection, bounded), and `API_THREADS`
+//! named threads (`api-N`) answer them one at a time each, over an r2d2
+//! pool of read-only PostgreSQL connections. Nothing here runs on a
+//! worker's event loop, and a database outage touches only this port: the
+//! API answers 503 with the reason, r2d2 reconnects, and it recovers by
+//! itself.
+//!
+//! Layout: [`routes`] (path → endpoint, ids checked), [`params`] (query
+//! string → typed values or a 400 naming the parameter), [`cursor`]
+//! (opaque keyset cursors), [`endpoints`] (queries → documents), [`reply`]
+//! (errors, timings, the JSON body).
+
+pub mod cursor;
+pub mod endpoints;
+pub mod params;
+pub mod reply;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chatflow_database::pool::{ReadPool, ReadPoolConfig};
+use chatflow_protocol::Rooms;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::ApiConfig;
+use params::Params;
+use reply::{answer, ApiError, Timings};
+
+/// Pending connections the kernel queues for the API's listener.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// The live system stats of `/api/metrics` (fleet snapshots, queue
+/// depths): where they come from is the server's business, not the API's.
+pub trait Live: Send + Sync {
+    /// `{"source", "servers": [...]}` (or with an `"error"`).
+    fn servers(&self, timings: &mut Timings) -> serde_json::Value;
+    /// `{"source", "consumers": [...]}` (or with an `"error"`).
+    fn consumers(&self, timings: &mut Timings) -> serde_json::Value;
+    /// Queue depths per room (or `{"error"}`).
+    fn queues(&self, timings: &mut Timings) -> serde_json::Value;
+}
+
+/// What every API thread shares.
+pub struct ApiContext {
+    pub rooms: Rooms,
+    pub max_window: Duration,
+    pub statement_timeout: Duration,
+    pub pool: ReadPool,
+    /// `user@host:port/name`, for the stats.
+    pub database: String,
+    pub live: Box<dyn Live>,
+}
+
+impl ApiContext {
+    /// The context `config` describes. Does not connect: the pool opens
+    /// connections when asked (so a server whose database is down starts).
+    pub fn new(
+        config: &ApiConfig,
+        rooms: Rooms,
+        live: Box<dyn Live>,
+    ) -> anyhow::Result<ApiContext> {
+        let pool = ReadPool::new(&ReadPoolConfig {
+            database: config.database.clone(),
+            max_size: config.pool_size,
+            checkout_timeout: config.pool_timeout,
+            statement_timeout: config.statement_timeout,
+            connect_timeout: config.pool_timeout,
+        })
+        .context("the read API's database settings")?;
+        Ok(ApiContext {
+            rooms,
+            max_window: config.max_window,
+            statement_timeout: config.statement_timeout,
+            pool,
+            database: config.database.display(),
+            live,
+        })
+    }
+
+    fn query_error(&self, error: &postgres::Error) -> ApiError {
+        ApiError::from_query(error, self.statement_timeout.as_secs_f64())
+    }
+}
+
+/// The running API: its HTTP server and answering threads.
+pub struct Api {
+    server: Arc<tiny_http::Server>,
+    local_addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Api {
+    /// Listens on `config.bind` (failing if the port is taken) and starts
+    /// the answering threads.
+    pub fn start(config: &ApiConfig, context: ApiContext) -> anyhow::Result<Api> {
+        let listener = listener(config)?;
+        let local_addr = listener.local_addr()?;
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| anyhow::anyhow!("starting the API's HTTP server on {local_addr}: {e}"))?;
+        let server = Arc::new(server);
+        let context = Arc::new(context);
+        let mut threads = Vec::with_capacity(config.threads);
+        for index in 0..config.threads {
+            let (server, context) = (server.clone(), context.clone());
+            let thread = thread::Builder::new()
+                .name(format!("api-{index}"))
+                .spawn(move || serve(&server, &context))
+                .context("spawning an API thread")?;
+            threads.push(thread);
+        }
+        Ok(Api {
+            server,
+            local_addr,
+            threads,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Lets each thread finish the request at hand, joins them, and closes
+    /// the port.
+    pub fn shutdown(self) {
+        for _ in &self.threads {
+            self.server.unblock();
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A plain listener (no `SO_REUSEPORT`: a taken port fails the start)
+/// whose accepted sockets inherit its read and write timeouts and
+/// `TCP_NODELAY` (Linux copies them to each accepted socket), since the
+/// HTTP server accepts them itself.
+fn listener(config: &ApiConfig) -> anyhow::Result<std::net::TcpListener> {
+    let addr = config.bind;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_read_timeout(Some(config.io_timeout))?;
+    socket.set_write_timeout(Some(config.io_timeout))?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into()).with_context(|| {
+        format!("the read API cannot listen on {addr} (--api-bind; \"off\" disables it)")
+    })?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// One `api-N` thread: answers requests until unblocked.
+fn serve(server: &tiny_http::Server, context: &ApiContext) {
+    while let Ok(request) = server.recv() {
+        handle(context, request);
+    }
+}
+
+fn handle(context: &ApiContext, request: tiny_http::Request) {
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    let result = route_and_run(context, &request, &mut timings);
+    let done = answer(result, &timings, started);
+    let mut response = tiny_http::Response::from_data(done.body)
+        .with_status_code(done.status)
+        .with_header(header("Content-Type", "application/json"))
+        .with_header(header("Cache-Control", "no-store"));
+    if done.status == 405 {
+        response.add_header(header("Allow", "GET, HEAD"));
+    }
+    if let Some(seconds) = done.retry_after {
+        response.add_header(header("Retry-After", &seconds.to_string()));
+    }
+    // A client gone before its answer is its own business.
+    let _ = request.respond(response);
+}
+
+fn route_and_run(
+    context: &ApiContext,
+    request: &tiny_http::Request,
+    timings: &mut Timings,
+) -> Result<Vec<u8>, ApiError> {
+    let (path, query) = routes::split_target(request.url());
+    let route = routes::route(path, context.rooms)?;
+    match request.method() {
+        tiny_http::Method::Get | tiny_http::Method::Head => {}
+        other => return Err(ApiError::method_not_allowed(other.as_str())),
+    }
+    let params = Params::parse(query, endpoints::allowed(&route))?;
+    endpoints::run(context, route, &params, timings)
+}
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+        .expect("static header names and ASCII values")
+}
