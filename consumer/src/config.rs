@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(c.database.batch_rows, 1000);
         assert_eq!(
             c.database.connection_string(Duration::from_secs(5)),
-            "host='127.0.0.1' port=5432 user='postgres' dbname='chatflow' connect_timeout=5 application_name=chatflow-consumer"
+            "host='127.0.0.1' port=5432 user='postgres' dbname='chatflow' connect_timeout=5 application_name='chatflow-consumer'"
         );
         let amqp = c.amqp_endpoint();
         assert_eq!(
