@@ -1,5 +1,6 @@
 //! Raw flags ([`Args`], clap) → a validated [`Config`] whose `Default`
-//! documents every value. Every check that spans several flags lives in
+//! documents every value, and the two addresses flags name: a WebSocket
+//! server ([`Endpoint`]) and a read API ([`ApiUrl`]). Every check that spans several flags lives in
 //! [`Config::validate`] and names the flags it is about.
 
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use chatflow_protocol::Rooms;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::error::{DurationError, EndpointError, Error, Result};
+use crate::error::{ApiUrlError, DurationError, EndpointError, Error, Result};
 
 /// One server to load, `ws://host:port[/prefix]`. Rooms are reached at
 /// `{base}/chat/{room}`.
@@ -41,23 +42,10 @@ impl Endpoint {
         if authority.is_empty() {
             return Err(EndpointError::NoHost(text.to_string()));
         }
-        let authority = if authority.starts_with('[') {
-            // IPv6 literal: the port follows the closing bracket.
-            match authority.rfind("]:") {
-                Some(_) => authority.to_string(),
-                None => format!("{authority}:80"),
-            }
-        } else if let Some((host, port)) = authority.rsplit_once(':') {
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(EndpointError::BadAuthority {
-                    authority: authority.to_string(),
-                    text: text.to_string(),
-                });
-            }
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
+        let authority = with_port(authority, 80).ok_or_else(|| EndpointError::BadAuthority {
+            authority: authority.to_string(),
+            text: text.to_string(),
+        })?;
         let prefix = path.trim_end_matches('/');
         let prefix = prefix.strip_suffix("/chat").unwrap_or(prefix).to_string();
         Ok(Endpoint { authority, prefix })
@@ -71,6 +59,97 @@ impl Endpoint {
     /// The base URL, as printed in reports.
     pub fn base(&self) -> String {
         format!("ws://{}{}", self.authority, self.prefix)
+    }
+}
+
+/// The port a `chatflow-server` serves its read API on (`--api-bind`'s default).
+pub const API_PORT: u16 = 8082;
+
+/// The read API's base URL, `http://host:port[/prefix]`; requests go to
+/// `{base}/api/...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiUrl {
+    /// `host:port` (the port defaults to 80, as in any http URL).
+    pub authority: String,
+    /// A path prefix without a trailing slash (usually empty).
+    pub prefix: String,
+}
+
+impl ApiUrl {
+    /// Parses `http://host[:port][/prefix]` or `host:port`.
+    pub fn parse(text: &str) -> std::result::Result<ApiUrl, ApiUrlError> {
+        let rest = if let Some(rest) = text.strip_prefix("http://") {
+            rest
+        } else if text.starts_with("https://") {
+            return Err(ApiUrlError::Tls);
+        } else if text.contains("://") {
+            return Err(ApiUrlError::NotHttp(text.to_string()));
+        } else {
+            text
+        };
+        if rest.contains(['?', '#']) {
+            return Err(ApiUrlError::Query(text.to_string()));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(ApiUrlError::NoHost(text.to_string()));
+        }
+        let authority = with_port(authority, 80).ok_or_else(|| ApiUrlError::BadAuthority {
+            authority: authority.to_string(),
+            text: text.to_string(),
+        })?;
+        Ok(ApiUrl {
+            authority,
+            prefix: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The API of a WebSocket server: the same host on [`API_PORT`] (a
+    /// server's path prefix is a load balancer's route to its WebSocket,
+    /// not to the API, so it is dropped).
+    pub fn of_server(server: &Endpoint) -> ApiUrl {
+        // `Endpoint::parse` always leaves `host:port` (IPv6 in brackets).
+        let host = server
+            .authority
+            .rsplit_once(':')
+            .map_or(server.authority.as_str(), |(host, _)| host);
+        ApiUrl {
+            authority: format!("{host}:{API_PORT}"),
+            prefix: String::new(),
+        }
+    }
+
+    /// `http://host:port[/prefix]`, as printed.
+    pub fn base(&self) -> String {
+        format!("http://{}{}", self.authority, self.prefix)
+    }
+
+    /// The URL of an endpoint, `path` starting with `/api/`.
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+}
+
+/// `host[:port]` → `host:port` with `default_port` if none is given;
+/// `None` for an empty host or a port that is not a number.
+fn with_port(authority: &str, default_port: u16) -> Option<String> {
+    if authority.starts_with('[') {
+        // IPv6 literal: the port follows the closing bracket.
+        match authority.rsplit_once("]:") {
+            Some((_, port)) if port.parse::<u16>().is_err() => None,
+            Some(_) => Some(authority.to_string()),
+            None => Some(format!("{authority}:{default_port}")),
+        }
+    } else if let Some((host, port)) = authority.rsplit_once(':') {
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return None;
+        }
+        Some(authority.to_string())
+    } else {
+        Some(format!("{authority}:{default_port}"))
     }
 }
 
@@ -343,7 +422,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError
     name = "chatflow-client",
     version,
     about = "ChatFlow load tester: warm-up then main phase over WebSocket, ack and delivery latency, CSV, summary.json and SVG charts.",
-    after_help = "Exit status: 0 every message acked; 1 could not run (e.g. server unreachable); 2 bad flags; 3 some messages failed or the run was given up; 130 interrupted (Ctrl-C; the report is still written)."
+    after_help = RUN_EXIT_STATUS
 )]
 pub struct Args {
     /// Server base URL(s), `ws://host:port`; repeat or comma-separate for a
@@ -440,6 +519,9 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub progress_interval: Duration,
 }
+
+/// The run's exit statuses, in `--help`.
+pub(crate) const RUN_EXIT_STATUS: &str = "Exit status: 0 every message acked; 1 could not run (e.g. server unreachable); 2 bad flags; 3 some messages failed or the run was given up; 130 interrupted (Ctrl-C; the report is still written).";
 
 impl Args {
     /// Flags → validated config. The error names the flag.
@@ -628,6 +710,42 @@ mod tests {
         assert!(e.to_string().contains("--no-charts"), "{e}");
         // A value only with `=`: a separate word is not taken as one.
         assert!(parse(&["--no-charts", "yes"]).is_err());
+    }
+
+    #[test]
+    fn api_urls_parse_with_defaults_and_refuse_tls_and_queries() {
+        let u = ApiUrl::parse("http://127.0.0.1:8082").unwrap();
+        assert_eq!(
+            u.endpoint("/api/metrics"),
+            "http://127.0.0.1:8082/api/metrics"
+        );
+        assert_eq!(ApiUrl::parse("h:9/lb/").unwrap().base(), "http://h:9/lb");
+        assert_eq!(ApiUrl::parse("http://h").unwrap().authority, "h:80");
+        assert_eq!(ApiUrl::parse("https://h"), Err(ApiUrlError::Tls));
+        assert!(matches!(
+            ApiUrl::parse("ws://h:1"),
+            Err(ApiUrlError::NotHttp(_))
+        ));
+        assert!(matches!(
+            ApiUrl::parse("http://h:1/?x=1"),
+            Err(ApiUrlError::Query(_))
+        ));
+        assert!(matches!(
+            ApiUrl::parse("http:///api"),
+            Err(ApiUrlError::NoHost(_))
+        ));
+        assert!(matches!(
+            ApiUrl::parse("http://h:port"),
+            Err(ApiUrlError::BadAuthority { .. })
+        ));
+    }
+
+    #[test]
+    fn a_servers_api_is_its_host_on_port_8082() {
+        let of = |ws: &str| ApiUrl::of_server(&Endpoint::parse(ws).unwrap()).base();
+        assert_eq!(of("ws://10.1.2.3:8080"), "http://10.1.2.3:8082");
+        assert_eq!(of("ws://chat.local/lb/chat"), "http://chat.local:8082");
+        assert_eq!(of("ws://[::1]:9000"), "http://[::1]:8082");
     }
 
     #[test]

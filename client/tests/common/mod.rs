@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod api;
 pub mod fake;
 
 use std::path::PathBuf;
