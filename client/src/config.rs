@@ -255,6 +255,20 @@ pub struct Config {
     /// Generator batches buffered per room. Default 64 (×16 messages): tens
     /// of milliseconds of work at 600K msgs/s, so senders never wait.
     pub lane_batches: usize,
+    /// After the report, fetch `/api/metrics` for the run's window into
+    /// `metrics.json` and show the stored-message count. Default true;
+    /// `--no-metrics` turns it off. A failed fetch never fails the run.
+    pub metrics: bool,
+    /// The read API; `None` → the first server's host on port 8082
+    /// ([`ApiUrl::of_server`]).
+    pub api_url: Option<ApiUrl>,
+    /// How long the run waits for the stored count to reach the acked
+    /// count. Default 5 s: the consumers commit up to ~0.5-1 s after an
+    /// ack (their flush interval plus the COPY), so a healthy pipeline
+    /// settles in about a second and 5 s leaves room for a backlog to drain.
+    pub metrics_settle: Duration,
+    /// Bound of one API request (connect, send, answer). Default 10 s.
+    pub api_timeout: Duration,
 }
 
 impl Default for Config {
@@ -290,6 +304,10 @@ impl Default for Config {
             sched_batch: true,
             pin: PinMode::Auto,
             lane_batches: 64,
+            metrics: true,
+            api_url: None,
+            metrics_settle: Duration::from_secs(5),
+            api_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -311,6 +329,16 @@ impl Config {
     /// Messages of the main phase.
     pub fn main_total(&self) -> u64 {
         self.total.saturating_sub(self.warmup_total())
+    }
+
+    /// The read API the run's metrics come from: `--api-url`, or the first
+    /// server's host on port 8082.
+    pub fn api(&self) -> ApiUrl {
+        match (&self.api_url, self.urls.first()) {
+            (Some(api), _) => api.clone(),
+            (None, Some(server)) => ApiUrl::of_server(server),
+            (None, None) => ApiUrl::parse("127.0.0.1:8082").expect("a valid literal"),
+        }
     }
 
     /// Checks every rule; the message names the flag(s).
@@ -375,6 +403,7 @@ impl Config {
             ("--ack-timeout", self.ack_timeout),
             ("--give-up-after", self.give_up_after),
             ("--breaker-cooldown", self.breaker_cooldown),
+            ("--api-timeout", self.api_timeout),
         ] {
             if d.is_zero() {
                 return bad(format!("{flag} must be greater than zero"));
@@ -412,8 +441,8 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError
 
 /// The command line. Defaults are the seed system's load run.
 ///
-/// The boolean flags (`--no-delivery`, `--no-charts`, `--no-sched-batch`)
-/// mean "yes" alone and also take a value, `--no-charts=BOOL`, spelled
+/// The boolean flags (`--no-delivery`, `--no-charts`, `--no-sched-batch`,
+/// `--no-metrics`) mean "yes" alone and also take a value, `--no-charts=BOOL`, spelled
 /// 1/0, true/false, yes/no or on/off like every boolean in the workspace,
 /// so a script can pass a variable through. The client reads no
 /// environment variables.
@@ -518,6 +547,22 @@ pub struct Args {
     /// Interval of plain progress lines.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub progress_interval: Duration,
+    /// The read API for the end-of-run metrics.json (default: the first
+    /// --url's host, port 8082).
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Do not fetch metrics.json and the stored-message count at the end.
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    #[arg(action = ArgAction::Set, num_args = 0..=1, require_equals = true)]
+    #[arg(default_missing_value = "true", default_value_t = false)]
+    pub no_metrics: bool,
+    /// How long to wait at the end for the stored count to reach the acked
+    /// count (the consumers commit asynchronously).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub metrics_settle: Duration,
+    /// Bound of one read-API request (connect, send, answer).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
 }
 
 /// The run's exit statuses, in `--help`.
@@ -533,6 +578,13 @@ impl Args {
                 source,
             })?);
         }
+        let api_url = match &self.api_url {
+            Some(text) => Some(ApiUrl::parse(text).map_err(|source| Error::ApiUrl {
+                text: text.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let config = Config {
             urls,
             rooms: self.rooms,
@@ -558,6 +610,10 @@ impl Args {
             progress_interval: self.progress_interval,
             sched_batch: !self.no_sched_batch,
             pin: self.pin,
+            metrics: !self.no_metrics,
+            api_url,
+            metrics_settle: self.metrics_settle,
+            api_timeout: self.api_timeout,
             ..Config::default()
         };
         config.validate()?;
@@ -691,18 +747,25 @@ mod tests {
         };
         let c = parse(&[]).unwrap();
         assert!(c.delivery && c.charts && c.sched_batch);
-        let c = parse(&["--no-delivery", "--no-charts", "--no-sched-batch"]).unwrap();
-        assert!(!c.delivery && !c.charts && !c.sched_batch);
+        let c = parse(&[
+            "--no-delivery",
+            "--no-charts",
+            "--no-sched-batch",
+            "--no-metrics",
+        ])
+        .unwrap();
+        assert!(!c.delivery && !c.charts && !c.sched_batch && !c.metrics);
         for (value, yes) in chatflow_testkit::cli::BOOLEAN_SPELLINGS {
             let c = parse(&[
                 &format!("--no-delivery={value}"),
                 &format!("--no-charts={value}"),
                 &format!("--no-sched-batch={value}"),
+                &format!("--no-metrics={value}"),
             ])
             .unwrap_or_else(|e| panic!("{value}: {e}"));
             assert_eq!(
-                (c.delivery, c.charts, c.sched_batch),
-                (!yes, !yes, !yes),
+                (c.delivery, c.charts, c.sched_batch, c.metrics),
+                (!yes, !yes, !yes, !yes),
                 "{value}"
             );
         }
@@ -710,6 +773,35 @@ mod tests {
         assert!(e.to_string().contains("--no-charts"), "{e}");
         // A value only with `=`: a separate word is not taken as one.
         assert!(parse(&["--no-charts", "yes"]).is_err());
+    }
+
+    #[test]
+    fn the_run_api_is_given_or_derived_from_the_first_server() {
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(std::iter::once("chatflow-client").chain(args.iter().copied()))
+                .unwrap()
+                .into_config()
+        };
+        let c = parse(&["--url", "ws://10.0.0.5:9000,ws://10.0.0.6:9000"]).unwrap();
+        assert_eq!(c.api().base(), "http://10.0.0.5:8082");
+        assert!(c.metrics);
+        let c = parse(&[
+            "--api-url",
+            "http://api:1/x",
+            "--no-metrics",
+            "--metrics-settle",
+            "1.5s",
+        ])
+        .unwrap();
+        assert_eq!(c.api().base(), "http://api:1/x");
+        assert!(!c.metrics);
+        assert_eq!(c.metrics_settle, Duration::from_millis(1500));
+        let e = parse(&["--api-url", "https://api"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--api-url"), "{e}");
+        let e = parse(&["--api-timeout", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--api-timeout"), "{e}");
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! A run: preflight (every server reachable?), a warm-up phase (short-lived
 //! connections), a main phase (persistent connections, `window` messages in
 //! flight each), then a report: text summary, `summary.json`, a per-message
-//! CSV and SVG charts. It measures ack latency (send → ack) and delivery
-//! latency (send → the message's broadcast back on the sender's connection).
-//! `chatflow-client metrics` shows a server's read-API document as tables.
+//! CSV and SVG charts, and the read API's document for the run's window
+//! with the stored count beside the acked one. It measures ack latency
+//! (send → ack) and delivery latency (send → the message's broadcast back
+//! on the sender's connection).
 //!
 //! Layout:
 //! - [`config`]: a run's flags → validated [`Config`]; the [`Endpoint`] and [`ApiUrl`] addresses;
@@ -26,7 +27,8 @@
 //! - [`progress`]: the progress bar or plain progress lines;
 //! - [`threads`]: named threads, SCHED_BATCH and CPU pinning;
 //! - [`metrics`]: the read API's `/api/metrics` document: fetched (`ureq`),
-//!   read tolerantly, shown as tables (`chatflow-client metrics`);
+//!   read tolerantly, shown as tables (`chatflow-client metrics`), and
+//!   polled at a run's end until the stored count settles (`metrics.json`);
 //! - [`run`](mod@run): one run from preflight to report.
 //!
 //! Retry delays (sender retries and reconnects, preflight) come from the
@@ -57,7 +59,7 @@ pub use cli::{Cli, Command};
 pub use config::{ApiUrl, Args, Config, Endpoint, PinMode, ProgressMode};
 pub use error::{ApiError, ConnectError, DurationError, EndpointError, Error, Result};
 pub use metrics::request::{MetricsArgs, MetricsRequest};
-pub use report::{Report, RunOutcome};
+pub use report::{MetricsReport, Report, RunOutcome};
 pub use run::run_until;
 
 /// Runs a load test to the end and writes its report (see [`run_until`] to

@@ -1,5 +1,7 @@
 //! The read API's `/api/metrics` document (see `server/API.md`): fetched,
-//! read tolerantly, and shown as text tables by `chatflow-client metrics`.
+//! read tolerantly, and shown as text tables by `chatflow-client metrics`;
+//! fetched for a load run's window at its end (`metrics.json`, the stored
+//! count beside the acked count).
 //!
 //! Layout, each module importing only those above it:
 //! - [`request`]: the API's URL, query parameters, the subcommand's flags;
@@ -7,7 +9,8 @@
 //! - [`json`]: pretty-printing that keeps the server's key order;
 //! - [`fetch`]: one `GET /api/metrics` with `ureq` and its typed errors;
 //! - [`text`]: tables, sparklines, terminal-safe text;
-//! - [`tables`]: the document as text.
+//! - [`tables`]: the document as text;
+//! - [`settle`]: a run's end: poll until the stored count settles.
 
 pub mod request;
 
@@ -19,6 +22,8 @@ pub mod fetch;
 pub mod text;
 
 pub mod tables;
+
+pub mod settle;
 
 use crate::error::ApiError;
 use request::MetricsRequest;
