@@ -1,5 +1,6 @@
 //! Raw flags ([`Args`], clap) → a validated [`Config`] whose `Default`
-//! documents every value. Every check that spans several flags lives in
+//! documents every value, and the two addresses flags name: a WebSocket
+//! server ([`Endpoint`]) and a read API ([`ApiUrl`]). Every check that spans several flags lives in
 //! [`Config::validate`] and names the flags it is about.
 
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use chatflow_protocol::Rooms;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::error::{DurationError, EndpointError, Error, Result};
+use crate::error::{ApiUrlError, DurationError, EndpointError, Error, Result};
 
 /// One server to load, `ws://host:port[/prefix]`. Rooms are reached at
 /// `{base}/chat/{room}`.
@@ -41,23 +42,10 @@ impl Endpoint {
         if authority.is_empty() {
             return Err(EndpointError::NoHost(text.to_string()));
         }
-        let authority = if authority.starts_with('[') {
-            // IPv6 literal: the port follows the closing bracket.
-            match authority.rfind("]:") {
-                Some(_) => authority.to_string(),
-                None => format!("{authority}:80"),
-            }
-        } else if let Some((host, port)) = authority.rsplit_once(':') {
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(EndpointError::BadAuthority {
-                    authority: authority.to_string(),
-                    text: text.to_string(),
-                });
-            }
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
+        let authority = with_port(authority, 80).ok_or_else(|| EndpointError::BadAuthority {
+            authority: authority.to_string(),
+            text: text.to_string(),
+        })?;
         let prefix = path.trim_end_matches('/');
         let prefix = prefix.strip_suffix("/chat").unwrap_or(prefix).to_string();
         Ok(Endpoint { authority, prefix })
@@ -71,6 +59,97 @@ impl Endpoint {
     /// The base URL, as printed in reports.
     pub fn base(&self) -> String {
         format!("ws://{}{}", self.authority, self.prefix)
+    }
+}
+
+/// The port a `chatflow-server` serves its read API on (`--api-bind`'s default).
+pub const API_PORT: u16 = 8082;
+
+/// The read API's base URL, `http://host:port[/prefix]`; requests go to
+/// `{base}/api/...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiUrl {
+    /// `host:port` (the port defaults to 80, as in any http URL).
+    pub authority: String,
+    /// A path prefix without a trailing slash (usually empty).
+    pub prefix: String,
+}
+
+impl ApiUrl {
+    /// Parses `http://host[:port][/prefix]` or `host:port`.
+    pub fn parse(text: &str) -> std::result::Result<ApiUrl, ApiUrlError> {
+        let rest = if let Some(rest) = text.strip_prefix("http://") {
+            rest
+        } else if text.starts_with("https://") {
+            return Err(ApiUrlError::Tls);
+        } else if text.contains("://") {
+            return Err(ApiUrlError::NotHttp(text.to_string()));
+        } else {
+            text
+        };
+        if rest.contains(['?', '#']) {
+            return Err(ApiUrlError::Query(text.to_string()));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(ApiUrlError::NoHost(text.to_string()));
+        }
+        let authority = with_port(authority, 80).ok_or_else(|| ApiUrlError::BadAuthority {
+            authority: authority.to_string(),
+            text: text.to_string(),
+        })?;
+        Ok(ApiUrl {
+            authority,
+            prefix: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The API of a WebSocket server: the same host on [`API_PORT`] (a
+    /// server's path prefix is a load balancer's route to its WebSocket,
+    /// not to the API, so it is dropped).
+    pub fn of_server(server: &Endpoint) -> ApiUrl {
+        // `Endpoint::parse` always leaves `host:port` (IPv6 in brackets).
+        let host = server
+            .authority
+            .rsplit_once(':')
+            .map_or(server.authority.as_str(), |(host, _)| host);
+        ApiUrl {
+            authority: format!("{host}:{API_PORT}"),
+            prefix: String::new(),
+        }
+    }
+
+    /// `http://host:port[/prefix]`, as printed.
+    pub fn base(&self) -> String {
+        format!("http://{}{}", self.authority, self.prefix)
+    }
+
+    /// The URL of an endpoint, `path` starting with `/api/`.
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+}
+
+/// `host[:port]` → `host:port` with `default_port` if none is given;
+/// `None` for an empty host or a port that is not a number.
+fn with_port(authority: &str, default_port: u16) -> Option<String> {
+    if authority.starts_with('[') {
+        // IPv6 literal: the port follows the closing bracket.
+        match authority.rsplit_once("]:") {
+            Some((_, port)) if port.parse::<u16>().is_err() => None,
+            Some(_) => Some(authority.to_string()),
+            None => Some(format!("{authority}:{default_port}")),
+        }
+    } else if let Some((host, port)) = authority.rsplit_once(':') {
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return None;
+        }
+        Some(authority.to_string())
+    } else {
+        Some(format!("{authority}:{default_port}"))
     }
 }
 
@@ -176,6 +255,20 @@ pub struct Config {
     /// Generator batches buffered per room. Default 64 (×16 messages): tens
     /// of milliseconds of work at 600K msgs/s, so senders never wait.
     pub lane_batches: usize,
+    /// After the report, fetch `/api/metrics` for the run's window into
+    /// `metrics.json` and show the stored-message count. Default true;
+    /// `--no-metrics` turns it off. A failed fetch never fails the run.
+    pub metrics: bool,
+    /// The read API; `None` → the first server's host on port 8082
+    /// ([`ApiUrl::of_server`]).
+    pub api_url: Option<ApiUrl>,
+    /// How long the run waits for the stored count to reach the acked
+    /// count. Default 5 s: the consumers commit up to ~0.5-1 s after an
+    /// ack (their flush interval plus the COPY), so a healthy pipeline
+    /// settles in about a second and 5 s leaves room for a backlog to drain.
+    pub metrics_settle: Duration,
+    /// Bound of one API request (connect, send, answer). Default 10 s.
+    pub api_timeout: Duration,
 }
 
 impl Default for Config {
@@ -211,6 +304,10 @@ impl Default for Config {
             sched_batch: true,
             pin: PinMode::Auto,
             lane_batches: 64,
+            metrics: true,
+            api_url: None,
+            metrics_settle: Duration::from_secs(5),
+            api_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -232,6 +329,16 @@ impl Config {
     /// Messages of the main phase.
     pub fn main_total(&self) -> u64 {
         self.total.saturating_sub(self.warmup_total())
+    }
+
+    /// The read API the run's metrics come from: `--api-url`, or the first
+    /// server's host on port 8082.
+    pub fn api(&self) -> ApiUrl {
+        match (&self.api_url, self.urls.first()) {
+            (Some(api), _) => api.clone(),
+            (None, Some(server)) => ApiUrl::of_server(server),
+            (None, None) => ApiUrl::parse("127.0.0.1:8082").expect("a valid literal"),
+        }
     }
 
     /// Checks every rule; the message names the flag(s).
@@ -296,6 +403,7 @@ impl Config {
             ("--ack-timeout", self.ack_timeout),
             ("--give-up-after", self.give_up_after),
             ("--breaker-cooldown", self.breaker_cooldown),
+            ("--api-timeout", self.api_timeout),
         ] {
             if d.is_zero() {
                 return bad(format!("{flag} must be greater than zero"));
@@ -333,8 +441,8 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError
 
 /// The command line. Defaults are the seed system's load run.
 ///
-/// The boolean flags (`--no-delivery`, `--no-charts`, `--no-sched-batch`)
-/// mean "yes" alone and also take a value, `--no-charts=BOOL`, spelled
+/// The boolean flags (`--no-delivery`, `--no-charts`, `--no-sched-batch`,
+/// `--no-metrics`) mean "yes" alone and also take a value, `--no-charts=BOOL`, spelled
 /// 1/0, true/false, yes/no or on/off like every boolean in the workspace,
 /// so a script can pass a variable through. The client reads no
 /// environment variables.
@@ -343,7 +451,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError
     name = "chatflow-client",
     version,
     about = "ChatFlow load tester: warm-up then main phase over WebSocket, ack and delivery latency, CSV, summary.json and SVG charts.",
-    after_help = "Exit status: 0 every message acked; 1 could not run (e.g. server unreachable); 2 bad flags; 3 some messages failed or the run was given up; 130 interrupted (Ctrl-C; the report is still written)."
+    after_help = RUN_EXIT_STATUS
 )]
 pub struct Args {
     /// Server base URL(s), `ws://host:port`; repeat or comma-separate for a
@@ -439,7 +547,26 @@ pub struct Args {
     /// Interval of plain progress lines.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub progress_interval: Duration,
+    /// The read API for the end-of-run metrics.json (default: the first
+    /// --url's host, port 8082).
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// Do not fetch metrics.json and the stored-message count at the end.
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    #[arg(action = ArgAction::Set, num_args = 0..=1, require_equals = true)]
+    #[arg(default_missing_value = "true", default_value_t = false)]
+    pub no_metrics: bool,
+    /// How long to wait at the end for the stored count to reach the acked
+    /// count (the consumers commit asynchronously).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub metrics_settle: Duration,
+    /// Bound of one read-API request (connect, send, answer).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub api_timeout: Duration,
 }
+
+/// The run's exit statuses, in `--help`.
+pub(crate) const RUN_EXIT_STATUS: &str = "Exit status: 0 every message acked; 1 could not run (e.g. server unreachable); 2 bad flags; 3 some messages failed or the run was given up; 130 interrupted (Ctrl-C; the report is still written).";
 
 impl Args {
     /// Flags → validated config. The error names the flag.
@@ -451,6 +578,13 @@ impl Args {
                 source,
             })?);
         }
+        let api_url = match &self.api_url {
+            Some(text) => Some(ApiUrl::parse(text).map_err(|source| Error::ApiUrl {
+                text: text.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let config = Config {
             urls,
             rooms: self.rooms,
@@ -476,6 +610,10 @@ impl Args {
             progress_interval: self.progress_interval,
             sched_batch: !self.no_sched_batch,
             pin: self.pin,
+            metrics: !self.no_metrics,
+            api_url,
+            metrics_settle: self.metrics_settle,
+            api_timeout: self.api_timeout,
             ..Config::default()
         };
         config.validate()?;
@@ -609,18 +747,25 @@ mod tests {
         };
         let c = parse(&[]).unwrap();
         assert!(c.delivery && c.charts && c.sched_batch);
-        let c = parse(&["--no-delivery", "--no-charts", "--no-sched-batch"]).unwrap();
-        assert!(!c.delivery && !c.charts && !c.sched_batch);
+        let c = parse(&[
+            "--no-delivery",
+            "--no-charts",
+            "--no-sched-batch",
+            "--no-metrics",
+        ])
+        .unwrap();
+        assert!(!c.delivery && !c.charts && !c.sched_batch && !c.metrics);
         for (value, yes) in chatflow_testkit::cli::BOOLEAN_SPELLINGS {
             let c = parse(&[
                 &format!("--no-delivery={value}"),
                 &format!("--no-charts={value}"),
                 &format!("--no-sched-batch={value}"),
+                &format!("--no-metrics={value}"),
             ])
             .unwrap_or_else(|e| panic!("{value}: {e}"));
             assert_eq!(
-                (c.delivery, c.charts, c.sched_batch),
-                (!yes, !yes, !yes),
+                (c.delivery, c.charts, c.sched_batch, c.metrics),
+                (!yes, !yes, !yes, !yes),
                 "{value}"
             );
         }
@@ -628,6 +773,71 @@ mod tests {
         assert!(e.to_string().contains("--no-charts"), "{e}");
         // A value only with `=`: a separate word is not taken as one.
         assert!(parse(&["--no-charts", "yes"]).is_err());
+    }
+
+    #[test]
+    fn the_run_api_is_given_or_derived_from_the_first_server() {
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(std::iter::once("chatflow-client").chain(args.iter().copied()))
+                .unwrap()
+                .into_config()
+        };
+        let c = parse(&["--url", "ws://10.0.0.5:9000,ws://10.0.0.6:9000"]).unwrap();
+        assert_eq!(c.api().base(), "http://10.0.0.5:8082");
+        assert!(c.metrics);
+        let c = parse(&[
+            "--api-url",
+            "http://api:1/x",
+            "--no-metrics",
+            "--metrics-settle",
+            "1.5s",
+        ])
+        .unwrap();
+        assert_eq!(c.api().base(), "http://api:1/x");
+        assert!(!c.metrics);
+        assert_eq!(c.metrics_settle, Duration::from_millis(1500));
+        let e = parse(&["--api-url", "https://api"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--api-url"), "{e}");
+        let e = parse(&["--api-timeout", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--api-timeout"), "{e}");
+    }
+
+    #[test]
+    fn api_urls_parse_with_defaults_and_refuse_tls_and_queries() {
+        let u = ApiUrl::parse("http://127.0.0.1:8082").unwrap();
+        assert_eq!(
+            u.endpoint("/api/metrics"),
+            "http://127.0.0.1:8082/api/metrics"
+        );
+        assert_eq!(ApiUrl::parse("h:9/lb/").unwrap().base(), "http://h:9/lb");
+        assert_eq!(ApiUrl::parse("http://h").unwrap().authority, "h:80");
+        assert_eq!(ApiUrl::parse("https://h"), Err(ApiUrlError::Tls));
+        assert!(matches!(
+            ApiUrl::parse("ws://h:1"),
+            Err(ApiUrlError::NotHttp(_))
+        ));
+        assert!(matches!(
+            ApiUrl::parse("http://h:1/?x=1"),
+            Err(ApiUrlError::Query(_))
+        ));
+        assert!(matches!(
+            ApiUrl::parse("http:///api"),
+            Err(ApiUrlError::NoHost(_))
+        ));
+        assert!(matches!(
+            ApiUrl::parse("http://h:port"),
+            Err(ApiUrlError::BadAuthority { .. })
+        ));
+    }
+
+    #[test]
+    fn a_servers_api_is_its_host_on_port_8082() {
+        let of = |ws: &str| ApiUrl::of_server(&Endpoint::parse(ws).unwrap()).base();
+        assert_eq!(of("ws://10.1.2.3:8080"), "http://10.1.2.3:8082");
+        assert_eq!(of("ws://chat.local/lb/chat"), "http://chat.local:8082");
+        assert_eq!(of("ws://[::1]:9000"), "http://[::1]:8082");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! them and the ones that wrap them never import each other: what can stop
 //! a run from starting or from writing its report ([`Error`]), why a
 //! connection could not be opened ([`ConnectError`]), why a flag value is
-//! not a URL or a duration. Failures of single messages are not errors:
-//! they are counted in the report.
+//! not a URL, a duration or a query parameter, and why the read API gave
+//! no document ([`ApiError`]). Failures of single messages are not
+//! errors: they are counted in the report.
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,6 +22,13 @@ pub enum Error {
         text: String,
         #[source]
         source: EndpointError,
+    },
+    /// An `--api-url` value is not a read-API address.
+    #[error("--api-url {text}: {source}")]
+    ApiUrl {
+        text: String,
+        #[source]
+        source: ApiUrlError,
     },
     /// The server did not accept a connection within the retry budget;
     /// `last` is why the last attempt failed.
@@ -67,6 +75,101 @@ pub enum EndpointError {
     NoHost(String),
     #[error("bad host:port {authority:?} in {text:?}")]
     BadAuthority { authority: String, text: String },
+}
+
+/// Why an `--api-url` value is not a read-API address.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiUrlError {
+    #[error("https:// is not supported (the client is built without TLS)")]
+    Tls,
+    #[error("expected an http:// URL, got {0:?}")]
+    NotHttp(String),
+    #[error("no host in {0:?}")]
+    NoHost(String),
+    #[error("bad host:port {authority:?} in {text:?}")]
+    BadAuthority { authority: String, text: String },
+    #[error("a query or fragment does not belong in the API's base URL {0:?} (use --param)")]
+    Query(String),
+}
+
+/// A `--param` value that is not `KEY=VALUE`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("expected KEY=VALUE, got {0:?}")]
+    NoEquals(String),
+    #[error("the key of {0:?} is empty; expected KEY=VALUE")]
+    EmptyKey(String),
+    #[error("the key {0:?} is not a parameter name (letters, digits, '_', '-' or '.')")]
+    BadKey(String),
+}
+
+/// Why the read API gave no document. Only these end `chatflow-client
+/// metrics` with an error; a part of a document that holds `"error"` is
+/// shown as that error instead.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No connection: refused, no route, unknown host.
+    #[error("cannot reach the API at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    /// Connected (or still connecting) but no whole answer in time.
+    #[error("no answer from {url} within {seconds:.1} s (--api-timeout): {phase} timed out")]
+    Timeout {
+        url: String,
+        seconds: f64,
+        phase: String,
+    },
+    /// An error status with the API's `{"error", "parameter"}` body, or
+    /// whatever body came with it.
+    #[error("{url}: HTTP {status}: {error}{}", refusal_detail(.parameter, .flag, .retry_after_seconds))]
+    Status {
+        url: String,
+        status: u16,
+        error: String,
+        /// The query parameter the API blames (400), if any.
+        parameter: Option<String>,
+        /// The flag that set that parameter (`--room`, `--param`), if we sent it.
+        flag: Option<String>,
+        /// The API's `retryAfterSeconds` (503).
+        retry_after_seconds: Option<f64>,
+    },
+    /// A 200 whose body is not a JSON object.
+    #[error("{url}: the answer is not a JSON document: {detail}")]
+    BadBody { url: String, detail: String },
+}
+
+impl ApiError {
+    /// The exit status of `chatflow-client metrics` for this error: 2 when
+    /// the API refused the parameters the user gave (400), 1 otherwise
+    /// (unreachable, timed out, 503, 504, an unexpected answer).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ApiError::Status { status: 400, .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The parenthesised tail of a refusal: which parameter, set by which
+/// flag, and when to retry.
+fn refusal_detail(
+    parameter: &Option<String>,
+    flag: &Option<String>,
+    retry_after: &Option<f64>,
+) -> String {
+    let mut parts = Vec::new();
+    match (parameter, flag) {
+        (Some(p), Some(f)) => parts.push(format!("parameter {p}, set by {f}")),
+        (Some(p), None) => parts.push(format!("parameter {p}")),
+        _ => {}
+    }
+    if let Some(s) = retry_after {
+        parts.push(format!("retry after {s} s"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join("; "))
+    }
 }
 
 /// A duration flag's value that is not one.

@@ -5,15 +5,18 @@
 //! A run: preflight (every server reachable?), a warm-up phase (short-lived
 //! connections), a main phase (persistent connections, `window` messages in
 //! flight each), then a report: text summary, `summary.json`, a per-message
-//! CSV and SVG charts. It measures ack latency (send → ack) and delivery
-//! latency (send → the message's broadcast back on the sender's connection).
+//! CSV and SVG charts, and the read API's document for the run's window
+//! with the stored count beside the acked one. It measures ack latency
+//! (send → ack) and delivery latency (send → the message's broadcast back
+//! on the sender's connection).
 //!
 //! Layout:
-//! - [`config`]: flags → validated [`Config`];
+//! - [`config`]: a run's flags → validated [`Config`]; the [`Endpoint`] and [`ApiUrl`] addresses;
+//! - [`cli`]: the command line: a run or the `metrics` subcommand;
 //! - [`generator`]: the seeded message generator thread and its lanes;
 //! - [`wire`]: client frames written straight into the output buffer, server frames scanned;
 //! - [`connection`]: one blocking WebSocket (connect, flush, blocking or draining reads);
-//! - [`error`]: every typed error ([`Error`], [`ConnectError`], flag values);
+//! - [`error`]: every typed error ([`Error`], [`ConnectError`], [`ApiError`], flag values);
 //! - [`breaker`]: the per-server circuit breaker shared by all threads;
 //! - [`sender`]: a sender thread (window, retries, ack matching, deliveries);
 //! - [`delivery`]: matching broadcasts to acked messages by id;
@@ -23,6 +26,9 @@
 //! - [`charts`]: the SVG charts;
 //! - [`progress`]: the progress bar or plain progress lines;
 //! - [`threads`]: named threads, SCHED_BATCH and CPU pinning;
+//! - [`metrics`]: the read API's `/api/metrics` document: fetched (`ureq`),
+//!   read tolerantly, shown as tables (`chatflow-client metrics`), and
+//!   polled at a run's end until the stored count settles (`metrics.json`);
 //! - [`run`](mod@run): one run from preflight to report.
 //!
 //! Retry delays (sender retries and reconnects, preflight) come from the
@@ -30,6 +36,7 @@
 
 pub mod breaker;
 pub mod charts;
+pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod csv;
@@ -37,6 +44,7 @@ pub mod delivery;
 pub mod error;
 pub mod generator;
 pub mod latency;
+pub mod metrics;
 pub mod progress;
 pub mod report;
 pub mod run;
@@ -47,9 +55,11 @@ pub mod wire;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-pub use config::{Args, Config, Endpoint, PinMode, ProgressMode};
-pub use error::{ConnectError, DurationError, EndpointError, Error, Result};
-pub use report::{Report, RunOutcome};
+pub use cli::{Cli, Command};
+pub use config::{ApiUrl, Args, Config, Endpoint, PinMode, ProgressMode};
+pub use error::{ApiError, ConnectError, DurationError, EndpointError, Error, Result};
+pub use metrics::request::{MetricsArgs, MetricsRequest};
+pub use report::{MetricsReport, Report, RunOutcome};
 pub use run::run_until;
 
 /// Runs a load test to the end and writes its report (see [`run_until`] to

@@ -1,5 +1,7 @@
-//! `chatflow-client`: flags → [`chatflow_client::Config`], Ctrl-C → a stop
-//! flag, run, print the summary, exit with the run's status.
+//! `chatflow-client`: flags → a run's [`chatflow_client::Config`] (Ctrl-C →
+//! a stop flag, run, print the summary, exit with the run's status), or
+//! `chatflow-client metrics` → one `/api/metrics` request printed as
+//! tables.
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -7,15 +9,49 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser};
 
-use chatflow_client::{Args, Error};
+use chatflow_client::{Args, Cli, Command, Error, MetricsArgs};
 
 fn main() -> ExitCode {
-    let config = match Args::parse().into_config() {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Metrics(args)) => metrics(args),
+        None => run(cli.run),
+    }
+}
+
+/// A usage error in clap's form and status (2), under `subcommand`'s usage.
+fn usage_error(subcommand: Option<&str>, e: Error) -> ! {
+    let mut cmd = Cli::command();
+    if let Some(name) = subcommand {
+        cmd.build();
+        if let Some(sub) = cmd.find_subcommand_mut(name) {
+            sub.error(clap::error::ErrorKind::ValueValidation, e).exit();
+        }
+    }
+    cmd.error(clap::error::ErrorKind::ValueValidation, e).exit()
+}
+
+fn metrics(args: MetricsArgs) -> ExitCode {
+    let request = match args.into_request() {
+        Ok(r) => r,
+        Err(e) => usage_error(Some("metrics"), e),
+    };
+    match chatflow_client::metrics::show(&request) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chatflow-client metrics: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(args: Args) -> ExitCode {
+    let config = match args.into_config() {
         Ok(c) => c,
-        // Same form and status (2) as clap's own flag errors.
-        Err(e) => Args::command()
-            .error(clap::error::ErrorKind::ValueValidation, e)
-            .exit(),
+        Err(e) => usage_error(None, e),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

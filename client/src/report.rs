@@ -1,5 +1,6 @@
 //! The run's report: every number, as `summary.json` (machine-readable, for
-//! comparing runs) and as the text summary printed at the end.
+//! comparing runs) and as the text summary printed at the end, including
+//! what the read API stored of the run ([`MetricsReport`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -51,7 +52,50 @@ pub struct Report {
     pub unexpected_frames: u64,
     /// Acked messages per second of the run, by ack time.
     pub acked_per_second: Vec<u64>,
+    /// The read API's view of the run's window (`metrics.json`).
+    pub metrics: MetricsReport,
     pub files: Files,
+}
+
+/// What the read API says was stored in the run's window, fetched after
+/// the run (see `metrics::settle`). Never a reason for the run to fail.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsReport {
+    /// False with `--no-metrics`.
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// The window asked for: run start → after the last ack, rounded
+    /// outward to whole seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<RunWindow>,
+    /// A document was fetched (and written to `metrics.json`).
+    pub fetched: bool,
+    /// Why no document, or why it has no stored count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The run's acked count, for comparison.
+    pub acked: u64,
+    /// `analytics.totalMessages` for the window; `null` when unknown.
+    pub stored_messages: Option<u64>,
+    /// Requests made while waiting for the count to settle.
+    pub polls: u32,
+    /// From the first request to the last answer.
+    pub waited_seconds: f64,
+    /// `--metrics-settle`.
+    pub settle_limit_seconds: f64,
+    /// How the wait ended: `reached`, `stalled`, `limit`, `noCount`,
+    /// `interrupted` or `laterPollFailed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_ended: Option<&'static str>,
+}
+
+/// A half-open window `[start, end)`, RFC 3339.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunWindow {
+    pub start: String,
+    pub end: String,
 }
 
 /// The settings the run used (enough to repeat it).
@@ -164,6 +208,9 @@ pub struct Files {
     pub throughput_chart: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_chart: Option<PathBuf>,
+    /// The read API's document for the run's window; only when fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<PathBuf>,
 }
 
 impl Report {
@@ -279,6 +326,7 @@ impl Report {
             group(t.throughput as u64),
             t.elapsed_seconds
         );
+        self.metrics.render(&mut s);
         let c = &self.connections;
         let _ = writeln!(
             s,
@@ -375,13 +423,68 @@ impl Report {
         let _ = writeln!(s, "report   {}", f.dir.display());
         let _ = writeln!(s, "  {}", f.summary.display());
         let _ = writeln!(s, "  {}", f.csv.display());
-        for chart in [&f.throughput_chart, &f.latency_chart]
+        for file in [&f.throughput_chart, &f.latency_chart, &f.metrics]
             .into_iter()
             .flatten()
         {
-            let _ = writeln!(s, "  {}", chart.display());
+            let _ = writeln!(s, "  {}", file.display());
         }
         s
+    }
+}
+
+impl MetricsReport {
+    /// The summary's stored-count line, right under the acked count.
+    fn render(&self, s: &mut String) {
+        if !self.enabled {
+            let _ = writeln!(s, "metrics  off (--no-metrics)");
+            return;
+        }
+        if !self.fetched {
+            let why = self.reason.as_deref().unwrap_or("unknown reason");
+            let _ = writeln!(s, "metrics  not fetched: {why}");
+            return;
+        }
+        let Some(stored) = self.stored_messages else {
+            let why = self
+                .reason
+                .as_deref()
+                .unwrap_or("no analytics.totalMessages");
+            let _ = writeln!(s, "metrics  fetched, but no stored count: {why}");
+            return;
+        };
+        let _ = write!(
+            s,
+            "stored   {} of {} acked messages in the run's window ({} poll{} over {:.1} s)",
+            group(stored),
+            group(self.acked),
+            self.polls,
+            if self.polls == 1 { "" } else { "s" },
+            self.waited_seconds
+        );
+        if stored < self.acked {
+            let after = match self.wait_ended {
+                Some("stalled") => "after the count stopped growing".to_string(),
+                Some("interrupted") => "when interrupted (no wait)".to_string(),
+                Some("laterPollFailed") => "when a later poll failed".to_string(),
+                _ => format!(
+                    "after {:.1} s (--metrics-settle)",
+                    self.settle_limit_seconds
+                ),
+            };
+            let _ = write!(
+                s,
+                "\n         {} acked but not stored {after}: a finding about the pipeline (consumer backlog, lost or dead-lettered rows), not a client error",
+                group(self.acked - stored)
+            );
+        } else if stored > self.acked {
+            let _ = write!(
+                s,
+                "\n         {} more than acked: other traffic in the window, or a retried message stored twice",
+                group(stored - self.acked)
+            );
+        }
+        s.push('\n');
     }
 }
 

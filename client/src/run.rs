@@ -1,8 +1,10 @@
 //! One load run from start to report: preflight (is every server there?),
 //! the generator, the warm-up phase, the main phase, the CSV writer, then
-//! `summary.json` and the charts. The calling thread watches: it drives the
-//! progress display and gives the run up when nothing is acked for
-//! `give_up_after` (a dead or hung server must end the run, not hang it).
+//! the charts, the read API's document for the run's window
+//! (`metrics.json`, waiting for the stored count to settle) and
+//! `summary.json`. The calling thread watches: it drives the progress
+//! display and gives the run up when nothing is acked for `give_up_after`
+//! (a dead or hung server must end the run, not hang it).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,10 +22,14 @@ use crate::csv::{CsvWriter, Phase};
 use crate::error::{Error, Result};
 use crate::generator::{self, Batch, Plan, BATCH};
 use crate::latency::Latencies;
+use crate::metrics::fetch::Api;
+use crate::metrics::json::pretty;
+use crate::metrics::request::QueryParam;
+use crate::metrics::settle::{settle, WaitEnd};
 use crate::progress::Progress;
 use crate::report::{
-    rate, Connections, DeliveryReport, Files, LittlesLaw, PhaseReport, Report, RunOutcome,
-    Settings, Totals,
+    rate, Connections, DeliveryReport, Files, LittlesLaw, MetricsReport, PhaseReport, Report,
+    RunOutcome, RunWindow, Settings, Totals,
 };
 use crate::sender::{self, Outcome, Shared, Spec};
 use crate::threads;
@@ -48,7 +54,8 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         ..Files::default()
     };
 
-    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let started_wall = chrono::Utc::now();
+    let started_at = started_wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let start = Instant::now();
     let csv = CsvWriter::spawn(&files.csv, now_ms(), config.rooms, config.sched_batch)?;
     let warm_n = config.warmup_threads;
@@ -188,6 +195,11 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         files.latency_chart = Some(l);
     }
 
+    // The run's own time ends here; the metrics wait is not part of it.
+    let elapsed = start.elapsed();
+    let metrics = run_metrics(&config, &files.dir, started_wall, acked, &shared.stop);
+    files.metrics = metrics.1;
+
     let report = Report {
         outcome,
         abort_reason: shared.abort_reason(),
@@ -217,7 +229,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
             not_sent: config.total.saturating_sub(acked + failed),
             wall_seconds: wall,
             throughput: rate(acked, wall),
-            elapsed_seconds: start.elapsed().as_secs_f64(),
+            elapsed_seconds: elapsed.as_secs_f64(),
         },
         connections: Connections {
             opened: all.iter().map(|o| o.connections).sum(),
@@ -249,10 +261,96 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         status_codes,
         unexpected_frames: all.iter().map(|o| o.unexpected_frames).sum(),
         acked_per_second: agg.acked_per_second.clone(),
+        metrics: metrics.0,
         files,
     };
     report.write_json(&report.files.summary)?;
     Ok(report)
+}
+
+/// Fetches the read API's document for the run's window, waiting up to
+/// `metrics_settle` for the stored count to reach `acked`, and writes it
+/// to `metrics.json` in `dir`. Never fails the run: a failure is the
+/// report's reason (and no `metrics.json` is written).
+fn run_metrics(
+    config: &Config,
+    dir: &Path,
+    started: chrono::DateTime<chrono::Utc>,
+    acked: u64,
+    stop: &AtomicBool,
+) -> (MetricsReport, Option<PathBuf>) {
+    let mut report = MetricsReport {
+        enabled: config.metrics,
+        acked,
+        settle_limit_seconds: config.metrics_settle.as_secs_f64(),
+        ..MetricsReport::default()
+    };
+    if !config.metrics {
+        return (report, None);
+    }
+    let api = config.api();
+    report.api_url = Some(api.base());
+    let window = run_window(started, chrono::Utc::now());
+    let params = [
+        QueryParam::new("start", window.start.clone(), "run"),
+        QueryParam::new("end", window.end.clone(), "run"),
+    ];
+    report.window = Some(window);
+    let settled = settle(
+        &Api::new(&api, config.api_timeout),
+        &params,
+        acked,
+        config.metrics_settle,
+        stop,
+    );
+    report.polls = settled.polls;
+    report.waited_seconds = settled.waited.as_secs_f64();
+    report.wait_ended = settled.end.map(WaitEnd::as_str);
+    let fetched = match settled.result {
+        Ok(f) => f,
+        Err(e) => {
+            report.reason = Some(e.to_string());
+            return (report, None);
+        }
+    };
+    report.stored_messages = settled.stored;
+    if settled.stored.is_none() {
+        report.reason = Some(match fetched.document.analytics.why_not() {
+            Some(why) => format!("analytics: {why}"),
+            None => "analytics has no totalMessages".into(),
+        });
+    }
+    let path = dir.join("metrics.json");
+    match std::fs::write(&path, pretty(&fetched.body)) {
+        Ok(()) => {
+            report.fetched = true;
+            (report, Some(path))
+        }
+        Err(e) => {
+            report.stored_messages = None;
+            report.reason = Some(format!("cannot write {}: {e}", path.display()));
+            (report, None)
+        }
+    }
+}
+
+/// The run's window for the API: `[start, end)` rounded outward to whole
+/// seconds, so every message of the run is inside even with the server's
+/// clock a few hundred milliseconds off (one machine, or NTP-synced ones).
+fn run_window(
+    start: chrono::DateTime<chrono::Utc>,
+    end: chrono::DateTime<chrono::Utc>,
+) -> RunWindow {
+    use chrono::{SecondsFormat, SubsecRound};
+    let floor = start.trunc_subsecs(0);
+    let mut ceil = end.trunc_subsecs(0);
+    if ceil < end {
+        ceil += chrono::Duration::seconds(1);
+    }
+    RunWindow {
+        start: floor.to_rfc3339_opts(SecondsFormat::Secs, true),
+        end: ceil.to_rfc3339_opts(SecondsFormat::Secs, true),
+    }
 }
 
 /// Runs one phase's threads and watches them until all are done. `names`:
@@ -435,4 +533,23 @@ fn make_out_dir(given: Option<&Path>) -> Result<PathBuf> {
         }
     }
     unreachable!("an unbounded range always yields")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn the_run_window_is_rounded_outward_to_whole_seconds() {
+        let at = |ms: i64| chrono::Utc.timestamp_millis_opt(ms).unwrap();
+        let w = run_window(at(1_796_155_200_250), at(1_796_155_212_001));
+        assert_eq!(w.start, "2026-12-01T20:00:00Z");
+        assert_eq!(w.end, "2026-12-01T20:00:13Z");
+        // A whole second stays as it is.
+        assert_eq!(
+            run_window(at(1_796_155_200_000), at(1_796_155_201_000)).end,
+            "2026-12-01T20:00:01Z"
+        );
+    }
 }

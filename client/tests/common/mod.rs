@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod api;
 pub mod fake;
 
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ pub fn out_dir(name: &str) -> PathBuf {
 }
 
 /// A small run against `base` with short timeouts, so failures end fast.
+/// The end-of-run metrics fetch is off: the derived API (port 8082) could
+/// be anything on a shared machine; the metrics tests turn it on with a
+/// fake API of their own.
 pub fn config(base: &str, name: &str) -> Config {
     Config {
         urls: vec![Endpoint::parse(base).unwrap()],
@@ -58,6 +62,7 @@ pub fn config(base: &str, name: &str) -> Config {
         out_dir: Some(out_dir(name)),
         progress: ProgressMode::Off,
         tick: Duration::from_millis(20),
+        metrics: false,
         ..Config::default()
     }
 }
