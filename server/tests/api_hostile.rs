@@ -87,18 +87,30 @@ fn hostile_heads_are_refused_and_nobody_else_waits() {
 
     // An endless request line: refused after a few KiB, never buffered.
     let mut endless = TcpStream::connect(api).unwrap();
-    endless.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    endless
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     endless.write_all(b"GET /api/metrics?").unwrap();
     let sent = flood(&mut endless, &[b'a'; 4096], 64 << 20);
-    assert!(sent < 64 << 20, "the server stopped reading an endless line");
+    assert!(
+        sent < 64 << 20,
+        "the server stopped reading an endless line"
+    );
     let answer = read_until_closed(&mut endless, TIMEOUT);
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
     canary(&server, &mut ws, &mut n);
 
     // An endless header value.
     let mut endless = TcpStream::connect(api).unwrap();
-    endless.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-    endless.write_all(b"GET /api/metrics HTTP/1.1\r\nX-Big: ").unwrap();
+    endless
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    endless
+        .write_all(b"GET /api/metrics HTTP/1.1\r\nX-Big: ")
+        .unwrap();
     assert!(flood(&mut endless, &[b'b'; 4096], 64 << 20) < 64 << 20);
     canary(&server, &mut ws, &mut n);
 
@@ -111,16 +123,26 @@ fn hostile_heads_are_refused_and_nobody_else_waits() {
     head.push_str("\r\n");
     let _ = many.write_all(head.as_bytes());
     let answer = read_until_closed(&mut many, TIMEOUT);
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
     canary(&server, &mut ws, &mut n);
 
     // Half a request, then silence: cut at the I/O timeout (1 s here).
     let started = Instant::now();
     let mut half = TcpStream::connect(api).unwrap();
-    half.write_all(b"GET /api/users/1/rooms HTTP/1.1\r\nHo").unwrap();
+    half.write_all(b"GET /api/users/1/rooms HTTP/1.1\r\nHo")
+        .unwrap();
     let answer = read_until_closed(&mut half, TIMEOUT);
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(started.elapsed() < TIMEOUT, "cut by the timeout, not by the test");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < TIMEOUT,
+        "cut by the timeout, not by the test"
+    );
     canary(&server, &mut ws, &mut n);
     server.shutdown().unwrap();
 }
@@ -148,10 +170,16 @@ fn past_the_connection_limit_clients_are_told_at_once() {
     let over = http_request(api, "GET", "/api/users/1/rooms", TIMEOUT);
     assert_eq!(over.status, 503, "{}", over.body);
     assert_eq!(over.header("Retry-After"), Some("1"));
-    assert!(started.elapsed() < Duration::from_secs(3), "told at once, not after a timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "told at once, not after a timeout"
+    );
     // The WebSocket port does not share the limit.
     n += 1;
-    assert_eq!(request(&mut ws, message(1, "ws", &format!("w{n}")))["type"], "ack");
+    assert_eq!(
+        request(&mut ws, message(1, "ws", &format!("w{n}")))["type"],
+        "ack"
+    );
     drop(idle);
     eventually("the API takes requests again", || {
         http_request(api, "GET", "/api/users/1/rooms", TIMEOUT).status == 200

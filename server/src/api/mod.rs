@@ -100,8 +100,11 @@ impl Api {
     pub fn start(config: &ApiConfig, context: ApiContext) -> anyhow::Result<Api> {
         let listener = listener(config)?;
         let local_addr = listener.local_addr()?;
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| anyhow::anyhow!("starting the API's HTTP server on {local_addr}: {e}"))?;
+        let server =
+            tiny_http::Server::from_listener_with_limit(listener, None, config.max_connections)
+                .map_err(|e| {
+                    anyhow::anyhow!("starting the API's HTTP server on {local_addr}: {e}")
+                })?;
         let server = Arc::new(server);
         let context = Arc::new(context);
         let mut threads = Vec::with_capacity(config.threads);
