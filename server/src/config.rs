@@ -494,7 +494,7 @@ mod tests {
                     "--db-pool-timeout-secs",
                 ),
                 (
-                    &["--api-statement-timeout-secs", "-1"][..],
+                    &["--api-statement-timeout-secs", "0"][..],
                     "--api-statement-timeout-secs",
                 ),
                 (
