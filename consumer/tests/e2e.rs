@@ -1,12 +1,15 @@
 //! The whole path with real services: WebSocket client → server A →
 //! RabbitMQ → consumer → Redis → servers A and B → room members, and
-//! PostgreSQL.
+//! PostgreSQL — and back out through the read API: a load run's acked
+//! messages are what the API pages out and counts, and the run's
+//! `metrics.json` says so.
 
 mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use chatflow_client::{ApiUrl, Endpoint, ProgressMode};
 use chatflow_consumer::{Config, Consumer};
 use chatflow_testkit::database::TestDatabase;
 use common::chat::*;
@@ -77,5 +80,89 @@ fn messages_cross_servers_in_order_and_are_stored() {
     assert_eq!(servers, 1, "all room-1 messages were accepted by server A");
     a.shutdown().unwrap();
     b.shutdown().unwrap();
+    consumer.shutdown().unwrap();
+}
+
+/// A load run through the whole system, then the read side: the API pages
+/// out exactly the run's acked messages, its analytics count them, and the
+/// client's end-of-run fetch writes `metrics.json` with the stored count
+/// equal to the acked one.
+#[test]
+fn a_load_run_is_read_back_through_the_api() {
+    let ns = namespace();
+    let db = TestDatabase::new(&ns);
+    let mut consumer_config = Config {
+        enable_persistence: true,
+        ..config(&ns, 2)
+    };
+    consumer_config.database.settings.name = db.name.clone();
+    consumer_config.database.apply_schema = true;
+    consumer_config.database.flush_interval = Duration::from_millis(50);
+    let _broker = Broker::new(&consumer_config);
+    let consumer = Consumer::start(consumer_config).expect("consumer starts");
+    let server = server_with_api(&ns, 2, "server-api", Some(&db.name));
+    let api = server.api_addr().expect("the API is on");
+
+    let out = std::env::temp_dir().join(format!("chatflow-e2e-{ns}"));
+    let _ = std::fs::remove_dir_all(&out);
+    let report = chatflow_client::run(chatflow_client::Config {
+        urls: vec![Endpoint::parse(&format!("ws://{}", server.local_addr())).unwrap()],
+        rooms: 2,
+        total: 600,
+        threads: 4,
+        window: 4,
+        warmup_threads: 0,
+        seed: Some(3),
+        out_dir: Some(out.clone()),
+        progress: ProgressMode::Off,
+        charts: false,
+        delivery_timeout: Duration::from_secs(5),
+        api_url: Some(ApiUrl::parse(&format!("http://{api}")).unwrap()),
+        metrics_settle: Duration::from_secs(20),
+        ..chatflow_client::Config::default()
+    })
+    .expect("the run completes");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let acked = summary["metrics"]["acked"].as_u64().unwrap();
+    assert_eq!(acked, 600, "{summary}");
+    assert_eq!(
+        summary["metrics"]["storedMessages"], 600,
+        "{}",
+        summary["metrics"]
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["analytics"]["totalMessages"], 600);
+    assert_eq!(
+        metrics["coreQueries"]["activeUsers"],
+        metrics["analytics"]["activeUsers"]
+    );
+    assert_eq!(report.exit_code(), 0, "the run succeeded");
+
+    // Every stored row, paged out of both rooms, is one of the run's.
+    let mut paged = HashSet::new();
+    for room in 1..=2 {
+        let mut target = format!("/api/rooms/{room}/messages?limit=250");
+        loop {
+            let (status, body) =
+                chatflow_testkit::http_request(api, "GET", &target, Duration::from_secs(10))
+                    .into_parts();
+            assert_eq!(status, 200, "{body}");
+            let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+            for m in page["messages"].as_array().unwrap() {
+                assert!(paged.insert(m["messageId"].as_str().unwrap().to_string()));
+            }
+            match page["nextCursor"].as_str() {
+                Some(c) => target = format!("/api/rooms/{room}/messages?limit=250&cursor={c}"),
+                None => break,
+            }
+        }
+    }
+    let stored: HashSet<String> = db.ids().into_iter().collect();
+    assert_eq!(paged, stored, "the API pages out exactly what is stored");
+    assert_eq!(stored.len(), 600);
+    let _ = std::fs::remove_dir_all(&out);
+    server.shutdown().unwrap();
     consumer.shutdown().unwrap();
 }

@@ -36,6 +36,11 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
+    /// (status, body).
+    pub fn into_parts(self) -> (u16, String) {
+        (self.status, self.body)
+    }
+
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -74,10 +79,32 @@ pub fn http_request(
         .filter_map(|line| line.split_once(':'))
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
-    HttpResponse {
+    let mut response = HttpResponse {
         status,
         headers,
         body,
+    };
+    if response
+        .header("Transfer-Encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        response.body = dechunk(&response.body)
+            .unwrap_or_else(|| panic!("{method} {target}: a malformed chunked body"));
+    }
+    response
+}
+
+/// The data of a `Transfer-Encoding: chunked` body.
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
     }
 }
 
@@ -104,6 +131,15 @@ mod tests {
         let raw = "HTTP/1.1 503 Service Unavailable\r\nA: b\r\n\r\nline\r\n\r\nmore";
         assert_eq!(parse(raw), (503, "line\r\n\r\nmore".to_string()));
         assert_eq!(parse("HTTP/1.1 200 OK\r\n\r\n"), (200, String::new()));
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(
+            dechunk("5\r\nhello\r\n1;x=y\r\n!\r\n0\r\n\r\n").as_deref(),
+            Some("hello!")
+        );
+        assert_eq!(dechunk("5\r\nhel"), None);
     }
 
     #[test]

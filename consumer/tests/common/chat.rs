@@ -12,7 +12,21 @@ pub use chatflow_testkit::ws::Client;
 
 /// A started server (id `id`) on the RabbitMQ broker in `namespace`.
 pub fn server(namespace: &str, rooms: u32, id: &str) -> Server {
+    server_with_api(namespace, rooms, id, None)
+}
+
+/// [`server`] also serving the read API (on a free port) over `database`.
+pub fn server_with_api(namespace: &str, rooms: u32, id: &str, database: Option<&str>) -> Server {
     let mut config = Config {
+        api: database.map(|name| chatflow_server::config::ApiConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            threads: 2,
+            database: chatflow_database::DatabaseSettings {
+                name: name.to_string(),
+                ..chatflow_database::DatabaseSettings::default()
+            },
+            ..chatflow_server::config::ApiConfig::default()
+        }),
         bind: "127.0.0.1:0".parse().unwrap(),
         workers: 2,
         pin_workers: false,
