@@ -20,7 +20,9 @@ summary and the report directory, and stops consumer and server.
 Extra flags go to the client, e.g.
   ./run-local.sh -n 1000000          # the seed's stress load
   ./run-local.sh -n 200000 -w 16     # 16 messages in flight per connection
-Environment: PORT (8080), CONSUMER_METRICS (127.0.0.1:8083), DB_NAME
+The run ends by fetching the read API's document for its window
+(metrics.json beside the report; the summary shows stored vs acked).
+Environment: PORT (8080), API_PORT (8082), CONSUMER_METRICS (127.0.0.1:8083), DB_NAME
 (chatflow), DB_USER (postgres: trust auth locally), BROKER (rabbitmq; memory
 runs without consumer and services), SERVE=1 keeps the system running after
 the load test until Ctrl-C.
@@ -30,6 +32,7 @@ case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 
 cd "$(dirname "$0")"
 PORT="${PORT:-8080}"
+API_PORT="${API_PORT:-8082}"
 CONSUMER_METRICS="${CONSUMER_METRICS:-127.0.0.1:8083}"
 BROKER="${BROKER:-rabbitmq}"
 export DB_USER="${DB_USER:-postgres}" DB_NAME="${DB_NAME:-chatflow}" DB_HOST="${DB_HOST:-127.0.0.1}"
@@ -74,15 +77,16 @@ if [[ "$BROKER" == rabbitmq ]]; then
 fi
 
 echo "== server (log: $log_dir/server.log)"
-target/release/chatflow-server --bind "127.0.0.1:$PORT" --broker "$BROKER" >"$log_dir/server.log" 2>&1 &
+target/release/chatflow-server --bind "127.0.0.1:$PORT" --broker "$BROKER" --api-bind "127.0.0.1:$API_PORT" >"$log_dir/server.log" 2>&1 &
 pids+=($!)
 wait_http "127.0.0.1:$PORT" "chatflow-server"
 
 echo "== load test"
-target/release/chatflow-client --url "ws://127.0.0.1:$PORT" "$@"
+target/release/chatflow-client --url "ws://127.0.0.1:$PORT" --api-url "http://127.0.0.1:$API_PORT" "$@"
 
 echo
 echo "server health:   $(curl -s "http://127.0.0.1:$PORT/health" 2>/dev/null || echo unavailable)"
+echo "read API:        http://127.0.0.1:$API_PORT/api/metrics (tables: target/release/chatflow-client metrics --api-url http://127.0.0.1:$API_PORT)"
 if [[ "$BROKER" == rabbitmq ]]; then
   echo "consumer health: http://$CONSUMER_METRICS/health (logs in $log_dir)"
 fi

@@ -14,6 +14,7 @@ Environment (each also a flag, see chatflow-server --help):
   BIND=0.0.0.0:8080   WORKERS=<cores>   BROKER=rabbitmq|memory|none
   RABBITMQ_HOST=127.0.0.1  RABBITMQ_USER/RABBITMQ_PASSWORD  REDIS_HOST=127.0.0.1
   ROOMS=20            MAX_CONNECTIONS=100000   SERVER_ID=<hostname-pid>
+  API_BIND=0.0.0.0:8082 (or off)  DB_HOST/DB_PORT/DB_USER/DB_PASSWORD/DB_NAME  DB_POOL_SIZE=8
 Checks tuning (tuning/apply.sh --check), sets ulimit -n to the hard limit,
 builds target/release/chatflow-server if missing, then execs it.
 USAGE

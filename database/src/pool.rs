@@ -26,10 +26,28 @@ pub enum PoolError {
     #[error("bad connection settings: {0}")]
     Config(#[source] postgres::Error),
     /// No connection within the checkout timeout: the database is down or
-    /// refuses us (r2d2's message carries the last connect error), or
-    /// every connection stayed busy.
+    /// refuses us, or every connection stayed busy.
     #[error("{0}")]
     Unavailable(#[source] r2d2::Error),
+    /// The same, with the last connection error in full (r2d2's own
+    /// message stops at postgres' "db error").
+    #[error("no connection within the pool timeout: {reason}")]
+    Unreachable { reason: String },
+}
+
+/// Keeps the last connection error (r2d2 hands each one to its error
+/// handler and keeps only postgres' terse `Display` of it).
+#[derive(Debug, Default)]
+struct LastError(Mutex<Option<(Instant, String)>>);
+
+/// The handler r2d2 owns, sharing the [`LastError`] with the pool.
+#[derive(Debug)]
+struct KeepLastError(std::sync::Arc<LastError>);
+
+impl r2d2::HandleError<postgres::Error> for KeepLastError {
+    fn handle_error(&self, error: postgres::Error) {
+        *self.0 .0.lock() = Some((Instant::now(), crate::describe(&error)));
+    }
 }
 
 /// A pool over `connection` (a libpq-style string) that does not connect
@@ -83,6 +101,7 @@ pub struct PoolStats {
 /// no API query can write), each statement bounded by `statement_timeout`.
 pub struct ReadPool {
     pool: Pool,
+    last_error: std::sync::Arc<LastError>,
     max_size: u32,
     checkouts: AtomicU64,
     timeouts: AtomicU64,
@@ -98,8 +117,17 @@ impl ReadPool {
             " options='-c statement_timeout={} -c default_transaction_read_only=on'",
             config.statement_timeout.as_millis().max(1)
         ));
+        let parsed: postgres::Config = connection.parse().map_err(PoolError::Config)?;
+        let last_error = std::sync::Arc::new(LastError::default());
+        let pool = r2d2::Pool::builder()
+            .max_size(config.max_size)
+            .min_idle(Some(0))
+            .connection_timeout(config.checkout_timeout)
+            .error_handler(Box::new(KeepLastError(last_error.clone())))
+            .build_unchecked(Manager::new(parsed, NoTls));
         Ok(ReadPool {
-            pool: pool(&connection, config.max_size, config.checkout_timeout)?,
+            pool,
+            last_error,
             max_size: config.max_size,
             checkouts: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
@@ -122,7 +150,14 @@ impl ReadPool {
             }
             Err(e) => {
                 self.timeouts.fetch_add(1, Ordering::Relaxed);
-                Err(PoolError::Unavailable(e))
+                // A connection error seen during this wait says why; an
+                // older one may be stale (the pool may just be busy).
+                match &*self.last_error.0.lock() {
+                    Some((at, reason)) if *at >= started => Err(PoolError::Unreachable {
+                        reason: reason.clone(),
+                    }),
+                    _ => Err(PoolError::Unavailable(e)),
+                }
             }
         }
     }
