@@ -7,6 +7,8 @@
 //! [`Shutdown`](chatflow_broker::Shutdown) pair, signals every stop; this is the one place that says in which
 //! order. [`Server::shutdown`]:
 //!
+//! 0. stops the read API (its threads finish the request at hand, then
+//!    its port closes): it shares nothing with the workers;
 //! 1. signals the server's trigger. From then on [`Shared::is_stopping`]
 //!    holds: new WebSocket upgrades get a 503 and `/health` says
 //!    `shutting_down`;
