@@ -12,9 +12,11 @@
 //!   the keys with one `ZRANGEBYSCORE` instead of a `SCAN` over the whole
 //!   keyspace.
 //!
-//! A publish is one pipeline (one round trip): `SET`, `ZADD`, and a
+//! A publish is one pipeline (one round trip): `SET`, `ZADD`, a
 //! `ZREMRANGEBYSCORE` pruning ids silent for [`INDEX_KEEP`], so the index
-//! of a fleet whose processes come and go stays the size of the fleet. A
+//! of a fleet whose processes come and go stays the size of the fleet, and
+//! an `EXPIRE` of the index itself, so a namespace nobody publishes in any
+//! more (a test's, a retired deployment's) leaves nothing behind. A
 //! reader takes the ids published within [`FRESH_FOR`] and `MGET`s their
 //! keys, skipping those already expired. A clean stop [`withdraw`]s (its key
 //! and index entry go at once); a crash is covered by the expiry.
@@ -95,7 +97,8 @@ impl Registry {
     }
 
     /// Writes `id`'s snapshot and indexes it at `now_ms`, pruning ids
-    /// silent for [`INDEX_KEEP`]: one pipeline. `ttl` is [`SNAPSHOT_TTL`]
+    /// silent for [`INDEX_KEEP`] (and the index itself once the whole
+    /// role is): one pipeline. `ttl` is [`SNAPSHOT_TTL`]
     /// but for tests (whole seconds, at least one).
     pub fn publish(
         &self,
@@ -112,6 +115,8 @@ impl Registry {
             .zadd(&self.index, id, now_ms)
             .ignore()
             .zrembyscore(&self.index, "-inf", format!("({cutoff}"))
+            .ignore()
+            .expire(&self.index, INDEX_KEEP.as_secs() as i64)
             .ignore()
             .query::<()>(con)
     }
