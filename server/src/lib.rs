@@ -21,7 +21,10 @@
 //! - [`broker`]: the boundary to "where messages go" (`memory`, `none`,
 //!   `rabbitmq` with `redis_subscriber`, and `link_state` for their
 //!   `/health`);
-//! - [`stats`]: per-worker counters, dead workers and the health document.
+//! - [`stats`]: per-worker counters, dead workers and the health document;
+//! - [`fleet`]: live fleet statistics for the read API — this server's
+//!   snapshot published to Redis (`fleet-stats`), every server's and
+//!   consumer's read back, and RabbitMQ queue depths (`queue-depths`).
 //!
 //! No async runtime: every worker owns its sockets outright and nothing it
 //! does blocks.
@@ -30,6 +33,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod fanout;
+pub mod fleet;
 pub mod http;
 pub mod rooms;
 pub mod server;

@@ -1,0 +1,64 @@
+//! Live fleet statistics for the read API's `live` section (server/API.md):
+//! self-contained pieces, each with one constructor, that `Server::start`
+//! and the API handler wire together.
+//!
+//! - [`snapshot`]: the SERVER SNAPSHOT document ([`ServerSnapshot`]), the
+//!   window of totals its rates come from, and [`Latest`], the snapshot in
+//!   memory;
+//! - [`publisher`]: the `fleet-stats` thread ([`StatsPublisher::start`]):
+//!   a snapshot a second, kept in [`Latest`] and, with `--broker rabbitmq`,
+//!   published to Redis;
+//! - [`reader`]: [`FleetReader`], every server's and consumer's snapshot
+//!   read back from Redis for one API request, in bounded time (or this
+//!   server alone, `source: "local"`, without Redis).
+//!
+//! The Redis keys and the publish/read rules (expiry 10 s, index pruned
+//! after 60 s, fresh within 10 s) are `chatflow_broker::fleet`'s, shared
+//! with the consumer, which publishes its own CONSUMER SNAPSHOT the same
+//! way. Nothing here runs on a worker's thread or is waited on by one.
+//!
+//! Wiring, for a server with `config`, its `Arc<Shared>` and broker:
+//!
+//! ```ignore
+//! let health = { let (s, b) = (shared.clone(), broker.clone()); move || s.health(&*b) };
+//! let publisher = StatsPublisher::start(&config, Box::new(health), shutdown.clone())?;
+//! let reader = FleetReader::new(&config, publisher.latest())?;
+//! // per request: reader.read_servers(), reader.read_consumers()
+//! // on stop: signal `shutdown`, then publisher.join()
+//! ```
+
+pub mod publisher;
+pub mod reader;
+pub mod snapshot;
+
+use std::time::Duration;
+
+pub use publisher::{HealthSource, PublishStats, StatsPublisher};
+pub use reader::{ConsumersPart, FleetReader, ServersPart};
+pub use snapshot::{Latest, ServerSnapshot};
+
+use crate::config::BrokerKind;
+
+/// What a part says when this broker has no such thing (`--broker memory`
+/// or `none`: no Redis, no RabbitMQ).
+pub fn not_available(broker: BrokerKind) -> String {
+    format!("not available with --broker {}", broker.as_str())
+}
+
+/// Seconds and rates to the millisecond (or thousandth): more digits are
+/// noise in a document read by people.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// A Redis connection whose connect, reads and writes each give up after
+/// `timeout`.
+fn redis_connect(
+    client: &redis::Client,
+    timeout: Duration,
+) -> redis::RedisResult<redis::Connection> {
+    let con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    con.set_write_timeout(Some(timeout))?;
+    Ok(con)
+}

@@ -1,0 +1,253 @@
+//! Live fleet statistics against real services: the `fleet-stats`
+//! publisher's snapshot of a real server (in memory with `--broker memory`,
+//! in Redis with the RabbitMQ broker), read back by the [`FleetReader`];
+//! the reader through a Redis outage; snapshots that expire or go stale.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chatflow_broker::fleet::Registry;
+use chatflow_broker::shutdown_signal;
+use chatflow_protocol::time::now_ms;
+use chatflow_protocol::Topology;
+use chatflow_server::fleet::{FleetReader, StatsPublisher};
+use chatflow_server::{BrokerKind, Config, Server};
+use chatflow_testkit::services::{redis_addr, REDIS_URL};
+use chatflow_testkit::Proxy;
+use common::*;
+use serde_json::{json, Value};
+
+/// Sends `n` messages from one client in room 1 and waits for each ack.
+fn chat(server: &Server, n: usize) {
+    let mut client = connect(server.local_addr(), 1);
+    for i in 0..n {
+        let reply = request(&mut client, message(7, "hello", &i.to_string()));
+        assert_eq!(reply["type"], "ack", "{reply}");
+    }
+}
+
+/// Starts a publisher of `server`'s health with `config`'s broker and
+/// Redis; the returned closure stops and joins it.
+fn publish(server: &Arc<Server>, config: &Config) -> (StatsPublisher, impl FnOnce(StatsPublisher)) {
+    let (mut stop, shutdown) = shutdown_signal();
+    let watched = server.clone();
+    let publisher = StatsPublisher::start(config, Box::new(move || watched.health()), shutdown)
+        .expect("publisher starts");
+    let stop = move |mut publisher: StatsPublisher| {
+        stop.signal();
+        publisher.join();
+    };
+    (publisher, stop)
+}
+
+/// The one server document of a servers part.
+fn only_server(part: &Value) -> &Value {
+    let servers = part["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 1, "{part}");
+    &servers[0]
+}
+
+/// With `--broker memory` there is no Redis: the snapshot is kept in
+/// memory, counts the traffic, and the reader shows it as `local`.
+#[test]
+fn a_memory_server_snapshot_counts_its_traffic_locally() {
+    let config = common::config(BrokerKind::Memory);
+    let server = Arc::new(Server::start(config.clone()).expect("server starts"));
+    let (publisher, stop) = publish(&server, &config);
+    let reader = FleetReader::new(&config, publisher.latest()).unwrap();
+    chat(&server, 3);
+    eventually("the snapshot counts 3 messages at a positive rate", || {
+        publisher
+            .latest()
+            .get()
+            .is_some_and(|s| s.totals.messages_accepted == 3 && s.accepted_per_second > 0.0)
+    });
+    let part = serde_json::to_value(reader.read_servers()).unwrap();
+    assert_eq!(part["source"], "local");
+    let snapshot = only_server(&part);
+    assert_eq!(snapshot["serverId"], "test");
+    assert_eq!(snapshot["status"], "ok");
+    assert_eq!(snapshot["workers"], 2);
+    assert_eq!(snapshot["totals"]["messagesAccepted"], 3);
+    // Each message is broadcast back to its one member.
+    assert_eq!(snapshot["totals"]["broadcastFramesSent"], 3);
+    assert!(snapshot["ageSeconds"].as_f64().unwrap() < 1.5, "{snapshot}");
+    let consumers = serde_json::to_value(reader.read_consumers()).unwrap();
+    assert_eq!(consumers["error"], "not available with --broker memory");
+    assert_eq!(publisher.stats().published, 0, "nothing goes to Redis");
+    stop(publisher);
+    Arc::into_inner(server).unwrap().shutdown().unwrap();
+}
+
+/// With RabbitMQ, the snapshot goes to Redis and any reader sees it; a
+/// Redis cut makes the reader answer an error at once (not hang) and the
+/// publisher count failures; after the restore both recover; a clean
+/// stop withdraws the snapshot.
+#[test]
+fn a_rabbitmq_server_snapshot_goes_through_redis_and_survives_an_outage() {
+    let namespace = unique_namespace("fleet");
+    let config = rabbit_config(&namespace, 1);
+    let _guard = TopologyGuard(config.services.topology.clone());
+    let server = Arc::new(Server::start(config.clone()).expect("server with RabbitMQ starts"));
+    // Publisher and reader reach Redis through a proxy; the server's own
+    // subscriber does not.
+    let proxy = Proxy::start(redis_addr());
+    let mut fleet_config = config.clone();
+    fleet_config.services.redis.port = proxy.port();
+    fleet_config.services.redis.timeout = Duration::from_secs(1);
+    let (publisher, stop) = publish(&server, &fleet_config);
+    let reader = FleetReader::new(&fleet_config, publisher.latest()).unwrap();
+
+    chat(&server, 3);
+    let mut part = Value::Null;
+    eventually("Redis has a snapshot counting 3 messages", || {
+        part = serde_json::to_value(reader.read_servers()).unwrap();
+        part["servers"][0]["totals"]["messagesAccepted"] == 3
+            && part["servers"][0]["acceptedPerSecond"].as_f64() > Some(0.0)
+    });
+    assert_eq!(part["source"], "redis");
+    assert!(part.get("error").is_none(), "{part}");
+    let snapshot = only_server(&part);
+    assert_eq!(snapshot["serverId"], "test");
+    assert_eq!(snapshot["status"], "ok");
+    assert!(snapshot["ageSeconds"].as_f64().unwrap() < 1.5, "{snapshot}");
+    assert!(
+        proxy.relayed() >= 2,
+        "publisher and reader go through the proxy"
+    );
+
+    proxy.cut();
+    let started = Instant::now();
+    let part = serde_json::to_value(reader.read_servers()).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let error = part["error"].as_str().expect("an error while cut");
+    assert!(
+        error.starts_with(&format!("redis at 127.0.0.1:{}", proxy.port())),
+        "{error}"
+    );
+    assert_eq!(part["servers"], json!([]));
+    let failures = publisher.stats().failures;
+    eventually("the publisher counts failures", || {
+        let stats = publisher.stats();
+        !stats.connected && stats.failures > failures && stats.last_error.is_some()
+    });
+
+    proxy.restore();
+    let published = publisher.stats().published;
+    eventually("the publisher publishes again", || {
+        let stats = publisher.stats();
+        stats.connected && stats.published > published
+    });
+    eventually("the reader reads a fresh snapshot again", || {
+        let part = serde_json::to_value(reader.read_servers()).unwrap();
+        part["servers"][0]["ageSeconds"].as_f64() < Some(1.5)
+    });
+
+    stop(publisher);
+    let part = serde_json::to_value(reader.read_servers()).unwrap();
+    assert_eq!(
+        part["servers"],
+        json!([]),
+        "withdrawn on a clean stop: {part}"
+    );
+    Arc::into_inner(server).unwrap().shutdown().unwrap();
+}
+
+/// Deletes a namespace's registry keys when dropped, pass or fail.
+struct RegistryGuard(Vec<String>);
+
+impl Drop for RegistryGuard {
+    fn drop(&mut self) {
+        if let Ok(mut con) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.0).query(&mut con);
+        }
+    }
+}
+
+/// A key that expired (a publisher that died) and an id whose last
+/// publish is older than 10 s leave the reader's view; a document that is
+/// not a snapshot is listed as unreadable; consumers are read like servers.
+#[test]
+fn expired_and_stale_snapshots_leave_the_readers_view() {
+    let namespace = unique_namespace("fleet-expiry");
+    let topology = Topology::new(&namespace, chatflow_protocol::Rooms::new(1).unwrap());
+    let (servers, consumers) = (Registry::servers(&topology), Registry::consumers(&topology));
+    let _guard = RegistryGuard(vec![
+        servers.index().to_string(),
+        consumers.index().to_string(),
+        servers.key("dies"),
+        servers.key("lives"),
+        servers.key("stale"),
+        servers.key("garbled"),
+        consumers.key("c-1"),
+    ]);
+    let mut con = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let now = now_ms();
+    let doc = |field: &str, id: &str| {
+        json!({field: id, "publishedAt": chatflow_protocol::ServerTime(now).to_string(), "ageSeconds": 0.0})
+            .to_string()
+    };
+    let ttl = Duration::from_secs(10);
+    servers
+        .publish(
+            &mut con,
+            "dies",
+            &doc("serverId", "dies"),
+            Duration::from_secs(1),
+            now,
+        )
+        .unwrap();
+    servers
+        .publish(&mut con, "lives", &doc("serverId", "lives"), ttl, now)
+        .unwrap();
+    servers
+        .publish(
+            &mut con,
+            "stale",
+            &doc("serverId", "stale"),
+            ttl,
+            now - 11_000,
+        )
+        .unwrap();
+    servers
+        .publish(&mut con, "garbled", "{not json", ttl, now)
+        .unwrap();
+    consumers
+        .publish(&mut con, "c-1", &doc("consumerId", "c-1"), ttl, now)
+        .unwrap();
+
+    let mut config = common::rabbit_config(&namespace, 1);
+    config.services.redis.timeout = Duration::from_secs(1);
+    let reader = FleetReader::new(&config, Default::default()).unwrap();
+    let ids = |part: &Value| -> Vec<String> {
+        part["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["serverId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let part = serde_json::to_value(reader.read_servers()).unwrap();
+    assert_eq!(
+        ids(&part),
+        ["dies", "lives"],
+        "sorted by id, stale one left out: {part}"
+    );
+    assert_eq!(part["unreadable"], json!(["garbled"]));
+    eventually("the expired key leaves the view", || {
+        ids(&serde_json::to_value(reader.read_servers()).unwrap()) == ["lives"]
+    });
+    let part = serde_json::to_value(reader.read_consumers()).unwrap();
+    assert_eq!(part["source"], "redis");
+    assert_eq!(part["consumers"][0]["consumerId"], "c-1");
+    assert!(part["consumers"][0]["ageSeconds"].as_f64().unwrap() >= 0.0);
+}
