@@ -20,16 +20,20 @@ use common::*;
 use serde_json::{json, Value};
 
 /// Sends `n` messages from one client in room 1 and waits for each ack.
-fn chat(server: &Server, n: usize) {
+/// The client is returned to be kept: a broadcast reaching it after it
+/// closed would not be sent, nor counted.
+fn chat(server: &Server, n: usize) -> Client {
     let mut client = connect(server.local_addr(), 1);
     for i in 0..n {
         let reply = request(&mut client, message(7, "hello", &i.to_string()));
         assert_eq!(reply["type"], "ack", "{reply}");
     }
+    client
 }
 
 /// Starts a publisher of `server`'s health with `config`'s broker and
-/// Redis; the returned closure stops and joins it.
+/// Redis, and waits for its first snapshot; the returned closure stops
+/// and joins it.
 fn publish(server: &Arc<Server>, config: &Config) -> (StatsPublisher, impl FnOnce(StatsPublisher)) {
     let (mut stop, shutdown) = shutdown_signal();
     let watched = server.clone();
@@ -39,6 +43,8 @@ fn publish(server: &Arc<Server>, config: &Config) -> (StatsPublisher, impl FnOnc
         stop.signal();
         publisher.join();
     };
+    // Traffic before the first sample would never show in a rate.
+    eventually("the first snapshot", || publisher.latest().get().is_some());
     (publisher, stop)
 }
 
@@ -57,12 +63,15 @@ fn a_memory_server_snapshot_counts_its_traffic_locally() {
     let server = Arc::new(Server::start(config.clone()).expect("server starts"));
     let (publisher, stop) = publish(&server, &config);
     let reader = FleetReader::new(&config, publisher.latest()).unwrap();
-    chat(&server, 3);
+    let _member = chat(&server, 3);
+    // A message's broadcast may reach its member after the ack: wait for
+    // both counts.
     eventually("the snapshot counts 3 messages at a positive rate", || {
-        publisher
-            .latest()
-            .get()
-            .is_some_and(|s| s.totals.messages_accepted == 3 && s.accepted_per_second > 0.0)
+        publisher.latest().get().is_some_and(|s| {
+            s.totals.messages_accepted == 3
+                && s.totals.broadcast_frames_sent == 3
+                && s.accepted_per_second > 0.0
+        })
     });
     let part = serde_json::to_value(reader.read_servers()).unwrap();
     assert_eq!(part["source"], "local");
@@ -100,7 +109,7 @@ fn a_rabbitmq_server_snapshot_goes_through_redis_and_survives_an_outage() {
     let (publisher, stop) = publish(&server, &fleet_config);
     let reader = FleetReader::new(&fleet_config, publisher.latest()).unwrap();
 
-    chat(&server, 3);
+    let _member = chat(&server, 3);
     let mut part = Value::Null;
     eventually("Redis has a snapshot counting 3 messages", || {
         part = serde_json::to_value(reader.read_servers()).unwrap();
