@@ -1,20 +1,22 @@
 //! Live fleet statistics against real services: the `fleet-stats`
 //! publisher's snapshot of a real server (in memory with `--broker memory`,
 //! in Redis with the RabbitMQ broker), read back by the [`FleetReader`];
-//! the reader through a Redis outage; snapshots that expire or go stale.
+//! the reader through a Redis outage; snapshots that expire or go stale;
+//! and RabbitMQ queue depths.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use amiquip::{AmqpProperties, Confirm, ConfirmSmoother, Connection, Publish};
 use chatflow_broker::fleet::Registry;
-use chatflow_broker::shutdown_signal;
+use chatflow_broker::{shutdown_signal, Declare};
 use chatflow_protocol::time::now_ms;
-use chatflow_protocol::Topology;
-use chatflow_server::fleet::{FleetReader, StatsPublisher};
+use chatflow_protocol::{routing_key, Topology};
+use chatflow_server::fleet::{FleetReader, QueueDepths, StatsPublisher};
 use chatflow_server::{BrokerKind, Config, Server};
-use chatflow_testkit::services::{redis_addr, REDIS_URL};
+use chatflow_testkit::services::{redis_addr, AMQP_URL, REDIS_URL};
 use chatflow_testkit::Proxy;
 use common::*;
 use serde_json::{json, Value};
@@ -259,4 +261,64 @@ fn expired_and_stale_snapshots_leave_the_readers_view() {
     assert_eq!(part["source"], "redis");
     assert_eq!(part["consumers"][0]["consumerId"], "c-1");
     assert!(part["consumers"][0]["ageSeconds"].as_f64().unwrap() >= 0.0);
+}
+
+/// Ready messages nobody consumes are counted per shard, and a queue that
+/// does not exist (its 404 closes the channel) is listed while the rest
+/// are still counted.
+#[test]
+fn queue_depths_count_ready_messages_and_list_missing_queues() {
+    let namespace = unique_namespace("depths");
+    let config = rabbit_config(&namespace, 1);
+    let topology = config.services.topology.clone();
+    let _guard = TopologyGuard(topology.clone());
+    let mut connection = Connection::insecure_open(AMQP_URL).expect("RabbitMQ on 127.0.0.1:5672");
+    let channel = connection.open_channel(None).unwrap();
+    topology.declare(&channel).unwrap();
+    let confirms = channel.listen_for_publisher_confirms().unwrap();
+    channel.enable_publisher_confirms().unwrap();
+    for shard in [2, 2, 2, 4] {
+        let publish =
+            Publish::with_properties(b"{}", routing_key(1, shard), AmqpProperties::default());
+        channel.basic_publish(topology.exchange(), publish).unwrap();
+    }
+    // One confirm may cover several publishes (`multiple`): count them.
+    let mut smoother = ConfirmSmoother::new();
+    let mut confirmed = 0;
+    while confirmed < 4 {
+        let confirm = confirms.recv_timeout(TIMEOUT).expect("a confirm");
+        for confirm in smoother.process(confirm) {
+            assert!(matches!(confirm, Confirm::Ack(_)), "{confirm:?}");
+            confirmed += 1;
+        }
+    }
+    channel.close().unwrap();
+    connection.close().unwrap();
+
+    // Polls two rooms while only room 1 exists.
+    let mut polled = config.clone();
+    polled.services.topology.rooms = chatflow_protocol::Rooms::new(2).unwrap();
+    let (mut stop, shutdown) = shutdown_signal();
+    let mut depths = QueueDepths::start(&polled, shutdown).unwrap();
+    let mut part = Value::Null;
+    eventually("4 ready messages are counted", || {
+        part = serde_json::to_value(depths.latest()).unwrap();
+        part["totalMessages"] == 4
+    });
+    assert_eq!(part["source"], "rabbitmq");
+    assert!(part.get("error").is_none(), "{part}");
+    assert!(part["ageSeconds"].as_f64().unwrap() < 2.5, "{part}");
+    assert_eq!(
+        part["rooms"][0],
+        json!({"roomId": 1, "messages": 4, "consumers": 0, "shards": [0, 0, 3, 0, 1]})
+    );
+    assert_eq!(part["rooms"][1]["messages"], 0);
+    let missing: Vec<String> = (0..5).map(|s| format!("{namespace}.room.2.{s}")).collect();
+    assert_eq!(part["missingQueues"], json!(missing));
+    eprintln!(
+        "queue-depths poll of 10 queues (5 missing): {:?}",
+        depths.last_poll_time()
+    );
+    stop.signal();
+    depths.join();
 }

@@ -10,7 +10,9 @@
 //!   published to Redis;
 //! - [`reader`]: [`FleetReader`], every server's and consumer's snapshot
 //!   read back from Redis for one API request, in bounded time (or this
-//!   server alone, `source: "local"`, without Redis).
+//!   server alone, `source: "local"`, without Redis);
+//! - [`queues`]: the `queue-depths` thread ([`QueueDepths::start`]), ready
+//!   messages and consumers of every room queue, sampled every 2 s.
 //!
 //! The Redis keys and the publish/read rules (expiry 10 s, index pruned
 //! after 60 s, fresh within 10 s) are `chatflow_broker::fleet`'s, shared
@@ -23,17 +25,23 @@
 //! let health = { let (s, b) = (shared.clone(), broker.clone()); move || s.health(&*b) };
 //! let publisher = StatsPublisher::start(&config, Box::new(health), shutdown.clone())?;
 //! let reader = FleetReader::new(&config, publisher.latest())?;
-//! // per request: reader.read_servers(), reader.read_consumers()
-//! // on stop: signal `shutdown`, then publisher.join()
+//! let queues = (config.broker == BrokerKind::Rabbitmq)
+//!     .then(|| QueueDepths::start(&config, shutdown.clone()))
+//!     .transpose()?;
+//! // per request: reader.read_servers(), reader.read_consumers(),
+//! // queues.map_or(QueuesPart::unavailable(config.broker), |q| q.latest())
+//! // on stop: signal `shutdown`, then publisher.join(), queues.join()
 //! ```
 
 pub mod publisher;
+pub mod queues;
 pub mod reader;
 pub mod snapshot;
 
 use std::time::Duration;
 
 pub use publisher::{HealthSource, PublishStats, StatsPublisher};
+pub use queues::{QueueDepths, QueuesPart};
 pub use reader::{ConsumersPart, FleetReader, ServersPart};
 pub use snapshot::{Latest, ServerSnapshot};
 
