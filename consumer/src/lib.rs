@@ -23,6 +23,8 @@
 //! - [`state`]: what every thread shares ([`Shared`](state::Shared));
 //! - [`counters`]: per-thread hot counters and their sums;
 //! - [`rates`]: the window of per-second snapshots rates come from;
+//! - [`window`]: the last 10 s of a cumulative histogram (latency
+//!   quantiles of the recent past, not the process lifetime);
 //! - [`sampler`]: the thread taking those snapshots and pinging Redis;
 //! - [`health`]: the `/health` document;
 //! - [`metrics`]: the same as Prometheus text for `/metrics`;
@@ -57,6 +59,7 @@ pub mod rates;
 pub mod sampler;
 pub mod state;
 pub mod threads;
+pub mod window;
 pub mod writer;
 
 pub use config::{Args, Config, ConfigError};
