@@ -72,6 +72,8 @@ pub struct LinkStatus {
 pub struct RedisStatus {
     pub address: String,
     pub connected: bool,
+    /// The sampler's once-a-second round trip (its fleet snapshot's
+    /// publish) succeeded.
     pub ping_ok: bool,
     pub consumers_connected: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
