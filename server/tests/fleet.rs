@@ -19,6 +19,7 @@ use chatflow_server::{BrokerKind, Config, Server};
 use chatflow_testkit::services::{redis_addr, AMQP_URL, REDIS_URL};
 use chatflow_testkit::Proxy;
 use common::*;
+use crossbeam_channel::TryRecvError;
 use serde_json::{json, Value};
 
 /// Sends `n` messages from one client in room 1 and waits for each ack.
@@ -168,6 +169,50 @@ fn a_rabbitmq_server_snapshot_goes_through_redis_and_survives_an_outage() {
         "withdrawn on a clean stop: {part}"
     );
     Arc::into_inner(server).unwrap().shutdown().unwrap();
+}
+
+/// A Redis that takes connections and never answers costs a read at most
+/// the configured timeout, lock wait included: two API requests reading
+/// at once both answer an error within it.
+#[test]
+fn a_silent_redis_costs_a_read_at_most_the_redis_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    // Accepts and holds every connection, answering nothing, until told.
+    let (done, finished) = crossbeam_channel::bounded::<()>(0);
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        silent.set_nonblocking(true).unwrap();
+        let until = Instant::now() + TIMEOUT;
+        while Instant::now() < until && finished.try_recv() == Err(TryRecvError::Empty) {
+            match silent.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let mut config = common::rabbit_config("silent", 1);
+    config.services.redis.port = port;
+    config.services.redis.timeout = Duration::from_millis(400);
+    let reader = Arc::new(FleetReader::new(&config, Default::default()).unwrap());
+    let started = Instant::now();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let reader = reader.clone();
+            std::thread::spawn(move || serde_json::to_value(reader.read_servers()).unwrap())
+        })
+        .collect();
+    for part in readers.into_iter().map(|r| r.join().unwrap()) {
+        let error = part["error"].as_str().expect("an error");
+        assert!(
+            error.starts_with(&format!("redis at 127.0.0.1:{port}: ")),
+            "{error}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(700), "two reads took {took:?}");
+    drop(done);
+    holder.join().unwrap();
 }
 
 /// Deletes a namespace's registry keys when dropped, pass or fail.

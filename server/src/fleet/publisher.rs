@@ -32,8 +32,8 @@ use chatflow_protocol::ServerTime;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::redis_connect;
 use super::snapshot::{Latest, ServerSnapshot, TotalsWindow};
+use super::{redis_client, redis_connect};
 use crate::config::{BrokerKind, Config};
 use crate::stats::Health;
 
@@ -189,7 +189,7 @@ impl RedisSink {
         // whole fleet's publishers back in the same millisecond.
         let seed = u64::from(std::process::id()) << 8 | 0xf1;
         Ok(RedisSink {
-            client: redis::Client::open(redis.url())?,
+            client: redis_client(redis)?,
             address: redis.display(),
             timeout: redis.timeout,
             registry: Registry::servers(&config.services.topology),

@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::snapshot::Latest;
-use super::{not_available, round3};
+use super::{not_available, redis_client, round3};
 use crate::config::{BrokerKind, Config};
 
 /// The `servers` part of the API's `live` section.
@@ -91,7 +91,7 @@ impl FleetReader {
                 let redis = &config.services.redis;
                 let topology = &config.services.topology;
                 Source::Redis(Box::new(RedisReader {
-                    client: redis::Client::open(redis.url())?,
+                    client: redis_client(redis)?,
                     address: redis.display(),
                     timeout: redis.timeout,
                     servers: Registry::servers(topology),
@@ -189,8 +189,13 @@ impl RedisReader {
             Err(e) => {
                 // Half a reply may be in flight: start afresh next time.
                 *con = None;
+                let error = if e.is_timeout() {
+                    format!("no answer within {:?}", self.timeout)
+                } else {
+                    e.to_string()
+                };
                 return Fresh {
-                    error: Some(format!("redis at {}: {e}", self.address)),
+                    error: Some(format!("redis at {}: {error}", self.address)),
                     ..Fresh::default()
                 };
             }
