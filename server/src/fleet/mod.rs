@@ -19,18 +19,24 @@
 //! with the consumer, which publishes its own CONSUMER SNAPSHOT the same
 //! way. Nothing here runs on a worker's thread or is waited on by one.
 //!
-//! Wiring, for a server with `config`, its `Arc<Shared>` and broker:
+//! Wiring, for a server with `config`, its `Arc<Shared>` and broker, and
+//! `shutdown` a listener of its stop signal (step 1 of `Server::shutdown`,
+//! so a stopping server leaves the fleet view at once):
 //!
 //! ```ignore
 //! let health = { let (s, b) = (shared.clone(), broker.clone()); move || s.health(&*b) };
 //! let publisher = StatsPublisher::start(&config, Box::new(health), shutdown.clone())?;
 //! let reader = FleetReader::new(&config, publisher.latest())?;
+//! // Only with the API on:
 //! let queues = (config.broker == BrokerKind::Rabbitmq)
 //!     .then(|| QueueDepths::start(&config, shutdown.clone()))
 //!     .transpose()?;
-//! // per request: reader.read_servers(), reader.read_consumers(),
-//! // queues.map_or(QueuesPart::unavailable(config.broker), |q| q.latest())
-//! // on stop: signal `shutdown`, then publisher.join(), queues.join()
+//! // Per request (none blocks longer than the Redis timeout; `latest` never):
+//! //   reader.read_servers(), reader.read_consumers(),
+//! //   queues.as_ref().map_or(QueuesPart::unavailable(config.broker), QueueDepths::latest)
+//! // For /health if wanted: publisher.stats().
+//! // After the signal: publisher.join(); queues.join() (each at most a
+//! // Redis timeout, or an AMQP round trip, late).
 //! ```
 
 pub mod publisher;
