@@ -6,6 +6,9 @@
 //!   binaries), their validation, and [`Secret`];
 //! - [`amqp`] (feature `amqp`): opening AMQP connections with `TCP_NODELAY`;
 //! - [`declare`] (feature `amqp`): declaring the topology on RabbitMQ;
+//! - [`fleet`] (feature `redis`): the fleet registry, every server's and
+//!   consumer's live snapshot in Redis, written and read under one set of
+//!   rules;
 //! - [`retry`]: the one jittered back-off and the one shutdown signal.
 //!
 //! The names themselves (exchange, queues, channels) are wire facts and
@@ -15,6 +18,8 @@
 pub mod amqp;
 #[cfg(feature = "amqp")]
 pub mod declare;
+#[cfg(feature = "redis")]
+pub mod fleet;
 pub mod retry;
 pub mod settings;
 

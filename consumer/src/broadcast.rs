@@ -19,6 +19,7 @@ use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline
 
 use crate::config::Config;
 use crate::counters::{add, QueueStats};
+use chatflow_broker::fleet::{Registry, SNAPSHOT_TTL};
 use chatflow_broker::retry::{is_shutdown, wait, Backoff, Shutdown};
 
 /// Log the first failure of an outage and then every this many, so a long
@@ -151,7 +152,9 @@ impl Broadcaster {
     }
 }
 
-/// The sampler's view of Redis: a PING with the consumer's timeouts.
+/// The sampler's connection to Redis, with the consumer's timeouts: its
+/// once-a-second snapshot publish (or a PING) is how an idle consumer
+/// still notices a Redis outage.
 pub struct Probe {
     client: Client,
     config: Config,
@@ -178,11 +181,38 @@ impl Probe {
     }
 
     pub fn ping(&mut self) -> RedisResult<()> {
+        self.run(|con| redis::cmd("PING").query::<String>(con).map(|_| ()))
+    }
+
+    /// Publishes this consumer's snapshot to the fleet registry (one
+    /// pipeline; see `chatflow_broker::fleet`).
+    pub fn publish(
+        &mut self,
+        registry: &Registry,
+        id: &str,
+        document: &str,
+        now_ms: i64,
+    ) -> RedisResult<()> {
+        self.run(|con| registry.publish(con, id, document, SNAPSHOT_TTL, now_ms))
+    }
+
+    /// Removes this consumer's snapshot (a clean stop).
+    pub fn withdraw(&mut self, registry: &Registry, id: &str) -> RedisResult<()> {
+        self.run(|con| registry.withdraw(con, id))
+    }
+
+    /// Runs `call` on the connection, connecting first if needed; a failed
+    /// call drops the connection (its state is unknown), so the next one
+    /// reconnects.
+    fn run<T>(
+        &mut self,
+        call: impl FnOnce(&mut redis::Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
         if self.con.is_none() {
             self.con = Some(connect(&self.client, &self.config)?);
         }
         let con = self.con.as_mut().expect("connected above");
-        let result = redis::cmd("PING").query::<String>(con).map(|_| ());
+        let result = call(con);
         if result.is_err() {
             self.con = None;
         }

@@ -46,6 +46,10 @@ pub struct Config {
     /// On shutdown, how long a consumer waits for the broker to confirm its
     /// cancel (deliveries still in flight arrive before the confirmation).
     pub shutdown_grace: Duration,
+    /// Names this consumer in the fleet's live statistics (its snapshot's
+    /// Redis key and `consumerId`): 1..=64 characters, unique in the fleet.
+    /// Default: hostname-pid.
+    pub consumer_id: String,
 }
 
 impl Default for Config {
@@ -61,8 +65,17 @@ impl Default for Config {
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
+            consumer_id: default_consumer_id(),
         }
     }
+}
+
+/// hostname-pid: unique per process on a host, and says where it runs.
+fn default_consumer_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "consumer".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Where messages are stored and how they are written.
@@ -188,6 +201,9 @@ impl Config {
                 ),
             ));
         }
+        if self.consumer_id.is_empty() || self.consumer_id.len() > 64 {
+            return Err(bad("consumer-id", "must be 1..=64 characters"));
+        }
         if self.retry_min.is_zero() || self.retry_min > self.retry_max {
             return Err(bad(
                 "retry",
@@ -249,6 +265,10 @@ pub struct Args {
     /// Seconds a consumer waits for its cancel to be confirmed on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5.0)]
     pub shutdown_grace_secs: f64,
+    /// This consumer's id in the fleet's live statistics (default:
+    /// hostname-pid).
+    #[arg(long, env = "CONSUMER_ID")]
+    pub consumer_id: Option<String>,
 }
 
 impl Args {
@@ -284,6 +304,7 @@ impl Args {
                 },
             },
             shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
+            consumer_id: self.consumer_id.unwrap_or(defaults.consumer_id.clone()),
             ..defaults
         };
         config.validate()?;
@@ -322,6 +343,8 @@ mod tests {
         );
         assert_eq!(amqp.heartbeat, Duration::from_secs(30));
         assert_eq!(c.topology().queue(3, 4), "chatflow.room.3.4");
+        assert!(c.consumer_id.ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(parse(&["--consumer-id", "c-7"]).unwrap().consumer_id, "c-7");
     }
 
     #[test]
@@ -352,6 +375,8 @@ mod tests {
                 (&["--batch-rows", "0"][..], "--batch-rows"),
                 (&["--flush-interval-ms", "0"][..], "--flush-interval-ms"),
                 (&["--db-port", "x"][..], "--db-port"),
+                (&["--consumer-id", ""][..], "--consumer-id"),
+                (&["--consumer-id", &"c".repeat(65)][..], "--consumer-id"),
             ],
         );
     }

@@ -188,6 +188,14 @@ impl Default for WriterStats {
     }
 }
 
+/// Every writer's histograms merged: cumulative since start.
+pub struct WriterHistograms {
+    /// COPY + commit per batch, microseconds.
+    pub latency_us: Histogram<u64>,
+    /// Rows per committed batch.
+    pub batch_sizes: Histogram<u64>,
+}
+
 /// Every counter of the process, grouped by who writes it.
 pub struct Counters {
     /// Indexed like the queues: consumer `i` is room `i / 5 + 1`, shard
@@ -271,6 +279,21 @@ impl Counters {
         let mut all = Histograms::new();
         for q in &self.queues {
             all.add(&q.histograms.lock());
+        }
+        all
+    }
+
+    /// Every writer's histograms merged (each writer's lock is held only
+    /// while its histograms are added).
+    pub fn writer_histograms(&self) -> WriterHistograms {
+        let mut all = WriterHistograms {
+            latency_us: WriterStats::latency_histogram(),
+            batch_sizes: WriterStats::batch_size_histogram(),
+        };
+        for w in self.writers.iter() {
+            // Same bounds on both sides: adding cannot fail.
+            let _ = all.latency_us.add(&*w.latency_us.lock());
+            let _ = all.batch_sizes.add(&*w.batch_sizes.lock());
         }
         all
     }

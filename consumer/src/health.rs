@@ -72,6 +72,8 @@ pub struct LinkStatus {
 pub struct RedisStatus {
     pub address: String,
     pub connected: bool,
+    /// The sampler's once-a-second round trip (its fleet snapshot's
+    /// publish) succeeded.
     pub ping_ok: bool,
     pub consumers_connected: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -304,13 +306,7 @@ fn database_status(shared: &Shared) -> DatabaseStatus {
     let writers = &counters.writers;
     let sum = |f| counters.sum_writers(f);
     let failing = |w: &&WriterStats| !w.connected.load(Ordering::Relaxed);
-    let mut latency = WriterStats::latency_histogram();
-    let mut sizes = WriterStats::batch_size_histogram();
-    for w in writers.iter() {
-        // Same bounds on both sides: adding cannot fail.
-        let _ = latency.add(&*w.latency_us.lock());
-        let _ = sizes.add(&*w.batch_sizes.lock());
-    }
+    let h = counters.writer_histograms();
     let writers_connected = writers.len() - writers.iter().filter(failing).count();
     DatabaseStatus {
         address: shared.config.database.display(),
@@ -325,8 +321,8 @@ fn database_status(shared: &Shared) -> DatabaseStatus {
         retries: sum(|w| &w.retries),
         rows_dead_lettered: sum(|w| &w.rows_dead_lettered),
         batch_splits: sum(|w| &w.batch_splits),
-        copy_latency_us: Quantiles::of(&latency),
-        batch_rows: Quantiles::of(&sizes),
+        copy_latency_us: Quantiles::of(&h.latency_us),
+        batch_rows: Quantiles::of(&h.batch_sizes),
         last_error: writers
             .iter()
             .filter(failing)

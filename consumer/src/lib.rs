@@ -23,7 +23,11 @@
 //! - [`state`]: what every thread shares ([`Shared`](state::Shared));
 //! - [`counters`]: per-thread hot counters and their sums;
 //! - [`rates`]: the window of per-second snapshots rates come from;
-//! - [`sampler`]: the thread taking those snapshots and pinging Redis;
+//! - [`window`]: the last 10 s of a cumulative histogram (latency
+//!   quantiles of the recent past, not the process lifetime);
+//! - [`snapshot`]: the CONSUMER SNAPSHOT the fleet's read API shows;
+//! - [`sampler`]: the thread taking those snapshots once a second and
+//!   publishing this consumer's to Redis (which is also its Redis probe);
 //! - [`health`]: the `/health` document;
 //! - [`metrics`]: the same as Prometheus text for `/metrics`;
 //! - [`http`]: the small blocking HTTP endpoint serving them (a thread per
@@ -34,7 +38,8 @@
 //! Dependencies run one way, no two modules import each other: `consumer`
 //! wires everything; `queue_consumer` and `writer` meet only in `handoff`;
 //! `state` builds on `counters`, `rates` and `threads`; `health` reads
-//! `state`, `metrics` encodes `health`, `http` serves both.
+//! `state`, `metrics` encodes `health`, `http` serves both; `snapshot`
+//! reads `health` and `window`, `sampler` publishes `snapshot`.
 //!
 //! No async runtime: every thread blocks on a crossbeam `select!` or a
 //! socket with a timeout, and every one is named and joined on shutdown.
@@ -55,8 +60,10 @@ pub mod partitions;
 pub mod queue_consumer;
 pub mod rates;
 pub mod sampler;
+pub mod snapshot;
 pub mod state;
 pub mod threads;
+pub mod window;
 pub mod writer;
 
 pub use config::{Args, Config, ConfigError};

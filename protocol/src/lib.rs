@@ -10,8 +10,8 @@
 //! - [`id`]: message ids (UUIDv7: unique without coordination, time-ordered);
 //! - [`routing`]: rooms, shards and routing keys;
 //! - [`time`]: millisecond timestamps and their RFC 3339 form;
-//! - [`topology`]: exchange, queue and channel names and queue arguments
-//!   (declaring them is `chatflow-broker`'s job).
+//! - [`topology`]: exchange, queue, channel and stats-key names and queue
+//!   arguments (declaring them is `chatflow-broker`'s job).
 //!
 //! Nothing here does I/O; every function is cheap enough for a worker's hot
 //! path and allocation-free where the input allows it.

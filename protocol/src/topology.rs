@@ -1,6 +1,9 @@
 //! The names of everything messages travel through (exchange, queues,
-//! dead-letter queue, Redis channels) and the queue arguments. Declaring
-//! them on RabbitMQ is `chatflow-broker`'s job (`Declare`).
+//! dead-letter queue, Redis channels), the queue arguments, and the Redis
+//! keys of the fleet's live statistics (each server's and consumer's
+//! snapshot, and the two sorted sets indexing them). Declaring the queues
+//! on RabbitMQ is `chatflow-broker`'s job (`Declare`), and so is reading
+//! and writing the snapshots (`chatflow_broker::fleet`).
 //!
 //! Every name starts with a namespace (default `chatflow`), so tests and
 //! parallel deployments on one broker never collide.
@@ -69,6 +72,28 @@ impl Topology {
         self.rooms.contains(room).then_some(room)
     }
 
+    /// The Redis key holding server `id`'s latest snapshot (JSON, with an
+    /// expiry, so a server that died drops out by itself).
+    pub fn server_stats_key(&self, id: &str) -> String {
+        format!("{}:stats:server:{id}", self.namespace)
+    }
+
+    /// The Redis key holding consumer `id`'s latest snapshot.
+    pub fn consumer_stats_key(&self, id: &str) -> String {
+        format!("{}:stats:consumer:{id}", self.namespace)
+    }
+
+    /// The sorted set of server ids scored by their last publish (Unix
+    /// milliseconds): how a reader finds the keys without `SCAN`.
+    pub fn server_stats_index(&self) -> String {
+        format!("{}:stats:servers", self.namespace)
+    }
+
+    /// The sorted set of consumer ids scored by their last publish.
+    pub fn consumer_stats_index(&self) -> String {
+        format!("{}:stats:consumers", self.namespace)
+    }
+
     /// Every (room, shard) pair, in order.
     pub fn shards(&self) -> impl Iterator<Item = (u32, u32)> {
         self.rooms
@@ -89,6 +114,20 @@ mod tests {
         assert_eq!(t.redis_channel(3), "ns1:room:3");
         assert_eq!(t.redis_pattern(), "ns1:room:*");
         assert_eq!(t.shards().count(), 15);
+    }
+
+    #[test]
+    fn stats_keys_carry_the_namespace_and_the_id() {
+        let t = Topology::new("ns1", Rooms::new(3).unwrap());
+        assert_eq!(
+            t.server_stats_key("ip-10-0-0-5-42"),
+            "ns1:stats:server:ip-10-0-0-5-42"
+        );
+        assert_eq!(t.consumer_stats_key("c-7"), "ns1:stats:consumer:c-7");
+        assert_eq!(t.server_stats_index(), "ns1:stats:servers");
+        assert_eq!(t.consumer_stats_index(), "ns1:stats:consumers");
+        // Keys never collide with room channels, which servers PSUBSCRIBE.
+        assert_eq!(t.room_of_channel(t.server_stats_index().as_bytes()), None);
     }
 
     #[test]

@@ -24,7 +24,10 @@
 //! - [`stats`]: per-worker counters, dead workers and the health document;
 //! - [`api`]: the read API on its own port and threads (server/API.md):
 //!   history, analytics and `/api/metrics` over a PostgreSQL pool;
-//! - [`live`]: where the API's live stats come from.
+//! - [`fleet`]: live fleet statistics for the read API — this server's
+//!   snapshot published to Redis (`fleet-stats`), every server's and
+//!   consumer's read back, and RabbitMQ queue depths (`queue-depths`);
+//! - [`live`]: the API's view of those live stats.
 //!
 //! No async runtime: every worker owns its sockets outright and nothing it
 //! does blocks.
@@ -34,6 +37,7 @@ pub mod broker;
 pub mod config;
 pub mod connection;
 pub mod fanout;
+pub mod fleet;
 pub mod http;
 pub mod live;
 pub mod rooms;
