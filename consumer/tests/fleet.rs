@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chatflow_consumer::{Config, Consumer};
 use chatflow_server::fleet::{FleetReader, Latest};
-use common::database::TestDatabase;
+use chatflow_testkit::database::TestDatabase;
 use common::*;
 use serde_json::Value;
 
@@ -36,7 +36,7 @@ fn the_consumer_publishes_its_snapshot_and_withdraws_it_on_stop() {
         consumer_id: "fleet-c-1".to_string(),
         ..config(&ns, 1)
     };
-    config.database.name = db.name.clone();
+    config.database.settings.name = db.name.clone();
     config.database.apply_schema = true;
     config.database.flush_interval = Duration::from_millis(50);
     let mut broker = Broker::new(&config);

@@ -20,7 +20,10 @@
 //!    broker's own trigger: publishers stop taking messages, wait (bounded)
 //!    for the confirms in flight, and exit; the Redis subscriber exits. The
 //!    broker stops second because answers to messages published before the
-//!    stop must still reach the workers during their grace period.
+//!    stop must still reach the workers during their grace period;
+//! 4. joins the read side's threads: `fleet-stats` (which withdrew this
+//!    server's snapshot from Redis at the signal, so the fleet view drops
+//!    it at once) and `queue-depths`.
 //!
 //! A broker's trigger dropped without a signal (a start that fails half-way)
 //! stops its threads the same way.
@@ -37,7 +40,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use anyhow::{anyhow, Context as _};
-use chatflow_broker::{shutdown_signal, ShutdownTrigger};
+use chatflow_broker::{shutdown_signal, Shutdown, ShutdownTrigger};
 use crossbeam_channel::bounded;
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -49,7 +52,8 @@ use crate::broker::rabbitmq::RabbitBroker;
 use crate::broker::{Broker, BrokerFactory};
 use crate::config::{BrokerKind, Config};
 use crate::fanout::{inbox, Fanout, Inbox, WorkerHandle};
-use crate::live::ServerLive;
+use crate::fleet::{FleetReader, QueueDepths, StatsPublisher};
+use crate::live::FleetLive;
 use crate::stats::{Health, Shared};
 use crate::worker::{Worker, WAKER};
 
@@ -67,8 +71,82 @@ pub struct Server {
     /// dropped without `shutdown` keeps serving, as documented above.
     stop: ManuallyDrop<ShutdownTrigger>,
     threads: Vec<JoinHandle<()>>,
-    /// The read API, when configured (its own port and threads).
+    /// The fleet-stats publisher, and the read API with what it reads.
+    read_side: ReadSide,
+}
+
+/// What serves and feeds the read side: this server's fleet snapshot (a
+/// thread, always: `/api/metrics` of any server reads it), and, with the
+/// API on, the API and the queue-depth sampler. Each stops on the server's
+/// stop signal or, for the API, in step 0 of the shutdown.
+struct ReadSide {
+    publisher: StatsPublisher,
+    queues: Option<Arc<QueueDepths>>,
     api: Option<Api>,
+}
+
+impl ReadSide {
+    fn start(
+        config: &Config,
+        shared: &Arc<Shared>,
+        broker: &Arc<dyn Broker>,
+        stopping: &Shutdown,
+    ) -> anyhow::Result<ReadSide> {
+        let health = {
+            let (shared, broker) = (shared.clone(), broker.clone());
+            move || shared.health(&*broker)
+        };
+        let publisher = StatsPublisher::start(config, Box::new(health), stopping.clone())
+            .context("starting the fleet-stats thread")?;
+        let Some(api_config) = &config.api else {
+            return Ok(ReadSide {
+                publisher,
+                queues: None,
+                api: None,
+            });
+        };
+        let queues = match config.broker {
+            BrokerKind::Rabbitmq => Some(Arc::new(
+                QueueDepths::start(config, stopping.clone())
+                    .context("starting the queue-depths thread")?,
+            )),
+            BrokerKind::Memory | BrokerKind::None => None,
+        };
+        let reader = FleetReader::new(config, publisher.latest())
+            .context("the fleet reader's Redis settings")?;
+        let live = FleetLive {
+            reader,
+            queues: queues.clone(),
+            broker: config.broker,
+        };
+        let api = ApiContext::new(api_config, config.rooms(), Box::new(live))
+            .and_then(|context| Api::start(api_config, context))?;
+        Ok(ReadSide {
+            publisher,
+            queues,
+            api: Some(api),
+        })
+    }
+
+    /// Step 0 of the stop: the API's threads finish and its port closes.
+    fn stop_api(&mut self) {
+        if let Some(api) = self.api.take() {
+            api.shutdown();
+        }
+    }
+
+    /// After the stop signal: joins the publisher (which has withdrawn
+    /// this server's snapshot) and the queue sampler.
+    fn join(mut self) {
+        self.stop_api();
+        self.publisher.join();
+        if let Some(queues) = self.queues.take() {
+            // The API (the only other holder) is gone: this is the last.
+            if let Ok(mut queues) = Arc::try_unwrap(queues) {
+                queues.join();
+            }
+        }
+    }
 }
 
 impl Server {
@@ -83,7 +161,7 @@ impl Server {
             refuse_if_taken(config.bind)?;
         }
         let (stop, stopping) = shutdown_signal();
-        let shared = Arc::new(Shared::new(config.clone(), stopping));
+        let shared = Arc::new(Shared::new(config.clone(), stopping.clone()));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut bind = config.bind;
         let mut handles = Vec::with_capacity(config.workers);
@@ -171,27 +249,16 @@ impl Server {
                 return Err(e.context(format!("starting the {} broker", config.broker.as_str())));
             }
         };
-        let api = match &config.api {
-            Some(api_config) => {
-                let live = ServerLive {
-                    shared: shared.clone(),
-                    broker: broker.clone(),
-                };
-                let started = ApiContext::new(api_config, config.rooms(), Box::new(live))
-                    .and_then(|context| Api::start(api_config, context));
-                match started {
-                    Ok(api) => Some(api),
-                    Err(e) => {
-                        drop(go_senders);
-                        for t in threads {
-                            let _ = t.join();
-                        }
-                        broker.shutdown();
-                        return Err(e);
-                    }
+        let read_side = match ReadSide::start(&config, &shared, &broker, &stopping) {
+            Ok(read_side) => read_side,
+            Err(e) => {
+                drop(go_senders);
+                for t in threads {
+                    let _ = t.join();
                 }
+                broker.shutdown();
+                return Err(e);
             }
-            None => None,
         };
         for go in go_senders {
             let _ = go.send(Some(broker.clone()));
@@ -203,7 +270,7 @@ impl Server {
             shared,
             stop: ManuallyDrop::new(stop),
             threads,
-            api,
+            read_side,
         })
     }
 
@@ -216,7 +283,7 @@ impl Server {
     /// Where the read API listens (with the real port when the configured
     /// one was 0), if it is on.
     pub fn api_addr(&self) -> Option<SocketAddr> {
-        self.api.as_ref().map(Api::local_addr)
+        self.read_side.api.as_ref().map(Api::local_addr)
     }
 
     /// The same document `GET /health` serves.
@@ -228,9 +295,7 @@ impl Server {
     /// the configured grace for clients to answer), joins every worker, then
     /// stops the broker: the order in the module docs.
     pub fn shutdown(mut self) -> anyhow::Result<()> {
-        if let Some(api) = self.api.take() {
-            api.shutdown();
-        }
+        self.read_side.stop_api();
         self.stop.signal();
         self.fanout.shutdown();
         let mut panicked = 0;
@@ -240,6 +305,7 @@ impl Server {
             }
         }
         self.broker.shutdown();
+        self.read_side.join();
         if panicked > 0 {
             return Err(anyhow!("{panicked} worker thread(s) panicked"));
         }
