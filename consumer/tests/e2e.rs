@@ -10,10 +10,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chatflow_client::{ApiUrl, Endpoint, ProgressMode};
-use chatflow_consumer::{Config, Consumer};
+use chatflow_consumer::Consumer;
 use chatflow_testkit::database::TestDatabase;
 use common::chat::*;
-use common::{config, namespace, wait_until, Broker};
+use common::{namespace, persistent, wait_until, Broker};
 
 /// Messages sent to server A reach the room's members on server B (and on
 /// A), in each sender's order, reach nobody in another room, and are each
@@ -22,13 +22,7 @@ use common::{config, namespace, wait_until, Broker};
 fn messages_cross_servers_in_order_and_are_stored() {
     let ns = namespace();
     let db = TestDatabase::new(&ns);
-    let mut consumer_config = Config {
-        enable_persistence: true,
-        ..config(&ns, 2)
-    };
-    consumer_config.database.settings.name = db.name.clone();
-    consumer_config.database.apply_schema = true;
-    consumer_config.database.flush_interval = Duration::from_millis(50);
+    let consumer_config = persistent(&ns, 2, &db.name);
     let _broker = Broker::new(&consumer_config); // deletes the topology at the end
     let consumer = Consumer::start(consumer_config).expect("consumer starts");
     let a = server(&ns, 2, "server-a");
@@ -91,13 +85,7 @@ fn messages_cross_servers_in_order_and_are_stored() {
 fn a_load_run_is_read_back_through_the_api() {
     let ns = namespace();
     let db = TestDatabase::new(&ns);
-    let mut consumer_config = Config {
-        enable_persistence: true,
-        ..config(&ns, 2)
-    };
-    consumer_config.database.settings.name = db.name.clone();
-    consumer_config.database.apply_schema = true;
-    consumer_config.database.flush_interval = Duration::from_millis(50);
+    let consumer_config = persistent(&ns, 2, &db.name);
     let _broker = Broker::new(&consumer_config);
     let consumer = Consumer::start(consumer_config).expect("consumer starts");
     let server = server_with_api(&ns, 2, "server-api", Some(&db.name));

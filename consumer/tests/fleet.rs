@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use chatflow_consumer::{Config, Consumer};
 use chatflow_server::fleet::{FleetReader, Latest};
 use chatflow_testkit::database::TestDatabase;
@@ -31,14 +29,10 @@ fn reader(config: &Config) -> FleetReader {
 fn the_consumer_publishes_its_snapshot_and_withdraws_it_on_stop() {
     let ns = namespace();
     let db = TestDatabase::new(&ns);
-    let mut config = Config {
-        enable_persistence: true,
+    let config = Config {
         consumer_id: "fleet-c-1".to_string(),
-        ..config(&ns, 1)
+        ..persistent(&ns, 1, &db.name)
     };
-    config.database.settings.name = db.name.clone();
-    config.database.apply_schema = true;
-    config.database.flush_interval = Duration::from_millis(50);
     let mut broker = Broker::new(&config);
     let fleet = reader(&config);
     let consumer = Consumer::start(config).expect("consumer starts");

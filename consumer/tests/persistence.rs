@@ -32,15 +32,7 @@ use postgres::{Client, NoTls};
 
 /// A persistent consumer writing into `db`.
 fn persistent(ns: &str, rooms: u32, db: &TestDatabase) -> Config {
-    let mut config = Config {
-        enable_persistence: true,
-        ..config(ns, rooms)
-    };
-    config.database.settings.user = "postgres".to_string();
-    config.database.settings.name = db.name.clone();
-    config.database.apply_schema = true;
-    config.database.flush_interval = Duration::from_millis(50);
-    config
+    common::persistent(ns, rooms, &db.name)
 }
 
 /// A valid row from `user`, stamped `at`.

@@ -119,6 +119,28 @@ impl Split {
         self.pieces.push((source, Range { start, end }));
     }
 
+    /// The bounds of the usual shape of a split for `[MINUTE, HOUR]`
+    /// rollups, in the order the rollup statements take them: the hour
+    /// range, the two minute ranges, the two raw ranges (`$1`..`$10`,
+    /// absent pieces as empty ranges).
+    pub fn hour_minute_raw_bounds(&self) -> [SystemTime; 10] {
+        let hours = self.ranges(Source::Buckets(3600), 1);
+        let minutes = self.ranges(Source::Buckets(60), 2);
+        let raw = self.ranges(Source::Raw, 2);
+        [
+            hours[0].start_time(),
+            hours[0].end_time(),
+            minutes[0].start_time(),
+            minutes[0].end_time(),
+            minutes[1].start_time(),
+            minutes[1].end_time(),
+            raw[0].start_time(),
+            raw[0].end_time(),
+            raw[1].start_time(),
+            raw[1].end_time(),
+        ]
+    }
+
     /// The pieces from `source`, padded with empty ranges to `n` (SQL
     /// statements take a fixed number of ranges per source).
     pub fn ranges(&self, source: Source, n: usize) -> Vec<Range> {
@@ -135,6 +157,14 @@ impl Split {
         ranges.resize(n, Range::EMPTY);
         ranges
     }
+}
+
+/// Bounds as the parameter list of a statement.
+pub fn params(bounds: &[SystemTime]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
+    bounds
+        .iter()
+        .map(|b| b as &(dyn postgres::types::ToSql + Sync))
+        .collect()
 }
 
 #[cfg(test)]

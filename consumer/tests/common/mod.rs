@@ -58,6 +58,19 @@ pub fn config(namespace: &str, rooms: u32) -> Config {
     }
 }
 
+/// [`config`] storing in `database` (the schema applied at start, short
+/// flushes so tests see their rows soon).
+pub fn persistent(namespace: &str, rooms: u32, database: &str) -> Config {
+    let mut config = Config {
+        enable_persistence: true,
+        ..config(namespace, rooms)
+    };
+    config.database.settings.name = database.to_string();
+    config.database.apply_schema = true;
+    config.database.flush_interval = Duration::from_millis(50);
+    config
+}
+
 /// Polls `condition` until it holds; panics after [`TIMEOUT`].
 pub fn wait_until(what: &str, condition: impl FnMut() -> bool) {
     chatflow_testkit::wait_until(what, TIMEOUT, condition);

@@ -8,7 +8,7 @@ use bit_vec::BitVec;
 use postgres::GenericClient;
 
 use crate::rollup::{empty_users, HOUR, MINUTE};
-use crate::window::{Source, Window};
+use crate::window::{params, Window};
 
 const QUERY: &str = "\
 SELECT
@@ -24,25 +24,8 @@ pub fn active_user_set(
     client: &mut impl GenericClient,
     window: Window,
 ) -> Result<BitVec, postgres::Error> {
-    let split = window.split(&[MINUTE, HOUR]);
-    let hours = split.ranges(Source::Buckets(HOUR), 1);
-    let minutes = split.ranges(Source::Buckets(MINUTE), 2);
-    let raw = split.ranges(Source::Raw, 2);
-    let row = client.query_one(
-        QUERY,
-        &[
-            &hours[0].start_time(),
-            &hours[0].end_time(),
-            &minutes[0].start_time(),
-            &minutes[0].end_time(),
-            &minutes[1].start_time(),
-            &minutes[1].end_time(),
-            &raw[0].start_time(),
-            &raw[0].end_time(),
-            &raw[1].start_time(),
-            &raw[1].end_time(),
-        ],
-    )?;
+    let bounds = window.split(&[MINUTE, HOUR]).hour_minute_raw_bounds();
+    let row = client.query_one(QUERY, &params(&bounds))?;
     let mut users: BitVec = row.get::<_, Option<BitVec>>(0).unwrap_or_else(empty_users);
     if users.len() != empty_users().len() {
         // Unreachable with the schema's CHECK; never index past the end.

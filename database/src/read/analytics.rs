@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::rollup::{TypeCounts, HOUR, MINUTE};
 use crate::row::{from_unix_micros, unix_micros};
-use crate::window::{Source, Window};
+use crate::window::{params, Source, Window};
 
 const MICROS: i64 = 1_000_000;
 
@@ -43,25 +43,8 @@ pub fn room_counts(
     client: &mut impl GenericClient,
     window: Window,
 ) -> Result<BTreeMap<i32, TypeCounts>, postgres::Error> {
-    let split = window.split(&[MINUTE, HOUR]);
-    let hours = split.ranges(Source::Buckets(HOUR), 1);
-    let minutes = split.ranges(Source::Buckets(MINUTE), 2);
-    let raw = split.ranges(Source::Raw, 2);
-    let rows = client.query(
-        ROOM_COUNTS,
-        &[
-            &hours[0].start_time(),
-            &hours[0].end_time(),
-            &minutes[0].start_time(),
-            &minutes[0].end_time(),
-            &minutes[1].start_time(),
-            &minutes[1].end_time(),
-            &raw[0].start_time(),
-            &raw[0].end_time(),
-            &raw[1].start_time(),
-            &raw[1].end_time(),
-        ],
-    )?;
+    let bounds = window.split(&[MINUTE, HOUR]).hour_minute_raw_bounds();
+    let rows = client.query(ROOM_COUNTS, &params(&bounds))?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -178,17 +161,15 @@ pub fn series(
             let split = window.split(&[1]);
             let seconds = split.ranges(Source::Buckets(1), 1);
             let raw = split.ranges(Source::Raw, 2);
-            client.query(
-                SECOND_SERIES,
-                &[
-                    &seconds[0].start_time(),
-                    &seconds[0].end_time(),
-                    &raw[0].start_time(),
-                    &raw[0].end_time(),
-                    &raw[1].start_time(),
-                    &raw[1].end_time(),
-                ],
-            )?
+            let bounds = [
+                seconds[0].start_time(),
+                seconds[0].end_time(),
+                raw[0].start_time(),
+                raw[0].end_time(),
+                raw[1].start_time(),
+                raw[1].end_time(),
+            ];
+            client.query(SECOND_SERIES, &params(&bounds))?
         }
         MINUTE | HOUR => {
             let (widths, step): (&[i64], _) = if step_seconds == MINUTE {
@@ -196,25 +177,8 @@ pub fn series(
             } else {
                 (&[MINUTE, HOUR], "1 hour")
             };
-            let split = window.split(widths);
-            let hours = split.ranges(Source::Buckets(HOUR), 1);
-            let minutes = split.ranges(Source::Buckets(MINUTE), 2);
-            let raw = split.ranges(Source::Raw, 2);
-            client.query(
-                &bucket_series_query(step),
-                &[
-                    &hours[0].start_time(),
-                    &hours[0].end_time(),
-                    &minutes[0].start_time(),
-                    &minutes[0].end_time(),
-                    &minutes[1].start_time(),
-                    &minutes[1].end_time(),
-                    &raw[0].start_time(),
-                    &raw[0].end_time(),
-                    &raw[1].start_time(),
-                    &raw[1].end_time(),
-                ],
-            )?
+            let bounds = window.split(widths).hour_minute_raw_bounds();
+            client.query(&bucket_series_query(step), &params(&bounds))?
         }
         _ => return Ok(None),
     };
