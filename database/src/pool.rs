@@ -113,8 +113,14 @@ impl ReadPool {
         let mut connection = config
             .database
             .connection_string("chatflow-api", config.connect_timeout);
+        // random_page_cost 1.1 (PostgreSQL's default, 4, prices a random
+        // page read as on a spinning disk): with it, a room's page of 1,000
+        // messages in a busy hour was planned over the time index, filtering
+        // 42,000 rows (8 ms), instead of the room index (1.5 ms), because
+        // the room's rows are spread over the hour's pages. On SSD or
+        // cached data (every deployment this targets) 1.1 prices them right.
         connection.push_str(&format!(
-            " options='-c statement_timeout={} -c default_transaction_read_only=on'",
+            " options='-c statement_timeout={} -c default_transaction_read_only=on -c random_page_cost=1.1'",
             config.statement_timeout.as_millis().max(1)
         ));
         let parsed: postgres::Config = connection.parse().map_err(PoolError::Config)?;

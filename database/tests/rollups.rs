@@ -358,3 +358,27 @@ fn user_rooms_and_pages_equal_brute_force() {
         assert_eq!(walked, expected_ids, "{subject:?} {order:?}");
     }
 }
+
+/// Rooms past 63 (beyond the one-aggregate bitmask) are counted exactly
+/// too: the per-user analytics fall back to counting (user, room) pairs.
+#[test]
+fn per_user_rooms_are_exact_past_room_63() {
+    let (_db, mut client) = database();
+    let mut all = rows(2_000, 13, 3_600_000);
+    for (i, row) in all.iter_mut().enumerate() {
+        row.room_id = 55 + (i % 20) as i32; // rooms 55..=74
+    }
+    copy_batch(&mut client, &all, Rollups::Maintain).unwrap();
+    let model = Model { rows: &all };
+    let w = window(0, 3_600_000);
+    let users = per_user(&mut client, w, 3).unwrap();
+    let expected = model.per_user(w);
+    let mut rooms_per_user = BTreeMap::new();
+    for (_, rooms) in expected.values() {
+        *rooms_per_user.entry(rooms.len() as i64).or_insert(0) += 1;
+    }
+    assert_eq!(users.rooms_per_user, rooms_per_user);
+    assert_eq!(users.users as usize, expected.len());
+    let top = &users.top[0];
+    assert_eq!(expected[&top.user_id].1.len() as i64, top.rooms);
+}
