@@ -1,10 +1,12 @@
 //! `chatflow-datagen` against real PostgreSQL (a database per test): a load
 //! stores exactly its dataset with rollups a rebuild agrees with, the same
 //! seed loads the same rows, the distributions are the documented ones,
-//! and a load rides out killed connections.
+//! and `explain` writes a plan per read query naming the real indexes.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
+use chatflow_database::explain::{explain, ExplainConfig};
 use chatflow_database::generate::{load, Dataset, Generator, LoadConfig, LoadReport};
 use chatflow_database::DatabaseSettings;
 use chatflow_testkit::database::TestDatabase;
@@ -221,4 +223,47 @@ fn the_distributions_are_the_documented_ones() {
     let evening = share("SELECT count(*) FROM messages WHERE extract(hour FROM server_timestamp AT TIME ZONE 'UTC') BETWEEN 18 AND 21");
     let night = share("SELECT count(*) FROM messages WHERE extract(hour FROM server_timestamp AT TIME ZONE 'UTC') BETWEEN 2 AND 5");
     assert!(evening > 3.0 * night, "evening {evening} vs night {night}");
+}
+
+/// `explain` writes one file per read query, each headed by its dataset
+/// and parameters, with plans that name the indexes the queries are for.
+#[test]
+fn explain_writes_a_plan_per_read_query_naming_its_index() {
+    let db = TestDatabase::new(&unique_namespace("datagen-explain"));
+    load_into(&db, dataset(4), false, true);
+    let out: PathBuf = std::env::temp_dir().join(&db.name);
+    let captured = explain(&ExplainConfig {
+        database: DatabaseSettings {
+            name: db.name.clone(),
+            ..DatabaseSettings::default()
+        },
+        out_dir: out.clone(),
+    })
+    .expect("auto_explain is available on the test server");
+    let read = |name: &str| std::fs::read_to_string(out.join(format!("{name}.txt"))).unwrap();
+    let names: Vec<&str> = captured.iter().map(|c| c.name).collect();
+    for name in [
+        "room_page_asc",
+        "room_page_desc_cursor",
+        "user_page_heavy",
+        "user_page_typical",
+        "user_rooms_heavy",
+        "active_users_7d",
+        "room_counts_1d",
+        "series_second_1h",
+        "series_hour_1d",
+        "per_user_1d",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+        let plan = read(name);
+        assert!(plan.contains("rows over 1.0 days"), "{name}: header");
+        assert!(plan.contains("Buffers: shared"), "{name}: BUFFERS");
+        assert!(plan.contains("actual time="), "{name}: ANALYZE");
+    }
+    // Partition indexes are named after their columns
+    // (messages_YYYYMMDD_user_id_server_timestamp_message_id_idx is
+    // messages_user_page's).
+    assert!(read("user_page_heavy").contains("user_id_server_timestamp_message_id_idx"));
+    assert!(read("user_rooms_heavy").contains("user_rooms_pkey"));
+    std::fs::remove_dir_all(&out).unwrap();
 }

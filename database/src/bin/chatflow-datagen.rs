@@ -1,26 +1,49 @@
-//! `chatflow-datagen`: flags → config, then load generated messages
-//! ([`chatflow_database::generate`]), printing progress and the rate.
+//! `chatflow-datagen`: flags → config, then one of
+//!
+//! - (no subcommand) load generated messages
+//!   ([`chatflow_database::generate`]), printing progress and the rate;
+//! - `explain`: capture the plan of every read query
+//!   ([`chatflow_database::explain`]).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use chatflow_database::explain::{explain, ExplainArgs};
 use chatflow_database::generate::{load, LoadArgs, Progress};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// Load realistic generated messages into a ChatFlow database (through the
-/// writers' COPY path, rollups included).
+/// writers' COPY path, rollups included), or capture the read queries' plans.
 #[derive(Debug, Parser)]
-#[command(name = "chatflow-datagen", version)]
+#[command(
+    name = "chatflow-datagen",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     load: LoadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every read query with representative parameters and write its
+    /// EXPLAIN (ANALYZE, BUFFERS), captured by auto_explain, to a file.
+    Explain(ExplainArgs),
 }
 
 /// Progress lines at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
-    run_load(Cli::parse().load)
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Explain(args)) => run_explain(args),
+        None => run_load(cli.load),
+    }
 }
 
 fn refuse(e: impl std::fmt::Display) -> ! {
@@ -85,5 +108,19 @@ fn run_load(args: LoadArgs) -> anyhow::Result<()> {
             took.as_secs_f64()
         );
     }
+    Ok(())
+}
+
+fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
+    let config = args.into_config().unwrap_or_else(|e| refuse(e));
+    let captured = explain(&config).context("chatflow-datagen explain")?;
+    for c in &captured {
+        println!("{:>10.3} ms  {}", c.duration_ms, c.path.display());
+    }
+    println!(
+        "chatflow-datagen explain: {} plans in {}",
+        captured.len(),
+        config.out_dir.display()
+    );
     Ok(())
 }
