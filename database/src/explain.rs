@@ -11,6 +11,14 @@
 //! installed, or not allowed: `LOAD` needs a superuser unless the module
 //! sits in `$libdir/plugins`) nothing is written and the error says so.
 //!
+//! The cases: the busiest room's busiest hour, a 1,000-row page in both
+//! orders with and without a cursor, and the quietest room over that hour;
+//! the busiest and the median user's history (no window, newest first)
+//! and rooms; active users, room counts, the per-second, per-minute and
+//! per-hour series and the per-user scan over ragged 1-hour, 1-day and
+//! (active users, per user) 7-day windows. `--set NAME=VALUE` captures
+//! them under other session settings, to see what a setting would change.
+//!
 //! Each query runs twice and the second run is kept (a warm cache: the
 //! steady state of a busy API); the parameters are looked up on a
 //! second connection, so no setup query is captured.
@@ -39,15 +47,33 @@ pub struct ExplainArgs {
     /// Directory for the plan files (one `<name>.txt` per query).
     #[arg(long, default_value = "database/explain")]
     pub out: PathBuf,
+    /// A setting for the capturing session, NAME=VALUE (repeatable), to see
+    /// what it would change, e.g. --set random_page_cost=1.1.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    pub settings: Vec<String>,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
 
 impl ExplainArgs {
     pub fn into_config(self) -> Result<ExplainConfig, chatflow_protocol::flags::ConfigError> {
+        let settings = self
+            .settings
+            .iter()
+            .map(|s| match s.split_once('=') {
+                Some((name, value)) if !name.trim().is_empty() => {
+                    Ok((name.trim().to_string(), value.trim().to_string()))
+                }
+                _ => Err(chatflow_protocol::flags::bad(
+                    "set",
+                    format!("{s:?} is not NAME=VALUE"),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
         Ok(ExplainConfig {
             database: self.database.into_settings()?,
             out_dir: self.out,
+            settings,
         })
     }
 }
@@ -56,6 +82,9 @@ impl ExplainArgs {
 pub struct ExplainConfig {
     pub database: DatabaseSettings,
     pub out_dir: PathBuf,
+    /// Session settings (name, value) applied before capturing (through
+    /// `set_config`, so any text is safe).
+    pub settings: Vec<(String, String)>,
 }
 
 /// The `auto_explain` settings of the capturing session.
@@ -172,6 +201,21 @@ pub fn explain(config: &ExplainConfig) -> Result<Vec<Captured>, ExplainError> {
     client
         .batch_execute(AUTO_EXPLAIN)
         .map_err(ExplainError::AutoExplainUnavailable)?;
+    for (name, value) in &config.settings {
+        client
+            .execute("SELECT set_config($1, $2, false)", &[name, value])
+            .map_err(db)?;
+    }
+    let settings = if config.settings.is_empty() {
+        "server defaults".to_string()
+    } else {
+        config
+            .settings
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
 
     std::fs::create_dir_all(&config.out_dir).map_err(|source| ExplainError::Io {
         path: config.out_dir.clone(),
@@ -201,6 +245,7 @@ pub fn explain(config: &ExplainConfig) -> Result<Vec<Captured>, ExplainError> {
             "captured:   {captured_at}, PostgreSQL {}, auto_explain (analyze, buffers, timing); the second of two runs (warm cache)",
             facts.version
         );
+        let _ = writeln!(text, "session:    {settings}");
         for plan in &plans {
             let _ = writeln!(text, "\n{}", plan.trim_end());
         }
@@ -264,13 +309,17 @@ fn describe(w: Window) -> String {
 /// The busiest room, its busiest hour, the busiest and the median user,
 /// and cursors into the room's pages; then every case.
 fn cases(setup: &mut Client, facts: &Facts) -> Result<Vec<Case>, postgres::Error> {
-    let room: i32 = setup
-        .query_one(
+    // Rooms, busiest first.
+    let rooms: Vec<i32> = setup
+        .query(
             "SELECT room_id FROM rollup_room_counts WHERE resolution_s = 3600
-              GROUP BY room_id ORDER BY sum(text_messages + join_messages + leave_messages) DESC, room_id LIMIT 1",
+              GROUP BY room_id ORDER BY sum(text_messages + join_messages + leave_messages) DESC, room_id",
             &[],
         )?
-        .get(0);
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (room, quiet) = (rooms[0], rooms[rooms.len() - 1]);
     let hour: SystemTime = setup
         .query_one(
             "SELECT bucket FROM rollup_room_counts WHERE resolution_s = 3600 AND room_id = $1
@@ -378,6 +427,21 @@ fn cases(setup: &mut Client, facts: &Facts) -> Result<Vec<Case>, postgres::Error
             );
         }
     }
+    // The quietest room over the same hour: where a plan that filters a
+    // time range instead of using the room's index costs the most.
+    let quiet_page = PageRequest {
+        subject: Subject::Room(quiet),
+        ..room_page(Order::Asc, None)
+    };
+    add(
+        "room_page_quiet_asc",
+        PAGE,
+        format!(
+            "room {quiet} (the quietest), window {} (the busiest room's busiest hour), limit {ROOM_PAGE_LIMIT}, order asc, no cursor",
+            describe(hour)
+        ),
+        Box::new(move |c| page(c, &quiet_page).map(drop)),
+    );
     let heavy_text = format!("user {heavy} (the busiest: {heavy_messages} messages)");
     let typical_text = format!("user {typical} (the median: {typical_messages} messages)");
     let history_text = format!("no window, order desc, limit {USER_PAGE_LIMIT}");
@@ -455,7 +519,12 @@ fn cases(setup: &mut Client, facts: &Facts) -> Result<Vec<Case>, postgres::Error
             Box::new(move |c| series(c, w, step).map(drop)),
         );
     }
-    for (name, w) in [("per_user_1h", w1h), ("per_user_1d", w1d)] {
+    // 7 days: the API's longest window (--api-max-window-hours 168).
+    for (name, w) in [
+        ("per_user_1h", w1h),
+        ("per_user_1d", w1d),
+        ("per_user_7d", w7d),
+    ] {
         add(
             name,
             "chatflow_database::read::analytics::per_user",

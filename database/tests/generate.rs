@@ -14,12 +14,13 @@ use chatflow_testkit::unique_namespace;
 
 const ROWS: u64 = 20_000;
 
-/// One day, not seven: the minute bitmaps (one per minute with traffic)
-/// dominate a small load's cost, and a week has 10,080 of them.
+/// Two hours, not seven days: the minute bitmaps (one per minute with
+/// traffic) dominate a small load's cost — a week has 10,080 of them — and
+/// `chatflow_rebuild_rollups()` builds each in PL/pgSQL (~10 ms apiece).
 fn dataset(seed: u64) -> Dataset {
     Dataset {
         messages: ROWS,
-        seconds: 86_400,
+        seconds: 2 * 3600,
         seed,
         ..Dataset::default()
     }
@@ -57,12 +58,7 @@ fn rows_checksum(db: &TestDatabase) -> String {
 #[test]
 fn a_load_stores_exactly_its_rows_with_rollups_a_rebuild_agrees_with() {
     let db = TestDatabase::new(&unique_namespace("datagen-load"));
-    // Two hours: `chatflow_rebuild_rollups()` builds each minute's bitmap
-    // in PL/pgSQL (~10 ms apiece), a day of them would take ~15 s.
-    let d = Dataset {
-        seconds: 2 * 3600,
-        ..dataset(1)
-    };
+    let d = dataset(1);
     let report = load_into(&db, d.clone(), true, false);
     assert_eq!(report.rows, ROWS);
     let verified = report.verified.expect("verified");
@@ -100,10 +96,7 @@ fn a_load_rides_out_killed_connections() {
             name: db.name.clone(),
             ..DatabaseSettings::default()
         },
-        dataset: Dataset {
-            seconds: 2 * 3600,
-            ..dataset(5)
-        },
+        dataset: dataset(5),
         batch_rows: 1_000,
         apply_schema: true,
         verify: true,
@@ -151,7 +144,11 @@ fn the_same_seed_loads_the_same_rows_and_another_seed_others() {
 #[test]
 fn the_distributions_are_the_documented_ones() {
     let db = TestDatabase::new(&unique_namespace("datagen-mix"));
-    let d = dataset(3);
+    // A whole day, for the daily cycle.
+    let d = Dataset {
+        seconds: 86_400,
+        ..dataset(3)
+    };
     load_into(&db, d.clone(), false, false);
     let generator = Generator::new(&d);
     let population = generator.population();
@@ -238,6 +235,7 @@ fn explain_writes_a_plan_per_read_query_naming_its_index() {
             ..DatabaseSettings::default()
         },
         out_dir: out.clone(),
+        settings: vec![("jit".into(), "off".into())],
     })
     .expect("auto_explain is available on the test server");
     let read = |name: &str| std::fs::read_to_string(out.join(format!("{name}.txt"))).unwrap();
@@ -256,9 +254,10 @@ fn explain_writes_a_plan_per_read_query_naming_its_index() {
     ] {
         assert!(names.contains(&name), "{name} in {names:?}");
         let plan = read(name);
-        assert!(plan.contains("rows over 1.0 days"), "{name}: header");
+        assert!(plan.contains("20000 rows over 0.1 days"), "{name}: header");
         assert!(plan.contains("Buffers: shared"), "{name}: BUFFERS");
         assert!(plan.contains("actual time="), "{name}: ANALYZE");
+        assert!(plan.contains("session:    jit=off"), "{name}: settings");
     }
     // Partition indexes are named after their columns
     // (messages_YYYYMMDD_user_id_server_timestamp_message_id_idx is
