@@ -14,12 +14,18 @@
 //! - [`window`]: time windows split into rollup buckets and raw edges;
 //! - [`read`]: the API's queries (pages, user rooms, active users,
 //!   analytics);
-//! - [`pool`]: r2d2 pools, the read API's with its stats.
+//! - [`pool`]: r2d2 pools, the read API's with its stats;
+//! - [`generate`]: the data generator (`chatflow-datagen`): realistic
+//!   messages loaded through the writers' path;
+//! - [`explain`]: `chatflow-datagen explain`, the plans of every read
+//!   query, captured with `auto_explain`.
 //!
 //! Typed results and `postgres::Error`s: callers decide what an error
 //! means (the writers classify it by SQLSTATE, the API maps it to a status).
 
 pub mod error;
+pub mod explain;
+pub mod generate;
 pub mod pool;
 pub mod read;
 pub mod rollup;
