@@ -368,3 +368,29 @@ fn a_body_that_is_not_a_json_document_exits_1() {
         );
     }
 }
+
+#[test]
+fn a_left_out_per_user_part_is_explained_not_reported_missing() {
+    // A window past the server's --api-max-user-window-hours.
+    let mut doc = api::fleet_document();
+    doc["analytics"]["topUsers"] = serde_json::Value::Null;
+    doc["analytics"]["participation"] = serde_json::Value::Null;
+    doc["analytics"]["perUserOmitted"] =
+        json!("top users and participation are computed for windows of at most 24 h");
+    let fake = FakeApi::start(vec![Answer::ok(&doc)]);
+    let out = metrics(&fake.url(), &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        text.contains("top users and participation: top users and participation are computed for windows of at most 24 h"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("participation: not in the document"),
+        "{text}"
+    );
+    assert!(
+        text.contains("top rooms"),
+        "the rest is still shown: {text}"
+    );
+}

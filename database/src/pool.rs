@@ -65,6 +65,25 @@ pub fn pool(
         .build_unchecked(Manager::new(config, NoTls)))
 }
 
+/// Settings of every read-API session (database/explain/ shows the plans
+/// with and without them, at 10M rows):
+/// - `default_transaction_read_only`: no API query can write;
+/// - `random_page_cost=1.1` (the default 4 prices a random read as on a
+///   spinning disk): with 4, a room's page of 1,000 messages in a busy hour
+///   was planned over the time index, filtering 42,000 rows (8 ms), or for
+///   a quiet room 98,695 rows (19 ms), instead of the room index (1.5–3 ms).
+///   On SSDs or cached data — every deployment this targets — 1.1 prices
+///   random reads right;
+/// - `parallel_setup_cost=10000`: the planner sent the 1-hour rollup
+///   queries (1 ms of work) to two parallel workers (11 ms); long
+///   per-user scans keep theirs;
+/// - `jit=off`: JIT compiled the per-user scans for 85–100 ms more than
+///   they saved;
+/// - `work_mem=64MB`: a day's per-user hash aggregate (1.4M rows) spilled
+///   to disk with the default 4 MB (per hash node, per session: at most
+///   the pool size × a few nodes).
+const READ_SESSION: &str = "-c default_transaction_read_only=on -c random_page_cost=1.1 -c parallel_setup_cost=10000 -c jit=off -c work_mem=64MB";
+
 /// How the read API's pool is made.
 #[derive(Clone, Debug)]
 pub struct ReadPoolConfig {
@@ -113,14 +132,8 @@ impl ReadPool {
         let mut connection = config
             .database
             .connection_string("chatflow-api", config.connect_timeout);
-        // random_page_cost 1.1 (PostgreSQL's default, 4, prices a random
-        // page read as on a spinning disk): with it, a room's page of 1,000
-        // messages in a busy hour was planned over the time index, filtering
-        // 42,000 rows (8 ms), instead of the room index (1.5 ms), because
-        // the room's rows are spread over the hour's pages. On SSD or
-        // cached data (every deployment this targets) 1.1 prices them right.
         connection.push_str(&format!(
-            " options='-c statement_timeout={} -c default_transaction_read_only=on -c random_page_cost=1.1'",
+            " options='-c statement_timeout={} {READ_SESSION}'",
             config.statement_timeout.as_millis().max(1)
         ));
         let parsed: postgres::Config = connection.parse().map_err(PoolError::Config)?;

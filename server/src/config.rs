@@ -128,6 +128,11 @@ pub struct ApiConfig {
     pub statement_timeout: Duration,
     /// Longest window the aggregate endpoints accept (a 400 past it).
     pub max_window: Duration,
+    /// Longest window the analytics' per-user part (top users,
+    /// participation) is computed for: it scans every message of the
+    /// window (at 10M rows a day takes ~1 s, a week past the statement
+    /// timeout). Longer windows get the rest of the analytics without it.
+    pub max_user_window: Duration,
 }
 
 impl Default for ApiConfig {
@@ -142,6 +147,7 @@ impl Default for ApiConfig {
             pool_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(5),
             max_window: Duration::from_secs(168 * 3600),
+            max_user_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -284,6 +290,10 @@ pub struct Args {
     /// Longest window, in hours, the aggregate endpoints accept.
     #[arg(long, env = "API_MAX_WINDOW_HOURS", default_value_t = 168)]
     pub api_max_window_hours: u32,
+    /// Longest window, in hours, the analytics' top users and participation
+    /// are computed for (they scan every message of the window).
+    #[arg(long, env = "API_MAX_USER_WINDOW_HOURS", default_value_t = 24)]
+    pub api_max_user_window_hours: u32,
     /// PostgreSQL connections in the API's pool.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
@@ -420,6 +430,15 @@ impl Args {
                 ),
             ));
         }
+        if !(1..=self.api_max_window_hours).contains(&self.api_max_user_window_hours) {
+            return Err(bad(
+                "api-max-user-window-hours",
+                format!(
+                    "{} is not in 1..={} (--api-max-window-hours)",
+                    self.api_max_user_window_hours, self.api_max_window_hours
+                ),
+            ));
+        }
         Ok(Some(ApiConfig {
             bind,
             threads: self.api_threads,
@@ -433,6 +452,7 @@ impl Args {
                 self.api_statement_timeout_secs,
             )?,
             max_window: Duration::from_secs(u64::from(self.api_max_window_hours) * 3600),
+            max_user_window: Duration::from_secs(u64::from(self.api_max_user_window_hours) * 3600),
         }))
     }
 }
@@ -502,6 +522,10 @@ mod tests {
                     "--api-max-window-hours",
                 ),
                 (&["--db-host", ""][..], "--db-host"),
+                (
+                    &["--api-max-user-window-hours", "200"][..],
+                    "--api-max-user-window-hours",
+                ),
             ],
         );
     }

@@ -356,6 +356,52 @@ fn core_queries_and_analytics_are_exact() {
     f.server.shutdown().unwrap();
 }
 
+/// A window longer than `--api-max-user-window-hours` gets its analytics
+/// without the per-user scan, saying so; distinct users still come exact
+/// from the bitmaps, and /api/metrics says why it picked user 1.
+#[test]
+fn long_windows_leave_out_the_per_user_part_and_say_so() {
+    let db = TestDatabase::new(&unique_namespace("api-long")).with_schema();
+    let mut client = db.client();
+    let day = chrono::DateTime::from_timestamp_millis(T10)
+        .unwrap()
+        .date_naive();
+    schema::ensure_partitions_from(&mut client, day, 2).unwrap();
+    copy_batch(&mut client, &known(), Rollups::Maintain).unwrap();
+    let server = server_with_api(ApiConfig {
+        max_user_window: Duration::from_secs(3600),
+        ..api_config(&db.name, 5432)
+    });
+    let api = server.api_addr().unwrap();
+    let two_hours = format!("start={}&end={}", at(T10), at(T10 + 2 * HOUR));
+    let a = ok(api, &format!("/api/analytics?{two_hours}"));
+    assert_eq!(a["totalMessages"], 12);
+    assert_eq!(a["activeUsers"], 4, "from the bitmaps");
+    assert!(
+        a["topUsers"].is_null() && a["participation"].is_null(),
+        "{a}"
+    );
+    assert!(
+        a["perUserOmitted"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1 h"),
+        "{a}"
+    );
+    assert!(a["timingsMs"]["perUser"].is_null() && a["timingsMs"]["activeUsers"].is_number());
+    let one_hour = format!("start={}&end={}", at(T10), at(T10 + HOUR));
+    let b = ok(api, &format!("/api/analytics?{one_hour}"));
+    assert_eq!(b["topUsers"][0]["userId"], 1, "an hour is within the limit");
+    assert!(b.get("perUserOmitted").is_none());
+    let m = ok(api, &format!("/api/metrics?{two_hours}"));
+    assert_eq!(m["coreQueries"]["userMessages"]["userId"], 1);
+    assert!(m["coreQueries"]["userMessages"]["chosenBy"]
+        .as_str()
+        .unwrap()
+        .contains("not computed"));
+    server.shutdown().unwrap();
+}
+
 /// Walking a room's history page by page while another thread keeps
 /// storing messages in it: every message stored before the walk is seen
 /// exactly once, and the walk never goes backwards (no repeat, no gap

@@ -198,9 +198,12 @@ pub struct Analytics {
     pub active_users: Option<u64>,
     pub messages_per_second: Option<f64>,
     pub series: Part<SeriesSet>,
-    pub top_users: Vec<TopUser>,
+    /// `null` when the server leaves the per-user part out (a window past
+    /// its `--api-max-user-window-hours`; `per_user_omitted` says so).
+    pub top_users: Option<Vec<TopUser>>,
     pub top_rooms: Vec<TopRoom>,
     pub participation: Part<Participation>,
+    pub per_user_omitted: Option<String>,
 }
 
 /// Per-second, per-minute and per-hour counts; a series absent for the

@@ -298,22 +298,27 @@ fn analytics(s: &mut String, a: &Analytics, window: Option<&Window>) {
         other => failed_line(s, IN, "series", other),
     }
 
-    let _ = writeln!(s, "{IN}top users");
-    let mut t = Table::new(&[
-        ("user", Align::Right),
-        ("messages", Align::Right),
-        ("share", Align::Right),
-        ("rooms", Align::Right),
-    ]);
-    for u in &a.top_users {
-        t.row(vec![
-            id(u.user_id),
-            count(u.messages),
-            percent(u.messages, total),
-            count(u.rooms),
-        ]);
+    if let Some(why) = &a.per_user_omitted {
+        let _ = writeln!(s, "{IN}top users and participation: {}", clean(why));
     }
-    write_or_none(s, &t);
+    if let Some(top_users) = &a.top_users {
+        let _ = writeln!(s, "{IN}top users");
+        let mut t = Table::new(&[
+            ("user", Align::Right),
+            ("messages", Align::Right),
+            ("share", Align::Right),
+            ("rooms", Align::Right),
+        ]);
+        for u in top_users {
+            t.row(vec![
+                id(u.user_id),
+                count(u.messages),
+                percent(u.messages, total),
+                count(u.rooms),
+            ]);
+        }
+        write_or_none(s, &t);
+    }
     let _ = writeln!(s, "{IN}top rooms");
     let mut t = Table::new(&[
         ("room", Align::Right),
@@ -362,6 +367,8 @@ fn analytics(s: &mut String, a: &Analytics, window: Option<&Window>) {
             }
             write_or_none(s, &t);
         }
+        // Left out on purpose: said above.
+        Part::Missing if a.per_user_omitted.is_some() => {}
         other => failed_line(s, IN, "participation", other),
     }
 }

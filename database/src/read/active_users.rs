@@ -15,9 +15,10 @@ SELECT
     (SELECT bit_or(users) FROM rollup_active_users
       WHERE (resolution_s = 3600 AND bucket >= $1 AND bucket < $2)
          OR (resolution_s = 60 AND ((bucket >= $3 AND bucket < $4) OR (bucket >= $5 AND bucket < $6)))),
-    ARRAY(SELECT DISTINCT user_id FROM messages
-      WHERE (server_timestamp >= $7 AND server_timestamp < $8)
-         OR (server_timestamp >= $9 AND server_timestamp < $10))";
+    ARRAY(SELECT DISTINCT user_id FROM (
+        SELECT user_id FROM messages WHERE server_timestamp >= $7 AND server_timestamp < $8
+        UNION ALL
+        SELECT user_id FROM messages WHERE server_timestamp >= $9 AND server_timestamp < $10) edges)";
 
 /// The users who posted in `window`, as a bitmap (bit `u` is user `u`).
 pub fn active_user_set(

@@ -10,6 +10,9 @@
 //!   rows through the index-only `messages_time_activity`: O(messages in the
 //!   window) — the one analytic no bucket rollup can answer exactly for
 //!   any window (it needs every user's count within that window).
+//!
+//! The raw edges are two range scans joined by `UNION ALL` (an `OR` of
+//! the two ranges makes a bitmap heap scan instead of an index-only one).
 
 use std::collections::BTreeMap;
 
@@ -32,9 +35,9 @@ SELECT room_id, sum(t)::int8, sum(j)::int8, sum(l)::int8 FROM (
            count(*) FILTER (WHERE message_type = 'TEXT'),
            count(*) FILTER (WHERE message_type = 'JOIN'),
            count(*) FILTER (WHERE message_type = 'LEAVE')
-      FROM messages
-     WHERE (server_timestamp >= $7 AND server_timestamp < $8)
-        OR (server_timestamp >= $9 AND server_timestamp < $10)
+      FROM (SELECT room_id, message_type FROM messages WHERE server_timestamp >= $7 AND server_timestamp < $8
+            UNION ALL
+            SELECT room_id, message_type FROM messages WHERE server_timestamp >= $9 AND server_timestamp < $10) edges
      GROUP BY room_id
 ) parts GROUP BY room_id ORDER BY room_id";
 
@@ -125,9 +128,10 @@ const SECOND_SERIES: &str = "\
 SELECT b, sum(n)::int8 FROM (
     SELECT second AS b, messages AS n FROM rollup_second_counts WHERE second >= $1 AND second < $2
     UNION ALL
-    SELECT date_bin('1 second', server_timestamp, 'epoch'), count(*) FROM messages
-     WHERE (server_timestamp >= $3 AND server_timestamp < $4)
-        OR (server_timestamp >= $5 AND server_timestamp < $6)
+    SELECT date_bin('1 second', server_timestamp, 'epoch'), count(*)
+      FROM (SELECT server_timestamp FROM messages WHERE server_timestamp >= $3 AND server_timestamp < $4
+            UNION ALL
+            SELECT server_timestamp FROM messages WHERE server_timestamp >= $5 AND server_timestamp < $6) edges
      GROUP BY 1
 ) parts GROUP BY b ORDER BY b";
 
@@ -140,9 +144,10 @@ SELECT date_bin('{step}', b, 'epoch') AS b, sum(n)::int8 FROM (
      WHERE (resolution_s = 3600 AND bucket >= $1 AND bucket < $2)
         OR (resolution_s = 60 AND ((bucket >= $3 AND bucket < $4) OR (bucket >= $5 AND bucket < $6)))
     UNION ALL
-    SELECT date_bin('1 minute', server_timestamp, 'epoch'), count(*) FROM messages
-     WHERE (server_timestamp >= $7 AND server_timestamp < $8)
-        OR (server_timestamp >= $9 AND server_timestamp < $10)
+    SELECT date_bin('1 minute', server_timestamp, 'epoch'), count(*)
+      FROM (SELECT server_timestamp FROM messages WHERE server_timestamp >= $7 AND server_timestamp < $8
+            UNION ALL
+            SELECT server_timestamp FROM messages WHERE server_timestamp >= $9 AND server_timestamp < $10) edges
      GROUP BY 1
 ) parts GROUP BY 1 ORDER BY 1"
     )

@@ -256,9 +256,13 @@ pub struct AnalyticsDoc {
     active_users: i64,
     messages_per_second: f64,
     series: SeriesDoc,
-    top_users: Vec<TopUser>,
+    /// `None` (with `per_user_omitted` saying why) for windows longer than
+    /// `--api-max-user-window-hours`.
+    top_users: Option<Vec<TopUser>>,
     top_rooms: Vec<TopRoom>,
-    participation: Participation,
+    participation: Option<Participation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_user_omitted: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -310,7 +314,8 @@ struct RoomsBucket {
 struct Analytics {
     document: AnalyticsDoc,
     rooms: BTreeMap<i32, TypeCounts>,
-    users: PerUser,
+    /// `None` when the window is too long for the per-user scan.
+    users: Option<PerUser>,
 }
 
 /// The analytics of `window`, on `client` (a snapshot transaction).
@@ -349,9 +354,26 @@ fn analytics(
         }
         _ => (None, None, Some(finest)),
     };
-    let users = timings
-        .time("perUser", || per_user(client, window, top))
-        .map_err(failed)?;
+    // The per-user scan is the one part that costs O(messages in the
+    // window) (a day at 10M rows: ~1 s); past the limit it is left out,
+    // and distinct users come from the bitmap rollups instead.
+    let hours = seconds / 3600.0;
+    let (users, per_user_omitted, active) = if seconds <= context.max_user_window.as_secs_f64() {
+        let users = timings
+            .time("perUser", || per_user(client, window, top))
+            .map_err(failed)?;
+        let active = users.users;
+        (Some(users), None, active)
+    } else {
+        let active = timings
+            .time("activeUsers", || active_users(client, window))
+            .map_err(failed)?;
+        let omitted = format!(
+            "top users and participation are computed for windows of at most {} h (--api-max-user-window-hours): this one is {hours:.1} h",
+            context.max_user_window.as_secs() / 3600
+        );
+        (None, Some(omitted), active as i64)
+    };
 
     let mut types = TypeCounts::default();
     for counts in rooms.values() {
@@ -377,16 +399,16 @@ fn analytics(
             join: types.join,
             leave: types.leave,
         },
-        active_users: users.users,
+        active_users: active,
         messages_per_second: total as f64 / seconds,
         series: SeriesDoc {
             per_second,
             per_minute,
             per_hour,
         },
-        top_users: users.top.clone(),
+        top_users: users.as_ref().map(|u| u.top.clone()),
         top_rooms,
-        participation: Participation {
+        participation: users.as_ref().map(|users| Participation {
             messages_per_user: power_of_two_buckets(&users.messages_per_user)
                 .into_iter()
                 .map(|(min, max, users)| MessagesBucket { min, max, users })
@@ -396,7 +418,8 @@ fn analytics(
                 .iter()
                 .map(|(&rooms, &users)| RoomsBucket { rooms, users })
                 .collect(),
-        },
+        }),
+        per_user_omitted,
     };
     Ok(Analytics {
         document,
@@ -468,9 +491,13 @@ fn metrics(
     };
     let (user, user_chosen_by) = match user {
         Some(user) => (user as i32, "requested".to_string()),
-        None => match users.top.first() {
-            Some(top) => (top.user_id, "busiest user in the window".to_string()),
-            None => (1, "no messages in the window: user 1".to_string()),
+        None => match users.as_ref().map(|u| u.top.first()) {
+            Some(Some(top)) => (top.user_id, "busiest user in the window".to_string()),
+            Some(None) => (1, "no messages in the window: user 1".to_string()),
+            None => (
+                1,
+                "user 1: the busiest user is not computed for a window this long".to_string(),
+            ),
         },
     };
     let failed = |e: postgres::Error| context.query_error(&e);

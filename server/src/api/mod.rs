@@ -49,6 +49,7 @@ pub trait Live: Send + Sync {
 pub struct ApiContext {
     pub rooms: Rooms,
     pub max_window: Duration,
+    pub max_user_window: Duration,
     pub statement_timeout: Duration,
     pub pool: ReadPool,
     /// `user@host:port/name`, for the stats.
@@ -75,6 +76,7 @@ impl ApiContext {
         Ok(ApiContext {
             rooms,
             max_window: config.max_window,
+            max_user_window: config.max_user_window,
             statement_timeout: config.statement_timeout,
             pool,
             database: config.database.display(),
