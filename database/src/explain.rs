@@ -51,6 +51,10 @@ pub struct ExplainArgs {
     /// what it would change, e.g. --set random_page_cost=1.1.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     pub settings: Vec<String>,
+    /// Capture under the server's defaults instead of the read API's own
+    /// session settings (`chatflow_database::pool::READ_SESSION`).
+    #[arg(long)]
+    pub server_defaults: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -74,6 +78,7 @@ impl ExplainArgs {
             database: self.database.into_settings()?,
             out_dir: self.out,
             settings,
+            server_defaults: self.server_defaults,
         })
     }
 }
@@ -83,8 +88,10 @@ pub struct ExplainConfig {
     pub database: DatabaseSettings,
     pub out_dir: PathBuf,
     /// Session settings (name, value) applied before capturing (through
-    /// `set_config`, so any text is safe).
+    /// `set_config`, so any text is safe), after the read API's own.
     pub settings: Vec<(String, String)>,
+    /// Leave out the read API's session settings.
+    pub server_defaults: bool,
 }
 
 /// The `auto_explain` settings of the capturing session.
@@ -201,20 +208,31 @@ pub fn explain(config: &ExplainConfig) -> Result<Vec<Captured>, ExplainError> {
     client
         .batch_execute(AUTO_EXPLAIN)
         .map_err(ExplainError::AutoExplainUnavailable)?;
-    for (name, value) in &config.settings {
+    // The read API's own session settings first (unless asked not to),
+    // so the plans are the API's; then what `--set` asks for.
+    let mut applied: Vec<(String, String)> = Vec::new();
+    if !config.server_defaults {
+        applied.extend(
+            crate::pool::READ_SESSION
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string())),
+        );
+    }
+    applied.extend(config.settings.iter().cloned());
+    for (name, value) in &applied {
         client
             .execute("SELECT set_config($1, $2, false)", &[name, value])
             .map_err(db)?;
     }
-    let settings = if config.settings.is_empty() {
+    let settings = if applied.is_empty() {
         "server defaults".to_string()
     } else {
-        config
-            .settings
-            .iter()
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let list: Vec<String> = applied.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        if config.server_defaults {
+            list.join(", ")
+        } else {
+            format!("the read API's ({})", list.join(", "))
+        }
     };
 
     std::fs::create_dir_all(&config.out_dir).map_err(|source| ExplainError::Io {

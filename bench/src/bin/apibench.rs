@@ -44,6 +44,9 @@ struct Args {
     /// active-users, analytics, analytics-day, metrics).
     #[arg(long)]
     only: Option<String>,
+    /// Also list each endpoint's N slowest requests with their timings.
+    #[arg(long, default_value_t = 0)]
+    show_slowest: usize,
 }
 
 /// A small deterministic generator for the parameters.
@@ -84,6 +87,8 @@ fn rfc3339(ms: i64) -> String {
 
 /// Latencies of one endpoint, in microseconds.
 struct Stats {
+    /// (client ms, target, timings) of every call, for `--show-slowest`.
+    calls: Vec<(f64, String, String)>,
     client: Histogram<u64>,
     server: Histogram<u64>,
     slowest_query: (f64, String),
@@ -94,6 +99,7 @@ impl Stats {
     fn new() -> Stats {
         let h = || Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds");
         Stats {
+            calls: Vec::new(),
             client: h(),
             server: h(),
             slowest_query: (0.0, String::new()),
@@ -235,6 +241,11 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+            stats.calls.push((
+                took.as_secs_f64() * 1000.0,
+                target.clone(),
+                doc["timingsMs"].to_string(),
+            ));
             stats.rows += doc["count"]
                 .as_u64()
                 .or_else(|| doc["rooms"].as_array().map(|r| r.len() as u64))
@@ -252,6 +263,12 @@ fn main() -> anyhow::Result<()> {
             stats.slowest_query.0,
             stats.slowest_query.1,
         );
+        if args.show_slowest > 0 {
+            stats.calls.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for (ms, target, timings) in stats.calls.iter().take(args.show_slowest) {
+                eprintln!("  {ms:8.2} ms  {target}  {timings}");
+            }
+        }
     }
     Ok(())
 }
