@@ -11,10 +11,11 @@ use clap::Parser;
 
 const BIN: &str = env!("CARGO_BIN_EXE_chatflow-server");
 const SECRET: &str = "s3cr3t-rabbit-pw";
-const SECRET_ENV: &[(&str, &str)] = &[("RABBITMQ_PASSWORD", SECRET)];
+const DB_SECRET: &str = "s3cr3t-postgres-pw";
+const SECRET_ENV: &[(&str, &str)] = &[("RABBITMQ_PASSWORD", SECRET), ("DB_PASSWORD", DB_SECRET)];
 
-/// `--help` with the secret in the environment never prints it (clap would
-/// show `[env: RABBITMQ_PASSWORD=…]` unless told not to).
+/// `--help` with the secrets in the environment never prints them (clap
+/// would show `[env: RABBITMQ_PASSWORD=…]` unless told not to).
 #[test]
 fn help_never_shows_secrets() {
     assert_help_hides_env(BIN, SECRET_ENV);
@@ -26,11 +27,24 @@ fn help_never_shows_secrets() {
 fn errors_and_debug_never_show_secrets() {
     assert_refusal_hides_env(BIN, &["--rooms", "0"], SECRET_ENV, "--rooms");
     let _env = env_lock(); // clap reads the environment
-    let args = Args::try_parse_from(["chatflow-server", "--rabbitmq-password", SECRET]).unwrap();
-    assert_hidden("Args' Debug", &format!("{args:?}"), &[SECRET]);
+    let args = Args::try_parse_from([
+        "chatflow-server",
+        "--rabbitmq-password",
+        SECRET,
+        "--db-password",
+        DB_SECRET,
+    ])
+    .unwrap();
+    assert_hidden("Args' Debug", &format!("{args:?}"), &[SECRET, DB_SECRET]);
     let config = args.into_config().unwrap();
     assert_eq!(config.services.amqp.password.expose(), SECRET);
-    assert_hidden("Config's Debug", &format!("{config:?}"), &[SECRET]);
+    let api = config.api.as_ref().expect("the API is on by default");
+    assert_eq!(api.database.password.expose(), DB_SECRET);
+    assert_hidden(
+        "Config's Debug",
+        &format!("{config:?}"),
+        &[SECRET, DB_SECRET],
+    );
 }
 
 /// Every boolean variable takes 1/0, true/false, yes/no, on/off, and
