@@ -100,6 +100,12 @@ pub struct BrokerSettings {
     /// must agree on all of it: both declare the queues, and RabbitMQ
     /// refuses a re-declaration with other arguments.
     pub topology: Topology,
+    /// How long a `(userId, clientMessageId)` names one message: servers
+    /// answer a retry within it with the first message's ack (the sent
+    /// log in Redis keeps names this long: at 5,000 named messages/s, 2
+    /// minutes ≈ 100 MB), and consumers broadcast a repeated id once within
+    /// it. It must outlast clients' retries.
+    pub dedup_window: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -120,6 +126,7 @@ impl Default for BrokerSettings {
                 timeout: Duration::from_secs(2),
             },
             topology: Topology::new("chatflow", Rooms::DEFAULT),
+            dedup_window: Duration::from_secs(120),
         }
     }
 }
@@ -252,6 +259,10 @@ pub struct BrokerArgs {
     /// and consumer must agree; default unbounded).
     #[arg(long, env = "QUEUE_MAX_LENGTH")]
     pub queue_max_length: Option<u32>,
+    /// Seconds a (userId, clientMessageId) names one message: a retry within
+    /// it gets the first one's ack, never a second message.
+    #[arg(long, env = "DEDUP_WINDOW_SECS", default_value_t = 120.0)]
+    pub dedup_window_secs: f64,
 }
 
 impl BrokerArgs {
@@ -278,6 +289,7 @@ impl BrokerArgs {
                 delivery_limit: self.delivery_limit,
                 ..Topology::new(self.namespace, rooms)
             },
+            dedup_window: seconds("dedup-window-secs", self.dedup_window_secs)?,
         };
         settings.validate()?;
         Ok(settings)

@@ -56,6 +56,25 @@ pub struct Shared {
     abort_reason: Mutex<Option<String>>,
     pub slots: Vec<CachePadded<Slot>>,
     last_error: Mutex<Option<String>>,
+    /// Names this run in every `clientMessageId` (`{run:x}-{slot}-{seq}`):
+    /// servers treat a `(userId, clientMessageId)` seen within their dedup
+    /// window as a retry of the same message, so names must never repeat
+    /// across threads, nor across runs (even with the same `--seed`).
+    pub run_id: u64,
+}
+
+/// A number no other run uses: the clock's nanoseconds and the process
+/// id, mixed (not the seed: two runs with the same seed must differ).
+fn run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = nanos ^ (u64::from(std::process::id()) << 40);
+    // splitmix64's finaliser: nearby inputs give unrelated outputs.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 impl Shared {
@@ -82,6 +101,7 @@ impl Shared {
                 .map(|_| CachePadded::new(Slot::default()))
                 .collect(),
             last_error: Mutex::new(None),
+            run_id: run_id(),
         }
     }
 
@@ -178,19 +198,32 @@ pub struct Outcome {
     pub last_done: Option<Instant>,
 }
 
-struct InFlight {
-    msg: Msg,
+/// A message's first attempt: its name on the wire and when the clock
+/// started. Every retry keeps both, so the server recognises the retry
+/// (same `clientMessageId` and `userId`: idempotent sends) and the
+/// latency measured includes every wait.
+#[derive(Clone, Copy)]
+struct First {
+    /// Becomes the `clientMessageId` (with the thread's prefix).
     seq: u64,
-    /// Attempts before this one.
-    attempts: u32,
     sent_at: Instant,
     sent_ms: i64,
+}
+
+struct InFlight {
+    msg: Msg,
+    /// Attempts before this one.
+    attempts: u32,
+    first: First,
+    /// This attempt (the ack timeout runs from it).
+    attempt_at: Instant,
 }
 
 struct Retry {
     msg: Msg,
     /// Attempts made so far.
     attempts: u32,
+    first: First,
     not_before: Instant,
 }
 
@@ -209,15 +242,16 @@ impl InHand {
         !self.fresh.is_empty() || self.retry.iter().any(|r| r.not_before <= now)
     }
 
-    /// The next message to attempt and the attempts it already made: a
-    /// retry whose back-off is over first, then a fresh one.
+    /// The next message to attempt, the attempts it already made and its
+    /// first attempt (none yet for a fresh one): a retry whose back-off is
+    /// over first, then a fresh one.
     #[inline]
-    fn next_ready(&mut self, now: Instant) -> Option<(Msg, u32)> {
+    fn next_ready(&mut self, now: Instant) -> Option<(Msg, u32, Option<First>)> {
         if let Some(k) = self.retry.iter().position(|r| r.not_before <= now) {
             let r = self.retry.remove(k).expect("index from position");
-            return Some((r.msg, r.attempts));
+            return Some((r.msg, r.attempts, Some(r.first)));
         }
-        self.fresh.pop_front().map(|m| (m, 0))
+        self.fresh.pop_front().map(|m| (m, 0, None))
     }
 }
 
@@ -258,7 +292,7 @@ impl<'a> SenderThread<'a> {
             conn: None,
             connect_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max, spec.seed),
             connect_not_before: Instant::now(),
-            encoder: Encoder::new(spec.seed),
+            encoder: Encoder::new(spec.seed, format!("{:x}-{}-", shared.run_id, spec.slot)),
             hand: InHand {
                 fresh: VecDeque::with_capacity(cfg.window + crate::generator::BATCH),
                 retry: VecDeque::new(),
@@ -449,18 +483,20 @@ impl<'a> SenderThread<'a> {
                     }
                 }
                 let now_wall = now_ms();
-                for (msg, attempts) in spent {
+                for (msg, attempts, first) in spent {
                     // A re-attempt that died at connect is a retry too.
                     if attempts > 0 {
                         self.out.retries += 1;
                     }
+                    let first = first.unwrap_or_else(|| self.first_attempt(now, now_wall));
+                    let latency = now.saturating_duration_since(first.sent_at);
                     self.attempt_failed(
                         msg,
                         attempts + 1,
                         Status::ConnectionFailed,
                         true,
-                        now_wall,
-                        0,
+                        first,
+                        latency.as_micros() as u64,
                     );
                 }
                 false
@@ -470,28 +506,41 @@ impl<'a> SenderThread<'a> {
 
     /// Encodes every message the window has room for, then one flush.
     fn send_ready(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
+        if self.conn.is_none() {
             return;
-        };
+        }
         let now = Instant::now();
         let wall = now_ms();
         while self.inflight.len() < self.cfg.window {
-            let Some((msg, attempts)) = self.hand.next_ready(now) else {
+            let Some((msg, attempts, first)) = self.hand.next_ready(now) else {
                 break;
             };
             if attempts > 0 {
                 self.out.retries += 1;
             }
-            self.seq += 1;
-            self.encoder.encode(conn.out(), &msg, self.seq, wall);
+            let first = match first {
+                Some(first) => first,
+                None => {
+                    self.seq += 1;
+                    First {
+                        seq: self.seq,
+                        sent_at: now,
+                        sent_ms: wall,
+                    }
+                }
+            };
+            let conn = self.conn.as_mut().expect("checked above");
+            self.encoder.encode(conn.out(), &msg, first.seq, wall);
             self.inflight.push_back(InFlight {
                 msg,
-                seq: self.seq,
                 attempts,
-                sent_at: now,
-                sent_ms: wall,
+                first,
+                attempt_at: now,
             });
         }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
         if let Err(e) = conn.flush() {
             self.lost(Status::ConnectionFailed, format!("write failed: {e}"));
         }
@@ -537,13 +586,15 @@ impl<'a> SenderThread<'a> {
                     return;
                 };
                 let now = Instant::now();
-                let latency = now.saturating_duration_since(f.sent_at);
+                // From the first attempt: a retried message's latency
+                // includes every wait before it got through.
+                let latency = now.saturating_duration_since(f.first.sent_at);
                 self.out.ack.record(latency);
                 self.out.acked += 1;
                 self.out.last_done = Some(now);
-                self.record(f.msg, f.sent_ms, latency, Status::Ok);
+                self.record(f.msg, f.first.sent_ms, latency, Status::Ok);
                 if let Some(d) = self.deliveries.as_mut() {
-                    d.acked(id.0, f.sent_at, now);
+                    d.acked(id.0, f.first.sent_at, now);
                 }
             }
             Incoming::Error { seq, code } => {
@@ -552,13 +603,13 @@ impl<'a> SenderThread<'a> {
                 };
                 let (status, retryable) = Status::from_code(code);
                 self.shared.set_last_error(wire::error_text(text));
-                let latency = f.sent_at.elapsed();
+                let latency = f.first.sent_at.elapsed();
                 self.attempt_failed(
                     f.msg,
                     f.attempts + 1,
                     status,
                     retryable,
-                    f.sent_ms,
+                    f.first,
                     latency.as_micros() as u64,
                 );
             }
@@ -587,7 +638,7 @@ impl<'a> SenderThread<'a> {
     fn take_inflight(&mut self, seq: Option<u64>) -> Option<InFlight> {
         let k = match seq {
             None => (!self.inflight.is_empty()).then_some(0),
-            Some(s) => self.inflight.iter().position(|f| f.seq == s),
+            Some(s) => self.inflight.iter().position(|f| f.first.seq == s),
         };
         let f = k.and_then(|k| self.inflight.remove(k));
         if f.is_none() {
@@ -604,7 +655,7 @@ impl<'a> SenderThread<'a> {
         attempts: u32,
         status: Status,
         retryable: bool,
-        sent_ms: i64,
+        first: First,
         latency_us: u64,
     ) {
         if retryable && attempts <= self.cfg.retries {
@@ -612,10 +663,22 @@ impl<'a> SenderThread<'a> {
             self.hand.retry.push_back(Retry {
                 msg,
                 attempts,
+                first,
                 not_before,
             });
         } else {
-            self.fail(msg, sent_ms, latency_us, status);
+            self.fail(msg, first.sent_ms, latency_us, status);
+        }
+    }
+
+    /// A first attempt that is failing before it reached the wire (its
+    /// connection could not be opened): it gets its name and clock now.
+    fn first_attempt(&mut self, now: Instant, wall: i64) -> First {
+        self.seq += 1;
+        First {
+            seq: self.seq,
+            sent_at: now,
+            sent_ms: wall,
         }
     }
 
@@ -631,8 +694,8 @@ impl<'a> SenderThread<'a> {
         self.shared.set_last_error(why);
         let inflight: Vec<InFlight> = self.inflight.drain(..).collect();
         for f in inflight {
-            let latency = f.sent_at.elapsed().as_micros() as u64;
-            self.attempt_failed(f.msg, f.attempts + 1, status, true, f.sent_ms, latency);
+            let latency = f.first.sent_at.elapsed().as_micros() as u64;
+            self.attempt_failed(f.msg, f.attempts + 1, status, true, f.first, latency);
         }
         if let Some(d) = self.deliveries.as_mut() {
             d.abandon();
@@ -646,7 +709,7 @@ impl<'a> SenderThread<'a> {
         let timed_out = self
             .inflight
             .front()
-            .is_some_and(|f| now.saturating_duration_since(f.sent_at) > self.cfg.ack_timeout);
+            .is_some_and(|f| now.saturating_duration_since(f.attempt_at) > self.cfg.ack_timeout);
         if timed_out {
             let why = format!(
                 "no ack within {:.1} s (--ack-timeout)",
@@ -693,23 +756,24 @@ impl<'a> SenderThread<'a> {
     /// acked; whatever is left counts as failed (interrupted).
     fn stop_gracefully(&mut self) {
         self.stopping = true;
-        let wall = now_ms();
-        self.fail_retries(Status::Interrupted, wall);
+        self.fail_retries(Status::Interrupted);
         self.hand.fresh.clear();
         let deadline = Instant::now() + self.cfg.stop_grace;
         while !self.inflight.is_empty() && self.conn.is_some() && Instant::now() < deadline {
             self.read_round(false);
             // A lost connection queued retries: they are not sent now.
-            self.fail_retries(Status::Interrupted, wall);
+            self.fail_retries(Status::Interrupted);
         }
         self.give_up(Status::Interrupted);
     }
 
-    /// Every retry still waiting out its back-off fails with `status`,
-    /// stamped `wall` (it was never re-sent).
-    fn fail_retries(&mut self, status: Status, wall: i64) {
+    /// Every retry still waiting out its back-off fails with `status`
+    /// (stamped at its first attempt, its latency the time since).
+    fn fail_retries(&mut self, status: Status) {
+        let now = Instant::now();
         for r in std::mem::take(&mut self.hand.retry) {
-            self.fail(r.msg, wall, 0, status);
+            let latency = now.saturating_duration_since(r.first.sent_at);
+            self.fail(r.msg, r.first.sent_ms, latency.as_micros() as u64, status);
         }
     }
 
@@ -718,10 +782,10 @@ impl<'a> SenderThread<'a> {
     fn give_up(&mut self, status: Status) {
         let inflight: Vec<InFlight> = self.inflight.drain(..).collect();
         for f in inflight {
-            let latency = f.sent_at.elapsed().as_micros() as u64;
-            self.fail(f.msg, f.sent_ms, latency, status);
+            let latency = f.first.sent_at.elapsed().as_micros() as u64;
+            self.fail(f.msg, f.first.sent_ms, latency, status);
         }
-        self.fail_retries(status, now_ms());
+        self.fail_retries(status);
         self.hand.fresh.clear();
         if status == Status::Aborted {
             // A dead server: closing politely would only wait.

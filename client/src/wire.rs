@@ -23,20 +23,30 @@ pub struct Encoder {
     /// xorshift64* state for masking keys (RFC 6455 wants them unpredictable
     /// to proxies; nothing here needs more).
     mask_state: u64,
+    /// What every `clientMessageId` starts with, before its sequence
+    /// number: unique to this run and thread (see `sender::Shared::run_id`).
+    name_prefix: String,
 }
 
 impl Encoder {
-    pub fn new(seed: u64) -> Self {
+    /// `name_prefix` must be free of characters JSON escapes (ours is hex,
+    /// digits and `-`).
+    pub fn new(seed: u64, name_prefix: String) -> Self {
+        debug_assert!(name_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         Encoder {
             json: Vec::with_capacity(512),
             ts_ms: i64::MIN,
             ts: [0; 24],
             mask_state: seed | 1,
+            name_prefix,
         }
     }
 
-    /// Appends one masked text frame carrying `msg` to `out`. `seq` becomes
-    /// the `clientMessageId` the server echoes; `now_ms` the timestamp.
+    /// Appends one masked text frame carrying `msg` to `out`. `seq`, after
+    /// the encoder's prefix, becomes the `clientMessageId` the server
+    /// echoes; `now_ms` the timestamp.
     pub fn encode(&mut self, out: &mut Vec<u8>, msg: &Msg, seq: u64, now_ms: i64) {
         if now_ms != self.ts_ms {
             self.ts_ms = now_ms;
@@ -56,6 +66,7 @@ impl Encoder {
         j.extend_from_slice(b"\",\"messageType\":\"");
         j.extend_from_slice(msg.kind.as_str().as_bytes());
         j.extend_from_slice(b"\",\"clientMessageId\":\"");
+        j.extend_from_slice(self.name_prefix.as_bytes());
         push_u64(j, seq);
         j.extend_from_slice(b"\"}");
         let mask = self.next_mask();
@@ -235,8 +246,10 @@ fn string_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     (!value.contains('\\')).then_some(value)
 }
 
+/// The sequence number at the end of a `clientMessageId`
+/// (`{run:x}-{slot}-{seq}`, or a bare number).
 fn parse_seq(s: &str) -> Option<u64> {
-    s.parse().ok()
+    s.rsplit('-').next()?.parse().ok()
 }
 
 /// Parses a hyphenated UUID (36 chars) into its 128-bit value.
@@ -296,7 +309,7 @@ mod tests {
     fn encoded_frames_decode_and_validate_on_the_server_side() {
         // Our hand-made masked frames are what tungstenite's server reads,
         // and the JSON passes the protocol's validation with every field.
-        let mut enc = Encoder::new(99);
+        let mut enc = Encoder::new(99, "1f-3-".to_string());
         let mut out = Vec::new();
         enc.encode(&mut out, &msg(MessageType::Join), 41, 1_795_744_800_123);
         enc.encode(&mut out, &msg(MessageType::Text), 42, 1_795_744_800_124);
@@ -308,10 +321,14 @@ mod tests {
         assert_eq!(m.message, crate::generator::TEXTS[3]);
         assert_eq!(m.timestamp, "2026-11-27T02:00:00.123Z");
         assert_eq!(m.message_type, MessageType::Join);
-        assert_eq!(m.client_message_id.as_deref(), Some("41"));
+        assert_eq!(m.client_message_id.as_deref(), Some("1f-3-41"));
         let m = ClientMessage::parse(&texts[1]).unwrap();
         assert_eq!(m.timestamp, "2026-11-27T02:00:00.124Z");
-        assert_eq!(m.client_message_id.as_deref(), Some("42"));
+        assert_eq!(m.client_message_id.as_deref(), Some("1f-3-42"));
+        // The sequence number comes back out of the name the server echoes.
+        assert_eq!(parse_seq("1f-3-42"), Some(42));
+        assert_eq!(parse_seq("42"), Some(42));
+        assert_eq!(parse_seq("1f-3-"), None);
     }
 
     #[test]

@@ -61,4 +61,35 @@ fn unavailable_errors_are_retried_until_acked() {
         r.connections.retries
     );
     assert!(csv_rows(&dir).iter().all(|row| row[3] == "OK"));
+    // Idempotent sends: a retry carries its first attempt's name, and no
+    // two messages share one (names are unique across threads and runs).
+    let names = fake.names.lock().unwrap().clone();
+    let mut acked = std::collections::HashSet::new();
+    for (user, name, refused) in &names {
+        assert!(!name.is_empty());
+        if !refused {
+            assert!(
+                acked.insert((*user, name.clone())),
+                "{user}/{name} acked twice"
+            );
+        }
+    }
+    for (user, name, refused) in &names {
+        if *refused {
+            assert!(
+                acked.contains(&(*user, name.clone())),
+                "{user}/{name}: retried under another name"
+            );
+        }
+    }
+    assert_eq!(acked.len(), 2_000);
+    // Latency runs from the first attempt: a retried message waited at
+    // least half a back-off (20 ms, jittered to [10, 20) ms) before it got
+    // through, and that wait is in the figures.
+    let main = r.ack_latency_ms.expect("main-phase latencies");
+    assert!(
+        main.max >= 10.0,
+        "max {} ms hides the retries' wait",
+        main.max
+    );
 }

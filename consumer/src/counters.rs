@@ -36,6 +36,9 @@ pub struct QueueStats {
     pub consumed: AtomicU64,
     /// `message` frames published to Redis.
     pub broadcasts: AtomicU64,
+    /// Deliveries not broadcast because their id was broadcast lately (a
+    /// retry republished under its first id, or a redelivery).
+    pub broadcasts_suppressed: AtomicU64,
     /// Deliveries acked to RabbitMQ.
     pub acked: AtomicU64,
     /// Deliveries the broker flagged as redelivered.
@@ -63,6 +66,7 @@ impl Default for QueueStats {
         QueueStats {
             consumed: AtomicU64::new(0),
             broadcasts: AtomicU64::new(0),
+            broadcasts_suppressed: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             redelivered: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
@@ -215,6 +219,7 @@ pub struct Counters {
 pub struct Totals {
     pub consumed: u64,
     pub broadcasts: u64,
+    pub broadcasts_suppressed: u64,
     pub acked: u64,
     pub redelivered: u64,
     pub dead_lettered: u64,
@@ -250,6 +255,7 @@ impl Counters {
         Totals {
             consumed: self.sum_queues(|q| &q.consumed),
             broadcasts: self.sum_queues(|q| &q.broadcasts),
+            broadcasts_suppressed: self.sum_queues(|q| &q.broadcasts_suppressed),
             acked: self.sum_queues(|q| &q.acked),
             redelivered: self.sum_queues(|q| &q.redelivered),
             dead_lettered: self.sum_queues(|q| &q.dead_lettered),

@@ -9,6 +9,8 @@
 //! - [`consumer`]: [`Consumer::start`] / [`Consumer::shutdown`] —
 //!   connections, channels, threads, the one shutdown signal;
 //! - [`queue_consumer`]: one queue's thread: batches, broadcast, ack;
+//! - [`recent`]: the ids a queue consumer broadcast lately (a repeat is not
+//!   broadcast again);
 //! - [`inhand`]: which held deliveries may be acked or rejected, and in
 //!   which order (multiple-acks never cross a poison message);
 //! - [`link`]: AMQP connections, channel leases, reconnection;
@@ -59,6 +61,7 @@ pub mod metrics;
 pub mod partitions;
 pub mod queue_consumer;
 pub mod rates;
+pub mod recent;
 pub mod sampler;
 pub mod snapshot;
 pub mod state;

@@ -77,6 +77,11 @@ pub fn encode(health: &Health) -> String {
             "Message frames published to Redis.",
             t.broadcasts,
         ),
+        (
+            "broadcasts_suppressed_total",
+            "Deliveries not broadcast again: their id was broadcast lately.",
+            t.broadcasts_suppressed,
+        ),
         ("acked_total", "Deliveries acked to RabbitMQ.", t.acked),
         (
             "redelivered_total",

@@ -44,6 +44,7 @@ use crate::fault::{self, Site};
 use crate::handoff::{Committed, Pending, Row};
 use crate::inhand::{InHand, Mark, Settle};
 use crate::link::{ChannelLost, Lease, Request};
+use crate::recent::RecentIds;
 use crate::state::Shared;
 
 /// Undecodable deliveries logged per consumer before the log goes quiet
@@ -75,6 +76,7 @@ pub enum Poison {
 /// is to be stored) its row.
 #[derive(Debug)]
 pub struct Broadcast {
+    pub message_id: chatflow_protocol::MessageId,
     pub room: u32,
     /// The `message` frame, exactly as clients receive it.
     pub frame: String,
@@ -99,6 +101,7 @@ pub fn decode(body: &[u8], topology: &Topology, with_row: bool) -> Result<Broadc
         fault::strike(Site::QueueConsumer, &envelope.message);
     }
     Ok(Broadcast {
+        message_id: envelope.message_id,
         room: envelope.room_id,
         frame: envelope.broadcast_json(),
         server_ms: envelope.server_timestamp.0,
@@ -182,6 +185,8 @@ pub struct QueueConsumer {
     /// back on `commits`.
     pub rows: Option<Sender<Vec<Pending>>>,
     pub shutdown: Shutdown,
+    /// Ids broadcast lately: a repeat is not broadcast again.
+    pub recent: RecentIds,
 }
 
 impl QueueConsumer {
@@ -372,6 +377,13 @@ impl QueueConsumer {
         let mut decoded = Vec::with_capacity(batch.len());
         for delivery in batch {
             match decode(&delivery.body, &self.topology, self.rows.is_some()) {
+                Ok(good) if !self.recent.first_time(good.message_id, Instant::now()) => {
+                    // Broadcast already (a retry republished under its first
+                    // id, or a redelivery): stored (deduplicated) and acked
+                    // as usual, not shown to the room twice.
+                    add(&self.stats().broadcasts_suppressed, 1);
+                    decoded.push((delivery, Decoded::Good(good.row)));
+                }
                 Ok(good) => {
                     if good.room == self.room {
                         pipe.publish(&self.redis_channel, good.frame.as_bytes())

@@ -99,8 +99,12 @@ impl Drop for Listener {
 
 /// Sends `count` messages keeping `window` in flight; returns the ids of the
 /// acked ones and how many got an error. `between` runs after each reply.
+/// Sends `count` messages named `{batch}-{n}` (names are unique per
+/// `batch`: the same name again would be a retry of the same message),
+/// `window` in flight, calling `between` after each ack.
 fn send_all(
     client: &mut Client,
+    batch: &str,
     count: usize,
     window: usize,
     mut between: impl FnMut(usize),
@@ -110,7 +114,7 @@ fn send_all(
         while sent < count && sent - answered < window {
             send(
                 client,
-                chat_message(sent as u32 % 1000 + 1, "fault", &sent.to_string()),
+                chat_message(sent as u32 % 1000 + 1, "fault", &format!("{batch}-{sent}")),
             );
             sent += 1;
         }
@@ -144,7 +148,7 @@ fn consumer_killed_mid_run_loses_nothing() {
     let listener = Listener::new(connect(&server, 1));
     let mut consumer = Some(spawn_consumer(&ns, &db));
     let mut client = connect(&server, 1);
-    let (acked, errors) = send_all(&mut client, 3000, 32, |n| {
+    let (acked, errors) = send_all(&mut client, "run", 3000, 32, |n| {
         if n == 1000 {
             let mut c = consumer.take().unwrap();
             c.kill().unwrap(); // SIGKILL
@@ -213,7 +217,7 @@ fn database_outage_loses_nothing() {
     let back = ServiceBack("postgres");
     let mut degraded_seen = false;
     let mut outage_started = None;
-    let (acked, errors) = send_all(&mut client, 3000, 16, |n| {
+    let (acked, errors) = send_all(&mut client, "run", 3000, 16, |n| {
         if n == 800 {
             postgres_cluster("stop");
             outage_started = Some(Instant::now());
@@ -245,7 +249,9 @@ fn database_outage_loses_nothing() {
 }
 
 /// Redis restarts mid-run: consumer and server both reconnect by
-/// themselves and broadcasts resume, without restarting anything.
+/// themselves and broadcasts resume, without restarting anything; named
+/// messages sent meanwhile are refused as never sent and go through when
+/// retried.
 #[test]
 fn redis_restart_mid_run_broadcasts_resume() {
     let _serial = serial();
@@ -256,25 +262,35 @@ fn redis_restart_mid_run_broadcasts_resume() {
     let server = server(&ns, 1, "server-r");
     let listener = Listener::new(connect(&server, 1));
     let mut client = connect(&server, 1);
-    let (before, _) = send_all(&mut client, 200, 8, |_| {});
+    let (before, _) = send_all(&mut client, "before", 200, 8, |_| {});
     wait_until("broadcasts flow", || listener.has_all(&before));
     {
         let _back = ServiceBack("redis");
         let _ = Command::new("redis-cli")
             .args(["shutdown", "nosave"])
             .status();
-        // Messages sent while Redis is down are still accepted and stored.
-        let (during, errors) = send_all(&mut client, 100, 8, |_| {});
-        assert_eq!((during.len(), errors), (100, 0));
+        // Named messages sent while Redis is down are refused as never
+        // sent (the sent log that makes retries idempotent is in Redis):
+        // accepting them could store a later retry twice.
+        let (during, errors) = send_all(&mut client, "during", 100, 8, |_| {});
+        assert_eq!((during.len(), errors), (0, 100));
     }
     wait_until("the server is subscribed again", || {
         server.health().status == "ok"
     });
-    let (after, _) = send_all(&mut client, 200, 8, |_| {});
-    wait_until("broadcasts sent after the restart arrive", || {
-        listener.has_all(&after)
+    // Their retries go through once the server reaches the sent log again
+    // (as a client finds out by retrying: probed with one named message).
+    wait_until("named messages are accepted again", || {
+        send_all(&mut client, "probe", 1, 1, |_| {}).1 == 0
     });
-    wait_until("everything is stored", || db.rows() == 500);
+    let (retried, errors) = send_all(&mut client, "during", 100, 8, |_| {});
+    assert_eq!((retried.len(), errors), (100, 0));
+    let (after, _) = send_all(&mut client, "after", 200, 8, |_| {});
+    wait_until("broadcasts sent after the restart arrive", || {
+        listener.has_all(&after) && listener.has_all(&retried)
+    });
+    // 200 before, the probe, the 100 retried, 200 after: each once.
+    wait_until("everything is stored", || db.rows() == 501);
     server.shutdown().unwrap();
     consumer.shutdown().unwrap();
 }

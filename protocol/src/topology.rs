@@ -94,6 +94,12 @@ impl Topology {
         format!("{}:stats:consumers", self.namespace)
     }
 
+    /// The sent log's entry for `(user_id, client_message_id)`: the id and
+    /// server time the first message of that name got (idempotent sends).
+    pub fn sent_key(&self, user_id: u32, client_message_id: &str) -> String {
+        format!("{}:sent:{user_id}:{client_message_id}", self.namespace)
+    }
+
     /// Every (room, shard) pair, in order.
     pub fn shards(&self) -> impl Iterator<Item = (u32, u32)> {
         self.rooms
@@ -128,6 +134,7 @@ mod tests {
         assert_eq!(t.consumer_stats_index(), "ns1:stats:consumers");
         // Keys never collide with room channels, which servers PSUBSCRIBE.
         assert_eq!(t.room_of_channel(t.server_stats_index().as_bytes()), None);
+        assert_eq!(t.sent_key(42, "c-1"), "ns1:sent:42:c-1");
     }
 
     #[test]

@@ -21,10 +21,12 @@ pub enum WorkerEvent {
     /// text is shared: every recipient's copy is a reference count.
     Broadcast { room: u32, frame: Utf8Bytes },
     /// A broker's answer to a publish it called `Pending`: `Ok` acks the
-    /// client, `Err` sends it an `UNAVAILABLE` error saying why.
+    /// client, `Err` sends it an `UNAVAILABLE` error saying why. `Ok(Some)`
+    /// says the message was a retry of one already sent (same `userId` and
+    /// `clientMessageId`): the ack carries the first one's id and time.
     Published {
         ticket: Ticket,
-        result: Result<(), PublishError>,
+        result: Result<Option<FirstSent>, PublishError>,
     },
     /// Stop accepting, close every connection with 1001 and exit (the
     /// worker's part of the stop described in [`crate::server`]).
@@ -38,6 +40,14 @@ pub enum WorkerEvent {
 pub struct Ticket {
     pub worker: usize,
     pub id: u64,
+}
+
+/// The id and server time a message got the first time it was sent: what
+/// the ack of any retry of it (same `userId` and `clientMessageId`) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstSent {
+    pub message_id: chatflow_protocol::MessageId,
+    pub server_time: chatflow_protocol::ServerTime,
 }
 
 /// Why a message was not accepted. Every variant is a fixed text, so a
@@ -57,6 +67,9 @@ pub enum PublishError {
     LinkLost,
     /// No confirm came before the deadline (on shutdown).
     Timeout,
+    /// The store that makes retries idempotent (Redis) did not answer, so
+    /// this server cannot tell a retry from a new message. Never sent.
+    SendLogUnreachable,
 }
 
 /// The text of an `UNAVAILABLE` error for a message that never left this
@@ -71,14 +84,15 @@ macro_rules! never_sent {
     };
 }
 
-/// The text for a message the broker may have taken: retrying is safe
-/// against loss but not against a duplicate.
+/// The text for a message the broker may have taken: a retry is safe
+/// against loss, and against a duplicate when it carries the same
+/// `clientMessageId` (idempotent sends, with the RabbitMQ broker).
 macro_rules! maybe_stored {
     ($why:literal) => {
         concat!(
             "message not accepted: ",
             $why,
-            "; it may have been stored, so a retry may store it twice (until idempotent sends exist)"
+            "; it may have been stored: retry with the same clientMessageId and it will not be stored twice"
         )
     };
 }
@@ -98,6 +112,9 @@ impl PublishError {
                 maybe_stored!("the broker connection dropped before it confirmed")
             }
             PublishError::Timeout => maybe_stored!("the broker did not confirm it in time"),
+            PublishError::SendLogUnreachable => {
+                never_sent!("the store of sent message ids (Redis) is unreachable")
+            }
         }
     }
 
@@ -220,7 +237,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn refusals_say_whether_a_retry_can_duplicate() {
+    fn refusals_say_whether_the_message_may_be_stored() {
         for error in [
             PublishError::Unreachable,
             PublishError::QueueFull,
@@ -228,11 +245,21 @@ mod tests {
             PublishError::Nacked,
             PublishError::LinkLost,
             PublishError::Timeout,
+            PublishError::SendLogUnreachable,
         ] {
             let text = error.message();
             assert!(text.starts_with("message not accepted: "), "{text}");
             assert!(!text.contains("was not stored"), "{text}");
-            assert_eq!(text.contains("twice"), error.may_be_stored(), "{text}");
+            assert_eq!(
+                text.contains("may have been stored"),
+                error.may_be_stored(),
+                "{text}"
+            );
+            assert_eq!(
+                text.contains("never reached"),
+                !error.may_be_stored(),
+                "{text}"
+            );
             assert_eq!(error.to_string(), text);
         }
     }

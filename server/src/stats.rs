@@ -28,6 +28,9 @@ pub struct WorkerStats {
     pub messages_accepted: AtomicU64,
     pub messages_rejected: AtomicU64,
     pub messages_unavailable: AtomicU64,
+    /// Accepted messages that were retries of one sent before (same
+    /// `userId` and `clientMessageId`): acked with the first one's id.
+    pub retries_recognized: AtomicU64,
     pub broadcast_frames_sent: AtomicU64,
     pub slow_reader_disconnects: AtomicU64,
     pub protocol_errors: AtomicU64,
@@ -122,6 +125,7 @@ impl Shared {
             messages_accepted: sum(|w| &w.messages_accepted),
             messages_rejected: sum(|w| &w.messages_rejected),
             messages_unavailable: sum(|w| &w.messages_unavailable),
+            retries_recognized: sum(|w| &w.retries_recognized),
             broadcast_frames_sent: sum(|w| &w.broadcast_frames_sent),
             slow_reader_disconnects: sum(|w| &w.slow_reader_disconnects),
             protocol_errors: sum(|w| &w.protocol_errors),
@@ -177,6 +181,7 @@ pub struct Totals {
     pub messages_accepted: u64,
     pub messages_rejected: u64,
     pub messages_unavailable: u64,
+    pub retries_recognized: u64,
     pub broadcast_frames_sent: u64,
     pub slow_reader_disconnects: u64,
     pub protocol_errors: u64,

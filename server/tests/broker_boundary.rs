@@ -35,7 +35,7 @@ impl DeferredBroker {
                 let result = if refuse {
                     Err(PublishError::Nacked)
                 } else {
-                    Ok(())
+                    Ok(None)
                 };
                 fanout.send_to(ticket.worker, WorkerEvent::Published { ticket, result });
                 if !refuse {
@@ -52,7 +52,7 @@ impl Broker for DeferredBroker {
         BrokerKind::Memory
     }
 
-    fn publish(&self, ticket: Ticket, envelope: &Envelope<'_>) -> Outcome {
+    fn publish(&self, ticket: Ticket, envelope: &Envelope<'_>, _: Option<&str>) -> Outcome {
         let refuse = envelope.message == "refuse me";
         let _ = self
             .requests
@@ -151,7 +151,7 @@ impl Broker for PanickingBroker {
         BrokerKind::Memory
     }
 
-    fn publish(&self, _ticket: Ticket, envelope: &Envelope<'_>) -> Outcome {
+    fn publish(&self, _ticket: Ticket, envelope: &Envelope<'_>, _: Option<&str>) -> Outcome {
         if envelope.message == "panic" {
             panic!("test broker: panicking on a worker thread on purpose");
         }

@@ -5,7 +5,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ pub struct Quirks {
 
 pub struct Fake {
     pub addr: SocketAddr,
+    /// Every message's `(userId, clientMessageId)` and whether it was
+    /// refused, in arrival order.
+    pub names: Arc<Mutex<Vec<(u32, String, bool)>>>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
 }
@@ -38,13 +41,16 @@ impl Fake {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let counter = Arc::new(AtomicU64::new(0));
+        let names: Arc<Mutex<Vec<(u32, String, bool)>>> = Arc::default();
+        let names2 = Arc::clone(&names);
         let stop2 = Arc::clone(&stop);
         let accept = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
                         let (stop, counter) = (Arc::clone(&stop2), Arc::clone(&counter));
-                        std::thread::spawn(move || serve(s, quirks, &stop, &counter));
+                        let names = Arc::clone(&names2);
+                        std::thread::spawn(move || serve(s, quirks, &stop, &counter, &names));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -52,6 +58,7 @@ impl Fake {
         });
         Fake {
             addr,
+            names,
             stop,
             accept: Some(accept),
         }
@@ -71,7 +78,13 @@ impl Drop for Fake {
     }
 }
 
-fn serve(stream: TcpStream, q: Quirks, stop: &AtomicBool, counter: &AtomicU64) {
+fn serve(
+    stream: TcpStream,
+    q: Quirks,
+    stop: &AtomicBool,
+    counter: &AtomicU64,
+    names: &Mutex<Vec<(u32, String, bool)>>,
+) {
     stream.set_nonblocking(false).unwrap();
     stream.set_nodelay(true).unwrap();
     let Ok(mut ws) = tungstenite::accept(stream) else {
@@ -101,7 +114,16 @@ fn serve(stream: TcpStream, q: Quirks, stop: &AtomicBool, counter: &AtomicU64) {
         };
         let m = ClientMessage::parse(&text).expect("the client sends valid messages");
         let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let frames = if q.unavailable_every > 0 && n % q.unavailable_every == 0 {
+        let refuse = q.unavailable_every > 0 && n % q.unavailable_every == 0;
+        names.lock().unwrap().push((
+            m.user_id,
+            m.client_message_id
+                .as_deref()
+                .unwrap_or_default()
+                .to_string(),
+            refuse,
+        ));
+        let frames = if refuse {
             let mut e = ErrorFrame::new(ErrorCode::Unavailable, "broker unavailable (fake)");
             e.client_message_id = m.client_message_id.clone();
             vec![error_json(&e)]

@@ -15,6 +15,25 @@ pub fn server(namespace: &str, rooms: u32, id: &str) -> Server {
     server_with_api(namespace, rooms, id, None)
 }
 
+/// [`server`] reaching Redis on `redis_port` (a test's proxy).
+pub fn server_with_redis(namespace: &str, rooms: u32, id: &str, redis_port: u16) -> Server {
+    let mut config = Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        pin_workers: false,
+        broker: BrokerKind::Rabbitmq,
+        server_id: id.to_string(),
+        shutdown_grace: Duration::from_millis(500),
+        ..Config::default()
+    };
+    config.services = config
+        .services
+        .with_topology(namespace, chatflow_protocol::Rooms::new(rooms).unwrap());
+    config.services.redis.port = redis_port;
+    config.services.redis.timeout = Duration::from_millis(500);
+    Server::start(config).expect("server starts")
+}
+
 /// [`server`] also serving the read API (on a free port) over `database`.
 pub fn server_with_api(namespace: &str, rooms: u32, id: &str, database: Option<&str>) -> Server {
     let mut config = Config {

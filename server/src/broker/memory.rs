@@ -25,7 +25,12 @@ impl Broker for MemoryBroker {
         BrokerKind::Memory
     }
 
-    fn publish(&self, _ticket: Ticket, envelope: &Envelope<'_>) -> Outcome {
+    fn publish(
+        &self,
+        _ticket: Ticket,
+        envelope: &Envelope<'_>,
+        _client_message_id: Option<&str>,
+    ) -> Outcome {
         // Serialised once here; every recipient shares these bytes.
         let frame = Utf8Bytes::from(envelope.broadcast_json());
         self.fanout.broadcast(envelope.room_id, frame);

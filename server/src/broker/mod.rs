@@ -20,6 +20,7 @@ pub mod memory;
 pub mod none;
 pub mod rabbitmq;
 pub mod redis_subscriber;
+pub mod sent_log;
 
 use std::sync::Arc;
 
@@ -50,8 +51,16 @@ pub trait Broker: Send + Sync {
     fn kind(&self) -> BrokerKind;
 
     /// Offers one accepted message. Called on a worker's thread: must not
-    /// block.
-    fn publish(&self, ticket: Ticket, envelope: &Envelope<'_>) -> Outcome;
+    /// block. `client_message_id` is the client's name for it: a broker
+    /// that makes sends idempotent answers a retry of the same
+    /// `(userId, clientMessageId)` with the first message's id (see
+    /// [`FirstSent`](crate::fanout::FirstSent)).
+    fn publish(
+        &self,
+        ticket: Ticket,
+        envelope: &Envelope<'_>,
+        client_message_id: Option<&str>,
+    ) -> Outcome;
 
     fn health(&self) -> BrokerHealth {
         BrokerHealth {

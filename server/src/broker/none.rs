@@ -14,7 +14,12 @@ impl Broker for NoBroker {
         BrokerKind::None
     }
 
-    fn publish(&self, _ticket: Ticket, _envelope: &Envelope<'_>) -> Outcome {
+    fn publish(
+        &self,
+        _ticket: Ticket,
+        _envelope: &Envelope<'_>,
+        _client_message_id: Option<&str>,
+    ) -> Outcome {
         Outcome::Accepted
     }
 }

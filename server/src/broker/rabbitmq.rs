@@ -35,9 +35,10 @@ use parking_lot::Mutex;
 
 use super::link_state::LinkState;
 use super::redis_subscriber::RedisSubscriber;
+use super::sent_log::{Claim, SentLog};
 use super::{Broker, BrokerHealth, Outcome};
 use crate::config::{BrokerKind, Config};
-use crate::fanout::{Fanout, PublishError, Ticket, WorkerEvent};
+use crate::fanout::{Fanout, FirstSent, PublishError, Ticket, WorkerEvent};
 
 /// Backoff between reconnection attempts: from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -72,6 +73,8 @@ struct PublishRequest {
     /// Index of its routing key in [`Routes`].
     route: usize,
     body: Vec<u8>,
+    /// Its name in the sent log, when the client gave one.
+    claim: Option<Claim>,
 }
 
 /// The routing key of every (room, shard) queue, built once at start: a
@@ -134,8 +137,11 @@ impl RabbitBroker {
         for index in 0..config.publishing.publishers {
             let (requests, incoming) = bounded(config.publishing.publish_queue);
             let state = Arc::new(LinkState::default());
+            let sent_log = SentLog::new(&services.redis, topology.clone(), services.dedup_window)
+                .map_err(|e| anyhow::anyhow!("the sent log's Redis settings: {e}"))?;
             let mut publisher = Publisher {
                 index,
+                sent_log,
                 endpoint: services.amqp.clone(),
                 topology: topology.clone(),
                 routes: routes.clone(),
@@ -144,6 +150,7 @@ impl RabbitBroker {
                 fanout: fanout.clone(),
                 state: state.clone(),
                 shutdown: shutdown.clone(),
+                claim_failures: 0,
             };
             // The first connection is made here so start-up reports a bad
             // address or credentials as an error.
@@ -173,7 +180,12 @@ impl Broker for RabbitBroker {
         BrokerKind::Rabbitmq
     }
 
-    fn publish(&self, ticket: Ticket, envelope: &Envelope<'_>) -> Outcome {
+    fn publish(
+        &self,
+        ticket: Ticket,
+        envelope: &Envelope<'_>,
+        client_message_id: Option<&str>,
+    ) -> Outcome {
         let (requests, state) = &self.publishers[envelope.user_id as usize % self.publishers.len()];
         if !state.is_up() {
             return Outcome::Refused(PublishError::Unreachable);
@@ -182,6 +194,14 @@ impl Broker for RabbitBroker {
             ticket,
             route: Routes::index(envelope.room_id, envelope.shard()),
             body: envelope.encode(),
+            claim: client_message_id.map(|name| Claim {
+                user_id: envelope.user_id,
+                client_message_id: name.to_string(),
+                first: FirstSent {
+                    message_id: envelope.message_id,
+                    server_time: envelope.server_timestamp,
+                },
+            }),
         };
         match requests.try_send(request) {
             Ok(()) => Outcome::Pending,
@@ -229,14 +249,17 @@ struct Link {
     channel: Channel,
     confirms: Receiver<Confirm>,
     exchange: String,
-    /// Published, unconfirmed: the slot of delivery tag `base_tag + i`;
-    /// `None` once confirmed out of order.
-    in_flight: VecDeque<Option<Ticket>>,
+    /// Published, unconfirmed: the slot of delivery tag `base_tag + i`
+    /// (with the first send's id and time when it was a retry); `None`
+    /// once confirmed out of order.
+    in_flight: VecDeque<Option<(Ticket, Option<FirstSent>)>>,
     base_tag: u64,
 }
 
 struct Publisher {
     index: usize,
+    /// Claims named messages before they are published (idempotent sends).
+    sent_log: SentLog,
     endpoint: AmqpEndpoint,
     topology: Topology,
     routes: Arc<Routes>,
@@ -245,6 +268,8 @@ struct Publisher {
     fanout: Fanout,
     state: Arc<LinkState>,
     shutdown: Shutdown,
+    /// Bursts refused for want of the sent log (its log thins out).
+    claim_failures: u64,
 }
 
 impl Publisher {
@@ -324,12 +349,12 @@ impl Publisher {
                 recv(self.requests) -> request => {
                     // Every sender gone: the broker itself was dropped.
                     let Ok(request) = request else { return Ok(()) };
-                    self.publish(link, request)?;
                     // Take what else is waiting before looking at confirms:
-                    // one wake-up, many publishes.
-                    for request in self.requests.try_iter().take(PUBLISH_BURST) {
-                        self.publish(link, request)?;
-                    }
+                    // one wake-up, one sent-log round trip, many publishes.
+                    let mut burst = Vec::with_capacity(16);
+                    burst.push(request);
+                    burst.extend(self.requests.try_iter().take(PUBLISH_BURST));
+                    self.publish_burst(link, burst)?;
                 }
                 recv(link.confirms) -> confirm => match confirm {
                     Ok(confirm) => self.confirmed(link, confirm),
@@ -340,7 +365,59 @@ impl Publisher {
         }
     }
 
-    fn publish(&self, link: &mut Link, request: PublishRequest) -> Result<(), LinkError> {
+    /// Claims the burst's named messages in the sent log (one round trip),
+    /// then publishes each: a new one as it is, a retry under its first
+    /// send's id and time; a claim the log could not answer is refused.
+    fn publish_burst(
+        &mut self,
+        link: &mut Link,
+        burst: Vec<PublishRequest>,
+    ) -> Result<(), LinkError> {
+        let claims: Vec<&Claim> = burst.iter().filter_map(|r| r.claim.as_ref()).collect();
+        let mut answers = match self.sent_log.claim(&claims) {
+            Ok(answers) => Some(answers.into_iter()),
+            Err(reason) => {
+                if self.claim_failures % 100 == 0 {
+                    eprintln!(
+                        "publisher-{}: sent log unavailable, refusing named messages: {reason}",
+                        self.index
+                    );
+                }
+                self.claim_failures += 1;
+                None
+            }
+        };
+        for mut request in burst {
+            let first = match (&request.claim, answers.as_mut()) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    self.answer(request.ticket, Err(PublishError::SendLogUnreachable));
+                    continue;
+                }
+                (Some(_), Some(answers)) => answers.next().flatten(),
+            };
+            if let Some(first) = first {
+                match retry_body(&request.body, first) {
+                    Some(body) => request.body = body,
+                    None => {
+                        // Our own envelope always decodes; never publish a
+                        // second id for a named retry.
+                        self.answer(request.ticket, Err(PublishError::SendLogUnreachable));
+                        continue;
+                    }
+                }
+            }
+            self.publish(link, request, first)?;
+        }
+        Ok(())
+    }
+
+    fn publish(
+        &self,
+        link: &mut Link,
+        request: PublishRequest,
+        first: Option<FirstSent>,
+    ) -> Result<(), LinkError> {
         let publish = Publish {
             body: &request.body,
             routing_key: self.routes.key(request.route).to_owned(),
@@ -351,15 +428,15 @@ impl Publisher {
         let published = link.channel.basic_publish(link.exchange.as_str(), publish);
         // On failure too: `lost` then fails it with the rest of the link's
         // messages, after `/health` already says why.
-        link.in_flight.push_back(Some(request.ticket));
+        link.in_flight.push_back(Some((request.ticket, first)));
         published.map_err(|e| LinkError::Publish(Box::new(e)))
     }
 
     /// Resolves the tickets a confirm covers.
     fn confirmed(&self, link: &mut Link, confirm: Confirm) {
-        let (payload, result) = match confirm {
-            Confirm::Ack(payload) => (payload, Ok(())),
-            Confirm::Nack(payload) => (payload, Err(PublishError::Nacked)),
+        let (payload, acked) = match confirm {
+            Confirm::Ack(payload) => (payload, true),
+            Confirm::Nack(payload) => (payload, false),
         };
         let tag = payload.delivery_tag;
         if tag < link.base_tag {
@@ -368,7 +445,12 @@ impl Publisher {
         let last = (tag - link.base_tag) as usize;
         let first = if payload.multiple { 0 } else { last };
         for slot in first..=last.min(link.in_flight.len().saturating_sub(1)) {
-            if let Some(ticket) = link.in_flight[slot].take() {
+            if let Some((ticket, first)) = link.in_flight[slot].take() {
+                let result = if acked {
+                    Ok(first)
+                } else {
+                    Err(PublishError::Nacked)
+                };
                 self.answer(ticket, result);
             }
         }
@@ -391,7 +473,7 @@ impl Publisher {
                 Err(_) => break,
             }
         }
-        for ticket in link.in_flight.drain(..).flatten() {
+        for (ticket, _) in link.in_flight.drain(..).flatten() {
             self.answer(ticket, Err(PublishError::Timeout));
         }
     }
@@ -399,7 +481,7 @@ impl Publisher {
     /// The link broke: every unconfirmed message fails to its client.
     /// Closing a broken connection can only fail; dropping it is enough.
     fn lost(&self, link: Link) {
-        for ticket in link.in_flight.into_iter().flatten() {
+        for (ticket, _) in link.in_flight.into_iter().flatten() {
             self.answer(ticket, Err(PublishError::LinkLost));
         }
     }
@@ -426,10 +508,20 @@ impl Publisher {
         }
     }
 
-    fn answer(&self, ticket: Ticket, result: Result<(), PublishError>) {
+    fn answer(&self, ticket: Ticket, result: Result<Option<FirstSent>, PublishError>) {
         self.fanout
             .send_to(ticket.worker, WorkerEvent::Published { ticket, result });
     }
+}
+
+/// The body of a retry: the envelope as the retry built it, with the
+/// first send's id and server time, so storage and broadcast see one
+/// message.
+fn retry_body(body: &[u8], first: FirstSent) -> Option<Vec<u8>> {
+    let mut envelope = Envelope::decode(body).ok()?;
+    envelope.message_id = first.message_id;
+    envelope.server_timestamp = first.server_time;
+    Some(envelope.encode())
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@ pub(super) struct PendingAck {
     /// The ack frame, ready to send on success.
     pub ack: String,
     pub client_message_id: Option<String>,
+    /// What a retry's ack needs besides the first message's id and time:
+    /// its room and the client's timestamp (only with a
+    /// `clientMessageId`, the only way to be a retry).
+    pub retry_of: Option<(u32, String)>,
 }
 
 pub struct Context {

@@ -20,7 +20,7 @@ use super::context::PendingAck;
 use super::{Connection, Context, Next, Phase, Stage};
 use crate::broker::Outcome;
 use crate::config::Config;
-use crate::fanout::{PublishError, Ticket};
+use crate::fanout::{FirstSent, PublishError, Ticket};
 use crate::socket::Violation;
 use crate::stats::WorkerStats;
 
@@ -223,7 +223,8 @@ impl Connection {
                         Some(&message.timestamp),
                     ))
                 };
-                match cx.broker.publish(ticket, &envelope) {
+                let client_message_id = message.client_message_id.as_deref();
+                match cx.broker.publish(ticket, &envelope, client_message_id) {
                     Outcome::Accepted => {
                         WorkerStats::bump(&cx.stats().messages_accepted);
                         ack()
@@ -235,10 +236,9 @@ impl Connection {
                                 key,
                                 connection_id: self.id,
                                 ack: ack(),
-                                client_message_id: message
-                                    .client_message_id
-                                    .as_deref()
-                                    .map(str::to_owned),
+                                client_message_id: client_message_id.map(str::to_owned),
+                                retry_of: client_message_id
+                                    .map(|_| (room, message.timestamp.to_string())),
                             },
                         );
                         return Next::WAIT;
@@ -420,22 +420,33 @@ pub fn published(
     conns: &mut Slab<Connection>,
     cx: &mut Context,
     ticket: Ticket,
-    result: Result<(), PublishError>,
+    result: Result<Option<FirstSent>, PublishError>,
 ) -> Option<(usize, Next)> {
     let pending = cx.pending.remove(&ticket.id)?;
     let stats = cx.stats();
     WorkerStats::bump(match result {
-        Ok(()) => &stats.messages_accepted,
+        Ok(_) => &stats.messages_accepted,
         Err(_) => &stats.messages_unavailable,
     });
+    if matches!(result, Ok(Some(_))) {
+        WorkerStats::bump(&stats.retries_recognized);
+    }
     // Keys are reused: the id says it is still the same client. If it left
     // before the broker answered, there is no one to tell.
     let conn = conns
         .get_mut(pending.key)
         .filter(|c| c.id == pending.connection_id)?;
-    let reply = match result {
-        Ok(()) => pending.ack,
-        Err(error) => unavailable(error, pending.client_message_id.as_deref()),
+    let reply = match (result, &pending.retry_of) {
+        (Ok(None), _) | (Ok(Some(_)), None) => pending.ack,
+        // A retry of a message sent before: the first one's ack.
+        (Ok(Some(first)), Some((room, timestamp))) => ack_json(&Ack::new(
+            first.message_id,
+            *room,
+            first.server_time,
+            pending.client_message_id.as_deref(),
+            Some(timestamp),
+        )),
+        (Err(error), _) => unavailable(error, pending.client_message_id.as_deref()),
     };
     Some((pending.key, conn.send(Message::text(reply)).next()))
 }
