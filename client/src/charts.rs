@@ -64,8 +64,15 @@ where
 }
 
 /// Acked messages per second (`per_second[i]` = second i of the run),
-/// drawn as a 1-second line and 10-second averages.
-pub fn throughput(path: &Path, per_second: &[u64], title: &str) -> Result<()> {
+/// drawn as a 1-second line and 10-second averages, over shaded periods
+/// when a server refused messages (`outages`: start and end, seconds since
+/// the run started).
+pub fn throughput(
+    path: &Path,
+    per_second: &[u64],
+    outages: &[(f64, f64)],
+    title: &str,
+) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| chart_error(path, e);
     let root = canvas(path)?;
     let seconds = per_second.len().max(1) as f64;
@@ -92,6 +99,19 @@ pub fn throughput(path: &Path, per_second: &[u64], title: &str) -> Result<()> {
         .y_label_formatter(&|v| crate::progress::group(*v as u64))
         .draw()
         .map_err(|e| err(&e))?;
+    if !outages.is_empty() {
+        let shade = RGBColor(255, 160, 0).mix(0.25);
+        chart
+            .draw_series(outages.iter().map(|&(start, end)| {
+                Rectangle::new(
+                    [(start.max(0.0), 0.0), (end.min(seconds), peak * 1.1)],
+                    shade.filled(),
+                )
+            }))
+            .map_err(|e| err(&e))?
+            .label("a server refusing (UNAVAILABLE)")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], shade.filled()));
+    }
     chart
         .draw_series(LineSeries::new(
             per_second
@@ -205,11 +225,13 @@ mod tests {
         throughput(
             &t,
             &[5, 10, 8, 0, 12, 11, 9, 10, 10, 10, 7, 3],
+            &[(3.0, 5.5)],
             "throughput",
         )
         .unwrap();
         let svg = std::fs::read_to_string(&t).unwrap();
         assert!(svg.contains("<polyline") && svg.contains("10-second buckets"));
+        assert!(svg.contains("a server refusing"), "the outage is marked");
         let l = dir.join("l.svg");
         let curve = vec![(0.0, 0.5), (50.0, 1.0), (99.0, 4.0), (100.0, 9.0)];
         latency(&l, &[("ack", curve), ("delivery", Vec::new())], "latency").unwrap();

@@ -203,6 +203,11 @@ pub struct Config {
     pub seed: Option<u64>,
     /// Retries of a failed send before the message counts as failed. Default 5.
     pub retries: u32,
+    /// A message younger than this keeps retrying past `retries` (each
+    /// attempt after its back-off, capped at `backoff_max`), so an outage
+    /// of this length is waited out rather than counted as failures.
+    /// Default 60 s; zero: `retries` alone decides.
+    pub retry_window: Duration,
     /// First retry delay; doubles per attempt (with jitter). Default 100 ms,
     /// so five retries span about 3 s: a server restart is ridden through.
     pub backoff_base: Duration,
@@ -286,6 +291,7 @@ impl Default for Config {
             warmup_messages: 1_000,
             seed: None,
             retries: 5,
+            retry_window: Duration::from_secs(60),
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             breaker_threshold: 5,
@@ -492,6 +498,10 @@ pub struct Args {
     /// Retries of a failed send.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub retries: u32,
+    /// How long a message may keep retrying past --retries (an outage this
+    /// long is waited out; 0: --retries alone).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub retry_window: Duration,
     /// First retry delay (doubles per retry, with jitter).
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub backoff: Duration,
@@ -595,6 +605,7 @@ impl Args {
             warmup_messages: self.warmup_messages,
             seed: self.seed,
             retries: self.retries,
+            retry_window: self.retry_window,
             backoff_base: self.backoff,
             backoff_max: self.backoff_max,
             breaker_threshold: self.breaker_threshold,

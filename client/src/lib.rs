@@ -18,6 +18,8 @@
 //! - [`connection`]: one blocking WebSocket (connect, flush, blocking or draining reads);
 //! - [`error`]: every typed error ([`Error`], [`ConnectError`], [`ApiError`], flag values);
 //! - [`breaker`]: the per-server circuit breaker shared by all threads;
+//! - [`refusals`]: whether a server is refusing messages (`UNAVAILABLE`),
+//!   and its outages;
 //! - [`sender`]: a sender thread (window, retries, ack matching, deliveries);
 //! - [`delivery`]: matching broadcasts to acked messages by id;
 //! - [`latency`]: per-thread histograms and their summaries;
@@ -46,6 +48,7 @@ pub mod generator;
 pub mod latency;
 pub mod metrics;
 pub mod progress;
+pub mod refusals;
 pub mod report;
 pub mod run;
 pub mod sender;

@@ -111,6 +111,7 @@ pub struct Settings {
     pub warmup_messages: u64,
     pub seed: u64,
     pub retries: u32,
+    pub retry_window_s: f64,
     pub delivery: bool,
     pub delivery_timeout_s: f64,
     pub ack_timeout_s: f64,
@@ -157,6 +158,31 @@ pub struct Connections {
     pub reconnections: u64,
     pub retries: u64,
     pub breaker_openings: u64,
+    /// `UNAVAILABLE` answers over every server (each one attempt).
+    pub refusals: u64,
+    /// Time messages spent waiting out back-offs, summed over messages,
+    /// and the most any one message waited.
+    pub backoff_wait_seconds: f64,
+    pub longest_backoff_wait_seconds: f64,
+    /// Periods a server refused messages: first `UNAVAILABLE` → first ack
+    /// again.
+    pub outages: Vec<OutageReport>,
+}
+
+/// One server's outage as the client saw it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutageReport {
+    pub server: String,
+    /// RFC 3339.
+    pub start: String,
+    /// `null` if it still lasted when the run ended.
+    pub end: Option<String>,
+    pub seconds: f64,
+    /// `UNAVAILABLE` answers meanwhile: the attempts it cost.
+    pub refusals: u64,
+    /// Seconds since the run started (for the chart).
+    pub start_offset_seconds: f64,
 }
 
 /// Throughput predicted from concurrency and mean latency (L = λW → λ = L/W),
@@ -336,6 +362,30 @@ impl Report {
             group(c.retries),
             c.breaker_openings
         );
+        if c.refusals > 0 || c.backoff_wait_seconds > 0.0 {
+            let _ = writeln!(
+                s,
+                "backoff  {} UNAVAILABLE answers; messages waited {:.1} s in back-off in all, one at most {:.1} s",
+                group(c.refusals),
+                c.backoff_wait_seconds,
+                c.longest_backoff_wait_seconds
+            );
+        }
+        for o in &c.outages {
+            let _ = writeln!(
+                s,
+                "outage   {} refused messages from {} for {:.1} s{} ({} refusals)",
+                o.server,
+                o.start,
+                o.seconds,
+                if o.end.is_none() {
+                    " (still, at the end)"
+                } else {
+                    ""
+                },
+                group(o.refusals)
+            );
+        }
         let l = &self.littles_law;
         let _ = writeln!(
             s,

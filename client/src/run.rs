@@ -28,8 +28,8 @@ use crate::metrics::request::QueryParam;
 use crate::metrics::settle::{settle, WaitEnd};
 use crate::progress::Progress;
 use crate::report::{
-    rate, Connections, DeliveryReport, Files, LittlesLaw, MetricsReport, PhaseReport, Report,
-    RunOutcome, RunWindow, Settings, Totals,
+    rate, Connections, DeliveryReport, Files, LittlesLaw, MetricsReport, OutageReport, PhaseReport,
+    Report, RunOutcome, RunWindow, Settings, Totals,
 };
 use crate::sender::{self, Outcome, Shared, Spec};
 use crate::threads;
@@ -179,9 +179,19 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         RunOutcome::Completed
     };
 
+    let outages = outage_reports(&config, &shared, started_wall);
     if config.charts {
         let t = files.dir.join("throughput.svg");
-        charts::throughput(&t, &agg.acked_per_second, "Acked messages per second")?;
+        let shaded: Vec<(f64, f64)> = outages
+            .iter()
+            .map(|o| (o.start_offset_seconds, o.start_offset_seconds + o.seconds))
+            .collect();
+        charts::throughput(
+            &t,
+            &agg.acked_per_second,
+            &shaded,
+            "Acked messages per second",
+        )?;
         files.throughput_chart = Some(t);
         let l = files.dir.join("latency.svg");
         charts::latency(
@@ -215,6 +225,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
             warmup_messages: config.warmup_messages,
             seed,
             retries: config.retries,
+            retry_window_s: config.retry_window.as_secs_f64(),
             delivery: config.delivery,
             delivery_timeout_s: config.delivery_timeout.as_secs_f64(),
             ack_timeout_s: config.ack_timeout.as_secs_f64(),
@@ -236,6 +247,13 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
             reconnections: all.iter().map(|o| o.reconnections).sum(),
             retries: all.iter().map(|o| o.retries).sum(),
             breaker_openings: shared.breaker_openings(),
+            refusals: shared.refusals_total(),
+            backoff_wait_seconds: all.iter().map(|o| o.backoff_wait.as_secs_f64()).sum(),
+            longest_backoff_wait_seconds: all
+                .iter()
+                .map(|o| o.longest_wait.as_secs_f64())
+                .fold(0.0, f64::max),
+            outages,
         },
         littles_law: LittlesLaw {
             in_flight,
@@ -266,6 +284,36 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
     };
     report.write_json(&report.files.summary)?;
     Ok(report)
+}
+
+/// Every server's outages, for the report and the chart.
+fn outage_reports(
+    config: &Config,
+    shared: &Shared,
+    started: chrono::DateTime<chrono::Utc>,
+) -> Vec<OutageReport> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let started_ms = started.timestamp_millis();
+    let stamp = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (server, outages) in config.urls.iter().zip(shared.outages()) {
+        for o in outages {
+            out.push(OutageReport {
+                server: server.base(),
+                start: stamp(o.start_ms),
+                end: o.end_ms.map(stamp),
+                seconds: o.seconds(now_ms),
+                refusals: o.refusals,
+                start_offset_seconds: (o.start_ms - started_ms) as f64 / 1000.0,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.start.cmp(&b.start));
+    out
 }
 
 /// Fetches the read API's document for the run's window, waiting up to

@@ -31,6 +31,7 @@ use crate::csv::{Phase, Record, Status, RECORD_BATCH};
 use crate::delivery::Deliveries;
 use crate::generator::{Batch, Msg};
 use crate::latency::Latencies;
+use crate::refusals::{Outage, Refusals};
 use crate::threads;
 use crate::wire::{self, Encoder, Incoming};
 
@@ -48,6 +49,8 @@ pub struct Slot {
 pub struct Shared {
     pub config: Config,
     pub breakers: Vec<Breaker>,
+    /// Per server: is it refusing messages (`UNAVAILABLE`), and its outages.
+    pub refusals: Vec<Refusals>,
     next_endpoint: AtomicUsize,
     /// Ctrl-C: stop sending, let in-flight messages finish, report.
     pub stop: Arc<AtomicBool>,
@@ -90,6 +93,7 @@ impl Shared {
                 )
             })
             .collect();
+        let config_urls = config.urls.len();
         Shared {
             config,
             breakers,
@@ -102,6 +106,7 @@ impl Shared {
                 .collect(),
             last_error: Mutex::new(None),
             run_id: run_id(),
+            refusals: (0..config_urls).map(|_| Refusals::default()).collect(),
         }
     }
 
@@ -152,19 +157,42 @@ impl Shared {
     }
 
     /// The next server to connect to: round-robin over those whose breaker
-    /// lets a connection through; if none does, how long to wait.
+    /// lets a connection through, those not refusing messages first; if
+    /// no breaker lets one through, how long to wait.
     fn pick(&self, now: Instant) -> (usize, Permit) {
         let n = self.breakers.len();
         let start = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
         let mut wait = Duration::MAX;
-        for k in 0..n {
-            let i = (start + k) % n;
-            match self.breakers[i].acquire(now) {
-                Permit::Wait(d) => wait = wait.min(d),
-                permit => return (i, permit),
+        for accepting_only in [true, false] {
+            for k in 0..n {
+                let i = (start + k) % n;
+                if accepting_only && self.refusals[i].is_refusing() {
+                    continue;
+                }
+                match self.breakers[i].acquire(now) {
+                    Permit::Wait(d) => wait = wait.min(d),
+                    permit => return (i, permit),
+                }
             }
         }
         (0, Permit::Wait(wait))
+    }
+
+    /// Is a server other than `server` taking messages (not refusing, its
+    /// breaker closed)? Then a thread on a refusing `server` moves there.
+    fn another_accepts(&self, server: usize) -> bool {
+        (0..self.breakers.len())
+            .any(|i| i != server && !self.refusals[i].is_refusing() && self.breakers[i].is_closed())
+    }
+
+    /// Every server's outages so far.
+    pub fn outages(&self) -> Vec<Vec<Outage>> {
+        self.refusals.iter().map(Refusals::outages).collect()
+    }
+
+    /// `UNAVAILABLE` answers over every server.
+    pub fn refusals_total(&self) -> u64 {
+        self.refusals.iter().map(Refusals::total).sum()
     }
 }
 
@@ -196,6 +224,10 @@ pub struct Outcome {
     pub unexpected_frames: u64,
     /// When its last message was acked or failed.
     pub last_done: Option<Instant>,
+    /// Time messages spent waiting out back-offs, summed over messages,
+    /// and the most any one message waited in all.
+    pub backoff_wait: Duration,
+    pub longest_wait: Duration,
 }
 
 /// A message's first attempt: its name on the wire and when the clock
@@ -208,6 +240,8 @@ struct First {
     seq: u64,
     sent_at: Instant,
     sent_ms: i64,
+    /// Time spent so far waiting out back-offs between its attempts.
+    waited: Duration,
 }
 
 struct InFlight {
@@ -224,6 +258,8 @@ struct Retry {
     /// Attempts made so far.
     attempts: u32,
     first: First,
+    /// When its last attempt failed (the back-off runs from it).
+    failed_at: Instant,
     not_before: Instant,
 }
 
@@ -248,10 +284,30 @@ impl InHand {
     #[inline]
     fn next_ready(&mut self, now: Instant) -> Option<(Msg, u32, Option<First>)> {
         if let Some(k) = self.retry.iter().position(|r| r.not_before <= now) {
-            let r = self.retry.remove(k).expect("index from position");
-            return Some((r.msg, r.attempts, Some(r.first)));
+            return Some(self.take_retry(k, now));
         }
         self.fresh.pop_front().map(|m| (m, 0, None))
+    }
+
+    /// The probe of a refusing server: the oldest message waiting, whatever
+    /// its own back-off says (the probe's timing is the thread's), or, with
+    /// none waiting, one fresh message.
+    fn next_probe(&mut self, now: Instant) -> Option<(Msg, u32, Option<First>)> {
+        if !self.retry.is_empty() {
+            return Some(self.take_retry(0, now));
+        }
+        self.fresh.pop_front().map(|m| (m, 0, None))
+    }
+
+    fn take_retry(&mut self, k: usize, now: Instant) -> (Msg, u32, Option<First>) {
+        let r = self.retry.remove(k).expect("a retry at k");
+        let mut first = r.first;
+        first.waited += now.saturating_duration_since(r.failed_at);
+        (r.msg, r.attempts, Some(first))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.fresh.is_empty() && self.retry.is_empty()
     }
 }
 
@@ -266,6 +322,13 @@ struct SenderThread<'a> {
     cfg: &'a Config,
     spec: Spec,
     conn: Option<Connection>,
+    /// Which server (`--url` index) `conn` is to.
+    server: usize,
+    /// While the server refuses messages: the wait between this thread's
+    /// probes (doubling per refusal, reset by an ack), and when the next
+    /// may go.
+    probe_backoff: Backoff,
+    probe_not_before: Instant,
     /// Consecutive failed connects: doubles the wait before the next one.
     connect_backoff: Backoff,
     connect_not_before: Instant,
@@ -290,7 +353,10 @@ impl<'a> SenderThread<'a> {
             shared,
             cfg,
             conn: None,
+            server: 0,
             connect_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max, spec.seed),
+            probe_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max, spec.seed ^ 0x9e37_79b9),
+            probe_not_before: Instant::now(),
             connect_not_before: Instant::now(),
             encoder: Encoder::new(spec.seed, format!("{:x}-{}-", shared.run_id, spec.slot)),
             hand: InHand {
@@ -324,6 +390,8 @@ impl<'a> SenderThread<'a> {
                 delivery_missing: 0,
                 unexpected_frames: 0,
                 last_done: None,
+                backoff_wait: Duration::ZERO,
+                longest_wait: Duration::ZERO,
             },
             spec,
         }
@@ -341,9 +409,18 @@ impl<'a> SenderThread<'a> {
             }
             let now = Instant::now();
             self.check_deadlines(now);
+            // A refusing server keeps only its probes; with nothing in
+            // flight, a thread moves to a server that takes messages.
+            if self.conn.is_some()
+                && self.inflight.is_empty()
+                && self.shared.refusals[self.server].is_refusing()
+                && self.shared.another_accepts(self.server)
+            {
+                self.conn = None;
+            }
             if self.inflight.len() < self.cfg.window {
                 self.take_fresh();
-                if self.hand.has_ready(now) {
+                if self.ready_to_send(now) {
                     if self.conn.is_none() {
                         if now < self.connect_not_before {
                             self.sleep_until(self.connect_not_before);
@@ -368,6 +445,21 @@ impl<'a> SenderThread<'a> {
         self.finish()
     }
 
+    /// Is this thread's server refusing messages?
+    fn refusing(&self) -> bool {
+        self.conn.is_some() && self.shared.refusals[self.server].is_refusing()
+    }
+
+    /// Is there something to send now: a message ready, or — to a
+    /// refusing server — a probe due (one at a time)?
+    fn ready_to_send(&self, now: Instant) -> bool {
+        if self.refusing() {
+            self.inflight.is_empty() && now >= self.probe_not_before && !self.hand.is_empty()
+        } else {
+            self.hand.has_ready(now)
+        }
+    }
+
     /// Tops up `fresh` from the lane without blocking.
     fn take_fresh(&mut self) {
         while self.hand.fresh.len() < self.cfg.window && !self.source_done {
@@ -382,9 +474,14 @@ impl<'a> SenderThread<'a> {
     /// Could something be sent now? (Room in the window and a message
     /// ready here or waiting in the lane.)
     fn can_send_more(&self, now: Instant) -> bool {
-        !self.stopping
-            && self.inflight.len() < self.cfg.window
-            && (self.hand.has_ready(now) || !self.spec.source.is_empty())
+        if self.stopping || self.inflight.len() >= self.cfg.window {
+            return false;
+        }
+        if self.refusing() {
+            // One probe at a time: nothing more until it is answered.
+            return self.ready_to_send(now);
+        }
+        self.hand.has_ready(now) || !self.spec.source.is_empty()
     }
 
     /// Nothing in flight and nothing ready: wait for the lane or a retry's
@@ -395,7 +492,11 @@ impl<'a> SenderThread<'a> {
             self.read_round(true);
         }
         let now = Instant::now();
-        let next_retry = self.hand.retry.iter().map(|r| r.not_before).min();
+        let next_retry = if self.refusing() {
+            Some(self.probe_not_before)
+        } else {
+            self.hand.retry.iter().map(|r| r.not_before).min()
+        };
         // While broadcasts are awaited, wake often so their arrival is
         // stamped promptly; otherwise a tick bounds Ctrl-C latency.
         let cap = if awaiting {
@@ -451,6 +552,7 @@ impl<'a> SenderThread<'a> {
         ) {
             Ok(conn) => {
                 self.shared.breakers[i].success();
+                self.server = i;
                 if self.out.connections > 0 {
                     self.out.reconnections += 1;
                 }
@@ -511,8 +613,21 @@ impl<'a> SenderThread<'a> {
         }
         let now = Instant::now();
         let wall = now_ms();
-        while self.inflight.len() < self.cfg.window {
-            let Some((msg, attempts, first)) = self.hand.next_ready(now) else {
+        // A refusing server gets one probe at a time, the oldest message
+        // waiting, when this thread's probe back-off allows; no fresh
+        // messages are spent on it.
+        let refusing = self.refusing();
+        let limit = if refusing { 1 } else { self.cfg.window };
+        while self.inflight.len() < limit {
+            let next = if refusing {
+                if now < self.probe_not_before {
+                    break;
+                }
+                self.hand.next_probe(now)
+            } else {
+                self.hand.next_ready(now)
+            };
+            let Some((msg, attempts, first)) = next else {
                 break;
             };
             if attempts > 0 {
@@ -526,6 +641,7 @@ impl<'a> SenderThread<'a> {
                         seq: self.seq,
                         sent_at: now,
                         sent_ms: wall,
+                        waited: Duration::ZERO,
                     }
                 }
             };
@@ -586,6 +702,12 @@ impl<'a> SenderThread<'a> {
                     return;
                 };
                 let now = Instant::now();
+                let refusals = &self.shared.refusals[self.server];
+                if refusals.is_refusing() {
+                    refusals.accepted(now_ms());
+                }
+                self.probe_backoff.reset();
+                self.waited(f.first);
                 // From the first attempt: a retried message's latency
                 // includes every wait before it got through.
                 let latency = now.saturating_duration_since(f.first.sent_at);
@@ -602,6 +724,13 @@ impl<'a> SenderThread<'a> {
                     return;
                 };
                 let (status, retryable) = Status::from_code(code);
+                if status == Status::Unavailable {
+                    // The server says "back off": it is refusing until it
+                    // acks again, and this thread probes it at a slowing
+                    // pace meanwhile.
+                    self.shared.refusals[self.server].refused(now_ms());
+                    self.probe_not_before = Instant::now() + self.probe_backoff.next_delay();
+                }
                 self.shared.set_last_error(wire::error_text(text));
                 let latency = f.first.sent_at.elapsed();
                 self.attempt_failed(
@@ -658,17 +787,30 @@ impl<'a> SenderThread<'a> {
         first: First,
         latency_us: u64,
     ) {
-        if retryable && attempts <= self.cfg.retries {
-            let not_before = Instant::now() + self.retry_delay(attempts);
+        // A message keeps trying while it has attempts left, or while it is
+        // younger than the retry window: an outage of that length is waited
+        // out instead of failing every message caught in it.
+        let within_window = first.sent_at.elapsed() < self.cfg.retry_window;
+        if retryable && (attempts <= self.cfg.retries || within_window) {
+            let now = Instant::now();
+            let not_before = now + self.retry_delay(attempts);
             self.hand.retry.push_back(Retry {
                 msg,
                 attempts,
                 first,
+                failed_at: now,
                 not_before,
             });
         } else {
+            self.waited(first);
             self.fail(msg, first.sent_ms, latency_us, status);
         }
+    }
+
+    /// A message is done (acked or failed): its back-off waits count.
+    fn waited(&mut self, first: First) {
+        self.out.backoff_wait += first.waited;
+        self.out.longest_wait = self.out.longest_wait.max(first.waited);
     }
 
     /// A first attempt that is failing before it reached the wire (its
@@ -679,6 +821,7 @@ impl<'a> SenderThread<'a> {
             seq: self.seq,
             sent_at: now,
             sent_ms: wall,
+            waited: Duration::ZERO,
         }
     }
 

@@ -23,12 +23,16 @@ pub struct Quirks {
     pub swap_pairs: bool,
     /// Every n-th message (server-wide) gets UNAVAILABLE instead of an ack.
     pub unavailable_every: u64,
+    /// Every message that arrives within this long of the fake's start gets
+    /// UNAVAILABLE (a broker outage as the client sees it).
+    pub unavailable_for: Duration,
 }
 
 pub struct Fake {
     pub addr: SocketAddr,
     /// Every message's `(userId, clientMessageId)` and whether it was
-    /// refused, in arrival order.
+    /// refused, in arrival order (refusals counted are the attempts an
+    /// outage cost).
     pub names: Arc<Mutex<Vec<(u32, String, bool)>>>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
@@ -44,13 +48,16 @@ impl Fake {
         let names: Arc<Mutex<Vec<(u32, String, bool)>>> = Arc::default();
         let names2 = Arc::clone(&names);
         let stop2 = Arc::clone(&stop);
+        let started = std::time::Instant::now();
         let accept = std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => {
                         let (stop, counter) = (Arc::clone(&stop2), Arc::clone(&counter));
                         let names = Arc::clone(&names2);
-                        std::thread::spawn(move || serve(s, quirks, &stop, &counter, &names));
+                        std::thread::spawn(move || {
+                            serve(s, quirks, started, &stop, &counter, &names)
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
@@ -81,6 +88,7 @@ impl Drop for Fake {
 fn serve(
     stream: TcpStream,
     q: Quirks,
+    started: std::time::Instant,
     stop: &AtomicBool,
     counter: &AtomicU64,
     names: &Mutex<Vec<(u32, String, bool)>>,
@@ -114,7 +122,8 @@ fn serve(
         };
         let m = ClientMessage::parse(&text).expect("the client sends valid messages");
         let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let refuse = q.unavailable_every > 0 && n % q.unavailable_every == 0;
+        let refuse = (q.unavailable_every > 0 && n % q.unavailable_every == 0)
+            || started.elapsed() < q.unavailable_for;
         names.lock().unwrap().push((
             m.user_id,
             m.client_message_id
