@@ -85,6 +85,12 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// On shutdown, how long clients get to answer the 1001 close.
     pub shutdown_grace: Duration,
+    /// How long the Redis subscription may be down before `/health` says
+    /// 503: the subscriber reconnects within its back-off (from 100 ms),
+    /// and a blip must not flap the server in and out of a balancer.
+    /// (Publishing to RabbitMQ has no grace: with it down every message
+    /// is refused.)
+    pub subscription_grace: Duration,
     /// Join the `SO_REUSEPORT` group of another process already listening
     /// on `bind`. Off: start-up fails when the address is taken, so a second
     /// server started by mistake cannot silently take half the connections
@@ -196,6 +202,7 @@ impl Default for Config {
             message_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
+            subscription_grace: Duration::from_secs(5),
             share_port: false,
             server_id: default_server_id(),
             services: BrokerSettings::default(),
@@ -251,6 +258,9 @@ pub struct Args {
     /// Seconds a client gets to answer the close on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 2.0)]
     pub shutdown_grace_secs: f64,
+    /// Seconds the Redis subscription may be down before /health says 503.
+    #[arg(long, env = "SUBSCRIPTION_GRACE_SECS", default_value_t = 5.0)]
+    pub subscription_grace_secs: f64,
     /// Seconds an opening handshake may take.
     #[arg(long, env = "HANDSHAKE_TIMEOUT_SECS", default_value_t = 10.0)]
     pub handshake_timeout_secs: f64,
@@ -374,6 +384,10 @@ impl Args {
             socket_send_buffer: self.socket_send_buffer,
             read_buffer_size: self.read_buffer_size,
             shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
+            subscription_grace: seconds_or_zero(
+                "subscription-grace-secs",
+                self.subscription_grace_secs,
+            )?,
             handshake_timeout: seconds("handshake-timeout-secs", self.handshake_timeout_secs)?,
             max_fragments: self.max_fragments,
             message_timeout: seconds("message-timeout-secs", self.message_timeout_secs)?,
@@ -457,6 +471,15 @@ impl Args {
     }
 }
 
+/// Like [`seconds`], with 0 meaning none.
+fn seconds_or_zero(flag: &'static str, secs: f64) -> Result<Duration, ConfigError> {
+    if secs == 0.0 {
+        Ok(Duration::ZERO)
+    } else {
+        seconds(flag, secs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +506,13 @@ mod tests {
         assert_eq!(api.max_window, ApiConfig::default().max_window);
         assert_eq!(api.database, DatabaseSettings::default());
         assert!(parse(&["--api-bind", "off"]).unwrap().api.is_none());
+        assert_eq!(c.subscription_grace, Config::default().subscription_grace);
+    }
+
+    #[test]
+    fn zero_turns_the_grace_off() {
+        let c = parse(&["--subscription-grace-secs", "0"]).unwrap();
+        assert_eq!(c.subscription_grace, Duration::ZERO);
     }
 
     #[test]

@@ -1,6 +1,16 @@
 //! Counters and the `/health` document. Each worker bumps only its own
 //! cache-padded counters (no shared cache line on the hot path); readers sum
 //! them.
+//!
+//! `/health` is readiness: `ready` (HTTP 200) only while this server can
+//! take messages, 503 with the same document otherwise. Not ready: a
+//! RabbitMQ publisher link is down (its messages are refused at once), the
+//! Redis subscription has been down past `subscription_grace` (its clients
+//! miss broadcasts), a worker is dead, or the server is `shutting_down`
+//! ([`crate::server`]'s stop). `status` says what is so
+//! (`degraded` while anything is down, a subscription blip within its
+//! grace too, though still ready) and `reasons` lists every problem.
+//! `/livez` is liveness: 200 while the process runs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -10,7 +20,7 @@ use chatflow_broker::Shutdown;
 use crossbeam_utils::CachePadded;
 use serde::Serialize;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, LinkRole};
 use crate::config::Config;
 
 /// One worker's counters.
@@ -131,21 +141,54 @@ impl Shared {
         }
     }
 
-    /// The `/health` document: `degraded` while the broker is disconnected
-    /// or a worker is dead.
+    /// The `/health` document (see the module docs for when it is ready).
     pub fn health(&self, broker: &dyn Broker) -> Health {
         let broker_kind = broker.kind().as_str();
         let broker = broker.health();
         let dead_workers = self.dead_workers();
-        let status = if self.is_stopping() {
+        let mut reasons = Vec::new();
+        let stopping = self.is_stopping();
+        // Not every problem makes it unready: a subscription blip does not.
+        let mut ready = !stopping;
+        if stopping {
+            reasons.push("shutting down: new WebSockets are refused".to_string());
+        }
+        let grace = self.config.subscription_grace;
+        for link in &broker.down {
+            let secs = link.down_for.as_secs_f64();
+            let (name, why) = (&link.name, &link.reason);
+            reasons.push(match link.role {
+                LinkRole::Publishing => {
+                    ready = false;
+                    format!("{name} down for {secs:.1} s, messages refused: {why}")
+                }
+                LinkRole::Broadcasts if link.down_for > grace => {
+                    ready = false;
+                    format!("{name} down for {secs:.1} s, broadcasts missed: {why}")
+                }
+                LinkRole::Broadcasts => format!(
+                    "{name} down for {secs:.1} s (still ready within the {} s grace), broadcasts missed: {why}",
+                    grace.as_secs_f64()
+                ),
+            });
+        }
+        if !dead_workers.is_empty() {
+            ready = false;
+            reasons.push(format!(
+                "worker(s) {dead_workers:?} dead: their connections are gone"
+            ));
+        }
+        let status = if stopping {
             "shutting_down"
-        } else if !broker.connected || !dead_workers.is_empty() {
+        } else if !reasons.is_empty() {
             "degraded"
         } else {
             "ok"
         };
         Health {
             status,
+            ready,
+            reasons,
             server_id: self.config.server_id.clone(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             connections: self.connections.load(Ordering::Relaxed),
@@ -165,6 +208,16 @@ impl Shared {
                 .collect(),
             totals: self.totals(),
         }
+    }
+
+    /// The `/livez` body: the process runs (nothing else is asked).
+    pub fn livez(&self) -> String {
+        serde_json::json!({
+            "status": "alive",
+            "serverId": self.config.server_id,
+            "uptimeSeconds": self.started.elapsed().as_secs_f64(),
+        })
+        .to_string()
     }
 }
 
@@ -188,7 +241,14 @@ pub struct Totals {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
+    /// `ok`, `degraded` or `shutting_down`.
     pub status: &'static str,
+    /// Whether this server can take messages now: `/health` answers 200
+    /// if so, 503 (with this document) if not.
+    pub ready: bool,
+    /// What is wrong (empty when nothing is): why it is not ready, or a
+    /// subscription blip it is still ready through.
+    pub reasons: Vec<String>,
     pub server_id: String,
     pub uptime_seconds: f64,
     pub connections: usize,
@@ -203,10 +263,115 @@ pub struct Health {
     pub totals: Totals,
 }
 
+impl Health {
+    /// `/health`'s status code: 200 only when ready.
+    pub fn http_status(&self) -> u16 {
+        if self.ready {
+            200
+        } else {
+            503
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerStatus {
     pub kind: &'static str,
     pub connected: bool,
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chatflow_broker::shutdown_signal;
+    use chatflow_protocol::Envelope;
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::broker::{BrokerHealth, LinkDown, Outcome};
+    use crate::config::BrokerKind;
+    use crate::fanout::Ticket;
+
+    /// A broker whose links are down as the test says.
+    #[derive(Default)]
+    struct Links(Mutex<Vec<LinkDown>>);
+
+    impl Broker for Links {
+        fn kind(&self) -> BrokerKind {
+            BrokerKind::Rabbitmq
+        }
+        fn publish(&self, _: Ticket, _: &Envelope<'_>) -> Outcome {
+            Outcome::Accepted
+        }
+        fn health(&self) -> BrokerHealth {
+            let down = self.0.lock().clone();
+            BrokerHealth {
+                connected: down.is_empty(),
+                detail: String::new(),
+                down,
+            }
+        }
+    }
+
+    fn down(role: LinkRole, secs: u64) -> LinkDown {
+        LinkDown {
+            name: "link".to_string(),
+            role,
+            down_for: Duration::from_secs(secs),
+            reason: "cut".to_string(),
+        }
+    }
+
+    #[test]
+    fn ready_only_when_publishing_works_the_subscription_is_back_in_time_and_no_stop() {
+        let config = Config {
+            workers: 2,
+            subscription_grace: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let (mut stop, stopping) = shutdown_signal();
+        let shared = Shared::new(config, stopping);
+        let broker = Links::default();
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("ok", 200));
+        assert!(health.reasons.is_empty());
+
+        // A subscription blip within its grace: degraded, but ready.
+        *broker.0.lock() = vec![down(LinkRole::Broadcasts, 2)];
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("degraded", 200));
+        assert!(health.reasons[0].contains("still ready"), "{health:?}");
+        assert!(!health.broker.connected);
+        *broker.0.lock() = vec![down(LinkRole::Broadcasts, 6)];
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("degraded", 503));
+        assert!(
+            health.reasons[0].contains("broadcasts missed"),
+            "{health:?}"
+        );
+        // Publishing has no grace.
+        *broker.0.lock() = vec![down(LinkRole::Publishing, 0)];
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("degraded", 503));
+        assert!(health.reasons[0].contains("messages refused"), "{health:?}");
+
+        broker.0.lock().clear();
+        shared.worker_died(1);
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("degraded", 503));
+        assert!(health.reasons[0].contains("[1] dead"), "{health:?}");
+
+        stop.signal();
+        let health = shared.health(&broker);
+        assert_eq!(
+            (health.status, health.http_status()),
+            ("shutting_down", 503)
+        );
+        let json = serde_json::to_value(&health).unwrap();
+        assert_eq!(json["ready"], false);
+        assert_eq!(json["reasons"].as_array().unwrap().len(), 2, "{json}");
+    }
 }

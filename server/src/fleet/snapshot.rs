@@ -184,6 +184,8 @@ mod tests {
     fn the_snapshot_has_the_api_shape() {
         let health = Health {
             status: "ok",
+            ready: true,
+            reasons: vec![],
             server_id: "s-1".to_string(),
             uptime_seconds: 12.3456,
             connections: 3,
