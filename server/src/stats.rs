@@ -45,6 +45,10 @@ pub struct WorkerStats {
     pub refused_over_capacity: AtomicU64,
     /// Plain HTTP requests answered (health checks and refusals).
     pub http_requests: AtomicU64,
+    /// `accept` calls that failed (out of descriptors, EMFILE/ENFILE, or
+    /// memory); the worker retries on a timer, so one outage counts once
+    /// per retry.
+    pub accept_failures: AtomicU64,
     /// The worker's thread ended before the server stopped (it panicked,
     /// or its event loop failed): its connections are gone and `/health`
     /// says `degraded`.
@@ -138,6 +142,7 @@ impl Shared {
             handshake_timeouts: sum(|w| &w.handshake_timeouts),
             refused_over_capacity: sum(|w| &w.refused_over_capacity),
             http_requests: sum(|w| &w.http_requests),
+            accept_failures: sum(|w| &w.accept_failures),
         }
     }
 
@@ -236,6 +241,7 @@ pub struct Totals {
     pub handshake_timeouts: u64,
     pub refused_over_capacity: u64,
     pub http_requests: u64,
+    pub accept_failures: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -12,6 +12,14 @@
 //! broadcasts costs one `write` per connection, not one per frame.
 //! Cross-thread input (broadcasts, publish results, shutdown) arrives
 //! through the worker's [`Inbox`] and its `mio::Waker`. Nothing here blocks.
+//!
+//! Two things happen on a clock rather than on an event (the Poll's
+//! timeout, never a timer per connection): the sweep (deadlines, shutdown
+//! progress) every [`SWEEP_INTERVAL`], and, after `accept` failed for want
+//! of descriptors, a retry of the accept queue every [`ACCEPT_RETRY`].
+//! The listener is edge-triggered: the connections already queued raise no
+//! new event, so without the retry they would wait for the next
+//! connection to arrive.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -32,6 +40,14 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 
 /// How often deadlines and shutdown progress are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// After a failed `accept` (no descriptor or memory to spare), the accept
+/// queue is tried again this often until it works: soon enough that a
+/// freed descriptor is used at once, rare enough to cost nothing (ten
+/// failing syscalls a second).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// A failing `accept` is reported at most this often (with how many
+/// failures were not), so a long outage does not flood the log.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Worker {
     index: usize,
@@ -50,6 +66,12 @@ pub struct Worker {
     /// (a broadcast holds the room index): slow readers and removals.
     later: Vec<(usize, Next)>,
     shutdown_deadline: Option<Instant>,
+    /// When to try the accept queue again after a failed `accept`.
+    accept_retry: Option<Instant>,
+    /// When a failed `accept` was last reported, and how many were not
+    /// reported since.
+    accept_logged: Option<Instant>,
+    accept_unlogged: u64,
 }
 
 impl Worker {
@@ -77,6 +99,9 @@ impl Worker {
             resume: Vec::new(),
             later: Vec::new(),
             shutdown_deadline: None,
+            accept_retry: None,
+            accept_logged: None,
+            accept_unlogged: 0,
         })
     }
 
@@ -86,7 +111,9 @@ impl Worker {
         let mut last_sweep = Instant::now();
         loop {
             let timeout = if self.resume.is_empty() {
-                Some(SWEEP_INTERVAL)
+                let retry =
+                    (self.accept_retry).map(|at| at.saturating_duration_since(Instant::now()));
+                Some(retry.map_or(SWEEP_INTERVAL, |r| r.min(SWEEP_INTERVAL)))
             } else {
                 Some(Duration::ZERO)
             };
@@ -111,6 +138,10 @@ impl Worker {
             }
             if woken {
                 self.drain_inbox();
+            }
+            if self.accept_retry.is_some_and(|at| Instant::now() >= at) {
+                self.accept_retry = None;
+                self.accept();
             }
             for key in std::mem::take(&mut self.resume) {
                 self.ready(key, true, false);
@@ -141,15 +172,46 @@ impl Worker {
             match listener.accept() {
                 Ok((stream, _peer)) => self.admit(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Interrupted, or a connection reset while it was queued:
+                // the rest of the queue is still there.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    // Out of descriptors or memory: the pending connection
-                    // stays queued; the next accept event or turn retries.
-                    eprintln!("worker-{}: accept failed: {e}", self.index);
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the
+                    // pending connections stay queued, and no new event
+                    // will say so. Retry on the Poll's timeout.
+                    WorkerStats::bump(&self.cx.stats().accept_failures);
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                    self.report_accept_failure(&e);
                     return;
                 }
             }
         }
+    }
+
+    /// Logs a failed `accept`, at most once per [`ACCEPT_LOG_INTERVAL`].
+    fn report_accept_failure(&mut self, error: &io::Error) {
+        let now = Instant::now();
+        if self
+            .accept_logged
+            .is_some_and(|at| now.saturating_duration_since(at) < ACCEPT_LOG_INTERVAL)
+        {
+            self.accept_unlogged += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut self.accept_unlogged);
+        eprintln!(
+            "worker-{}: accept failed: {error}; retrying every {} ms ({unlogged} more failure(s) since the last report)",
+            self.index,
+            ACCEPT_RETRY.as_millis()
+        );
+        self.accept_logged = Some(now);
     }
 
     fn admit(&mut self, mut stream: TcpStream) {
