@@ -50,7 +50,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::none::NoBroker;
 use crate::broker::rabbitmq::RabbitBroker;
 use crate::broker::{Broker, BrokerFactory};
-use crate::config::{BrokerKind, Config};
+use crate::config::{BrokerKind, Config, TcpKeepalive};
 use crate::fanout::{inbox, Fanout, Inbox, WorkerHandle};
 use crate::fleet::{FleetReader, QueueDepths, StatsPublisher};
 use crate::live::FleetLive;
@@ -164,6 +164,7 @@ impl Server {
         let shared = Arc::new(Shared::new(config.clone(), stopping.clone()));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut bind = config.bind;
+        let keepalive = config.liveness.tcp_keepalive;
         let mut handles = Vec::with_capacity(config.workers);
         let mut go_senders = Vec::with_capacity(config.workers);
         let mut threads = Vec::with_capacity(config.workers);
@@ -186,7 +187,7 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let prepared = prepare(bind);
+                    let prepared = prepare(bind, keepalive);
                     let (poll, listener, inbox) = match prepared {
                         Ok((poll, listener, handle, inbox, addr)) => {
                             let _ = ready_tx.send(Ok((handle, addr)));
@@ -343,11 +344,11 @@ impl Drop for DeathWatch {
 type Prepared = (Poll, mio::net::TcpListener, WorkerHandle, Inbox, SocketAddr);
 
 /// The per-worker resources made on the worker's own (pinned) thread.
-fn prepare(bind: SocketAddr) -> anyhow::Result<Prepared> {
+fn prepare(bind: SocketAddr, keepalive: Option<TcpKeepalive>) -> anyhow::Result<Prepared> {
     let poll = Poll::new().context("creating the worker's Poll")?;
     let waker = Waker::new(poll.registry(), WAKER).context("creating the worker's Waker")?;
     let (handle, inbox) = inbox(waker);
-    let listener = reuseport_listener(bind)?;
+    let listener = reuseport_listener(bind, keepalive)?;
     let addr = listener.local_addr()?;
     Ok((poll, listener, handle, inbox, addr))
 }
@@ -373,14 +374,73 @@ fn refuse_if_taken(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// A non-blocking listener that shares its port with the other workers'
 /// (the kernel spreads new connections across them by 4-tuple hash).
-fn reuseport_listener(addr: SocketAddr) -> anyhow::Result<mio::net::TcpListener> {
+/// Keepalive is set on the listener: Linux copies `SO_KEEPALIVE` and the
+/// `TCP_KEEP*` values into every socket `accept` returns, so a client
+/// socket costs no setsockopt of its own (the test below checks it).
+fn reuseport_listener(
+    addr: SocketAddr,
+    keepalive: Option<TcpKeepalive>,
+) -> anyhow::Result<mio::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    if let Some(k) = keepalive {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval)
+            .with_retries(k.probes);
+        socket
+            .set_tcp_keepalive(&params)
+            .context("setting TCP keepalive on the listener")?;
+    }
     socket
         .bind(&addr.into())
         .with_context(|| format!("binding {addr}"))?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The kernel behaviour `reuseport_listener` relies on: accepted
+    /// sockets inherit the listener's keepalive settings.
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_keepalive() {
+        let keepalive = TcpKeepalive {
+            idle: Duration::from_secs(61),
+            interval: Duration::from_secs(11),
+            probes: 4,
+        };
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), Some(keepalive)).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let accepted = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive.idle);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), keepalive.interval);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), keepalive.probes);
+
+        let plain = reuseport_listener("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let _client = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        let accepted = loop {
+            match plain.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        assert!(!socket2::SockRef::from(&accepted).keepalive().unwrap());
+    }
 }

@@ -45,6 +45,8 @@ pub struct WorkerStats {
     pub refused_over_capacity: AtomicU64,
     /// Plain HTTP requests answered (health checks and refusals).
     pub http_requests: AtomicU64,
+    /// WebSockets closed because a ping went unanswered.
+    pub ping_timeouts: AtomicU64,
     /// `accept` calls that failed (out of descriptors, EMFILE/ENFILE, or
     /// memory); the worker retries on a timer, so one outage counts once
     /// per retry.
@@ -142,6 +144,7 @@ impl Shared {
             handshake_timeouts: sum(|w| &w.handshake_timeouts),
             refused_over_capacity: sum(|w| &w.refused_over_capacity),
             http_requests: sum(|w| &w.http_requests),
+            ping_timeouts: sum(|w| &w.ping_timeouts),
             accept_failures: sum(|w| &w.accept_failures),
         }
     }
@@ -241,6 +244,7 @@ pub struct Totals {
     pub handshake_timeouts: u64,
     pub refused_over_capacity: u64,
     pub http_requests: u64,
+    pub ping_timeouts: u64,
     pub accept_failures: u64,
 }
 
