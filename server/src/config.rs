@@ -85,6 +85,18 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// On shutdown, how long clients get to answer the 1001 close.
     pub shutdown_grace: Duration,
+    /// On shutdown, how long `/health` answers 503 (`draining`) while the
+    /// server goes on serving as usual, so that a load balancer takes it
+    /// out of rotation before it stops accepting (tuning/haproxy.cfg
+    /// notices in 3 checks × 2 s). The binary's default is 10 s
+    /// (`--drain-secs`); a library caller (a test) opts in, like `api`,
+    /// so that stopping a test server does not take 10 s.
+    pub drain: Duration,
+    /// On shutdown, after the drain: how long the messages in flight may
+    /// wait for the broker's confirm, so that their acks reach their
+    /// clients before the 1001 close. One still unconfirmed then gets an
+    /// `UNAVAILABLE` timeout error instead.
+    pub confirm_timeout: Duration,
     /// How long the Redis subscription may be down before `/health` says
     /// 503: the subscriber reconnects within its back-off (from 100 ms),
     /// and a blip must not flap the server in and out of a balancer.
@@ -259,6 +271,8 @@ impl Default for Config {
             message_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
+            drain: Duration::ZERO,
+            confirm_timeout: Duration::from_secs(5),
             subscription_grace: Duration::from_secs(5),
             liveness: Liveness::default(),
             share_port: false,
@@ -316,6 +330,14 @@ pub struct Args {
     /// Seconds a client gets to answer the close on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 2.0)]
     pub shutdown_grace_secs: f64,
+    /// On SIGTERM/SIGINT, seconds /health answers 503 while the server goes
+    /// on serving, so a load balancer notices before it stops accepting (0: none).
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 10.0)]
+    pub drain_secs: f64,
+    /// On shutdown, seconds in-flight messages may wait for the broker's
+    /// confirm (their acks go out before the 1001 close).
+    #[arg(long, env = "CONFIRM_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub confirm_timeout_secs: f64,
     /// Seconds the Redis subscription may be down before /health says 503.
     #[arg(long, env = "SUBSCRIPTION_GRACE_SECS", default_value_t = 5.0)]
     pub subscription_grace_secs: f64,
@@ -458,6 +480,8 @@ impl Args {
             socket_send_buffer: self.socket_send_buffer,
             read_buffer_size: self.read_buffer_size,
             shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
+            drain: seconds_or_zero("drain-secs", self.drain_secs)?,
+            confirm_timeout: seconds("confirm-timeout-secs", self.confirm_timeout_secs)?,
             subscription_grace: seconds_or_zero(
                 "subscription-grace-secs",
                 self.subscription_grace_secs,
@@ -609,13 +633,19 @@ mod tests {
         assert_eq!(api.max_window, ApiConfig::default().max_window);
         assert_eq!(api.database, DatabaseSettings::default());
         assert!(parse(&["--api-bind", "off"]).unwrap().api.is_none());
+        // The binary drains; a library caller opts in.
+        assert_eq!(c.drain, Duration::from_secs(10));
+        assert_eq!(Config::default().drain, Duration::ZERO);
         assert_eq!(c.liveness, Liveness::default());
         assert_eq!(c.subscription_grace, Config::default().subscription_grace);
+        assert_eq!(c.confirm_timeout, Config::default().confirm_timeout);
     }
 
     #[test]
-    fn zero_turns_pings_and_the_grace_off() {
+    fn zero_turns_the_drain_and_pings_off() {
         let c = parse(&[
+            "--drain-secs",
+            "0",
             "--ping-interval-secs",
             "0",
             "--no-tcp-keepalive",
@@ -623,6 +653,7 @@ mod tests {
             "0",
         ])
         .unwrap();
+        assert_eq!(c.drain, Duration::ZERO);
         assert_eq!(c.subscription_grace, Duration::ZERO);
         assert_eq!(c.liveness.ping_interval, None);
         assert_eq!(c.liveness.tcp_keepalive, None);
@@ -651,6 +682,11 @@ mod tests {
                 (&["--max-pending-output", "10"][..], "--max-pending-output"),
                 (&["--read-buffer-size", "1"][..], "--read-buffer-size"),
                 (&["--shutdown-grace-secs", "0"][..], "--shutdown-grace-secs"),
+                (&["--drain-secs", "4000"][..], "--drain-secs"),
+                (
+                    &["--confirm-timeout-secs", "0"][..],
+                    "--confirm-timeout-secs",
+                ),
                 (&["--pong-timeout-secs", "0"][..], "--pong-timeout-secs"),
                 (
                     &["--ping-interval-secs", "4000"][..],

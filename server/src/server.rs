@@ -5,25 +5,38 @@
 //!
 //! One primitive, `chatflow_broker`'s [`ShutdownTrigger`] /
 //! [`Shutdown`](chatflow_broker::Shutdown) pair, signals every stop; this is the one place that says in which
-//! order. [`Server::shutdown`]:
+//! order. [`Server::shutdown`] (the binary calls it on SIGTERM or SIGINT):
 //!
-//! 0. stops the read API (its threads finish the request at hand, then
-//!    its port closes): it shares nothing with the workers;
-//! 1. signals the server's trigger. From then on [`Shared::is_stopping`]
-//!    holds: new WebSocket upgrades get a 503 and `/health` says
-//!    `shutting_down`;
-//! 2. wakes every worker with [`WorkerEvent::Shutdown`] through its inbox
+//! 1. drains: [`Shared::start_draining`] turns `/health` to 503
+//!    (`draining`) at once, and for `drain` (`--drain-secs`, 10 s; 0 in
+//!    a library's default) the server goes on serving as before —
+//!    upgrades, messages, acks, broadcasts, the read API — so a load
+//!    balancer takes it out of rotation while its clients are still
+//!    served. [`Server::shutdown_hurried_by`] cuts this wait short (the
+//!    binary: a second signal);
+//! 2. stops the read API (its threads finish the request at hand, then
+//!    its port closes): it shares nothing with the workers; then signals
+//!    the server's trigger. From then on [`Shared::is_stopping`] holds:
+//!    new WebSocket upgrades get a 503 and `/health` says
+//!    `shutting_down` (still 503: the listeners stay open until the
+//!    workers exit, so a balancer's check gets an answer, never
+//!    "connection refused");
+//! 3. wakes every worker with [`WorkerEvent::Shutdown`] through its inbox
 //!    (a mio loop sleeps in `epoll_wait`, so its `Waker` is how any signal
-//!    reaches it): the worker stops accepting, closes its WebSockets with
-//!    1001 and exits when they are gone or the grace period ends;
-//! 3. joins the workers, then calls [`Broker::shutdown`], which signals the
+//!    reaches it). A worker refuses new messages (`UNAVAILABLE`: never
+//!    sent, so a retry elsewhere cannot duplicate them), waits for the
+//!    broker's answers to the ones in flight (bounded by
+//!    `confirm_timeout`) and delivers them, acks first, then closes its
+//!    WebSockets with 1001 and exits when they are gone or the grace
+//!    period (`shutdown_grace`) ends;
+//! 4. joins the workers, then calls [`Broker::shutdown`], which signals the
 //!    broker's own trigger: publishers stop taking messages, wait (bounded)
-//!    for the confirms in flight, and exit; the Redis subscriber exits. The
-//!    broker stops second because answers to messages published before the
-//!    stop must still reach the workers during their grace period;
-//! 4. joins the read side's threads: `fleet-stats` (which withdrew this
-//!    server's snapshot from Redis at the signal, so the fleet view drops
-//!    it at once) and `queue-depths`.
+//!    for any confirm still out, and exit; the Redis subscriber exits. The
+//!    broker stops after the workers because answers to messages published
+//!    before the stop must still reach them in step 3;
+//! 5. joins the read side's threads: `fleet-stats` (which withdrew this
+//!    server's snapshot from Redis at the signal of step 2, so the fleet
+//!    view drops it at once) and `queue-depths`.
 //!
 //! A broker's trigger dropped without a signal (a start that fails half-way)
 //! stops its threads the same way.
@@ -40,6 +53,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use anyhow::{anyhow, Context as _};
+use chatflow_broker::retry::wait;
 use chatflow_broker::{shutdown_signal, Shutdown, ShutdownTrigger};
 use crossbeam_channel::bounded;
 use mio::{Poll, Waker};
@@ -67,7 +81,7 @@ pub struct Server {
     fanout: Fanout,
     broker: Arc<dyn Broker>,
     shared: Arc<Shared>,
-    /// Step 1 of the stop (see the module docs). Never dropped: a server
+    /// Step 2 of the stop (see the module docs). Never dropped: a server
     /// dropped without `shutdown` keeps serving, as documented above.
     stop: ManuallyDrop<ShutdownTrigger>,
     threads: Vec<JoinHandle<()>>,
@@ -78,7 +92,7 @@ pub struct Server {
 /// What serves and feeds the read side: this server's fleet snapshot (a
 /// thread, always: `/api/metrics` of any server reads it), and, with the
 /// API on, the API and the queue-depth sampler. Each stops on the server's
-/// stop signal or, for the API, in step 0 of the shutdown.
+/// stop signal or, for the API, just before it (step 2 of the shutdown).
 struct ReadSide {
     publisher: StatsPublisher,
     queues: Option<Arc<QueueDepths>>,
@@ -128,7 +142,7 @@ impl ReadSide {
         })
     }
 
-    /// Step 0 of the stop: the API's threads finish and its port closes.
+    /// Step 2 of the stop: the API's threads finish and its port closes.
     fn stop_api(&mut self) {
         if let Some(api) = self.api.take() {
             api.shutdown();
@@ -292,10 +306,32 @@ impl Server {
         self.shared.health(&*self.broker)
     }
 
-    /// Stops accepting, closes every connection with 1001 (waiting up to
-    /// the configured grace for clients to answer), joins every worker, then
-    /// stops the broker: the order in the module docs.
-    pub fn shutdown(mut self) -> anyhow::Result<()> {
+    /// Drains (503 while serving on), stops accepting, answers every
+    /// message in flight, closes every connection with 1001 (waiting up to
+    /// the configured grace for clients to answer), joins every worker,
+    /// then stops the broker: the order in the module docs.
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        self.stop(None)
+    }
+
+    /// [`Server::shutdown`], with the drain cut short once `hurry` is
+    /// signalled (the rest of the order is kept: in-flight messages are
+    /// still answered).
+    pub fn shutdown_hurried_by(self, hurry: &Shutdown) -> anyhow::Result<()> {
+        self.stop(Some(hurry))
+    }
+
+    fn stop(mut self, hurry: Option<&Shutdown>) -> anyhow::Result<()> {
+        self.shared.start_draining();
+        let drain = self.shared.config.drain;
+        if !drain.is_zero() {
+            match hurry {
+                Some(hurry) => {
+                    wait(hurry, drain);
+                }
+                None => thread::sleep(drain),
+            }
+        }
         self.read_side.stop_api();
         self.stop.signal();
         self.fanout.shutdown();

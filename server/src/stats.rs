@@ -6,8 +6,8 @@
 //! take messages, 503 with the same document otherwise. Not ready: a
 //! RabbitMQ publisher link is down (its messages are refused at once), the
 //! Redis subscription has been down past `subscription_grace` (its clients
-//! miss broadcasts), a worker is dead, or the server is `shutting_down`
-//! ([`crate::server`]'s stop). `status` says what is so
+//! miss broadcasts), a worker is dead, or the server is `draining` or
+//! `shutting_down` ([`crate::server`]'s stop). `status` says what is so
 //! (`degraded` while anything is down, a subscription blip within its
 //! grace too, though still ready) and `reasons` lists every problem.
 //! `/livez` is liveness: 200 while the process runs.
@@ -55,6 +55,9 @@ pub struct WorkerStats {
     /// or its event loop failed): its connections are gone and `/health`
     /// says `degraded`.
     pub dead: AtomicBool,
+    /// Stopping, the worker has closed all its WebSockets (it keeps
+    /// answering HTTP until every worker has: see [`Shared::all_closed`]).
+    pub closed: AtomicBool,
 }
 
 impl WorkerStats {
@@ -72,6 +75,9 @@ pub struct Shared {
     /// The server's stop signal (see [`crate::server`]): once given, new
     /// WebSockets are refused and `/health` says `shutting_down`.
     stopping: Shutdown,
+    /// The drain before the stop: `/health` says `draining` (503) while
+    /// everything else goes on as usual.
+    draining: AtomicBool,
     pub workers: Vec<CachePadded<WorkerStats>>,
 }
 
@@ -85,6 +91,7 @@ impl Shared {
             started: Instant::now(),
             connections: AtomicUsize::new(0),
             stopping,
+            draining: AtomicBool::new(false),
             workers,
         }
     }
@@ -95,11 +102,36 @@ impl Shared {
         is_shutdown(&self.stopping)
     }
 
+    /// The drain has begun: `/health` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Records that worker `index` is gone for good.
     pub fn worker_died(&self, index: usize) {
         if let Some(worker) = self.workers.get(index) {
             worker.dead.store(true, Ordering::Release);
         }
+    }
+
+    /// Stopping, worker `index` has closed all its WebSockets.
+    pub fn worker_closed(&self, index: usize) {
+        if let Some(worker) = self.workers.get(index) {
+            worker.closed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Stopping, every worker (but the dead) has closed all its
+    /// WebSockets: the workers exit together, so a listener does not
+    /// close (and reset the connections queued on it) while another is
+    /// still answering health checks.
+    pub fn all_closed(&self) -> bool {
+        (self.workers.iter())
+            .all(|w| w.closed.load(Ordering::Acquire) || w.dead.load(Ordering::Acquire))
     }
 
     /// The workers whose threads ended before the server stopped.
@@ -156,10 +188,15 @@ impl Shared {
         let dead_workers = self.dead_workers();
         let mut reasons = Vec::new();
         let stopping = self.is_stopping();
+        let draining = self.is_draining();
         // Not every problem makes it unready: a subscription blip does not.
-        let mut ready = !stopping;
+        let mut ready = !stopping && !draining;
         if stopping {
             reasons.push("shutting down: new WebSockets are refused".to_string());
+        } else if draining {
+            reasons.push(
+                "draining: still serving, but about to stop; connect to another server".to_string(),
+            );
         }
         let grace = self.config.subscription_grace;
         for link in &broker.down {
@@ -188,6 +225,8 @@ impl Shared {
         }
         let status = if stopping {
             "shutting_down"
+        } else if draining {
+            "draining"
         } else if !reasons.is_empty() {
             "degraded"
         } else {
@@ -251,7 +290,7 @@ pub struct Totals {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
-    /// `ok`, `degraded` or `shutting_down`.
+    /// `ok`, `degraded`, `draining` or `shutting_down`.
     pub status: &'static str,
     /// Whether this server can take messages now: `/health` answers 200
     /// if so, 503 (with this document) if not.
@@ -374,6 +413,9 @@ mod tests {
         assert_eq!((health.status, health.http_status()), ("degraded", 503));
         assert!(health.reasons[0].contains("[1] dead"), "{health:?}");
 
+        shared.start_draining();
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("draining", 503));
         stop.signal();
         let health = shared.health(&broker);
         assert_eq!(

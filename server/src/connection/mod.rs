@@ -274,17 +274,26 @@ impl Connection {
         }
     }
 
-    /// The server is stopping: an open WebSocket gets a 1001 close and the
-    /// grace period to answer it; anything else ends now.
+    /// The server is stopping: a live WebSocket gets a 1001 close and the
+    /// grace period to answer it. Anything else goes on: a WebSocket
+    /// already closing keeps its deadline, and plain HTTP (a balancer's
+    /// health check, a refused upgrade) is answered as usual until the
+    /// worker exits. Asking again is harmless.
     pub fn shut_down(&mut self) -> Next {
-        if matches!(self.phase, Phase::Open { .. }) {
+        if matches!(
+            self.phase,
+            Phase::Open {
+                stage: Stage::Live,
+                ..
+            }
+        ) {
             self.start_close(
                 tungstenite::protocol::frame::coding::CloseCode::Away,
                 "server shutting down",
             );
             Next::FLUSH
         } else {
-            Next::Remove
+            Next::WAIT
         }
     }
 

@@ -26,7 +26,7 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(5);
 #[serde(rename_all = "camelCase")]
 pub struct ServerSnapshot {
     pub server_id: String,
-    /// `ok`, `degraded` or `shutting_down`, as `/health` says.
+    /// `ok`, `degraded`, `draining` or `shutting_down`, as `/health` says.
     pub status: &'static str,
     pub published_at: ServerTime,
     /// 0 when published; a reader replaces it with the age it sees.
