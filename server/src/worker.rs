@@ -15,14 +15,14 @@
 //!
 //! Two things happen on a clock rather than on an event (the Poll's
 //! timeout, never a timer per connection): the sweep (deadlines, pings,
-//! stop progress) every [`SWEEP_INTERVAL`], and, after `accept` failed for
-//! want of descriptors, a retry of the accept queue every [`ACCEPT_RETRY`].
+//! stop progress) every `SWEEP_INTERVAL`, and, after `accept` failed for
+//! want of descriptors, a retry of the accept queue every `ACCEPT_RETRY`.
 //! The listener is edge-triggered: the connections already queued raise no
 //! new event, so without the retry they would wait for the next
 //! connection to arrive.
 //!
 //! Stopping ([`WorkerEvent::Shutdown`], step 3 of [`crate::server`]'s
-//! order) goes through [`Stop`]: first every new message is refused while
+//! order) goes through `Stop`: first every new message is refused while
 //! the answers to those in flight arrive and are sent (up to
 //! `confirm_timeout`; what is still unanswered then gets an `UNAVAILABLE`
 //! timeout error), then every WebSocket gets its 1001 close and the grace
