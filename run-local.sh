@@ -25,7 +25,8 @@ The run ends by fetching the read API's document for its window
 Environment: PORT (8080), API_PORT (8082), CONSUMER_METRICS (127.0.0.1:8083), DB_NAME
 (chatflow), DB_USER (postgres: trust auth locally), BROKER (rabbitmq; memory
 runs without consumer and services), SERVE=1 keeps the system running after
-the load test until Ctrl-C.
+the load test until Ctrl-C, DRAIN_SECS (0: one server and no load balancer,
+so the server's stop skips the drain that a fleet needs).
 USAGE
 }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
@@ -36,6 +37,7 @@ API_PORT="${API_PORT:-8082}"
 CONSUMER_METRICS="${CONSUMER_METRICS:-127.0.0.1:8083}"
 BROKER="${BROKER:-rabbitmq}"
 export DB_USER="${DB_USER:-postgres}" DB_NAME="${DB_NAME:-chatflow}" DB_HOST="${DB_HOST:-127.0.0.1}"
+export DRAIN_SECS="${DRAIN_SECS:-0}"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 mkdir -p results
 log_dir="results/run-local-$(date +%Y%m%d-%H%M%S)"

@@ -15,6 +15,8 @@ Environment (each also a flag, see chatflow-server --help):
   RABBITMQ_HOST=127.0.0.1  RABBITMQ_USER/RABBITMQ_PASSWORD  REDIS_HOST=127.0.0.1
   ROOMS=20            MAX_CONNECTIONS=100000   SERVER_ID=<hostname-pid>
   API_BIND=0.0.0.0:8082 (or off)  DB_HOST/DB_PORT/DB_USER/DB_PASSWORD/DB_NAME  DB_POOL_SIZE=8
+  DRAIN_SECS=10 (SIGTERM: /health 503 while serving this long, then stop)
+  PING_INTERVAL_SECS=25  PONG_TIMEOUT_SECS=10  SUBSCRIPTION_GRACE_SECS=5
 Checks tuning (tuning/apply.sh --check), sets ulimit -n to the hard limit,
 builds target/release/chatflow-server if missing, then execs it.
 USAGE

@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 port="${PORT:-18080}"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release -q -p chatflow-server -p chatflow-bench
-target/release/chatflow-server --broker memory --bind "127.0.0.1:$port" --workers 2 \
+DRAIN_SECS=0 target/release/chatflow-server --broker memory --bind "127.0.0.1:$port" --workers 2 \
   >/tmp/attack-server.log 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT

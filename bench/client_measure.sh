@@ -21,7 +21,7 @@ done
 port="${PORT:-18181}"
 cargo build --release -q -p chatflow-server -p chatflow-client
 ulimit -n "$(ulimit -Hn)"
-target/release/chatflow-server --bind "127.0.0.1:$port" --workers 2 --broker "$broker" >/dev/null 2>&1 &
+DRAIN_SECS=0 target/release/chatflow-server --bind "127.0.0.1:$port" --workers 2 --broker "$broker" >/dev/null 2>&1 &
 srv=$!
 trap 'kill "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true' EXIT
 sleep 0.5

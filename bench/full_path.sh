@@ -34,7 +34,7 @@ NAMESPACE="$NS" ENABLE_PERSISTENCE="$PERSIST" DB_USER=postgres DB_NAME="$DB" \
   "$BIN"/chatflow-consumer --metrics-bind 127.0.0.1:18283 >"$out/consumer.log" 2>&1 &
 consumer=$!
 sleep 2
-NAMESPACE="$NS" "$BIN"/chatflow-server --bind "127.0.0.1:$PORT" >"$out/server.log" 2>&1 &
+NAMESPACE="$NS" DRAIN_SECS=0 "$BIN"/chatflow-server --bind "127.0.0.1:$PORT" >"$out/server.log" 2>&1 &
 server=$!
 cleanup() {
   kill "$server" "$consumer" 2>/dev/null || true

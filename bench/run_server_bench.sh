@@ -16,7 +16,7 @@ shapes=("${@}")
 [[ ${#shapes[@]} -gt 0 ]] || shapes=("64 1" "64 32" "1000 1")
 for shape in "${shapes[@]}"; do
   read -r conns window <<<"$shape"
-  "$BIN"/chatflow-server --bind "127.0.0.1:$PORT" --workers 2 --broker "$BROKER" >/dev/null 2>&1 &
+  DRAIN_SECS=0 "$BIN"/chatflow-server --bind "127.0.0.1:$PORT" --workers 2 --broker "$BROKER" >/dev/null 2>&1 &
   srv=$!
   trap 'kill $srv 2>/dev/null || true' EXIT
   sleep 0.3

@@ -5,7 +5,9 @@
 //!
 //! Degraded means "running, recovering by itself, but not doing all its
 //! job": a broker, Redis or database outage, or a dead thread (which will
-//! not recover by itself: its queues stall until a restart).
+//! not recover by itself: its queues stall until a restart). `/health` is
+//! readiness: it answers 503 with this document whenever the status is
+//! not `ok` ([`crate::http`]); `/livez` says only that the process runs.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;

@@ -1,7 +1,12 @@
 //! The health/metrics port: an accept thread (`consumer-http`) that hands
 //! each connection to a short-lived thread of its own (`consumer-http-c`)
-//! answering `GET /health` (JSON) or `GET /metrics` (Prometheus text), one
-//! request per connection.
+//! answering `GET /health` (JSON), `GET /livez` or `GET /metrics`
+//! (Prometheus text), one request per connection.
+//!
+//! `/health` is readiness: 200 only while the status is `ok`, 503 with the
+//! same document while `degraded` (a link, Redis or the database down, a
+//! dead thread: see [`crate::health`]) or `shutting_down`. `/livez` is
+//! liveness: 200 while the process runs, whatever its links do.
 //!
 //! Scrapes are rare and tiny, but the port is reachable by anyone, and one
 //! slow or silent client must not hold it for the monitors that need it:
@@ -335,15 +340,19 @@ pub fn route(method: Option<&str>, path: Option<&str>, shared: &Shared) -> Vec<u
     match path.split('?').next().unwrap_or(path) {
         "/health" => {
             let health = Health::of(shared);
-            // Degraded is still 200: the process is alive and recovering by
-            // itself; the body says what is wrong. 503 only while stopping.
-            let status = if health.status == "shutting_down" {
-                503
-            } else {
-                200
-            };
+            // Readiness: a monitor or orchestrator acting on the status code
+            // must see a consumer that is not doing all its job.
+            let status = if health.status == "ok" { 200 } else { 503 };
             let body = serde_json::to_string(&health).unwrap_or_default();
             response(status, "application/json", &body, None)
+        }
+        "/livez" => {
+            let body = serde_json::json!({
+                "status": "alive",
+                "uptimeSeconds": shared.started.elapsed().as_secs_f64(),
+            })
+            .to_string();
+            response(200, "application/json", &body, None)
         }
         "/metrics" => response(
             200,
@@ -353,7 +362,7 @@ pub fn route(method: Option<&str>, path: Option<&str>, shared: &Shared) -> Vec<u
         ),
         other => error(
             404,
-            &format!("no such path {other:?}: try /health or /metrics"),
+            &format!("no such path {other:?}: try /health, /livez or /metrics"),
         ),
     }
 }
@@ -395,6 +404,7 @@ mod tests {
     use super::*;
     use crate::state::for_tests;
     use chatflow_broker::ShutdownTrigger;
+    use std::sync::atomic::Ordering;
 
     fn text(bytes: Vec<u8>) -> String {
         String::from_utf8(bytes).unwrap()
@@ -403,6 +413,16 @@ mod tests {
     #[test]
     fn routes_health_metrics_and_refusals() {
         let (mut trigger, shared) = for_tests(1);
+        // Nothing is connected yet: degraded is not ready.
+        let health = text(route(Some("GET"), Some("/health?x=1"), &shared));
+        assert!(health.starts_with("HTTP/1.1 503 "), "{health}");
+        assert!(health.contains("\"status\":\"degraded\""), "{health}");
+        shared.counters.links[0]
+            .connected
+            .store(true, Ordering::Relaxed);
+        for q in &shared.counters.queues {
+            q.amqp_up.store(true, Ordering::Relaxed);
+        }
         let health = text(route(Some("GET"), Some("/health?x=1"), &shared));
         assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
         let body = health.split("\r\n\r\n").nth(1).unwrap();
@@ -414,8 +434,12 @@ mod tests {
         assert!(metrics.contains("chatflow_consumer_consumed_total{room=\"1\"} 0"));
         assert!(text(route(Some("POST"), Some("/health"), &shared)).starts_with("HTTP/1.1 405"));
         assert!(text(route(Some("GET"), Some("/nope"), &shared)).starts_with("HTTP/1.1 404"));
+        let live = text(route(Some("GET"), Some("/livez"), &shared));
+        assert!(live.starts_with("HTTP/1.1 200 OK\r\n"), "{live}");
+        assert!(live.contains("\"status\":\"alive\""), "{live}");
         trigger.signal();
         assert!(text(route(Some("GET"), Some("/health"), &shared)).starts_with("HTTP/1.1 503"));
+        assert!(text(route(Some("GET"), Some("/livez"), &shared)).starts_with("HTTP/1.1 200"));
     }
 
     /// A server on a free port with `limits`, and its shutdown trigger.
@@ -458,7 +482,7 @@ mod tests {
             "{slow}"
         );
         assert!(started.elapsed() >= limits.head_deadline);
-        let quick = exchange(server.local_addr(), "GET /health HTTP/1.1\r\n\r\n");
+        let quick = exchange(server.local_addr(), "GET /livez HTTP/1.1\r\n\r\n");
         assert!(quick.starts_with("HTTP/1.1 200 OK\r\n"), "{quick}");
         stop(running);
     }
@@ -482,7 +506,7 @@ mod tests {
         assert!(busy.contains("Retry-After: 1\r\n"), "{busy}");
         // The idle connection is timed out at its deadline, freeing its slot.
         thread::sleep(limits.head_deadline + Duration::from_millis(200));
-        let ok = exchange(addr, "GET /health HTTP/1.1\r\n\r\n");
+        let ok = exchange(addr, "GET /livez HTTP/1.1\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         stop(running);
     }

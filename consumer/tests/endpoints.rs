@@ -155,6 +155,7 @@ fn a_slow_client_holds_up_nobody_and_gets_408_at_its_deadline() {
     let _broker = Broker::new(&config);
     let consumer = Consumer::start(config).expect("consumer starts");
     let addr = consumer.metrics_addr();
+    wait_until("health ok", || consumer.health().status == "ok");
     let slow = thread::spawn(move || slowloris(addr));
     // Let it connect and send a few bytes first.
     thread::sleep(Duration::from_millis(700));
@@ -190,6 +191,7 @@ fn idle_connections_do_not_stop_health_from_answering() {
     let _broker = Broker::new(&config);
     let consumer = Consumer::start(config).expect("consumer starts");
     let addr = consumer.metrics_addr();
+    wait_until("health ok", || consumer.health().status == "ok");
     let idle: Vec<TcpStream> = (0..100)
         .map(|_| TcpStream::connect(addr).expect("connects"))
         .collect();

@@ -186,3 +186,36 @@ fn shutdown_during_a_redis_outage_is_prompt_and_loses_nothing() {
     assert_eq!(monitor.health().totals.acked, 0);
     wait_until("all 20 back in the queues", || broker.total_depth() == 20);
 }
+
+/// `/health` is readiness: with its Redis cut the consumer answers 503
+/// (status degraded, the reason naming Redis) while `/livez` stays 200,
+/// and 200 again once Redis is back.
+#[test]
+fn health_is_503_while_redis_is_cut_and_200_after() {
+    let ns = namespace();
+    let proxy = Proxy::start(redis_addr());
+    let mut config = config(&ns, 1);
+    config.services.redis.port = proxy.port();
+    let _broker = Broker::new(&config);
+    let consumer = Consumer::start(config).expect("consumer starts");
+    let addr = consumer.metrics_addr();
+    wait_until("ready", || http_get(addr, "/health").0 == 200);
+
+    proxy.cut();
+    wait_until("not ready while Redis is cut", || {
+        http_get(addr, "/health").0 == 503
+    });
+    let (_, body) = http_get(addr, "/health");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["reason"].as_str().unwrap().contains("redis"),
+        "{health}"
+    );
+    let (status, body) = http_get(addr, "/livez");
+    assert_eq!(status, 200, "alive all along: {body}");
+
+    proxy.restore();
+    wait_until("ready again", || http_get(addr, "/health").0 == 200);
+    consumer.shutdown().expect("clean shutdown");
+}

@@ -583,7 +583,7 @@ fn a_refused_row_is_dead_lettered_and_the_rest_stored() {
     );
 }
 
-/// A writer that panics shows in /health: status degraded naming the dead
+/// A writer that panics shows in /health: 503, status degraded naming the dead
 /// writer, then each queue consumer it served, which stops at its next
 /// hand-over instead of stalling silently; their messages go back to the
 /// queue, unacked; `/metrics` counts the dead threads and shutdown reports
@@ -610,7 +610,7 @@ fn a_writer_that_panics_shows_in_health() {
             .any(|d| d.name == "writer-0")
     });
     let (status, body) = http_get(consumer.metrics_addr(), "/health");
-    assert_eq!(status, 200, "degraded is still 200");
+    assert_eq!(status, 503, "degraded is not ready");
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "degraded");
     let reason = health["reason"].as_str().unwrap();

@@ -85,6 +85,26 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// On shutdown, how long clients get to answer the 1001 close.
     pub shutdown_grace: Duration,
+    /// On shutdown, how long `/health` answers 503 (`draining`) while the
+    /// server goes on serving as usual, so that a load balancer takes it
+    /// out of rotation before it stops accepting (tuning/haproxy.cfg
+    /// notices in 3 checks × 2 s). The binary's default is 10 s
+    /// (`--drain-secs`); a library caller (a test) opts in, like `api`,
+    /// so that stopping a test server does not take 10 s.
+    pub drain: Duration,
+    /// On shutdown, after the drain: how long the messages in flight may
+    /// wait for the broker's confirm, so that their acks reach their
+    /// clients before the 1001 close. One still unconfirmed then gets an
+    /// `UNAVAILABLE` timeout error instead.
+    pub confirm_timeout: Duration,
+    /// How long the Redis subscription may be down before `/health` says
+    /// 503: the subscriber reconnects within its back-off (from 100 ms),
+    /// and a blip must not flap the server in and out of a balancer.
+    /// (Publishing to RabbitMQ has no grace: with it down every message
+    /// is refused.)
+    pub subscription_grace: Duration,
+    /// WebSocket pings and TCP keepalive: how dead peers are found.
+    pub liveness: Liveness,
     /// Join the `SO_REUSEPORT` group of another process already listening
     /// on `bind`. Off: start-up fails when the address is taken, so a second
     /// server started by mistake cannot silently take half the connections
@@ -159,6 +179,61 @@ impl Config {
     }
 }
 
+/// How the server finds peers that are gone without a FIN (a crashed
+/// host, a cut cable, a NAT that forgot the connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    /// An open WebSocket from which nothing has arrived for this long is
+    /// sent a ping (`None`: never). 25 s: under the idle timeouts of
+    /// common proxies and NATs (HAProxy's `timeout tunnel` in
+    /// tuning/haproxy.cfg is 60 s), so a quiet client's tunnel stays up.
+    pub ping_interval: Option<Duration>,
+    /// A pinged WebSocket from which nothing (a pong, or any other frame)
+    /// has arrived for this long is closed with 1001 and counted
+    /// (`pingTimeouts`). 10 s: a live client answers within a round
+    /// trip; this leaves room for a busy one.
+    pub pong_timeout: Duration,
+    /// `SO_KEEPALIVE` on client sockets (`None`: off). It also covers a
+    /// connection that is not yet (or no longer) a WebSocket, and keeps
+    /// conntrack/NAT entries alive.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            ping_interval: Some(Duration::from_secs(25)),
+            pong_timeout: Duration::from_secs(10),
+            tcp_keepalive: Some(TcpKeepalive::default()),
+        }
+    }
+}
+
+/// TCP keepalive: after `idle` with nothing exchanged the kernel probes
+/// every `interval`, and drops the connection after `probes` unanswered
+/// ones (Linux's defaults, 2 h + 9 × 75 s, find a dead peer after more
+/// than two hours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// 60 s: above the ping interval, so an open WebSocket's pings keep
+    /// it from ever probing; only silent sockets are probed.
+    pub idle: Duration,
+    pub interval: Duration,
+    /// 6 probes 10 s apart: a dead peer is dropped 2 minutes after it
+    /// went silent.
+    pub probes: u32,
+}
+
+impl Default for TcpKeepalive {
+    fn default() -> Self {
+        TcpKeepalive {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            probes: 6,
+        }
+    }
+}
+
 /// How the RabbitMQ broker publishes.
 #[derive(Clone, Debug)]
 pub struct Publishing {
@@ -196,6 +271,10 @@ impl Default for Config {
             message_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(2),
+            drain: Duration::ZERO,
+            confirm_timeout: Duration::from_secs(5),
+            subscription_grace: Duration::from_secs(5),
+            liveness: Liveness::default(),
             share_port: false,
             server_id: default_server_id(),
             services: BrokerSettings::default(),
@@ -251,6 +330,32 @@ pub struct Args {
     /// Seconds a client gets to answer the close on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 2.0)]
     pub shutdown_grace_secs: f64,
+    /// On SIGTERM/SIGINT, seconds /health answers 503 while the server goes
+    /// on serving, so a load balancer notices before it stops accepting (0: none).
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 10.0)]
+    pub drain_secs: f64,
+    /// On shutdown, seconds in-flight messages may wait for the broker's
+    /// confirm (their acks go out before the 1001 close).
+    #[arg(long, env = "CONFIRM_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub confirm_timeout_secs: f64,
+    /// Seconds the Redis subscription may be down before /health says 503.
+    #[arg(long, env = "SUBSCRIPTION_GRACE_SECS", default_value_t = 5.0)]
+    pub subscription_grace_secs: f64,
+    /// Ping a WebSocket silent for this many seconds (0: never).
+    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 25.0)]
+    pub ping_interval_secs: f64,
+    /// Close (1001) a pinged WebSocket silent for this many more seconds.
+    #[arg(long, env = "PONG_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub pong_timeout_secs: f64,
+    /// No SO_KEEPALIVE on client sockets (NO_TCP_KEEPALIVE: 1/0, true/false, yes/no, on/off).
+    #[arg(long, env = "NO_TCP_KEEPALIVE", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
+    pub no_tcp_keepalive: bool,
+    /// Seconds a client socket may be silent before TCP keepalive probes it.
+    #[arg(long, env = "TCP_KEEPALIVE_IDLE_SECS", default_value_t = 60)]
+    pub tcp_keepalive_idle_secs: u64,
+    /// Seconds between TCP keepalive probes (6 unanswered drop the connection).
+    #[arg(long, env = "TCP_KEEPALIVE_INTERVAL_SECS", default_value_t = 10)]
+    pub tcp_keepalive_interval_secs: u64,
     /// Seconds an opening handshake may take.
     #[arg(long, env = "HANDSHAKE_TIMEOUT_SECS", default_value_t = 10.0)]
     pub handshake_timeout_secs: f64,
@@ -357,6 +462,7 @@ impl Args {
             ));
         }
         let api = self.api_config()?;
+        let liveness = self.liveness()?;
         let server_id = match self.server_id {
             Some(id) if id.is_empty() || id.len() > 64 => {
                 return Err(bad("server-id", "must be 1..=64 characters"))
@@ -374,6 +480,13 @@ impl Args {
             socket_send_buffer: self.socket_send_buffer,
             read_buffer_size: self.read_buffer_size,
             shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
+            drain: seconds_or_zero("drain-secs", self.drain_secs)?,
+            confirm_timeout: seconds("confirm-timeout-secs", self.confirm_timeout_secs)?,
+            subscription_grace: seconds_or_zero(
+                "subscription-grace-secs",
+                self.subscription_grace_secs,
+            )?,
+            liveness,
             handshake_timeout: seconds("handshake-timeout-secs", self.handshake_timeout_secs)?,
             max_fragments: self.max_fragments,
             message_timeout: seconds("message-timeout-secs", self.message_timeout_secs)?,
@@ -386,6 +499,34 @@ impl Args {
             },
             api,
             ..defaults
+        })
+    }
+
+    /// Pings and keepalive.
+    fn liveness(&self) -> Result<Liveness, ConfigError> {
+        let ping = seconds_or_zero("ping-interval-secs", self.ping_interval_secs)?;
+        // Linux takes TCP_KEEPIDLE and TCP_KEEPINTVL in whole seconds,
+        // at most 32767.
+        let keepalive_secs = |flag, secs: u64| {
+            if (1..=32_767).contains(&secs) {
+                Ok(Duration::from_secs(secs))
+            } else {
+                Err(bad(flag, format!("{secs} is not in 1..=32767 seconds")))
+            }
+        };
+        let idle = keepalive_secs("tcp-keepalive-idle-secs", self.tcp_keepalive_idle_secs)?;
+        let interval = keepalive_secs(
+            "tcp-keepalive-interval-secs",
+            self.tcp_keepalive_interval_secs,
+        )?;
+        Ok(Liveness {
+            ping_interval: (!ping.is_zero()).then_some(ping),
+            pong_timeout: seconds("pong-timeout-secs", self.pong_timeout_secs)?,
+            tcp_keepalive: (!self.no_tcp_keepalive).then_some(TcpKeepalive {
+                idle,
+                interval,
+                ..TcpKeepalive::default()
+            }),
         })
     }
 
@@ -457,6 +598,15 @@ impl Args {
     }
 }
 
+/// Like [`seconds`], with 0 meaning none.
+fn seconds_or_zero(flag: &'static str, secs: f64) -> Result<Duration, ConfigError> {
+    if secs == 0.0 {
+        Ok(Duration::ZERO)
+    } else {
+        seconds(flag, secs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +633,42 @@ mod tests {
         assert_eq!(api.max_window, ApiConfig::default().max_window);
         assert_eq!(api.database, DatabaseSettings::default());
         assert!(parse(&["--api-bind", "off"]).unwrap().api.is_none());
+        // The binary drains; a library caller opts in.
+        assert_eq!(c.drain, Duration::from_secs(10));
+        assert_eq!(Config::default().drain, Duration::ZERO);
+        assert_eq!(c.liveness, Liveness::default());
+        assert_eq!(c.subscription_grace, Config::default().subscription_grace);
+        assert_eq!(c.confirm_timeout, Config::default().confirm_timeout);
+    }
+
+    #[test]
+    fn zero_turns_the_drain_and_pings_off() {
+        let c = parse(&[
+            "--drain-secs",
+            "0",
+            "--ping-interval-secs",
+            "0",
+            "--no-tcp-keepalive",
+            "--subscription-grace-secs",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.drain, Duration::ZERO);
+        assert_eq!(c.subscription_grace, Duration::ZERO);
+        assert_eq!(c.liveness.ping_interval, None);
+        assert_eq!(c.liveness.tcp_keepalive, None);
+        let c = parse(&[
+            "--tcp-keepalive-idle-secs",
+            "30",
+            "--pong-timeout-secs",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.liveness.tcp_keepalive.unwrap().idle,
+            Duration::from_secs(30)
+        );
+        assert_eq!(c.liveness.pong_timeout, Duration::from_millis(1500));
     }
 
     #[test]
@@ -496,6 +682,20 @@ mod tests {
                 (&["--max-pending-output", "10"][..], "--max-pending-output"),
                 (&["--read-buffer-size", "1"][..], "--read-buffer-size"),
                 (&["--shutdown-grace-secs", "0"][..], "--shutdown-grace-secs"),
+                (&["--drain-secs", "4000"][..], "--drain-secs"),
+                (
+                    &["--confirm-timeout-secs", "0"][..],
+                    "--confirm-timeout-secs",
+                ),
+                (&["--pong-timeout-secs", "0"][..], "--pong-timeout-secs"),
+                (
+                    &["--ping-interval-secs", "4000"][..],
+                    "--ping-interval-secs",
+                ),
+                (
+                    &["--tcp-keepalive-idle-secs", "0"][..],
+                    "--tcp-keepalive-idle-secs",
+                ),
                 (&["--broker", "kafka"][..], "--broker"),
                 (&["--workers", "many"][..], "--workers"),
                 (&["--publishers", "0"][..], "--publishers"),

@@ -2,7 +2,9 @@
 //! `MSG_PEEK`, so nothing is consumed before we know what it asks for) and
 //! routed before any WebSocket work happens.
 //!
-//! - `GET /health` → 200 with the health JSON;
+//! - `GET /health` → the health JSON: 200 when ready, 503 when not
+//!   ([`crate::stats`] says when);
+//! - `GET /livez` → 200 with a tiny JSON body while the process runs;
 //! - `GET /chat/{roomId}` with a valid WebSocket upgrade and a room in range
 //!   → the `101 Switching Protocols` answer is computed here, and the
 //!   connection becomes a WebSocket once it is written;
@@ -24,6 +26,7 @@ const MAX_HEADERS: usize = 32;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Health,
+    Live,
     /// A valid upgrade to `room`; `accept` is the `Sec-WebSocket-Accept`
     /// value derived from the client's key.
     Chat {
@@ -137,8 +140,10 @@ fn route_request(req: &httparse::Request<'_, '_>, trailing_bytes: bool, rooms: R
         );
     }
     let path = target.split('?').next().unwrap_or(target);
-    if path == "/health" {
-        return Route::Health;
+    match path {
+        "/health" => return Route::Health,
+        "/livez" => return Route::Live,
+        _ => {}
     }
     let room = match chat_room(path, rooms) {
         Ok(room) => room,
@@ -228,7 +233,7 @@ fn chat_room(path: &str, rooms: Rooms) -> Result<u32, Route> {
     let Some(id) = path.strip_prefix("/chat/") else {
         return Err(refuse(
             404,
-            format!("no such path {path:?}: connect to /chat/{{roomId}} or GET /health"),
+            format!("no such path {path:?}: connect to /chat/{{roomId}}, or GET /health or /livez"),
         ));
     };
     let id = id.strip_suffix('/').unwrap_or(id);
@@ -508,6 +513,7 @@ mod tests {
 
     #[test]
     fn health_is_routed_with_or_without_a_query() {
+        assert_eq!(routed("GET /livez HTTP/1.1\r\n\r\n"), Route::Live);
         assert_eq!(routed("GET /health HTTP/1.1\r\n\r\n"), Route::Health);
         assert_eq!(routed("GET /health HTTP/1.0\r\n\r\n"), Route::Health);
         assert_eq!(

@@ -4,15 +4,18 @@
 //! other, and types sent between threads live with their receiver):
 //! - [`config`]: flags and environment → a validated [`Config`];
 //! - [`server`]: [`Server::start`] / [`Server::shutdown`] — worker threads,
-//!   which broker runs, and the one documented stop order;
-//! - [`worker`]: one pinned thread's mio event loop — accept, inbox,
-//!   flush/resume lists, sweep; it dispatches events to connections and
+//!   which broker runs, and the one documented stop order (drain, stop
+//!   accepting, answer what is in flight, close with 1001);
+//! - [`worker`]: one pinned thread's mio event loop — accept (retried on
+//!   a timer at the descriptor limit), inbox, flush/resume lists, sweep,
+//!   its part of the stop; it dispatches events to connections and
 //!   carries out the [`connection::Next`] they answer;
 //! - [`connection`]: one client's socket, phase and every transition
 //!   (`handshake`: routing, HTTP answer, lingering; `websocket`: frames,
-//!   messages, replies, broadcasts, closes; `context`: the per-worker state
-//!   the steps share);
-//! - [`http`]: request-head routing, `/health`, HTTP errors;
+//!   messages, replies, broadcasts, closes; `liveness`: pings and closing
+//!   a peer that stopped answering; `context`: the per-worker state the
+//!   steps share);
+//! - [`http`]: request-head routing, `/health`, `/livez`, HTTP errors;
 //! - [`socket`]: the client socket that skips `recv` calls known to block,
 //!   meters frames and budgets each turn;
 //! - [`rooms`]: a worker's room-membership index;
@@ -21,7 +24,8 @@
 //! - [`broker`]: the boundary to "where messages go" (`memory`, `none`,
 //!   `rabbitmq` with `redis_subscriber`, and `link_state` for their
 //!   `/health`);
-//! - [`stats`]: per-worker counters, dead workers and the health document;
+//! - [`stats`]: per-worker counters, dead workers and the health document
+//!   (readiness: when `/health` says 200 and when 503);
 //! - [`api`]: the read API on its own port and threads (server/API.md):
 //!   history, analytics and `/api/metrics` over a PostgreSQL pool;
 //! - [`fleet`]: live fleet statistics for the read API — this server's

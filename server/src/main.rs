@@ -1,7 +1,11 @@
 //! `chatflow-server` binary: flags → [`Config`], start, wait for SIGINT or
-//! SIGTERM, shut down gracefully.
+//! SIGTERM, shut down gracefully: drain (`/health` 503 while serving on
+//! for `--drain-secs`), answer what is in flight, close with 1001, exit 0
+//! (the order is [`Server::shutdown`]'s). A second signal cuts the drain
+//! short.
 
 use anyhow::Context;
+use chatflow_broker::shutdown_signal;
 use chatflow_server::{Args, Server};
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -18,7 +22,7 @@ fn main() -> anyhow::Result<()> {
     raise_descriptor_limit();
     // Registered before any thread starts, so no signal is missed.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
-    let (workers, broker) = (config.workers, config.broker);
+    let (workers, broker, drain) = (config.workers, config.broker, config.drain);
     let server = Server::start(config)?;
     println!(
         "chatflow-server listening on {} ({workers} workers, broker {}); WebSocket at ws://{}/chat/{{roomId}}, health at http://{}/health",
@@ -32,9 +36,26 @@ fn main() -> anyhow::Result<()> {
         None => println!("chatflow-server read API off"),
     }
     if let Some(signal) = signals.forever().next() {
-        eprintln!("chatflow-server: signal {signal}: shutting down");
+        eprintln!(
+            "chatflow-server: signal {signal}: draining for {} s (/health says 503), then shutting down; a second signal skips the drain",
+            drain.as_secs_f64()
+        );
     }
-    server.shutdown()?;
+    let (mut hurry, hurried) = shutdown_signal();
+    let handle = signals.handle();
+    let second = std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                eprintln!("chatflow-server: signal {signal} again: skipping the rest of the drain");
+                hurry.signal();
+            }
+        })
+        .context("spawning the signal thread")?;
+    let stopped = server.shutdown_hurried_by(&hurried);
+    handle.close();
+    let _ = second.join();
+    stopped?;
     eprintln!("chatflow-server: stopped");
     Ok(())
 }

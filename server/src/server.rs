@@ -5,25 +5,38 @@
 //!
 //! One primitive, `chatflow_broker`'s [`ShutdownTrigger`] /
 //! [`Shutdown`](chatflow_broker::Shutdown) pair, signals every stop; this is the one place that says in which
-//! order. [`Server::shutdown`]:
+//! order. [`Server::shutdown`] (the binary calls it on SIGTERM or SIGINT):
 //!
-//! 0. stops the read API (its threads finish the request at hand, then
-//!    its port closes): it shares nothing with the workers;
-//! 1. signals the server's trigger. From then on [`Shared::is_stopping`]
-//!    holds: new WebSocket upgrades get a 503 and `/health` says
-//!    `shutting_down`;
-//! 2. wakes every worker with [`WorkerEvent::Shutdown`] through its inbox
+//! 1. drains: [`Shared::start_draining`] turns `/health` to 503
+//!    (`draining`) at once, and for `drain` (`--drain-secs`, 10 s; 0 in
+//!    a library's default) the server goes on serving as before —
+//!    upgrades, messages, acks, broadcasts, the read API — so a load
+//!    balancer takes it out of rotation while its clients are still
+//!    served. [`Server::shutdown_hurried_by`] cuts this wait short (the
+//!    binary: a second signal);
+//! 2. stops the read API (its threads finish the request at hand, then
+//!    its port closes): it shares nothing with the workers; then signals
+//!    the server's trigger. From then on [`Shared::is_stopping`] holds:
+//!    new WebSocket upgrades get a 503 and `/health` says
+//!    `shutting_down` (still 503: the listeners stay open until the
+//!    workers exit, so a balancer's check gets an answer, never
+//!    "connection refused");
+//! 3. wakes every worker with [`WorkerEvent::Shutdown`] through its inbox
 //!    (a mio loop sleeps in `epoll_wait`, so its `Waker` is how any signal
-//!    reaches it): the worker stops accepting, closes its WebSockets with
-//!    1001 and exits when they are gone or the grace period ends;
-//! 3. joins the workers, then calls [`Broker::shutdown`], which signals the
+//!    reaches it). A worker refuses new messages (`UNAVAILABLE`: never
+//!    sent, so a retry elsewhere cannot duplicate them), waits for the
+//!    broker's answers to the ones in flight (bounded by
+//!    `confirm_timeout`) and delivers them, acks first, then closes its
+//!    WebSockets with 1001 and exits when they are gone or the grace
+//!    period (`shutdown_grace`) ends;
+//! 4. joins the workers, then calls [`Broker::shutdown`], which signals the
 //!    broker's own trigger: publishers stop taking messages, wait (bounded)
-//!    for the confirms in flight, and exit; the Redis subscriber exits. The
-//!    broker stops second because answers to messages published before the
-//!    stop must still reach the workers during their grace period;
-//! 4. joins the read side's threads: `fleet-stats` (which withdrew this
-//!    server's snapshot from Redis at the signal, so the fleet view drops
-//!    it at once) and `queue-depths`.
+//!    for any confirm still out, and exit; the Redis subscriber exits. The
+//!    broker stops after the workers because answers to messages published
+//!    before the stop must still reach them in step 3;
+//! 5. joins the read side's threads: `fleet-stats` (which withdrew this
+//!    server's snapshot from Redis at the signal of step 2, so the fleet
+//!    view drops it at once) and `queue-depths`.
 //!
 //! A broker's trigger dropped without a signal (a start that fails half-way)
 //! stops its threads the same way.
@@ -40,6 +53,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use anyhow::{anyhow, Context as _};
+use chatflow_broker::retry::wait;
 use chatflow_broker::{shutdown_signal, Shutdown, ShutdownTrigger};
 use crossbeam_channel::bounded;
 use mio::{Poll, Waker};
@@ -50,7 +64,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::none::NoBroker;
 use crate::broker::rabbitmq::RabbitBroker;
 use crate::broker::{Broker, BrokerFactory};
-use crate::config::{BrokerKind, Config};
+use crate::config::{BrokerKind, Config, TcpKeepalive};
 use crate::fanout::{inbox, Fanout, Inbox, WorkerHandle};
 use crate::fleet::{FleetReader, QueueDepths, StatsPublisher};
 use crate::live::FleetLive;
@@ -67,7 +81,7 @@ pub struct Server {
     fanout: Fanout,
     broker: Arc<dyn Broker>,
     shared: Arc<Shared>,
-    /// Step 1 of the stop (see the module docs). Never dropped: a server
+    /// Step 2 of the stop (see the module docs). Never dropped: a server
     /// dropped without `shutdown` keeps serving, as documented above.
     stop: ManuallyDrop<ShutdownTrigger>,
     threads: Vec<JoinHandle<()>>,
@@ -78,7 +92,7 @@ pub struct Server {
 /// What serves and feeds the read side: this server's fleet snapshot (a
 /// thread, always: `/api/metrics` of any server reads it), and, with the
 /// API on, the API and the queue-depth sampler. Each stops on the server's
-/// stop signal or, for the API, in step 0 of the shutdown.
+/// stop signal or, for the API, just before it (step 2 of the shutdown).
 struct ReadSide {
     publisher: StatsPublisher,
     queues: Option<Arc<QueueDepths>>,
@@ -128,7 +142,7 @@ impl ReadSide {
         })
     }
 
-    /// Step 0 of the stop: the API's threads finish and its port closes.
+    /// Step 2 of the stop: the API's threads finish and its port closes.
     fn stop_api(&mut self) {
         if let Some(api) = self.api.take() {
             api.shutdown();
@@ -164,6 +178,7 @@ impl Server {
         let shared = Arc::new(Shared::new(config.clone(), stopping.clone()));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut bind = config.bind;
+        let keepalive = config.liveness.tcp_keepalive;
         let mut handles = Vec::with_capacity(config.workers);
         let mut go_senders = Vec::with_capacity(config.workers);
         let mut threads = Vec::with_capacity(config.workers);
@@ -186,7 +201,7 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let prepared = prepare(bind);
+                    let prepared = prepare(bind, keepalive);
                     let (poll, listener, inbox) = match prepared {
                         Ok((poll, listener, handle, inbox, addr)) => {
                             let _ = ready_tx.send(Ok((handle, addr)));
@@ -291,10 +306,32 @@ impl Server {
         self.shared.health(&*self.broker)
     }
 
-    /// Stops accepting, closes every connection with 1001 (waiting up to
-    /// the configured grace for clients to answer), joins every worker, then
-    /// stops the broker: the order in the module docs.
-    pub fn shutdown(mut self) -> anyhow::Result<()> {
+    /// Drains (503 while serving on), stops accepting, answers every
+    /// message in flight, closes every connection with 1001 (waiting up to
+    /// the configured grace for clients to answer), joins every worker,
+    /// then stops the broker: the order in the module docs.
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        self.stop(None)
+    }
+
+    /// [`Server::shutdown`], with the drain cut short once `hurry` is
+    /// signalled (the rest of the order is kept: in-flight messages are
+    /// still answered).
+    pub fn shutdown_hurried_by(self, hurry: &Shutdown) -> anyhow::Result<()> {
+        self.stop(Some(hurry))
+    }
+
+    fn stop(mut self, hurry: Option<&Shutdown>) -> anyhow::Result<()> {
+        self.shared.start_draining();
+        let drain = self.shared.config.drain;
+        if !drain.is_zero() {
+            match hurry {
+                Some(hurry) => {
+                    wait(hurry, drain);
+                }
+                None => thread::sleep(drain),
+            }
+        }
         self.read_side.stop_api();
         self.stop.signal();
         self.fanout.shutdown();
@@ -343,11 +380,11 @@ impl Drop for DeathWatch {
 type Prepared = (Poll, mio::net::TcpListener, WorkerHandle, Inbox, SocketAddr);
 
 /// The per-worker resources made on the worker's own (pinned) thread.
-fn prepare(bind: SocketAddr) -> anyhow::Result<Prepared> {
+fn prepare(bind: SocketAddr, keepalive: Option<TcpKeepalive>) -> anyhow::Result<Prepared> {
     let poll = Poll::new().context("creating the worker's Poll")?;
     let waker = Waker::new(poll.registry(), WAKER).context("creating the worker's Waker")?;
     let (handle, inbox) = inbox(waker);
-    let listener = reuseport_listener(bind)?;
+    let listener = reuseport_listener(bind, keepalive)?;
     let addr = listener.local_addr()?;
     Ok((poll, listener, handle, inbox, addr))
 }
@@ -373,14 +410,73 @@ fn refuse_if_taken(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// A non-blocking listener that shares its port with the other workers'
 /// (the kernel spreads new connections across them by 4-tuple hash).
-fn reuseport_listener(addr: SocketAddr) -> anyhow::Result<mio::net::TcpListener> {
+/// Keepalive is set on the listener: Linux copies `SO_KEEPALIVE` and the
+/// `TCP_KEEP*` values into every socket `accept` returns, so a client
+/// socket costs no setsockopt of its own (the test below checks it).
+fn reuseport_listener(
+    addr: SocketAddr,
+    keepalive: Option<TcpKeepalive>,
+) -> anyhow::Result<mio::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    if let Some(k) = keepalive {
+        let params = socket2::TcpKeepalive::new()
+            .with_time(k.idle)
+            .with_interval(k.interval)
+            .with_retries(k.probes);
+        socket
+            .set_tcp_keepalive(&params)
+            .context("setting TCP keepalive on the listener")?;
+    }
     socket
         .bind(&addr.into())
         .with_context(|| format!("binding {addr}"))?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The kernel behaviour `reuseport_listener` relies on: accepted
+    /// sockets inherit the listener's keepalive settings.
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_keepalive() {
+        let keepalive = TcpKeepalive {
+            idle: Duration::from_secs(61),
+            interval: Duration::from_secs(11),
+            probes: 4,
+        };
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), Some(keepalive)).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let accepted = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        let socket = socket2::SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), keepalive.idle);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), keepalive.interval);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), keepalive.probes);
+
+        let plain = reuseport_listener("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let _client = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        let accepted = loop {
+            match plain.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        assert!(!socket2::SockRef::from(&accepted).keepalive().unwrap());
+    }
 }

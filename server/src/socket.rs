@@ -18,6 +18,10 @@
 //!   [`TURN_FRAMES`] frames and [`TURN_BYTES`] bytes; past that, reads say
 //!   `WouldBlock` and [`Socket::budget_spent`] tells the worker to come back
 //!   next turn, so one flooding client cannot hold its worker.
+//! - **Heard.** Any byte read marks the peer as heard from (a flag, no
+//!   clock read); the worker's sweep takes the mark
+//!   ([`Socket::take_heard`]) to know the peer is alive without a timer
+//!   or a timestamp per read.
 
 use std::io::{self, Read, Write};
 use std::time::Instant;
@@ -179,6 +183,8 @@ pub struct Socket {
     turn_bytes: usize,
     budget_spent: bool,
     violation: Option<Violation>,
+    /// Bytes arrived since the last [`Socket::take_heard`].
+    heard: bool,
 }
 
 impl Socket {
@@ -191,6 +197,7 @@ impl Socket {
             turn_bytes: 0,
             budget_spent: false,
             violation: None,
+            heard: false,
         }
     }
 
@@ -210,6 +217,11 @@ impl Socket {
     /// may be more to read next turn, and no readiness event will say so.
     pub fn budget_spent(&self) -> bool {
         self.budget_spent
+    }
+
+    /// Whether anything arrived since the last call.
+    pub fn take_heard(&mut self) -> bool {
+        std::mem::take(&mut self.heard)
     }
 
     /// Why the input was refused, if it was.
@@ -254,6 +266,7 @@ impl Read for Socket {
         if n > 0 && n < buf.len() {
             self.drained = true;
         }
+        self.heard |= n > 0;
         if let Err(violation) = self.meter.feed(&buf[..n]) {
             // The connection ends: what was read is dropped with it.
             self.violation = Some(violation);

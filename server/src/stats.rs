@@ -1,6 +1,16 @@
 //! Counters and the `/health` document. Each worker bumps only its own
 //! cache-padded counters (no shared cache line on the hot path); readers sum
 //! them.
+//!
+//! `/health` is readiness: `ready` (HTTP 200) only while this server can
+//! take messages, 503 with the same document otherwise. Not ready: a
+//! RabbitMQ publisher link is down (its messages are refused at once), the
+//! Redis subscription has been down past `subscription_grace` (its clients
+//! miss broadcasts), a worker is dead, or the server is `draining` or
+//! `shutting_down` ([`crate::server`]'s stop). `status` says what is so
+//! (`degraded` while anything is down, a subscription blip within its
+//! grace too, though still ready) and `reasons` lists every problem.
+//! `/livez` is liveness: 200 while the process runs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -10,7 +20,7 @@ use chatflow_broker::Shutdown;
 use crossbeam_utils::CachePadded;
 use serde::Serialize;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, LinkRole};
 use crate::config::Config;
 
 /// One worker's counters.
@@ -38,10 +48,19 @@ pub struct WorkerStats {
     pub refused_over_capacity: AtomicU64,
     /// Plain HTTP requests answered (health checks and refusals).
     pub http_requests: AtomicU64,
+    /// WebSockets closed because a ping went unanswered.
+    pub ping_timeouts: AtomicU64,
+    /// `accept` calls that failed (out of descriptors, EMFILE/ENFILE, or
+    /// memory); the worker retries on a timer, so one outage counts once
+    /// per retry.
+    pub accept_failures: AtomicU64,
     /// The worker's thread ended before the server stopped (it panicked,
     /// or its event loop failed): its connections are gone and `/health`
     /// says `degraded`.
     pub dead: AtomicBool,
+    /// Stopping, the worker has closed all its WebSockets (it keeps
+    /// answering HTTP until every worker has: see [`Shared::all_closed`]).
+    pub closed: AtomicBool,
 }
 
 impl WorkerStats {
@@ -59,6 +78,9 @@ pub struct Shared {
     /// The server's stop signal (see [`crate::server`]): once given, new
     /// WebSockets are refused and `/health` says `shutting_down`.
     stopping: Shutdown,
+    /// The drain before the stop: `/health` says `draining` (503) while
+    /// everything else goes on as usual.
+    draining: AtomicBool,
     pub workers: Vec<CachePadded<WorkerStats>>,
 }
 
@@ -72,6 +94,7 @@ impl Shared {
             started: Instant::now(),
             connections: AtomicUsize::new(0),
             stopping,
+            draining: AtomicBool::new(false),
             workers,
         }
     }
@@ -82,11 +105,36 @@ impl Shared {
         is_shutdown(&self.stopping)
     }
 
+    /// The drain has begun: `/health` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Records that worker `index` is gone for good.
     pub fn worker_died(&self, index: usize) {
         if let Some(worker) = self.workers.get(index) {
             worker.dead.store(true, Ordering::Release);
         }
+    }
+
+    /// Stopping, worker `index` has closed all its WebSockets.
+    pub fn worker_closed(&self, index: usize) {
+        if let Some(worker) = self.workers.get(index) {
+            worker.closed.store(true, Ordering::Release);
+        }
+    }
+
+    /// Stopping, every worker (but the dead) has closed all its
+    /// WebSockets: the workers exit together, so a listener does not
+    /// close (and reset the connections queued on it) while another is
+    /// still answering health checks.
+    pub fn all_closed(&self) -> bool {
+        (self.workers.iter())
+            .all(|w| w.closed.load(Ordering::Acquire) || w.dead.load(Ordering::Acquire))
     }
 
     /// The workers whose threads ended before the server stopped.
@@ -132,24 +180,66 @@ impl Shared {
             handshake_timeouts: sum(|w| &w.handshake_timeouts),
             refused_over_capacity: sum(|w| &w.refused_over_capacity),
             http_requests: sum(|w| &w.http_requests),
+            ping_timeouts: sum(|w| &w.ping_timeouts),
+            accept_failures: sum(|w| &w.accept_failures),
         }
     }
 
-    /// The `/health` document: `degraded` while the broker is disconnected
-    /// or a worker is dead.
+    /// The `/health` document (see the module docs for when it is ready).
     pub fn health(&self, broker: &dyn Broker) -> Health {
         let broker_kind = broker.kind().as_str();
         let broker = broker.health();
         let dead_workers = self.dead_workers();
-        let status = if self.is_stopping() {
+        let mut reasons = Vec::new();
+        let stopping = self.is_stopping();
+        let draining = self.is_draining();
+        // Not every problem makes it unready: a subscription blip does not.
+        let mut ready = !stopping && !draining;
+        if stopping {
+            reasons.push("shutting down: new WebSockets are refused".to_string());
+        } else if draining {
+            reasons.push(
+                "draining: still serving, but about to stop; connect to another server".to_string(),
+            );
+        }
+        let grace = self.config.subscription_grace;
+        for link in &broker.down {
+            let secs = link.down_for.as_secs_f64();
+            let (name, why) = (&link.name, &link.reason);
+            reasons.push(match link.role {
+                LinkRole::Publishing => {
+                    ready = false;
+                    format!("{name} down for {secs:.1} s, messages refused: {why}")
+                }
+                LinkRole::Broadcasts if link.down_for > grace => {
+                    ready = false;
+                    format!("{name} down for {secs:.1} s, broadcasts missed: {why}")
+                }
+                LinkRole::Broadcasts => format!(
+                    "{name} down for {secs:.1} s (still ready within the {} s grace), broadcasts missed: {why}",
+                    grace.as_secs_f64()
+                ),
+            });
+        }
+        if !dead_workers.is_empty() {
+            ready = false;
+            reasons.push(format!(
+                "worker(s) {dead_workers:?} dead: their connections are gone"
+            ));
+        }
+        let status = if stopping {
             "shutting_down"
-        } else if !broker.connected || !dead_workers.is_empty() {
+        } else if draining {
+            "draining"
+        } else if !reasons.is_empty() {
             "degraded"
         } else {
             "ok"
         };
         Health {
             status,
+            ready,
+            reasons,
             server_id: self.config.server_id.clone(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             connections: self.connections.load(Ordering::Relaxed),
@@ -170,6 +260,16 @@ impl Shared {
             totals: self.totals(),
         }
     }
+
+    /// The `/livez` body: the process runs (nothing else is asked).
+    pub fn livez(&self) -> String {
+        serde_json::json!({
+            "status": "alive",
+            "serverId": self.config.server_id,
+            "uptimeSeconds": self.started.elapsed().as_secs_f64(),
+        })
+        .to_string()
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -188,12 +288,21 @@ pub struct Totals {
     pub handshake_timeouts: u64,
     pub refused_over_capacity: u64,
     pub http_requests: u64,
+    pub ping_timeouts: u64,
+    pub accept_failures: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Health {
+    /// `ok`, `degraded`, `draining` or `shutting_down`.
     pub status: &'static str,
+    /// Whether this server can take messages now: `/health` answers 200
+    /// if so, 503 (with this document) if not.
+    pub ready: bool,
+    /// What is wrong (empty when nothing is): why it is not ready, or a
+    /// subscription blip it is still ready through.
+    pub reasons: Vec<String>,
     pub server_id: String,
     pub uptime_seconds: f64,
     pub connections: usize,
@@ -208,10 +317,118 @@ pub struct Health {
     pub totals: Totals,
 }
 
+impl Health {
+    /// `/health`'s status code: 200 only when ready.
+    pub fn http_status(&self) -> u16 {
+        if self.ready {
+            200
+        } else {
+            503
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerStatus {
     pub kind: &'static str,
     pub connected: bool,
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chatflow_broker::shutdown_signal;
+    use chatflow_protocol::Envelope;
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::broker::{BrokerHealth, LinkDown, Outcome};
+    use crate::config::BrokerKind;
+    use crate::fanout::Ticket;
+
+    /// A broker whose links are down as the test says.
+    #[derive(Default)]
+    struct Links(Mutex<Vec<LinkDown>>);
+
+    impl Broker for Links {
+        fn kind(&self) -> BrokerKind {
+            BrokerKind::Rabbitmq
+        }
+        fn publish(&self, _: Ticket, _: &Envelope<'_>, _: Option<&str>) -> Outcome {
+            Outcome::Accepted
+        }
+        fn health(&self) -> BrokerHealth {
+            let down = self.0.lock().clone();
+            BrokerHealth {
+                connected: down.is_empty(),
+                detail: String::new(),
+                down,
+            }
+        }
+    }
+
+    fn down(role: LinkRole, secs: u64) -> LinkDown {
+        LinkDown {
+            name: "link".to_string(),
+            role,
+            down_for: Duration::from_secs(secs),
+            reason: "cut".to_string(),
+        }
+    }
+
+    #[test]
+    fn ready_only_when_publishing_works_the_subscription_is_back_in_time_and_no_stop() {
+        let config = Config {
+            workers: 2,
+            subscription_grace: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let (mut stop, stopping) = shutdown_signal();
+        let shared = Shared::new(config, stopping);
+        let broker = Links::default();
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("ok", 200));
+        assert!(health.reasons.is_empty());
+
+        // A subscription blip within its grace: degraded, but ready.
+        *broker.0.lock() = vec![down(LinkRole::Broadcasts, 2)];
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("degraded", 200));
+        assert!(health.reasons[0].contains("still ready"), "{health:?}");
+        assert!(!health.broker.connected);
+        *broker.0.lock() = vec![down(LinkRole::Broadcasts, 6)];
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("degraded", 503));
+        assert!(
+            health.reasons[0].contains("broadcasts missed"),
+            "{health:?}"
+        );
+        // Publishing has no grace.
+        *broker.0.lock() = vec![down(LinkRole::Publishing, 0)];
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("degraded", 503));
+        assert!(health.reasons[0].contains("messages refused"), "{health:?}");
+
+        broker.0.lock().clear();
+        shared.worker_died(1);
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("degraded", 503));
+        assert!(health.reasons[0].contains("[1] dead"), "{health:?}");
+
+        shared.start_draining();
+        let health = shared.health(&broker);
+        assert_eq!((health.status, health.http_status()), ("draining", 503));
+        stop.signal();
+        let health = shared.health(&broker);
+        assert_eq!(
+            (health.status, health.http_status()),
+            ("shutting_down", 503)
+        );
+        let json = serde_json::to_value(&health).unwrap();
+        assert_eq!(json["ready"], false);
+        assert_eq!(json["reasons"].as_array().unwrap().len(), 2, "{json}");
+    }
 }

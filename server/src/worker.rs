@@ -12,6 +12,23 @@
 //! broadcasts costs one `write` per connection, not one per frame.
 //! Cross-thread input (broadcasts, publish results, shutdown) arrives
 //! through the worker's [`Inbox`] and its `mio::Waker`. Nothing here blocks.
+//!
+//! Two things happen on a clock rather than on an event (the Poll's
+//! timeout, never a timer per connection): the sweep (deadlines, pings,
+//! stop progress) every `SWEEP_INTERVAL`, and, after `accept` failed for
+//! want of descriptors, a retry of the accept queue every `ACCEPT_RETRY`.
+//! The listener is edge-triggered: the connections already queued raise no
+//! new event, so without the retry they would wait for the next
+//! connection to arrive.
+//!
+//! Stopping ([`WorkerEvent::Shutdown`], step 3 of [`crate::server`]'s
+//! order) goes through `Stop`: first every new message is refused while
+//! the answers to those in flight arrive and are sent (up to
+//! `confirm_timeout`; what is still unanswered then gets an `UNAVAILABLE`
+//! timeout error), then every WebSocket gets its 1001 close and the grace
+//! period to answer it. The listener stays open throughout: a balancer's
+//! health check gets its 503 rather than "connection refused", and an
+//! upgrade a 503 saying the server is shutting down.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -24,7 +41,7 @@ use slab::Slab;
 
 use crate::broker::Broker;
 use crate::connection::{self, Connection, Context, Next};
-use crate::fanout::{Inbox, WorkerEvent};
+use crate::fanout::{Inbox, PublishError, WorkerEvent};
 use crate::stats::{Shared, WorkerStats};
 
 pub const LISTENER: Token = Token(usize::MAX - 1);
@@ -32,11 +49,32 @@ pub const WAKER: Token = Token(usize::MAX - 2);
 
 /// How often deadlines and shutdown progress are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// After a failed `accept` (no descriptor or memory to spare), the accept
+/// queue is tried again this often until it works: soon enough that a
+/// freed descriptor is used at once, rare enough to cost nothing (ten
+/// failing syscalls a second).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// A failing `accept` is reported at most this often (with how many
+/// failures were not), so a long outage does not flood the log.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where a stopping worker is (see the module docs).
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// New messages are refused; the answers to those in flight are
+    /// awaited until `deadline`.
+    Confirming { deadline: Instant },
+    /// Every WebSocket has its 1001 close; they may answer until
+    /// `deadline`. A worker whose WebSockets are gone waits (answering
+    /// HTTP) until every worker's are, so that the listeners close
+    /// together.
+    Closing { deadline: Instant },
+}
 
 pub struct Worker {
     index: usize,
     poll: Poll,
-    listener: Option<TcpListener>,
+    listener: TcpListener,
     inbox: Inbox,
     conns: Slab<Connection>,
     cx: Context,
@@ -49,7 +87,13 @@ pub struct Worker {
     /// Steps whose `Next` waits until the caller lets go of the connections
     /// (a broadcast holds the room index): slow readers and removals.
     later: Vec<(usize, Next)>,
-    shutdown_deadline: Option<Instant>,
+    stop: Option<Stop>,
+    /// When to try the accept queue again after a failed `accept`.
+    accept_retry: Option<Instant>,
+    /// When a failed `accept` was last reported, and how many were not
+    /// reported since.
+    accept_logged: Option<Instant>,
+    accept_unlogged: u64,
 }
 
 impl Worker {
@@ -68,7 +112,7 @@ impl Worker {
         Ok(Worker {
             index,
             poll,
-            listener: Some(listener),
+            listener,
             inbox,
             conns: Slab::with_capacity(1024),
             cx: Context::new(index, shared, broker),
@@ -76,7 +120,10 @@ impl Worker {
             dirty: Vec::new(),
             resume: Vec::new(),
             later: Vec::new(),
-            shutdown_deadline: None,
+            stop: None,
+            accept_retry: None,
+            accept_logged: None,
+            accept_unlogged: 0,
         })
     }
 
@@ -86,7 +133,9 @@ impl Worker {
         let mut last_sweep = Instant::now();
         loop {
             let timeout = if self.resume.is_empty() {
-                Some(SWEEP_INTERVAL)
+                let retry =
+                    (self.accept_retry).map(|at| at.saturating_duration_since(Instant::now()));
+                Some(retry.map_or(SWEEP_INTERVAL, |r| r.min(SWEEP_INTERVAL)))
             } else {
                 Some(Duration::ZERO)
             };
@@ -112,18 +161,23 @@ impl Worker {
             if woken {
                 self.drain_inbox();
             }
+            if self.accept_retry.is_some_and(|at| Instant::now() >= at) {
+                self.accept_retry = None;
+                self.accept();
+            }
             for key in std::mem::take(&mut self.resume) {
                 self.ready(key, true, false);
             }
-            self.flush_dirty();
             if last_sweep.elapsed() >= SWEEP_INTERVAL {
                 last_sweep = Instant::now();
                 self.sweep();
             }
-            if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() || Instant::now() >= deadline {
-                    break;
-                }
+            // After the inbox (answers just sent) and before the flush
+            // (closes just queued go out behind them).
+            let stopped = self.advance_stop();
+            self.flush_dirty();
+            if stopped {
+                break;
             }
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -135,21 +189,49 @@ impl Worker {
 
     fn accept(&mut self) {
         loop {
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            match listener.accept() {
+            match self.listener.accept() {
                 Ok((stream, _peer)) => self.admit(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Interrupted, or a connection reset while it was queued:
+                // the rest of the queue is still there.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    // Out of descriptors or memory: the pending connection
-                    // stays queued; the next accept event or turn retries.
-                    eprintln!("worker-{}: accept failed: {e}", self.index);
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the
+                    // pending connections stay queued, and no new event
+                    // will say so. Retry on the Poll's timeout.
+                    WorkerStats::bump(&self.cx.stats().accept_failures);
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+                    self.report_accept_failure(&e);
                     return;
                 }
             }
         }
+    }
+
+    /// Logs a failed `accept`, at most once per [`ACCEPT_LOG_INTERVAL`].
+    fn report_accept_failure(&mut self, error: &io::Error) {
+        let now = Instant::now();
+        if self
+            .accept_logged
+            .is_some_and(|at| now.saturating_duration_since(at) < ACCEPT_LOG_INTERVAL)
+        {
+            self.accept_unlogged += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut self.accept_unlogged);
+        eprintln!(
+            "worker-{}: accept failed: {error}; retrying every {} ms ({unlogged} more failure(s) since the last report)",
+            self.index,
+            ACCEPT_RETRY.as_millis()
+        );
+        self.accept_logged = Some(now);
     }
 
     fn admit(&mut self, mut stream: TcpStream) {
@@ -247,18 +329,86 @@ impl Worker {
         }
     }
 
-    /// Stops accepting and asks every connection to end (see
-    /// [`crate::server`] for the whole stop).
+    /// Starts the worker's part of the stop (see the module docs and
+    /// [`crate::server`]).
     fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
+        if self.stop.is_some() {
             return;
         }
-        self.shutdown_deadline = Some(Instant::now() + self.cx.shared().config.shutdown_grace);
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        self.cx.stop_publishing();
+        let deadline = Instant::now() + self.cx.shared().config.confirm_timeout;
+        self.stop = Some(Stop::Confirming { deadline });
+    }
+
+    /// Moves the stop on when its step is done; true once the worker may
+    /// exit.
+    fn advance_stop(&mut self) -> bool {
+        let now = Instant::now();
+        match self.stop {
+            None => false,
+            Some(Stop::Confirming { deadline }) => {
+                if self.cx.in_flight() > 0 && now < deadline {
+                    return false;
+                }
+                self.time_out_in_flight();
+                let deadline = now + self.cx.shared().config.shutdown_grace;
+                self.stop = Some(Stop::Closing { deadline });
+                self.close_websockets();
+                false
+            }
+            Some(Stop::Closing { deadline }) => {
+                let shared = self.cx.shared();
+                let open = self.cx.stats().open_connections.load(Ordering::Relaxed);
+                if open > 0 && now < deadline {
+                    return false;
+                }
+                shared.worker_closed(self.index);
+                shared.all_closed() || now >= deadline
+            }
         }
+    }
+
+    /// The broker did not answer every message in time: their clients get
+    /// an `UNAVAILABLE` timeout error (it may have been stored) before the
+    /// close, not silence.
+    fn time_out_in_flight(&mut self) {
+        let tickets = self.cx.in_flight_tickets();
+        if tickets.is_empty() {
+            return;
+        }
+        eprintln!(
+            "worker-{}: {} message(s) still unconfirmed after {:?}: answered UNAVAILABLE",
+            self.index,
+            tickets.len(),
+            self.cx.shared().config.confirm_timeout
+        );
+        for ticket in tickets {
+            let answer = connection::published(
+                &mut self.conns,
+                &mut self.cx,
+                ticket,
+                Err(PublishError::Timeout),
+            );
+            if let Some((key, next)) = answer {
+                defer(
+                    &mut self.dirty,
+                    &mut self.later,
+                    key,
+                    &mut self.conns[key],
+                    next,
+                );
+            }
+        }
+        self.apply_later();
+    }
+
+    /// Sends every live WebSocket its 1001 close.
+    fn close_websockets(&mut self) {
         for (key, conn) in self.conns.iter_mut() {
-            self.later.push((key, conn.shut_down()));
+            let next = conn.shut_down();
+            if next != Next::WAIT {
+                self.later.push((key, next));
+            }
         }
         self.apply_later();
     }
@@ -290,8 +440,13 @@ impl Worker {
         }
     }
 
-    /// Lets every connection check its deadlines.
+    /// Lets every connection check its deadlines. While closing, a
+    /// WebSocket that opened late (its 101 was on its way at the stop) gets
+    /// its close too.
     fn sweep(&mut self) {
+        if matches!(self.stop, Some(Stop::Closing { .. })) {
+            self.close_websockets();
+        }
         let now = Instant::now();
         for (key, conn) in self.conns.iter_mut() {
             let next = conn.sweep(now, &mut self.cx);

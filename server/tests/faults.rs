@@ -82,8 +82,9 @@ fn publish(channel: &str, text: &str) -> i64 {
 }
 
 /// With its RabbitMQ connections cut, the server answers messages with
-/// UNAVAILABLE (never a false ack) and /health says degraded; once they
-/// are restored, the same WebSocket gets acks again without a restart.
+/// UNAVAILABLE (never a false ack) and /health is 503 (degraded, naming
+/// the publisher) while /livez stays 200; once they are restored, the same
+/// WebSocket gets acks again without a restart and /health is 200.
 #[test]
 fn rabbitmq_outage_gives_unavailable_then_recovers() {
     let routed = Routed::start("rabbit-down");
@@ -97,12 +98,20 @@ fn rabbitmq_outage_gives_unavailable_then_recovers() {
     routed.amqp.cut();
     let refused = until_reply(&mut client, "error", Duration::from_secs(30));
     assert_eq!(refused["code"], "UNAVAILABLE");
-    let h = health(addr);
-    assert_eq!(h["status"], "degraded", "{h}");
+    let (status, h) = health_with_status(addr);
+    assert_eq!((status, &h["status"]), (503, &"degraded".into()), "{h}");
     assert!(
         h["broker"]["detail"].as_str().unwrap().contains("rabbitmq"),
         "{h}"
     );
+    assert!(
+        h["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("rabbitmq publisher-0"),
+        "{h}"
+    );
+    assert_eq!(http_get(addr, "/livez", "").0, 200);
     // The outage is this server's alone: the shared broker still serves.
     amiquip::Connection::insecure_open(AMQP_URL)
         .expect("RabbitMQ itself stays up")
@@ -113,6 +122,7 @@ fn rabbitmq_outage_gives_unavailable_then_recovers() {
     let ack = until_reply(&mut client, "ack", Duration::from_secs(60));
     assert_eq!(ack["status"], "OK");
     eventually("health is ok again", || health(addr)["status"] == "ok");
+    assert_eq!(health_with_status(addr).0, 200);
     routed.server.shutdown().unwrap();
 }
 

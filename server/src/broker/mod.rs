@@ -23,6 +23,7 @@ pub mod redis_subscriber;
 pub mod sent_log;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chatflow_protocol::Envelope;
 
@@ -45,6 +46,30 @@ pub enum Outcome {
 pub struct BrokerHealth {
     pub connected: bool,
     pub detail: String,
+    /// Every link that is down: what `/health`'s readiness is judged on
+    /// (see [`crate::stats`]). Empty while `connected`.
+    pub down: Vec<LinkDown>,
+}
+
+/// One link to an outside service that is down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkDown {
+    /// Names the link, e.g. `rabbitmq publisher-0`.
+    pub name: String,
+    pub role: LinkRole,
+    /// How long it has been down.
+    pub down_for: Duration,
+    pub reason: String,
+}
+
+/// What this server cannot do while a link is down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkRole {
+    /// Accept messages: they are refused (`UNAVAILABLE`) at once.
+    Publishing,
+    /// Hear room broadcasts: its clients miss them meanwhile. A short
+    /// outage is within `subscription_grace`: a reconnect is quick.
+    Broadcasts,
 }
 
 pub trait Broker: Send + Sync {
@@ -66,6 +91,7 @@ pub trait Broker: Send + Sync {
         BrokerHealth {
             connected: true,
             detail: "in-process".to_string(),
+            down: Vec::new(),
         }
     }
 

@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use super::link_state::LinkState;
 use super::redis_subscriber::RedisSubscriber;
 use super::sent_log::{Claim, SentLog};
-use super::{Broker, BrokerHealth, Outcome};
+use super::{Broker, BrokerHealth, LinkDown, LinkRole, Outcome};
 use crate::config::{BrokerKind, Config};
 use crate::fanout::{Fanout, FirstSent, PublishError, Ticket, WorkerEvent};
 
@@ -211,26 +211,42 @@ impl Broker for RabbitBroker {
     }
 
     fn health(&self) -> BrokerHealth {
-        let mut problems = Vec::new();
+        let mut down = Vec::new();
         for (i, (_, state)) in self.publishers.iter().enumerate() {
-            if !state.is_up() {
-                problems.push(format!("rabbitmq publisher-{i}: {}", state.reason()));
+            if let Some(down_for) = state.down_for() {
+                down.push(LinkDown {
+                    name: format!("rabbitmq publisher-{i}"),
+                    role: LinkRole::Publishing,
+                    down_for,
+                    reason: state.reason(),
+                });
             }
         }
-        if !self.subscriber.state.is_up() {
-            problems.push(format!("redis: {}", self.subscriber.state.reason()));
+        let subscription = &self.subscriber.state;
+        if let Some(down_for) = subscription.down_for() {
+            down.push(LinkDown {
+                name: "redis subscription".to_string(),
+                role: LinkRole::Broadcasts,
+                down_for,
+                reason: subscription.reason(),
+            });
         }
         BrokerHealth {
-            connected: problems.is_empty(),
-            detail: if problems.is_empty() {
+            connected: down.is_empty(),
+            detail: if down.is_empty() {
                 format!(
                     "rabbitmq: {} publisher(s) connected; redis: subscribed ({} reconnects)",
                     self.publishers.len(),
                     self.subscriber.reconnects()
                 )
             } else {
+                let problems: Vec<String> = down
+                    .iter()
+                    .map(|d| format!("{}: {}", d.name, d.reason))
+                    .collect();
                 problems.join("; ")
             },
+            down,
         }
     }
 

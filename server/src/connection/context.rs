@@ -3,6 +3,10 @@
 //! index, the id generator, the acks waiting for the broker, and a scratch
 //! buffer. Kept apart from the worker's loop state (Poll, slab, lists) so a
 //! step can borrow it while the worker holds the connection.
+//!
+//! A stopping worker swaps its broker for one that refuses every new
+//! message ([`Context::stop_publishing`]) while the answers to those in
+//! flight still arrive, so the set it waits for can only shrink.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,8 +14,11 @@ use std::sync::Arc;
 use chatflow_protocol::IdGenerator;
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::broker::Broker;
-use crate::fanout::Ticket;
+use chatflow_protocol::Envelope;
+
+use crate::broker::{Broker, BrokerHealth, Outcome};
+use crate::config::BrokerKind;
+use crate::fanout::{PublishError, Ticket};
 use crate::rooms::RoomIndex;
 use crate::stats::{Shared, WorkerStats};
 
@@ -79,6 +86,28 @@ impl Context {
         &self.shared.workers[self.index]
     }
 
+    /// From now on every new message is refused with `ShuttingDown` (it
+    /// never reached the broker, so a client's retry elsewhere cannot
+    /// duplicate it); answers to those already in flight still come.
+    pub fn stop_publishing(&mut self) {
+        self.broker = Arc::new(Stopped(self.broker.clone()));
+    }
+
+    /// Messages waiting for the broker's answer.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The tickets of the messages waiting for the broker's answer.
+    pub fn in_flight_tickets(&self) -> Vec<Ticket> {
+        (self.pending.keys())
+            .map(|&id| Ticket {
+                worker: self.index,
+                id,
+            })
+            .collect()
+    }
+
     /// A ticket this worker never used before.
     pub(super) fn next_ticket(&mut self) -> Ticket {
         self.next_ticket += 1;
@@ -86,5 +115,23 @@ impl Context {
             worker: self.index,
             id: self.next_ticket,
         }
+    }
+}
+
+/// The broker as a stopping worker sees it: it takes nothing new, and
+/// says what the real one says about its health.
+struct Stopped(Arc<dyn Broker>);
+
+impl Broker for Stopped {
+    fn kind(&self) -> BrokerKind {
+        self.0.kind()
+    }
+
+    fn publish(&self, _ticket: Ticket, _envelope: &Envelope<'_>, _: Option<&str>) -> Outcome {
+        Outcome::Refused(PublishError::ShuttingDown)
+    }
+
+    fn health(&self) -> BrokerHealth {
+        self.0.health()
     }
 }

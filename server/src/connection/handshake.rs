@@ -61,8 +61,17 @@ impl Connection {
                 (http::switching_protocols(&accept), Then::Open { room })
             }
             Route::Health => {
-                let body = serde_json::to_string(&shared.health(&*cx.broker)).unwrap_or_default();
+                let health = shared.health(&*cx.broker);
+                let body = serde_json::to_string(&health).unwrap_or_default();
                 WorkerStats::bump(&cx.stats().http_requests);
+                (
+                    http::response(health.http_status(), "application/json", &body, None),
+                    Then::Close,
+                )
+            }
+            Route::Live => {
+                WorkerStats::bump(&cx.stats().http_requests);
+                let body = shared.livez();
                 (
                     http::response(200, "application/json", &body, None),
                     Then::Close,

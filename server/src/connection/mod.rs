@@ -20,10 +20,12 @@
 //!
 //! Files: `handshake` (Routing, Responding, Lingering: the plain-HTTP
 //! side), `websocket` (Open: frames, messages, replies, broadcasts,
-//! closes), `context` (the per-worker state every step shares).
+//! closes), `liveness` (pings, and closing a peer that stopped answering),
+//! `context` (the per-worker state every step shares).
 
 mod context;
 mod handshake;
+mod liveness;
 mod websocket;
 
 use std::io::{self, Read};
@@ -145,9 +147,13 @@ pub struct Connection {
     id: u64,
     /// When the clock of the current deadline started: the accept (Routing,
     /// Responding: the handshake timeout), the end of the answer
-    /// (Lingering: the handshake timeout again), the close frame (Closing,
+    /// (Lingering: the handshake timeout again), the start of the peer's
+    /// silence as of a sweep, or our ping (Live: the ping interval, then
+    /// the pong timeout; see `liveness`), the close frame (Closing,
     /// Failed: the shutdown grace).
     since: Instant,
+    /// Live: a ping is out and `since` is when it went.
+    pinged: bool,
     /// Holds one of the server's `max_connections` slots.
     counted: bool,
     /// Output is queued that the socket would not take: wait for WRITABLE.
@@ -167,6 +173,7 @@ impl Connection {
             phase: Phase::Routing(stream),
             id,
             since: Instant::now(),
+            pinged: false,
             counted: false,
             blocked_on_write: false,
             input_paused: false,
@@ -234,7 +241,8 @@ impl Connection {
     }
 
     /// The deadlines, checked every sweep interval: requests that stall,
-    /// closes never answered, and messages whose frames take too long.
+    /// closes never answered, messages whose frames take too long, and
+    /// peers that stopped answering pings.
     pub fn sweep(&mut self, now: Instant, cx: &mut Context) -> Next {
         let config = &cx.shared.config;
         let (message_timeout, handshake_timeout, grace) = (
@@ -253,7 +261,7 @@ impl Connection {
                 if started.is_some_and(|t| now.saturating_duration_since(t) > message_timeout) {
                     return self.fail(Failure::Stalled, cx);
                 }
-                Next::WAIT
+                self.keep_alive(now, cx)
             }
             Phase::Open { .. } if age > grace => Next::Remove,
             Phase::Open { .. } => Next::WAIT,
@@ -266,17 +274,26 @@ impl Connection {
         }
     }
 
-    /// The server is stopping: an open WebSocket gets a 1001 close and the
-    /// grace period to answer it; anything else ends now.
+    /// The server is stopping: a live WebSocket gets a 1001 close and the
+    /// grace period to answer it. Anything else goes on: a WebSocket
+    /// already closing keeps its deadline, and plain HTTP (a balancer's
+    /// health check, a refused upgrade) is answered as usual until the
+    /// worker exits. Asking again is harmless.
     pub fn shut_down(&mut self) -> Next {
-        if matches!(self.phase, Phase::Open { .. }) {
+        if matches!(
+            self.phase,
+            Phase::Open {
+                stage: Stage::Live,
+                ..
+            }
+        ) {
             self.start_close(
                 tungstenite::protocol::frame::coding::CloseCode::Away,
                 "server shutting down",
             );
             Next::FLUSH
         } else {
-            Next::Remove
+            Next::WAIT
         }
     }
 

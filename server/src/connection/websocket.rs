@@ -30,7 +30,7 @@ use crate::stats::WorkerStats;
 const FRAMES_PER_TURN: usize = 256;
 
 /// How a write went.
-enum Sent {
+pub(super) enum Sent {
     /// In the connection's output buffer (maybe already on the wire).
     Queued,
     /// The output buffer is at its bound: a slow reader.
@@ -40,7 +40,7 @@ enum Sent {
 }
 
 impl Sent {
-    fn next(self) -> Next {
+    pub(super) fn next(self) -> Next {
         match self {
             Sent::Queued => Next::FLUSH,
             // A reply that cannot be queued must not vanish: the connection
@@ -293,7 +293,7 @@ impl Connection {
     }
 
     /// Queues a message on an open WebSocket.
-    fn send(&mut self, message: Message) -> Sent {
+    pub(super) fn send(&mut self, message: Message) -> Sent {
         let Phase::Open { ws, .. } = &mut self.phase else {
             return Sent::Broken;
         };
@@ -310,7 +310,7 @@ impl Connection {
     }
 
     /// Writes queued output. `false` means the connection is broken.
-    fn flush(&mut self) -> bool {
+    pub(super) fn flush(&mut self) -> bool {
         let Phase::Open { ws, .. } = &mut self.phase else {
             return true;
         };

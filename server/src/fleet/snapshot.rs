@@ -26,7 +26,7 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(5);
 #[serde(rename_all = "camelCase")]
 pub struct ServerSnapshot {
     pub server_id: String,
-    /// `ok`, `degraded` or `shutting_down`, as `/health` says.
+    /// `ok`, `degraded`, `draining` or `shutting_down`, as `/health` says.
     pub status: &'static str,
     pub published_at: ServerTime,
     /// 0 when published; a reader replaces it with the age it sees.
@@ -184,6 +184,8 @@ mod tests {
     fn the_snapshot_has_the_api_shape() {
         let health = Health {
             status: "ok",
+            ready: true,
+            reasons: vec![],
             server_id: "s-1".to_string(),
             uptime_seconds: 12.3456,
             connections: 3,

@@ -94,11 +94,19 @@ pub fn http_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     chatflow_testkit::http_get(addr, path, headers, TIMEOUT)
 }
 
-/// `GET /health` as JSON (it must answer 200).
+/// `GET /health` as JSON, whether ready (200) or not (503); the status
+/// must agree with the document's `ready`.
 pub fn health(addr: SocketAddr) -> Value {
+    health_with_status(addr).1
+}
+
+/// `GET /health`: its status code and its JSON.
+pub fn health_with_status(addr: SocketAddr) -> (u16, Value) {
     let (status, body) = http_get(addr, "/health", "");
-    assert_eq!(status, 200);
-    serde_json::from_str(&body).expect("health is JSON")
+    let health: Value = serde_json::from_str(&body).expect("health is JSON");
+    let expected = if health["ready"] == true { 200 } else { 503 };
+    assert_eq!(status, expected, "{health}");
+    (status, health)
 }
 
 /// Polls `check` until it holds; panics after [`TIMEOUT`].
