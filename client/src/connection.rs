@@ -92,9 +92,13 @@ const READ_BUFFER: usize = 8 * 1024;
 impl Connection {
     /// Connects to `room` on `endpoint`: TCP (first address that answers),
     /// TCP_NODELAY (frames must not wait for Nagle), handshake.
+    /// `since`: resume the room after this position (the last broadcast's
+    /// `position` this thread saw before its connection dropped), so the
+    /// server replays what was said meanwhile.
     pub fn open(
         endpoint: &Endpoint,
         room: u32,
+        since: Option<&str>,
         connect_timeout: Duration,
         tick: Duration,
         window: usize,
@@ -141,7 +145,11 @@ impl Connection {
             .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(MAX_SERVER_MESSAGE))
             .max_frame_size(Some(MAX_SERVER_MESSAGE));
-        let url = endpoint.room_url(room);
+        let mut url = endpoint.room_url(room);
+        if let Some(position) = since {
+            url.push_str("?since=");
+            url.push_str(position);
+        }
         let mut attempt = tungstenite::client::client_with_config(
             url.as_str(),
             Stream {

@@ -167,6 +167,12 @@ pub struct Connections {
     /// Periods a server refused messages: first `UNAVAILABLE` → first ack
     /// again.
     pub outages: Vec<OutageReport>,
+    /// Reconnects that resumed their room with `?since=`; the messages the
+    /// servers replayed on them (said while the thread was away); resumes
+    /// the server said could not replay everything (history trimmed).
+    pub resumes: u64,
+    pub recovered_messages: u64,
+    pub unrecovered_resumes: u64,
 }
 
 /// One server's outage as the client saw it.
@@ -369,6 +375,22 @@ impl Report {
                 group(c.refusals),
                 c.backoff_wait_seconds,
                 c.longest_backoff_wait_seconds
+            );
+        }
+        if c.resumes > 0 {
+            let _ = writeln!(
+                s,
+                "resume   {} reconnects resumed their room: {} messages recovered{}",
+                group(c.resumes),
+                group(c.recovered_messages),
+                if c.unrecovered_resumes > 0 {
+                    format!(
+                        ", {} resumes could not replay everything",
+                        c.unrecovered_resumes
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
         for o in &c.outages {

@@ -254,6 +254,9 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
                 .map(|o| o.longest_wait.as_secs_f64())
                 .fold(0.0, f64::max),
             outages,
+            resumes: all.iter().map(|o| o.resumes).sum(),
+            recovered_messages: all.iter().map(|o| o.recovered).sum(),
+            unrecovered_resumes: all.iter().map(|o| o.unrecovered_resumes).sum(),
         },
         littles_law: LittlesLaw {
             in_flight,
@@ -533,7 +536,7 @@ fn preflight(config: &Config, stop: &AtomicBool, seed: u64) -> Result<()> {
                 return Err(Error::Interrupted);
             }
             attempts += 1;
-            match Connection::open(endpoint, 1, config.connect_timeout, config.tick, 1) {
+            match Connection::open(endpoint, 1, None, config.connect_timeout, config.tick, 1) {
                 Ok(conn) => {
                     conn.close(config.tick);
                     break;

@@ -228,6 +228,12 @@ pub struct Outcome {
     /// and the most any one message waited in all.
     pub backoff_wait: Duration,
     pub longest_wait: Duration,
+    /// Reconnects that resumed the room with `?since=`, the messages the
+    /// servers replayed on them, and resumes that said not everything
+    /// missed could be replayed.
+    pub resumes: u64,
+    pub recovered: u64,
+    pub unrecovered_resumes: u64,
 }
 
 /// A message's first attempt: its name on the wire and when the clock
@@ -324,6 +330,9 @@ struct SenderThread<'a> {
     conn: Option<Connection>,
     /// Which server (`--url` index) `conn` is to.
     server: usize,
+    /// The last room `position` broadcast to this thread ("" before one):
+    /// a reconnect resumes after it.
+    position: String,
     /// While the server refuses messages: the wait between this thread's
     /// probes (doubling per refusal, reset by an ack), and when the next
     /// may go.
@@ -354,6 +363,7 @@ impl<'a> SenderThread<'a> {
             cfg,
             conn: None,
             server: 0,
+            position: String::new(),
             connect_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max, spec.seed),
             probe_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max, spec.seed ^ 0x9e37_79b9),
             probe_not_before: Instant::now(),
@@ -392,6 +402,9 @@ impl<'a> SenderThread<'a> {
                 last_done: None,
                 backoff_wait: Duration::ZERO,
                 longest_wait: Duration::ZERO,
+                resumes: 0,
+                recovered: 0,
+                unrecovered_resumes: 0,
             },
             spec,
         }
@@ -543,9 +556,16 @@ impl<'a> SenderThread<'a> {
             Permit::Go => false,
         };
         let endpoint = &self.cfg.urls[i];
+        // A reconnect resumes the room where this thread left it: the
+        // server replays what was broadcast meanwhile.
+        let since = (!self.position.is_empty()).then_some(self.position.as_str());
+        if since.is_some() {
+            self.out.resumes += 1;
+        }
         match Connection::open(
             endpoint,
             self.spec.room,
+            since,
             self.cfg.connect_timeout,
             self.cfg.tick,
             self.cfg.window,
@@ -743,6 +763,11 @@ impl<'a> SenderThread<'a> {
                 );
             }
             Incoming::Broadcast(text) => {
+                if let Some(p) = wire::broadcast_position(text) {
+                    // Reused buffer: no allocation per broadcast.
+                    self.position.clear();
+                    self.position.push_str(p);
+                }
                 if let Some(d) = self.deliveries.as_mut() {
                     if d.awaiting() > 0 || !self.inflight.is_empty() {
                         let inflight = &self.inflight;
@@ -752,6 +777,15 @@ impl<'a> SenderThread<'a> {
                             Instant::now,
                         );
                     }
+                }
+            }
+            Incoming::Recovery {
+                replayed,
+                recovered,
+            } => {
+                self.out.recovered += replayed;
+                if !recovered {
+                    self.out.unrecovered_resumes += 1;
                 }
             }
             Incoming::Other => self.out.unexpected_frames += 1,

@@ -137,10 +137,19 @@ pub enum Incoming<'a> {
     /// Refused; `code` is the wire code (e.g. `UNAVAILABLE`).
     Error { seq: Option<u64>, code: &'a str },
     /// A room broadcast; fields are scanned only when needed
-    /// ([`broadcast_id`], [`broadcast_user`]).
+    /// ([`broadcast_id`], [`broadcast_user`], [`broadcast_position`]).
     Broadcast(&'a str),
+    /// The seam of a resume (`?since=`): how many messages were replayed,
+    /// and whether that was everything missed.
+    Recovery { replayed: u64, recovered: bool },
     /// Anything else (counted, otherwise ignored).
     Other,
+}
+
+/// A broadcast's room `position` (its last field, when the room keeps a
+/// history): where a resume after it starts.
+pub fn broadcast_position(text: &str) -> Option<&str> {
+    string_field(text, "position")
 }
 
 /// Classifies a text frame. Cheap for the server's own output; exact (full
@@ -148,6 +157,14 @@ pub enum Incoming<'a> {
 pub fn classify(text: &str) -> Incoming<'_> {
     match string_field(text, "type") {
         Some("message") => Incoming::Broadcast(text),
+        // Rare (once a resume): parsed in full.
+        Some("recovery") => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(v) => Incoming::Recovery {
+                replayed: v["replayed"].as_u64().unwrap_or(0),
+                recovered: v["recovered"].as_bool().unwrap_or(false),
+            },
+            Err(_) => Incoming::Other,
+        },
         Some("ack") => {
             let id = string_field(text, "messageId").and_then(parse_uuid);
             match id {
