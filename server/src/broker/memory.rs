@@ -28,7 +28,8 @@ impl Broker for MemoryBroker {
     fn publish(&self, _ticket: Ticket, envelope: &Envelope<'_>) -> Outcome {
         // Serialised once here; every recipient shares these bytes.
         let frame = Utf8Bytes::from(envelope.broadcast_json());
-        self.fanout.broadcast(envelope.room_id, frame);
+        // No history here: nothing to resume from, so no position.
+        self.fanout.broadcast(envelope.room_id, frame, None);
         Outcome::Accepted
     }
 }
