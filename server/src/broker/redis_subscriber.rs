@@ -27,7 +27,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chatflow_broker::retry::{is_shutdown, wait};
 use chatflow_broker::{Backoff, RedisEndpoint, Shutdown};
@@ -133,6 +133,7 @@ impl RedisSubscriber {
                         }
                         // Subscribed: now whatever was published since the
                         // last forwarded position is in the history.
+                        let (started, before) = (Instant::now(), fills.filled.load(Ordering::Relaxed));
                         let filled = fill_on(&mut data, &client, timeout, |con| {
                             fill(con, &topology, &mut forwarded, &fanout, &fills)
                         });
@@ -153,7 +154,11 @@ impl RedisSubscriber {
                         backoff.reset();
                         if subscribed_before {
                             reconnects.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("redis-subscriber: resubscribed");
+                            eprintln!(
+                                "redis-subscriber: resubscribed; {} broadcasts filled from the history in {} ms",
+                                fills.filled.load(Ordering::Relaxed) - before,
+                                started.elapsed().as_millis()
+                            );
                         }
                         subscribed_before = true;
                         if let Some(ready) = ready.take() {
