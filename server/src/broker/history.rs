@@ -27,7 +27,7 @@
 //! `since`'s millisecond that the client already had (repeated: same
 //! `messageId`). The filled messages come in server-timestamp order, not
 //! the stream's. After a failed database read the fill is skipped for
-//! [`DATABASE_RETRY`], so an outage does not make every resume wait for
+//! `DATABASE_RETRY` (5 s), so an outage does not make every resume wait for
 //! the pool's timeout.
 
 use std::borrow::Cow;
