@@ -43,6 +43,8 @@ cleanup() {
   for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$NS\."); do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
+  # The rooms' history streams (the consumer appends every broadcast).
+  redis-cli --scan --pattern "$NS:history:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 sleep 1

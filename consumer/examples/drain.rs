@@ -13,7 +13,10 @@
 //! `--no-rollups` stores without the analytics rollups (what they cost).
 //!
 //! Services on localhost (RABBITMQ_HOST/REDIS_HOST etc. are honoured as by
-//! the consumer). `--subscribe` also counts what arrives on Redis.
+//! the consumer). `--subscribe` also counts what arrives on Redis. Every
+//! broadcast is appended to its room's history stream as in production;
+//! the consumer's hidden `--no-history` measures the drain without that
+//! append. The streams are deleted at the end with the topology.
 
 use chatflow_broker::Declare;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -188,6 +191,14 @@ fn main() -> anyhow::Result<()> {
         );
     }
     topology.delete(&channel)?;
+    let streams: Vec<String> = topology
+        .rooms
+        .iter()
+        .map(|room| topology.history_stream(room))
+        .collect();
+    let redis_url = format!("redis://{}/", config.redis_display());
+    let mut con = redis::Client::open(redis_url)?.get_connection()?;
+    redis::cmd("DEL").arg(streams).query::<()>(&mut con)?;
     channel.close()?;
     connection.close()?;
     Ok(())

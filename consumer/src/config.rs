@@ -40,6 +40,9 @@ pub struct Config {
     pub enable_persistence: bool,
     /// PostgreSQL (with persistence on).
     pub database: Database,
+    /// Each room's history: the Redis stream every broadcast is appended
+    /// to, which servers resume clients from.
+    pub history: History,
     /// First and longest wait between reconnect or retry attempts.
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -62,6 +65,7 @@ impl Default for Config {
             metrics_bind: SocketAddr::from(([0, 0, 0, 0], 8083)),
             enable_persistence: true,
             database: Database::default(),
+            history: History::default(),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
@@ -111,6 +115,42 @@ impl Default for Database {
         }
     }
 }
+
+/// The retention of each room's history stream (`{ns}:history:{room}`).
+/// Both bounds are approximate (`~`): Redis trims whole nodes of the
+/// stream (100 entries each by default), so a stream holds up to about a
+/// node more than asked, and trimming costs next to nothing per append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct History {
+    /// Append every broadcast to its room's stream (and give it its
+    /// position). Off only to measure what the append costs (the hidden
+    /// `--no-history`): broadcasts then carry no position, and no client
+    /// or server can resume.
+    pub enabled: bool,
+    /// Entries kept per room (`XADD … MAXLEN ~`). A 300-byte message
+    /// frame takes about 350 bytes of Redis memory as a stream entry, so
+    /// the default 10,000 is ~3.5 MB a room (70 MB for 20 rooms), which
+    /// holds 20 s of a room at 500 messages/s — longer than a reconnect
+    /// or a Redis subscription's back-off; older positions are filled from
+    /// PostgreSQL by servers that have a database.
+    pub max_len: u64,
+    /// Entries older than this are trimmed too (`XTRIM … MINID ~`, by the
+    /// Redis clock, checked at every append). `None`: by count only.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            enabled: true,
+            max_len: 10_000,
+            max_age: None,
+        }
+    }
+}
+
+/// The longest age a history may be kept by (a year: more is a mistake).
+const MAX_HISTORY_AGE_SECS: u64 = 365 * 24 * 3600;
 
 impl Database {
     /// A libpq-style connection string (values quoted, so any password
@@ -201,6 +241,20 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=100_000_000).contains(&self.history.max_len) {
+            return Err(bad(
+                "history-max-len",
+                format!("{} is not in 1..=100000000", self.history.max_len),
+            ));
+        }
+        if let Some(age) = self.history.max_age {
+            if age.is_zero() || age.as_secs() > MAX_HISTORY_AGE_SECS {
+                return Err(bad(
+                    "history-max-age-secs",
+                    format!("{} s is not in 1..={MAX_HISTORY_AGE_SECS}", age.as_secs()),
+                ));
+            }
+        }
         if self.consumer_id.is_empty() || self.consumer_id.len() > 64 {
             return Err(bad("consumer-id", "must be 1..=64 characters"));
         }
@@ -265,6 +319,18 @@ pub struct Args {
     /// Seconds a consumer waits for its cancel to be confirmed on shutdown.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5.0)]
     pub shutdown_grace_secs: f64,
+    /// Messages kept per room in its history stream (approximately), which
+    /// clients and servers resume from.
+    #[arg(long, env = "HISTORY_MAX_LEN", default_value_t = 10_000)]
+    pub history_max_len: u64,
+    /// Also trim a room's history of messages older than this many seconds
+    /// (0: by count only).
+    #[arg(long, env = "HISTORY_MAX_AGE_SECS", default_value_t = 0)]
+    pub history_max_age_secs: u64,
+    /// Benchmarks only: broadcast without appending to the rooms' history
+    /// streams, to measure what the append costs. Nobody can resume.
+    #[arg(long, hide = true, action = ArgAction::SetTrue)]
+    pub no_history: bool,
     /// This consumer's id in the fleet's live statistics (default:
     /// hostname-pid).
     #[arg(long, env = "CONSUMER_ID")]
@@ -304,6 +370,12 @@ impl Args {
                 },
             },
             shutdown_grace: seconds("shutdown-grace-secs", self.shutdown_grace_secs)?,
+            history: History {
+                enabled: !self.no_history,
+                max_len: self.history_max_len,
+                max_age: (self.history_max_age_secs > 0)
+                    .then(|| Duration::from_secs(self.history_max_age_secs)),
+            },
             consumer_id: self.consumer_id.unwrap_or(defaults.consumer_id.clone()),
             ..defaults
         };
@@ -332,6 +404,18 @@ mod tests {
         assert!(c.enable_persistence);
         assert_eq!(c.database.writers, 4);
         assert_eq!(c.database.batch_rows, 1000);
+        assert_eq!(c.history, History::default());
+        assert_eq!(
+            parse(&["--history-max-len", "500", "--history-max-age-secs", "60"])
+                .unwrap()
+                .history,
+            History {
+                enabled: true,
+                max_len: 500,
+                max_age: Some(Duration::from_secs(60)),
+            }
+        );
+        assert!(!parse(&["--no-history"]).unwrap().history.enabled);
         assert_eq!(
             c.database.connection_string(Duration::from_secs(5)),
             "host='127.0.0.1' port=5432 user='postgres' dbname='chatflow' connect_timeout=5 application_name='chatflow-consumer'"
@@ -376,6 +460,11 @@ mod tests {
                 (&["--flush-interval-ms", "0"][..], "--flush-interval-ms"),
                 (&["--db-port", "x"][..], "--db-port"),
                 (&["--consumer-id", ""][..], "--consumer-id"),
+                (&["--history-max-len", "0"][..], "--history-max-len"),
+                (
+                    &["--history-max-age-secs", "99999999999"][..],
+                    "--history-max-age-secs",
+                ),
                 (&["--consumer-id", &"c".repeat(65)][..], "--consumer-id"),
             ],
         );

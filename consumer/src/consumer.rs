@@ -257,7 +257,6 @@ impl Consumer {
                 room,
                 queue: topology.queue(room, shard),
                 topology: topology.clone(),
-                redis_channel: topology.redis_channel(room),
                 shared: shared.clone(),
                 broadcaster: Broadcaster::new(name.clone(), config, index as u64)
                     .context("configuring the Redis client")?,

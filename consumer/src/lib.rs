@@ -1,6 +1,7 @@
 //! `chatflow-consumer`: takes every message servers published to RabbitMQ,
-//! broadcasts it to its room's Redis channel (the exact `message` frame
-//! clients receive, so servers forward bytes untouched), stores it in
+//! appends it to its room's history stream and broadcasts it to its room's
+//! Redis channel (the exact `message` frame clients receive, with its
+//! history position, so servers forward bytes untouched), stores it in
 //! PostgreSQL, and acks it once its row is committed (persistence off: once
 //! it is broadcast).
 //!
@@ -14,7 +15,9 @@
 //! - [`inhand`]: which held deliveries may be acked or rejected, and in
 //!   which order (multiple-acks never cross a poison message);
 //! - [`link`]: AMQP connections, channel leases, reconnection;
-//! - [`broadcast`]: per-consumer Redis connection, pipelined publish, retry;
+//! - [`broadcast`]: per-consumer Redis connection, the batch's pipeline
+//!   (appended to each room's history stream and published with its
+//!   position, in one script call), retry;
 //! - [`handoff`]: what queue consumers and writers send each other (rows
 //!   to store, commit notices);
 //! - [`writer`]: PostgreSQL writer threads: binary COPY batches, dedup of

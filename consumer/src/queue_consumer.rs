@@ -15,7 +15,9 @@
 //! - shutdown.
 //!
 //! Processing a batch: decode every delivery; publish the `message` frames
-//! of the good ones in one Redis pipeline (retried until Redis takes it);
+//! of the good ones in one Redis pipeline, each appended to its room's
+//! history as it is published ([`crate::broadcast`]; retried until Redis
+//! takes it);
 //! then settle in tag order — one `ack(multiple)` per run of finished
 //! deliveries, `nack(requeue = false)` for each undecodable one (and,
 //! later, each one whose row the database refused), which the queue's
@@ -38,7 +40,7 @@ use chatflow_broker::retry::{wait, Backoff, Shutdown};
 use chatflow_protocol::{Envelope, Rooms, Topology};
 use crossbeam_channel::{never, select, Receiver, Sender, TryRecvError};
 
-use crate::broadcast::{Broadcaster, Published};
+use crate::broadcast::{Batch, Broadcaster, Published};
 use crate::counters::{add, QueueStats};
 use crate::fault::{self, Site};
 use crate::handoff::{Committed, Pending, Row};
@@ -172,8 +174,6 @@ pub struct QueueConsumer {
     pub room: u32,
     pub queue: String,
     pub topology: Topology,
-    /// This room's Redis channel, named once.
-    pub redis_channel: String,
     pub shared: Arc<Shared>,
     pub broadcaster: Broadcaster,
     /// This consumer's link and its slot there.
@@ -371,8 +371,7 @@ impl QueueConsumer {
         if redelivered > 0 {
             add(&self.stats().redelivered, redelivered);
         }
-        let mut pipe = redis::pipe();
-        let mut frames = 0u64;
+        let mut frames = Batch::with_capacity(batch.len());
         let mut oldest_ms = i64::MAX;
         let mut decoded = Vec::with_capacity(batch.len());
         for delivery in batch {
@@ -385,17 +384,7 @@ impl QueueConsumer {
                     decoded.push((delivery, Decoded::Good(good.row)));
                 }
                 Ok(good) => {
-                    if good.room == self.room {
-                        pipe.publish(&self.redis_channel, good.frame.as_bytes())
-                            .ignore();
-                    } else {
-                        pipe.publish(
-                            self.topology.redis_channel(good.room),
-                            good.frame.as_bytes(),
-                        )
-                        .ignore();
-                    }
-                    frames += 1;
+                    frames.push(good.room, good.frame);
                     oldest_ms = oldest_ms.min(good.server_ms);
                     decoded.push((delivery, Decoded::Good(good.row)));
                 }
@@ -405,9 +394,9 @@ impl QueueConsumer {
                 }
             }
         }
-        if frames > 0 {
+        if !frames.is_empty() {
             let stats = self.shared.queue(self.index);
-            if self.broadcaster.publish(&pipe, stats, &self.shutdown) == Published::GaveUp {
+            if self.broadcaster.publish(&frames, stats, &self.shutdown) == Published::GaveUp {
                 // Unpublished: pending, a barrier no ack passes; redelivered
                 // to the next consumer.
                 for (delivery, decoded) in decoded {
@@ -419,7 +408,7 @@ impl QueueConsumer {
                 }
                 return Err(Ended::Shutdown);
             }
-            add(&stats.broadcasts, frames);
+            add(&stats.broadcasts, frames.len() as u64);
             add(&stats.batches, 1);
             let mut h = stats.histograms.lock();
             h.batch_size.saturating_record(size);

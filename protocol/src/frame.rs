@@ -1,8 +1,19 @@
 //! Frames the server sends to clients. Every frame is a JSON object with a
-//! `type`: `ack`, `error` or `message` (a room broadcast).
+//! `type`: `ack`, `error`, `message` (a room broadcast) or `recovery` (the
+//! seam of a resume, sent only to a client that asked with `?since=`).
 //!
 //! The same types serialise (server, consumer) and deserialise (client,
 //! tests); strings are `Cow` so decoding borrows where it can.
+//!
+//! A `message` that came through its room's history ends with a
+//! `"position"` field ([`crate::position`]): the consumer splices it into
+//! the frame text, and [`Position::of_frame`](crate::Position::of_frame)
+//! reads it back from the tail. [`Broadcast`] keeps the fields every
+//! producer fills and ignores it when decoding, and [`ServerFrame`] lists
+//! the frames every client gets; a `recovery` frame, which only a resuming
+//! client gets, is decoded with [`Recovery::parse`]. (Either could join
+//! them; today both stay as they are so that code built against them —
+//! struct literals, exhaustive matches — keeps compiling.)
 
 use std::borrow::Cow;
 
@@ -10,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::MessageId;
 use crate::message::{MessageType, Problem, Rejection};
+use crate::position::Position;
 use crate::time::ServerTime;
 
 /// Machine-readable error codes of `error` frames.
@@ -127,6 +139,75 @@ pub struct Broadcast<'a> {
     pub server_timestamp: ServerTime,
 }
 
+/// Why a resume did not deliver every message after its `since`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RecoveryReason {
+    /// `since` is older than the room's retained history: messages after
+    /// it were trimmed (those the database had were filled in first,
+    /// counted in `fromDatabase`).
+    Trimmed,
+    /// More messages followed `since` than one resume replays; the
+    /// frame's `position` is the last one replayed (resume from it for the
+    /// rest).
+    Limit,
+    /// The history could not be read (Redis unreachable, or this server
+    /// keeps none); live messages follow.
+    Unavailable,
+}
+
+impl RecoveryReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryReason::Trimmed => "TRIMMED",
+            RecoveryReason::Limit => "LIMIT",
+            RecoveryReason::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+/// The seam of a resume (`/chat/{roomId}?since=…`): sent once, after the
+/// replayed messages and before the first live one. Rare, so it owns its
+/// text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovery {
+    pub room_id: u32,
+    /// The position the client asked to resume after.
+    pub since: Position,
+    /// Every message after `since` was replayed, each once, in room order.
+    pub recovered: bool,
+    /// Why not, when `recovered` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RecoveryReason>,
+    /// Messages replayed from the room's history (with positions).
+    pub replayed: u64,
+    /// Messages filled in from the database before them (only with
+    /// `TRIMMED`; by server timestamp, without positions).
+    pub from_database: u64,
+    /// The last position delivered (`since` if none was): where the next
+    /// resume starts if no live message follows.
+    pub position: Position,
+    /// What happened, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Recovery {
+    /// Decodes a `recovery` frame; `None` for any other text.
+    pub fn parse(text: &str) -> Option<Recovery> {
+        #[derive(Deserialize)]
+        struct Tagged {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(flatten)]
+            body: Recovery,
+        }
+        let tagged: Tagged = serde_json::from_str(text).ok()?;
+        (tagged.kind == "recovery").then_some(tagged.body)
+    }
+}
+
 impl<'a> Ack<'a> {
     pub fn new(
         message_id: MessageId,
@@ -191,6 +272,10 @@ pub fn error_json(error: &ErrorFrame<'_>) -> String {
 
 pub fn broadcast_json(message: &Broadcast<'_>) -> String {
     tagged_json("message", message)
+}
+
+pub fn recovery_json(recovery: &Recovery) -> String {
+    tagged_json("recovery", recovery)
 }
 
 fn tagged_json<T: Serialize>(tag: &'static str, body: &T) -> String {
@@ -280,7 +365,74 @@ mod tests {
         assert_eq!(v["type"], "message");
         assert_eq!(v["messageType"], "JOIN");
         assert_eq!(v["userId"], 42);
-        assert_eq!(ServerFrame::parse(&text).unwrap(), ServerFrame::Message(b));
+        assert_eq!(
+            ServerFrame::parse(&text).unwrap(),
+            ServerFrame::Message(b.clone())
+        );
+
+        // The spliced position is the frame's last field, exactly where
+        // serde puts a field after the others; decoding ignores it.
+        #[derive(Serialize)]
+        struct Positioned<'t> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(flatten)]
+            body: &'t Broadcast<'t>,
+            position: Position,
+        }
+        let at = Position::new(1_795_744_800_125, 3);
+        let spliced = crate::position::with_position(&text, at);
+        let serialised = to_json(&Positioned {
+            kind: "message",
+            body: &b,
+            position: at,
+        });
+        assert_eq!(spliced, serialised);
+        assert_eq!(Position::of_frame(&spliced), Some(at));
+        assert_eq!(
+            ServerFrame::parse(&spliced).unwrap(),
+            ServerFrame::Message(b)
+        );
+    }
+
+    #[test]
+    fn recovery_frames_say_what_was_replayed() {
+        let frame = Recovery {
+            room_id: 3,
+            since: Position::new(10, 0),
+            recovered: false,
+            reason: Some(RecoveryReason::Trimmed),
+            replayed: 1000,
+            from_database: 12,
+            position: Position::new(20, 1),
+            detail: Some("older than the retained history".into()),
+        };
+        let text = recovery_json(&frame);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "recovery");
+        assert_eq!(v["roomId"], 3);
+        assert_eq!(v["since"], "10-0");
+        assert_eq!(v["recovered"], false);
+        assert_eq!(v["reason"], "TRIMMED");
+        assert_eq!(v["replayed"], 1000);
+        assert_eq!(v["fromDatabase"], 12);
+        assert_eq!(v["position"], "20-1");
+        assert_eq!(Recovery::parse(&text), Some(frame));
+        assert!(
+            ServerFrame::parse(&text).is_err(),
+            "not a frame every client handles"
+        );
+        assert_eq!(Recovery::parse(r#"{"type":"ack"}"#), None);
+        for reason in [
+            RecoveryReason::Trimmed,
+            RecoveryReason::Limit,
+            RecoveryReason::Unavailable,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&reason).unwrap(),
+                format!("\"{}\"", reason.as_str())
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The names of everything messages travel through (exchange, queues,
-//! dead-letter queue, Redis channels), the queue arguments, and the Redis
-//! keys of the fleet's live statistics (each server's and consumer's
+//! dead-letter queue, Redis channels, each room's history stream), the
+//! queue arguments, and the Redis keys of the fleet's live statistics (each server's and consumer's
 //! snapshot, and the two sorted sets indexing them). Declaring the queues
 //! on RabbitMQ is `chatflow-broker`'s job (`Declare`), and so is reading
 //! and writing the snapshots (`chatflow_broker::fleet`).
@@ -72,6 +72,13 @@ impl Topology {
         self.rooms.contains(room).then_some(room)
     }
 
+    /// The Redis stream holding a room's recent messages (its history),
+    /// appended by the consumers with every broadcast; an entry's id is
+    /// the message's `position` ([`crate::position`]).
+    pub fn history_stream(&self, room: u32) -> String {
+        format!("{}:history:{room}", self.namespace)
+    }
+
     /// The Redis key holding server `id`'s latest snapshot (JSON, with an
     /// expiry, so a server that died drops out by itself).
     pub fn server_stats_key(&self, id: &str) -> String {
@@ -119,6 +126,8 @@ mod tests {
         assert_eq!(t.queue(2, 4), "ns1.room.2.4");
         assert_eq!(t.redis_channel(3), "ns1:room:3");
         assert_eq!(t.redis_pattern(), "ns1:room:*");
+        assert_eq!(t.history_stream(2), "ns1:history:2");
+        assert_eq!(t.room_of_channel(t.history_stream(2).as_bytes()), None);
         assert_eq!(t.shards().count(), 15);
     }
 

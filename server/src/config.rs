@@ -117,6 +117,8 @@ pub struct Config {
     pub services: BrokerSettings,
     /// How accepted messages are handed to RabbitMQ (`--broker rabbitmq`).
     pub publishing: Publishing,
+    /// Resuming clients from their room's history (`?since=`).
+    pub history: HistoryConfig,
     /// The read API on its own port and threads (`None`: not served). The
     /// binary's default is `0.0.0.0:8082`; a library caller (a test)
     /// opts in, so that servers started side by side do not fight over
@@ -245,6 +247,37 @@ pub struct Publishing {
     pub publish_queue: usize,
 }
 
+/// How a resume (`/chat/{roomId}?since={position}`) is read and bounded.
+#[derive(Clone, Debug)]
+pub struct HistoryConfig {
+    /// Most messages one resume replays (history and database together);
+    /// past it the `recovery` frame says `LIMIT`. The default is the
+    /// consumer's default retention, so a client whose position is still
+    /// held gets all of it; at ~300 bytes a message that is ~3 MB sent to
+    /// one client, a page at a time.
+    pub replay_max: usize,
+    /// Entries read per request to the history thread (one `XRANGE`). A
+    /// page is queued on the connection at once, so it must stay well
+    /// under `max_pending_output`: 100 messages are ~30 KB. The next page
+    /// is asked for once the connection's output has drained, so a slow
+    /// reader slows its own replay instead of being cut off.
+    pub page: usize,
+    /// Live broadcasts a resuming connection holds while its replay is
+    /// read. Past it they are dropped — they are in the history too — and
+    /// the replay reads on until it has passed them.
+    pub live_buffer: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            replay_max: 10_000,
+            page: 100,
+            live_buffer: 1_000,
+        }
+    }
+}
+
 impl Default for Publishing {
     fn default() -> Self {
         Publishing {
@@ -279,6 +312,7 @@ impl Default for Config {
             server_id: default_server_id(),
             services: BrokerSettings::default(),
             publishing: Publishing::default(),
+            history: HistoryConfig::default(),
             api: None,
         }
     }
@@ -377,6 +411,10 @@ pub struct Args {
     /// Publisher threads (each an AMQP connection with a confirm channel).
     #[arg(long, env = "PUBLISHERS", default_value_t = 1)]
     pub publishers: usize,
+    /// Most messages replayed to a client resuming with ?since= (more: the
+    /// recovery frame says LIMIT).
+    #[arg(long, env = "HISTORY_REPLAY_MAX", default_value_t = 10_000)]
+    pub history_replay_max: usize,
     /// Where the read API listens (history, analytics, /api/metrics), or "off".
     #[arg(long, env = "API_BIND", default_value = "0.0.0.0:8082")]
     pub api_bind: String,
@@ -461,6 +499,12 @@ impl Args {
                 format!("{} is not in 1..=64", self.publishers),
             ));
         }
+        if !(1..=1_000_000).contains(&self.history_replay_max) {
+            return Err(bad(
+                "history-replay-max",
+                format!("{} is not in 1..=1000000", self.history_replay_max),
+            ));
+        }
         let api = self.api_config()?;
         let liveness = self.liveness()?;
         let server_id = match self.server_id {
@@ -496,6 +540,10 @@ impl Args {
             publishing: Publishing {
                 publishers: self.publishers,
                 ..Publishing::default()
+            },
+            history: HistoryConfig {
+                replay_max: self.history_replay_max,
+                ..HistoryConfig::default()
             },
             api,
             ..defaults
@@ -633,6 +681,14 @@ mod tests {
         assert_eq!(api.max_window, ApiConfig::default().max_window);
         assert_eq!(api.database, DatabaseSettings::default());
         assert!(parse(&["--api-bind", "off"]).unwrap().api.is_none());
+        assert_eq!(c.history.replay_max, HistoryConfig::default().replay_max);
+        assert_eq!(
+            parse(&["--history-replay-max", "50"])
+                .unwrap()
+                .history
+                .replay_max,
+            50
+        );
         // The binary drains; a library caller opts in.
         assert_eq!(c.drain, Duration::from_secs(10));
         assert_eq!(Config::default().drain, Duration::ZERO);
@@ -699,6 +755,7 @@ mod tests {
                 (&["--broker", "kafka"][..], "--broker"),
                 (&["--workers", "many"][..], "--workers"),
                 (&["--publishers", "0"][..], "--publishers"),
+                (&["--history-replay-max", "0"][..], "--history-replay-max"),
                 (&["--max-fragments", "0"][..], "--max-fragments"),
                 (
                     &["--message-timeout-secs", "0"][..],

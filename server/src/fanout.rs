@@ -3,14 +3,16 @@
 //! and publish results to workers only through here; nothing else may block
 //! or touch a worker's state.
 //!
-//! The types those events carry ([`Ticket`], [`PublishError`]) live here,
-//! with the event, so that the brokers (which send them) and the workers
-//! (which receive them) both import this module and never each other.
+//! The types those events carry ([`Ticket`], [`PublishError`],
+//! [`HistoryPage`]) live here, with the event, so that the brokers (which
+//! send them) and the workers (which receive them) both import this module
+//! and never each other.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use chatflow_protocol::Position;
 use crossbeam_channel::{Receiver, Sender};
 use tungstenite::Utf8Bytes;
 
@@ -19,7 +21,14 @@ use tungstenite::Utf8Bytes;
 pub enum WorkerEvent {
     /// Deliver this frame to every member of `room` this worker holds. The
     /// text is shared: every recipient's copy is a reference count.
-    Broadcast { room: u32, frame: Utf8Bytes },
+    /// `position`: where it is in the room's history (read from the
+    /// frame's tail once, by the subscriber), by which a connection that
+    /// is resuming holds it back or drops it as already replayed.
+    Broadcast {
+        room: u32,
+        frame: Utf8Bytes,
+        position: Option<Position>,
+    },
     /// A broker's answer to a publish it called `Pending`: `Ok` acks the
     /// client, `Err` sends it an `UNAVAILABLE` error saying why. `Ok(Some)`
     /// says the message was a retry of one already sent (same `userId` and
@@ -31,6 +40,39 @@ pub enum WorkerEvent {
     /// Stop accepting, close every connection with 1001 and exit (the
     /// worker's part of the stop described in [`crate::server`]).
     Shutdown,
+    /// The history's answer to a resuming connection's request
+    /// ([`crate::broker::history`]). Boxed: rare, and larger than the rest.
+    History(Box<HistoryPage>),
+}
+
+/// Part of a room's history, for the resuming connection `key` (with
+/// `connection_id`, since slab keys are reused) of the worker it goes to.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub key: usize,
+    pub connection_id: u64,
+    /// The page, or why the history could not be read.
+    pub result: Result<Page, String>,
+}
+
+/// Entries of a room's history after the position asked for, oldest
+/// first, with what the first answer of a resume adds.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// At most the count asked for: as many means more may follow.
+    pub entries: Vec<(Position, Utf8Bytes)>,
+    /// (First answer only.) Entries after the position were trimmed from
+    /// the history: the replay cannot be complete.
+    pub trimmed: bool,
+    /// (First answer only, when trimmed and the server has a database.)
+    /// Messages stored before the held history starts, by server
+    /// timestamp; they come before `entries` and have no position.
+    pub from_database: Vec<Utf8Bytes>,
+    /// The database had more of those than the replay may carry.
+    pub database_truncated: bool,
+    /// What a person should know about the fill (no database, or it
+    /// failed).
+    pub note: Option<String>,
 }
 
 /// Names one offered message: the worker that offered it and a number that
@@ -209,11 +251,12 @@ impl Fanout {
     }
 
     /// Hands one serialised frame to every worker for the members of `room`.
-    pub fn broadcast(&self, room: u32, frame: Utf8Bytes) {
+    pub fn broadcast(&self, room: u32, frame: Utf8Bytes, position: Option<Position>) {
         for worker in self.workers.iter() {
             worker.send(WorkerEvent::Broadcast {
                 room,
                 frame: frame.clone(),
+                position,
             });
         }
     }

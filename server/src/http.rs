@@ -7,7 +7,10 @@
 //! - `GET /livez` → 200 with a tiny JSON body while the process runs;
 //! - `GET /chat/{roomId}` with a valid WebSocket upgrade and a room in range
 //!   → the `101 Switching Protocols` answer is computed here, and the
-//!   connection becomes a WebSocket once it is written;
+//!   connection becomes a WebSocket once it is written; a `since={position}`
+//!   query parameter (a room position, `{ms}-{seq}`) makes it resume after
+//!   that position, and a malformed one is a 400 (other parameters are
+//!   ignored);
 //! - everything else → an HTTP error with a JSON body saying what is wrong
 //!   (400, 404, 405, 426, 431, 503), then close.
 //!
@@ -15,7 +18,7 @@
 //! tungstenite's handshake: a request its handshake refuses ends in a bare
 //! TCP close, with no answer saying why.
 
-use chatflow_protocol::Rooms;
+use chatflow_protocol::{Position, Rooms};
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::http::StatusCode;
 
@@ -28,10 +31,12 @@ pub enum Route {
     Health,
     Live,
     /// A valid upgrade to `room`; `accept` is the `Sec-WebSocket-Accept`
-    /// value derived from the client's key.
+    /// value derived from the client's key; `since`: resume after this
+    /// position of the room's history.
     Chat {
         room: u32,
         accept: String,
+        since: Option<Position>,
     },
     Refuse(HttpError),
 }
@@ -139,7 +144,7 @@ fn route_request(req: &httparse::Request<'_, '_>, trailing_bytes: bool, rooms: R
             "bytes after the request head (a body, a pipelined request, or data sent before the answer): send one GET without a body and wait for its answer",
         );
     }
-    let path = target.split('?').next().unwrap_or(target);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match path {
         "/health" => return Route::Health,
         "/livez" => return Route::Live,
@@ -147,6 +152,10 @@ fn route_request(req: &httparse::Request<'_, '_>, trailing_bytes: bool, rooms: R
     }
     let room = match chat_room(path, rooms) {
         Ok(room) => room,
+        Err(route) => return route,
+    };
+    let since = match since(query) {
+        Ok(since) => since,
         Err(route) => return route,
     };
     if req.version != Some(1) {
@@ -188,7 +197,30 @@ fn route_request(req: &httparse::Request<'_, '_>, trailing_bytes: bool, rooms: R
     Route::Chat {
         room,
         accept: derive_accept_key(key),
+        since,
     }
+}
+
+/// The `since` parameter of a chat target's query, if there is one.
+/// Positions are digits and a dash, so a well-formed one needs no percent
+/// escapes; anything else (an escape included) is refused, as is a second
+/// `since`.
+fn since(query: &str) -> Result<Option<Position>, Route> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let Some(value) = pair.strip_prefix("since=") else {
+            continue;
+        };
+        if found.is_some() {
+            return Err(refuse(400, "more than one since parameter"));
+        }
+        let position = Position::parse(value).map_err(|e| {
+            let shown: String = value.chars().take(48).collect();
+            refuse(400, format!("since={shown:?} is not a position: {e}"))
+        })?;
+        found = Some(position);
+    }
+    Ok(found)
 }
 
 /// RFC 6455 §4.1: the key is 16 bytes, base64-encoded: 22 characters of
@@ -341,12 +373,13 @@ mod tests {
             Route::Chat {
                 room: 1,
                 // RFC 6455 §1.3's worked example.
-                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_string()
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_string(),
+                since: None,
             }
         );
         assert_eq!(
             room_of(routed(&format!(
-                "GET /chat/20?since=5 HTTP/1.1\r\n{UPGRADE}\r\n"
+                "GET /chat/20?since=5-0 HTTP/1.1\r\n{UPGRADE}\r\n"
             ))),
             20
         );
@@ -356,6 +389,36 @@ mod tests {
             "GET /chat/2 HTTP/1.1\r\nupgrade: h2c, WebSocket\r\nconnection: keep-alive, UPGRADE\r\nsec-websocket-version: 13\r\nsec-websocket-key: {KEY}\r\n\r\n"
         );
         assert_eq!(room_of(routed(&mixed)), 2);
+    }
+
+    #[test]
+    fn since_resumes_after_a_position_and_a_malformed_one_is_refused() {
+        let since =
+            |query: &str| match routed(&format!("GET /chat/3{query} HTTP/1.1\r\n{UPGRADE}\r\n")) {
+                Route::Chat { since, .. } => Ok(since),
+                Route::Refuse(e) => Err((e.status, e.message)),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(
+            since("?since=1733090000123-4"),
+            Ok(Some(Position::new(1_733_090_000_123, 4)))
+        );
+        assert_eq!(since("?x=1&since=0-0&y"), Ok(Some(Position::ZERO)));
+        assert_eq!(since(""), Ok(None));
+        assert_eq!(since("?sincere=1"), Ok(None));
+        for bad in [
+            "?since=",
+            "?since=5",
+            "?since=abc",
+            "?since=1-2-3",
+            "?since=1%2D2",
+            "?since=99999999999999999999-0",
+            "?since=1-0&since=2-0",
+        ] {
+            let (status, message) = since(bad).unwrap_err();
+            assert_eq!(status, 400, "{bad}");
+            assert!(message.contains("since"), "{bad}: {message}");
+        }
     }
 
     #[test]

@@ -13,16 +13,19 @@
 //! - [`connection`]: one client's socket, phase and every transition
 //!   (`handshake`: routing, HTTP answer, lingering; `websocket`: frames,
 //!   messages, replies, broadcasts, closes; `liveness`: pings and closing
-//!   a peer that stopped answering; `context`: the per-worker state the
-//!   steps share);
+//!   a peer that stopped answering; `replay`: resuming after `?since=`,
+//!   the seam between history and live; `context`: the per-worker state
+//!   the steps share);
 //! - [`http`]: request-head routing, `/health`, `/livez`, HTTP errors;
 //! - [`socket`]: the client socket that skips `recv` calls known to block,
 //!   meters frames and budgets each turn;
 //! - [`rooms`]: a worker's room-membership index;
 //! - [`fanout`]: worker inboxes and wakers (all cross-thread input) and the
-//!   types their events carry (`Ticket`, `PublishError`);
+//!   types their events carry (`Ticket`, `PublishError`, `HistoryPage`);
 //! - [`broker`]: the boundary to "where messages go" (`memory`, `none`,
-//!   `rabbitmq` with `redis_subscriber`, and `link_state` for their
+//!   `rabbitmq` with `redis_subscriber` and its gap fill, the `history`
+//!   thread resuming clients, `stream` reading rooms' history streams,
+//!   `sent_log` for idempotent sends, and `link_state` for their
 //!   `/health`);
 //! - [`stats`]: per-worker counters, dead workers and the health document
 //!   (readiness: when `/health` says 200 and when 503);

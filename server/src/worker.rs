@@ -10,8 +10,9 @@
 //! every frame, and queues replies; queued output is flushed once per loop
 //! turn for every connection that got some, so a burst of acks or
 //! broadcasts costs one `write` per connection, not one per frame.
-//! Cross-thread input (broadcasts, publish results, shutdown) arrives
-//! through the worker's [`Inbox`] and its `mio::Waker`. Nothing here blocks.
+//! Cross-thread input (broadcasts, publish results, history pages for
+//! resuming connections, shutdown) arrives through the worker's [`Inbox`]
+//! and its `mio::Waker`. Nothing here blocks.
 //!
 //! Two things happen on a clock rather than on an event (the Poll's
 //! timeout, never a timer per connection): the sweep (deadlines, pings,
@@ -311,8 +312,12 @@ impl Worker {
         } = self;
         let mut shutdown = false;
         inbox.drain(|event| match event {
-            WorkerEvent::Broadcast { room, frame } => {
-                connection::deliver(conns, cx, room, &frame, |key, conn, next| {
+            WorkerEvent::Broadcast {
+                room,
+                frame,
+                position,
+            } => {
+                connection::deliver(conns, cx, room, &frame, position, |key, conn, next| {
                     defer(dirty, later, key, conn, next)
                 });
             }
@@ -322,6 +327,11 @@ impl Worker {
                 }
             }
             WorkerEvent::Shutdown => shutdown = true,
+            WorkerEvent::History(page) => {
+                if let Some((key, next)) = connection::replayed(conns, cx, *page) {
+                    defer(dirty, later, key, &mut conns[key], next);
+                }
+            }
         });
         self.apply_later();
         if shutdown {
@@ -420,7 +430,7 @@ impl Worker {
                 continue;
             };
             conn.dirty = false;
-            let next = conn.flush_output();
+            let next = conn.flush_output(&mut self.cx);
             self.apply(key, next);
         }
         // Reuse the allocation.

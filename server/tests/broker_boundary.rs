@@ -39,7 +39,7 @@ impl DeferredBroker {
                 };
                 fanout.send_to(ticket.worker, WorkerEvent::Published { ticket, result });
                 if !refuse {
-                    fanout.broadcast(room, Utf8Bytes::from(frame));
+                    fanout.broadcast(room, Utf8Bytes::from(frame), None);
                 }
             }
         });

@@ -775,7 +775,7 @@ fn unusual_but_valid_upgrades_open_a_websocket() {
         (
             "lower-case names and tokens, a query",
             get(
-                &format!("{chat}?since=0&x=%41"),
+                &format!("{chat}?page=0&x=%41"),
                 &format!("upgrade: WebSocket\r\nconnection: upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: {KEY}\r\n"),
             ),
         ),

@@ -33,17 +33,32 @@ pub fn postgres_addr() -> SocketAddr {
 }
 
 /// Deletes a test's RabbitMQ topology (its queues, dead-letter queue and
-/// exchanges) when dropped, pass or fail, over a connection of its own.
+/// exchanges) and its rooms' Redis history streams when dropped, pass or
+/// fail, over connections of its own.
 pub struct TopologyGuard(pub Topology);
 
 impl Drop for TopologyGuard {
     fn drop(&mut self) {
+        // A panic here would abort a test that is already unwinding; a
+        // queue or stream left behind is only untidy.
         if let Err(e) = delete(&self.0) {
-            // A panic here would abort a test that is already unwinding;
-            // a queue left behind is only untidy.
             eprintln!("clean-up of namespace {}: {e}", self.0.namespace);
         }
+        if let Err(e) = delete_history(&self.0) {
+            eprintln!("clean-up of namespace {}'s history: {e}", self.0.namespace);
+        }
     }
+}
+
+/// Deletes every room's history stream (the consumers make them).
+pub fn delete_history(topology: &Topology) -> redis::RedisResult<()> {
+    let keys: Vec<String> = topology
+        .rooms
+        .iter()
+        .map(|room| topology.history_stream(room))
+        .collect();
+    let mut con = redis::Client::open(REDIS_URL)?.get_connection()?;
+    redis::cmd("DEL").arg(keys).query(&mut con)
 }
 
 /// Deletes everything `topology.declare` makes.

@@ -16,8 +16,13 @@ pub type Client = WebSocket<MaybeTlsStream<TcpStream>>;
 /// Opens `ws://{addr}/chat/{room}` (the upgrade must answer 101) with
 /// `TCP_NODELAY` and reads that give up after `read_timeout`.
 pub fn connect(addr: SocketAddr, room: u32, read_timeout: Duration) -> Client {
-    let (mut client, response) = tungstenite::connect(format!("ws://{addr}/chat/{room}"))
-        .unwrap_or_else(|e| panic!("WebSocket to {addr}/chat/{room}: {e}"));
+    connect_to(addr, &format!("/chat/{room}"), read_timeout)
+}
+
+/// [`connect`] to any target, e.g. `/chat/3?since=1733090000123-0`.
+pub fn connect_to(addr: SocketAddr, target: &str, read_timeout: Duration) -> Client {
+    let (mut client, response) = tungstenite::connect(format!("ws://{addr}{target}"))
+        .unwrap_or_else(|e| panic!("WebSocket to {addr}{target}: {e}"));
     assert_eq!(response.status(), 101);
     if let MaybeTlsStream::Plain(stream) = client.get_ref() {
         stream.set_nodelay(true).unwrap();

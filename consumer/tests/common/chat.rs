@@ -36,6 +36,17 @@ pub fn server_with_redis(namespace: &str, rooms: u32, id: &str, redis_port: u16)
 
 /// [`server`] also serving the read API (on a free port) over `database`.
 pub fn server_with_api(namespace: &str, rooms: u32, id: &str, database: Option<&str>) -> Server {
+    Server::start(server_config(namespace, rooms, id, database)).expect("server starts")
+}
+
+/// [`server`] reaching Redis on `redis_port` (a proxy a test cuts).
+pub fn server_through_redis(namespace: &str, rooms: u32, id: &str, redis_port: u16) -> Server {
+    let mut config = server_config(namespace, rooms, id, None);
+    config.services.redis.port = redis_port;
+    Server::start(config).expect("server starts")
+}
+
+fn server_config(namespace: &str, rooms: u32, id: &str, database: Option<&str>) -> Config {
     let mut config = Config {
         api: database.map(|name| chatflow_server::config::ApiConfig {
             bind: "127.0.0.1:0".parse().unwrap(),
@@ -57,7 +68,7 @@ pub fn server_with_api(namespace: &str, rooms: u32, id: &str, database: Option<&
     config.services = config
         .services
         .with_topology(namespace, chatflow_protocol::Rooms::new(rooms).unwrap());
-    Server::start(config).expect("server starts")
+    config
 }
 
 /// A WebSocket to `/chat/{room}` of `server`, reads giving up after 30 s.

@@ -355,6 +355,19 @@ impl Drop for Subscriber {
     }
 }
 
+/// A broadcast payload without the `"position"` its room's history gave
+/// it (the frame the server published, as [`TestMessage::frame`] holds
+/// it); panics if it has none.
+pub fn unpositioned(payload: &str) -> String {
+    let position = chatflow_protocol::Position::of_frame(payload)
+        .unwrap_or_else(|| panic!("a broadcast with a position: {payload}"));
+    let suffix = format!(",\"position\":\"{position}\"}}");
+    let head = payload
+        .strip_suffix(&suffix)
+        .expect("the position ends the frame");
+    format!("{head}}}")
+}
+
 /// The `messageId` of a broadcast payload.
 pub fn message_id(payload: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(payload).expect("broadcast is JSON");

@@ -33,7 +33,8 @@ impl Broker for MemoryBroker {
     ) -> Outcome {
         // Serialised once here; every recipient shares these bytes.
         let frame = Utf8Bytes::from(envelope.broadcast_json());
-        self.fanout.broadcast(envelope.room_id, frame);
+        // No history here: nothing to resume from, so no position.
+        self.fanout.broadcast(envelope.room_id, frame, None);
         Outcome::Accepted
     }
 }

@@ -6,7 +6,9 @@
 //! broadcasts reach workers through the [`Fanout`] the broker was built
 //! with. Implementations: [`memory`] (in-process broadcast), [`none`] (ack
 //! only) and [`rabbitmq`] (publisher confirms, broadcasts back over Redis,
-//! [`redis_subscriber`]; both links report through [`link_state`]). A
+//! [`redis_subscriber`]; both links report through [`link_state`]; each
+//! room's history in Redis read through [`stream`], for resuming clients
+//! by the [`history`] thread). A
 //! durable broker answers [`Outcome::Pending`] and later sends the worker
 //! [`WorkerEvent::Published`](crate::fanout::WorkerEvent::Published) with the
 //! same [`Ticket`]; the worker then acks (or errors) the client.
@@ -15,12 +17,14 @@
 //! chosen in [`crate::server`], so no implementation and this module import
 //! each other.
 
+pub mod history;
 pub mod link_state;
 pub mod memory;
 pub mod none;
 pub mod rabbitmq;
 pub mod redis_subscriber;
 pub mod sent_log;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +33,7 @@ use chatflow_protocol::Envelope;
 
 use crate::config::{BrokerKind, Config};
 use crate::fanout::{Fanout, PublishError, Ticket};
+use history::History;
 
 /// What the broker says about one offered message.
 #[derive(Debug, PartialEq, Eq)]
@@ -93,6 +98,12 @@ pub trait Broker: Send + Sync {
             detail: "in-process".to_string(),
             down: Vec::new(),
         }
+    }
+
+    /// Where resuming connections read their room's history; `None`: this
+    /// broker keeps none (their `recovery` frame says `UNAVAILABLE`).
+    fn history(&self) -> Option<&History> {
+        None
     }
 
     /// Called once, after every worker has stopped (the broker's part of

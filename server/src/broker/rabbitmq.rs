@@ -33,6 +33,7 @@ use chatflow_protocol::{routing_key, Envelope, Topology, SHARDS_PER_ROOM};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
+use super::history::History;
 use super::link_state::LinkState;
 use super::redis_subscriber::RedisSubscriber;
 use super::sent_log::{Claim, SentLog};
@@ -117,6 +118,7 @@ fn message_properties() -> AmqpProperties {
 pub struct RabbitBroker {
     publishers: Vec<(Sender<PublishRequest>, Arc<LinkState>)>,
     subscriber: RedisSubscriber,
+    history: History,
     /// Signalled (or dropped, if start fails half-way) to stop every
     /// thread below.
     stop: Mutex<ShutdownTrigger>,
@@ -165,10 +167,12 @@ impl RabbitBroker {
             );
             publishers.push((requests, state));
         }
+        let history = History::start(config, fanout.clone(), shutdown.clone())?;
         let subscriber = RedisSubscriber::start(&services.redis, topology, fanout, shutdown)?;
         Ok(RabbitBroker {
             publishers,
             subscriber,
+            history,
             stop: Mutex::new(stop),
             threads: Mutex::new(threads),
         })
@@ -235,9 +239,11 @@ impl Broker for RabbitBroker {
             connected: down.is_empty(),
             detail: if down.is_empty() {
                 format!(
-                    "rabbitmq: {} publisher(s) connected; redis: subscribed ({} reconnects)",
+                    "rabbitmq: {} publisher(s) connected; redis: subscribed ({} reconnects, {}); {}",
                     self.publishers.len(),
-                    self.subscriber.reconnects()
+                    self.subscriber.reconnects(),
+                    self.subscriber.describe_fills(),
+                    describe_history(&self.history),
                 )
             } else {
                 let problems: Vec<String> = down
@@ -256,7 +262,25 @@ impl Broker for RabbitBroker {
             let _ = thread.join();
         }
         self.subscriber.join();
+        self.history.join();
     }
+
+    fn history(&self) -> Option<&History> {
+        Some(&self.history)
+    }
+}
+
+/// The history thread's counters, for `/health`'s broker detail.
+fn describe_history(history: &History) -> String {
+    let stats = &history.stats;
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "history: {} reads ({} resumes trimmed, {} messages filled from the database, {} failed)",
+        load(&stats.reads),
+        load(&stats.trimmed),
+        load(&stats.from_database),
+        load(&stats.failed)
+    )
 }
 
 /// A live connection and its confirm channel.

@@ -77,6 +77,11 @@ impl Context {
         }
     }
 
+    /// Which worker this is (answers from other threads come back to it).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }

@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use chatflow_protocol::Position;
 use mio::net::TcpStream;
 use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
@@ -20,8 +21,9 @@ use crate::stats::WorkerStats;
 pub(super) enum Then {
     /// An answer to a plain request: the connection closes.
     Close,
-    /// `101 Switching Protocols`: the connection is a WebSocket in `room`.
-    Open { room: u32 },
+    /// `101 Switching Protocols`: the connection is a WebSocket in `room`,
+    /// resuming after `since` if given.
+    Open { room: u32, since: Option<Position> },
 }
 
 impl Connection {
@@ -55,10 +57,17 @@ impl Connection {
             route => route,
         };
         let (response, then) = match route {
-            Route::Chat { room, accept } => {
+            Route::Chat {
+                room,
+                accept,
+                since,
+            } => {
                 // Holds a slot from here; released in `release`.
                 self.counted = true;
-                (http::switching_protocols(&accept), Then::Open { room })
+                (
+                    http::switching_protocols(&accept),
+                    Then::Open { room, since },
+                )
             }
             Route::Health => {
                 let health = shared.health(&*cx.broker);
@@ -138,12 +147,21 @@ impl Connection {
                 self.since = Instant::now();
                 self.linger(cx)
             }
-            Then::Open { room } => self.open(key, stream, room, cx),
+            Then::Open { room, since } => self.open(key, stream, room, since, cx),
         }
     }
 
-    /// The 101 is out: the connection is a WebSocket member of `room`.
-    fn open(&mut self, key: usize, stream: TcpStream, room: u32, cx: &mut Context) -> Next {
+    /// The 101 is out: the connection is a WebSocket member of `room`
+    /// (from now on it hears the room's broadcasts), and, given `since`,
+    /// asks for the room's history after it.
+    fn open(
+        &mut self,
+        key: usize,
+        stream: TcpStream,
+        room: u32,
+        since: Option<Position>,
+        cx: &mut Context,
+    ) -> Next {
         let socket = Socket::new(stream, cx.shared.config.max_fragments);
         let ws = WebSocket::from_raw_socket(socket, Role::Server, Some(cx.ws_config));
         let slot = cx.rooms.join(room, key);
@@ -156,9 +174,13 @@ impl Connection {
         let stats = cx.stats();
         WorkerStats::bump(&stats.connections_accepted);
         stats.open_connections.fetch_add(1, Ordering::Relaxed);
+        let resumed = match since {
+            Some(since) => self.start_replay(key, room, since, cx),
+            None => Next::WAIT,
+        };
         // Frames may have arrived while the 101 was written: the edge that
         // announced them is spent, so read now.
-        self.read_frames(key, cx)
+        resumed.and(self.read_frames(key, cx))
     }
 
     /// Reads and drops input after an answer until the peer closes.

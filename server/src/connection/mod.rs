@@ -21,11 +21,13 @@
 //! Files: `handshake` (Routing, Responding, Lingering: the plain-HTTP
 //! side), `websocket` (Open: frames, messages, replies, broadcasts,
 //! closes), `liveness` (pings, and closing a peer that stopped answering),
-//! `context` (the per-worker state every step shares).
+//! `replay` (resuming after `?since=`: the room's history, then the seam,
+//! then live), `context` (the per-worker state every step shares).
 
 mod context;
 mod handshake;
 mod liveness;
+mod replay;
 mod websocket;
 
 use std::io::{self, Read};
@@ -37,6 +39,7 @@ use tungstenite::WebSocket;
 
 pub use context::Context;
 use handshake::Then;
+pub use replay::replayed;
 use websocket::Failure;
 pub use websocket::{deliver, published};
 
@@ -163,6 +166,9 @@ pub struct Connection {
     input_paused: bool,
     /// Interest currently registered with the Poll.
     registered: Interest,
+    /// Resuming after `?since=` (and, just after, the seam): boxed, since
+    /// few connections ever have one.
+    replay: Option<Box<replay::Replay>>,
     /// Owned by the worker: queued in its list of connections to flush.
     pub dirty: bool,
 }
@@ -178,6 +184,7 @@ impl Connection {
             blocked_on_write: false,
             input_paused: false,
             registered: Interest::READABLE,
+            replay: None,
             dirty: false,
         }
     }

@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use chatflow_protocol::frame::{ack_json, error_json};
 use chatflow_protocol::time::now_ms;
-use chatflow_protocol::{Ack, ClientMessage, Envelope, ErrorCode, ErrorFrame, ServerTime};
+use chatflow_protocol::{
+    Ack, ClientMessage, Envelope, ErrorCode, ErrorFrame, Position, ServerTime,
+};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
@@ -328,9 +330,10 @@ impl Connection {
     }
 
     /// The worker's end-of-turn flush. Once everything is out, a failed
-    /// connection shuts its side (FIN: we will send nothing more), and
-    /// paused input may flow again.
-    pub fn flush_output(&mut self) -> Next {
+    /// connection shuts its side (FIN: we will send nothing more), a
+    /// replay waiting for the output asks for its next page, and paused
+    /// input may flow again.
+    pub fn flush_output(&mut self, cx: &mut Context) -> Next {
         if !self.flush() {
             return Next::Remove;
         }
@@ -342,14 +345,15 @@ impl Connection {
                 let _ = stream.shutdown(std::net::Shutdown::Write);
             }
         }
+        let next = self.resume_replay(cx);
         if self.input_paused {
             self.input_paused = false;
-            return Next::Keep {
+            return next.and(Next::Keep {
                 flush: false,
                 resume: true,
-            };
+            });
         }
-        Next::WAIT
+        next
     }
 
     /// Queues a close frame with `code` and starts the grace period; a live
@@ -382,15 +386,18 @@ impl Connection {
 
 /// Queues a room frame to every live member of `room` on this worker and
 /// hands each member's [`Next`] to `then` (which must not remove anyone:
-/// the room index is borrowed meanwhile).
+/// the room index is borrowed meanwhile). A member that is resuming holds
+/// the frame back, or drops it as replayed, by its `position`.
 pub fn deliver(
     conns: &mut Slab<Connection>,
     cx: &Context,
     room: u32,
     frame: &Utf8Bytes,
+    position: Option<Position>,
     mut then: impl FnMut(usize, &mut Connection, Next),
 ) {
     let mut delivered = 0;
+    let hold = cx.shared.config.history.live_buffer;
     for &key in cx.rooms.members(room) {
         let conn = &mut conns[key];
         if !matches!(
@@ -402,7 +409,9 @@ pub fn deliver(
         ) {
             continue;
         }
-        let sent = conn.send(Message::Text(frame.clone()));
+        let Some(sent) = conn.offer(frame, position, hold) else {
+            continue;
+        };
         if matches!(sent, Sent::Queued) {
             delivered += 1;
         }
