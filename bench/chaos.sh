@@ -49,7 +49,9 @@ stop_file="$out/stop"
 deadline=$(( $(date +%s) + 480 ))
 
 scripts/ensure-services.sh redis rabbitmq postgres
-cargo build --release -q -p chatflow-server -p chatflow-consumer -p chatflow-bench --bin chaosload
+# Two builds: `--bin` would narrow the first to chaosload alone.
+cargo build --release -q -p chatflow-server -p chatflow-consumer
+cargo build --release -q -p chatflow-bench --bin chaosload
 BIN=target/release
 
 export NAMESPACE="$NS" ROOMS DB_USER=postgres DB_NAME="$DB" ENABLE_PERSISTENCE=true
@@ -86,7 +88,15 @@ cleanup() {
   for pid in "$server_a_pid" "$server_b_pid" "$consumer_pid"; do
     [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null
   done
-  sleep 2
+  # A server drains (2 s) and waits for its confirms before it exits.
+  for _ in $(seq 1 150); do
+    alive=0
+    for pid in "$server_a_pid" "$server_b_pid" "$consumer_pid"; do
+      [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && alive=1
+    done
+    (( alive )) || break
+    sleep 0.1
+  done
   for pid in "$server_a_pid" "$server_b_pid" "$consumer_pid" "$recorder_pid"; do
     [[ -n "$pid" ]] && kill -9 "$pid" 2>/dev/null
   done
@@ -152,7 +162,8 @@ dead=$(rabbitmqctl -q list_queues name messages 2>/dev/null | awk -v q="$NS.dead
 line="$(cat "$out/recorder.out") dead-lettered ${dead:-0}"
 verdict=PASS
 for field in missing duplicate-rows broadcasts-missing; do
-  value=$(sed -n "s/.*$field \([0-9]*\).*/\1/p" <<<"$line")
+  # Word by word: "missing" is also the end of "broadcasts-missing".
+  value=$(awk -v f="$field" '{for (i = 1; i < NF; i++) if ($i == f) print $(i + 1)}' <<<"$line")
   [[ "${value:-1}" == 0 ]] || verdict=FAIL
 done
 echo "chaos: $line verdict $verdict (details: $out)"

@@ -46,6 +46,17 @@ pub fn server_through_redis(namespace: &str, rooms: u32, id: &str, redis_port: u
     Server::start(config).expect("server starts")
 }
 
+/// [`server`] that drains for `drain` when shut down (as on SIGTERM):
+/// `/health` 503 while it keeps serving, then in-flight confirms and acks,
+/// then 1001.
+pub fn draining_server(namespace: &str, rooms: u32, id: &str, drain: Duration) -> Server {
+    let config = Config {
+        drain,
+        ..server_config(namespace, rooms, id, None)
+    };
+    Server::start(config).expect("server starts")
+}
+
 fn server_config(namespace: &str, rooms: u32, id: &str, database: Option<&str>) -> Config {
     let mut config = Config {
         api: database.map(|name| chatflow_server::config::ApiConfig {
