@@ -23,7 +23,7 @@
 //! `shutdown` a listener of its stop signal (step 1 of `Server::shutdown`,
 //! so a stopping server leaves the fleet view at once):
 //!
-//! ```ignore
+//! ```text
 //! let health = { let (s, b) = (shared.clone(), broker.clone()); move || s.health(&*b) };
 //! let publisher = StatsPublisher::start(&config, Box::new(health), shutdown.clone())?;
 //! let reader = FleetReader::new(&config, publisher.latest())?;
