@@ -29,8 +29,9 @@ cd "$(dirname "$0")"
 
 # Tests talk to real Redis, RabbitMQ and PostgreSQL: start any that is down.
 scripts/ensure-services.sh redis rabbitmq postgres
-# And the programs some tests drive (HAProxy, Chromium, promtool).
-scripts/ensure-tools.sh haproxy chromium promtool
+# And the programs some tests drive (HAProxy, Chromium, promtool, the
+# Prometheus parser).
+scripts/ensure-tools.sh
 
 # Tests hold thousands of sockets on both ends of loopback connections.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Makes sure the programs some tests drive are installed, from Debian's
 # packages when missing: HAProxy (the balancer test), Chromium (the
-# dashboard's browser test), promtool (checks the Prometheus text format).
+# dashboard's browser test), promtool (lints Prometheus rules and pages),
+# and the Prometheus project's Python parser (the /metrics tests read
+# their pages with it; from PyPI).
 # Idempotent; quiet when everything is already there.
 #
-#   scripts/ensure-tools.sh [haproxy] [chromium] [promtool]   (default: all)
+#   scripts/ensure-tools.sh [haproxy] [chromium] [promtool] [prometheus-parser]   (default: all)
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: scripts/ensure-tools.sh [haproxy] [chromium] [promtool]
+Usage: scripts/ensure-tools.sh [haproxy] [chromium] [promtool] [prometheus-parser]
 
 Installs each named tool from Debian's packages if it is not on PATH:
 haproxy (package haproxy), chromium (chromium), promtool (prometheus; only
-its promtool is used, the server it ships is stopped and never started).
-Default: all three.
+its promtool is used, the server it ships is never started),
+prometheus-parser (the Python package prometheus-client, by pip).
+Default: all four.
 USAGE
 }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
@@ -34,12 +37,15 @@ install() {
 }
 
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(haproxy chromium promtool)
+[[ ${#tools[@]} -gt 0 ]] || tools=(haproxy chromium promtool prometheus-parser)
 for tool in "${tools[@]}"; do
   case "$tool" in
     haproxy) command -v haproxy >/dev/null || install haproxy ;;
     chromium) command -v chromium >/dev/null || install chromium ;;
     promtool) command -v promtool >/dev/null || install prometheus ;;
+    prometheus-parser)
+      python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null ||
+        python3 -m pip install -q --disable-pip-version-check prometheus-client ;;
     *) echo "ensure-tools: unknown tool $tool" >&2; usage >&2; exit 2 ;;
   esac
 done

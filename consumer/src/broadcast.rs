@@ -179,7 +179,9 @@ impl Broadcaster {
             let started = Instant::now();
             match self.try_publish(batch, stats) {
                 Ok(()) => {
-                    let us = started.elapsed().as_micros() as u64;
+                    let elapsed = started.elapsed();
+                    stats.buckets.publish.observe_duration(elapsed);
+                    let us = elapsed.as_micros() as u64;
                     stats
                         .histograms
                         .lock()

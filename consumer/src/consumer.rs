@@ -316,9 +316,9 @@ impl Consumer {
         Health::of(&self.shared)
     }
 
-    /// `/metrics` (Prometheus text).
+    /// `/metrics` (OpenMetrics text).
     pub fn metrics(&self) -> String {
-        metrics::encode(&self.health())
+        metrics::encode(&self.shared)
     }
 
     /// A read-only view of the counters that outlives the consumer (e.g.
@@ -393,7 +393,7 @@ impl Monitor {
     }
 
     pub fn metrics(&self) -> String {
-        metrics::encode(&self.health())
+        metrics::encode(&self.0)
     }
 }
 

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chatflow_protocol::SHARDS_PER_ROOM;
+use chatflow_telemetry::histogram::{BATCH_ROWS, LATENCY_SECONDS};
+use chatflow_telemetry::{Histogram as Buckets, HistogramSnapshot};
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -59,6 +61,30 @@ pub struct QueueStats {
     /// The last Redis attempt succeeded.
     pub redis_up: AtomicBool,
     pub histograms: Mutex<Histograms>,
+    /// The same distributions in Prometheus buckets (cumulative, for
+    /// `/metrics`; lock-free). Lag is per broadcast message here, where
+    /// the hdr histogram above keeps each batch's oldest.
+    pub buckets: QueueBuckets,
+}
+
+/// A queue consumer's Prometheus histograms.
+pub struct QueueBuckets {
+    /// Server timestamp → broadcast published, per message, seconds.
+    pub lag: Buckets,
+    /// One Redis pipeline round trip, seconds.
+    pub publish: Buckets,
+    /// Deliveries per batch.
+    pub batch: Buckets,
+}
+
+impl Default for QueueBuckets {
+    fn default() -> Self {
+        QueueBuckets {
+            lag: Buckets::seconds(LATENCY_SECONDS),
+            publish: Buckets::seconds(LATENCY_SECONDS),
+            batch: Buckets::counts(BATCH_ROWS),
+        }
+    }
 }
 
 impl Default for QueueStats {
@@ -77,6 +103,7 @@ impl Default for QueueStats {
             amqp_up: AtomicBool::new(false),
             redis_up: AtomicBool::new(true),
             histograms: Mutex::new(Histograms::new()),
+            buckets: QueueBuckets::default(),
         }
     }
 }
@@ -114,6 +141,13 @@ impl Default for Histograms {
     fn default() -> Self {
         Histograms::new()
     }
+}
+
+/// [`QueueBuckets`] of every queue consumer, as one scrape read them.
+pub struct QueueBucketsSnapshot {
+    pub lag: HistogramSnapshot,
+    pub publish: HistogramSnapshot,
+    pub batch: HistogramSnapshot,
 }
 
 /// One AMQP connection's state, kept by its link thread.
@@ -160,6 +194,10 @@ pub struct WriterStats {
     /// Microseconds per committed batch (COPY + commit).
     pub latency_us: Mutex<Histogram<u64>>,
     pub batch_sizes: Mutex<Histogram<u64>>,
+    /// COPY + commit per committed batch, seconds (Prometheus buckets).
+    pub copy_seconds: Buckets,
+    /// Rows per committed batch (Prometheus buckets).
+    pub batch_rows: Buckets,
 }
 
 impl WriterStats {
@@ -188,6 +226,8 @@ impl Default for WriterStats {
             last_error: Mutex::new(String::new()),
             latency_us: Mutex::new(WriterStats::latency_histogram()),
             batch_sizes: Mutex::new(WriterStats::batch_size_histogram()),
+            copy_seconds: Buckets::seconds(LATENCY_SECONDS),
+            batch_rows: Buckets::counts(BATCH_ROWS),
         }
     }
 }
@@ -302,6 +342,33 @@ impl Counters {
             let _ = all.batch_sizes.add(&*w.batch_sizes.lock());
         }
         all
+    }
+
+    /// The Prometheus histograms of every queue consumer, summed.
+    pub fn queue_buckets(&self) -> QueueBucketsSnapshot {
+        let mut all = QueueBucketsSnapshot {
+            lag: HistogramSnapshot::empty(LATENCY_SECONDS),
+            publish: HistogramSnapshot::empty(LATENCY_SECONDS),
+            batch: HistogramSnapshot::empty(BATCH_ROWS),
+        };
+        for q in &self.queues {
+            all.lag.add(&q.buckets.lag.snapshot());
+            all.publish.add(&q.buckets.publish.snapshot());
+            all.batch.add(&q.buckets.batch.snapshot());
+        }
+        all
+    }
+
+    /// The writers' Prometheus histograms: (COPY + commit seconds, rows
+    /// per batch), summed.
+    pub fn writer_buckets(&self) -> (HistogramSnapshot, HistogramSnapshot) {
+        let mut copy = HistogramSnapshot::empty(LATENCY_SECONDS);
+        let mut rows = HistogramSnapshot::empty(BATCH_ROWS);
+        for w in self.writers.iter() {
+            copy.add(&w.copy_seconds.snapshot());
+            rows.add(&w.batch_rows.snapshot());
+        }
+        (copy, rows)
     }
 
     /// Queue consumers consuming on a live channel.

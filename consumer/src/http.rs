@@ -356,8 +356,8 @@ pub fn route(method: Option<&str>, path: Option<&str>, shared: &Shared) -> Vec<u
         }
         "/metrics" => response(
             200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            &metrics::encode(&Health::of(shared)),
+            chatflow_telemetry::CONTENT_TYPE,
+            &metrics::encode(shared),
             None,
         ),
         other => error(
@@ -430,7 +430,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert!(v["status"].is_string());
         let metrics = text(route(Some("GET"), Some("/metrics"), &shared));
-        assert!(metrics.contains("text/plain; version=0.0.4"));
+        assert!(metrics.contains("application/openmetrics-text"));
         assert!(metrics.contains("chatflow_consumer_consumed_total{room=\"1\"} 0"));
         assert!(text(route(Some("POST"), Some("/health"), &shared)).starts_with("HTTP/1.1 405"));
         assert!(text(route(Some("GET"), Some("/nope"), &shared)).starts_with("HTTP/1.1 404"));

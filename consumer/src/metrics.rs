@@ -1,207 +1,184 @@
-//! `/metrics`: the [`Health`] document in the Prometheus text exposition
-//! format (version 0.0.4), every name prefixed `chatflow_consumer_`.
-//!
-//! Written by hand: a dozen families, encoded from the same document
-//! `/health` serves, so the two never disagree.
+//! `/metrics`: the consumer in the Prometheus/OpenMetrics text format,
+//! encoded by `prometheus-client`, every own name prefixed
+//! `chatflow_consumer_`: the counters and flags of the [`Health`] document
+//! (read from the same state, so the two never disagree), Prometheus
+//! histograms (cumulative buckets, `_sum`, `_count`) of consumer lag,
+//! Redis publish time, batch sizes and the writers' COPY + commit, and the
+//! standard `process_*` and `chatflow_build_info`.
 
-use std::fmt::Write as _;
+use std::fmt;
 
-use crate::health::{Health, Quantiles};
+use chatflow_telemetry::build::BuildInfo;
+use chatflow_telemetry::labels;
+use chatflow_telemetry::process::ProcessMetrics;
+use chatflow_telemetry::{HistogramSnapshot, Scrape};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
 
-const PREFIX: &str = "chatflow_consumer_";
+use crate::counters::QueueBucketsSnapshot;
+use crate::health::Health;
+use crate::state::Shared;
 
-/// Writes metric families into a string.
-struct Encoder {
-    out: String,
+/// What one scrape read: owned, so the registry's collector needs no
+/// reference into the running consumer.
+struct Reading {
+    health: Health,
+    queues: QueueBucketsSnapshot,
+    copy: HistogramSnapshot,
+    batch_rows: HistogramSnapshot,
 }
 
-impl Encoder {
-    /// `# HELP` and `# TYPE` of a family.
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {PREFIX}{name} {help}");
-        let _ = writeln!(self.out, "# TYPE {PREFIX}{name} {kind}");
-    }
-
-    /// One sample; `suffix` is appended to the name (`{room="1"}`, `_count`).
-    fn sample(&mut self, name: &str, suffix: &str, value: f64) {
-        let _ = writeln!(self.out, "{PREFIX}{name}{suffix} {value}");
-    }
-
-    /// Counters without labels: (name, help, value) each.
-    fn counters(&mut self, table: &[(&str, &str, u64)]) {
-        for &(name, help, value) in table {
-            self.family(name, "counter", help);
-            self.sample(name, "", value as f64);
-        }
-    }
-
-    fn gauge(&mut self, name: &str, help: &str, value: f64) {
-        self.family(name, "gauge", help);
-        self.sample(name, "", value);
-    }
-
-    fn flag(&mut self, name: &str, help: &str, on: bool) {
-        self.gauge(name, help, if on { 1.0 } else { 0.0 });
-    }
-
-    /// A summary: quantiles as labels (scaled to the base unit), and the
-    /// observation count.
-    fn summary(&mut self, name: &str, help: &str, q: &Quantiles, scale: f64) {
-        self.family(name, "summary", help);
-        for (quantile, value) in [("0.5", q.p50), ("0.99", q.p99), ("1", q.max)] {
-            let labels = format!("{{quantile=\"{quantile}\"}}");
-            self.sample(name, &labels, value as f64 * scale);
-        }
-        self.sample(name, "_count", q.count as f64);
+impl fmt::Debug for Reading {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reading")
     }
 }
 
-/// `/metrics` in the Prometheus text format.
-pub fn encode(health: &Health) -> String {
-    let mut m = Encoder {
-        out: String::with_capacity(4096),
+/// `/metrics` in the OpenMetrics text format.
+pub fn encode(shared: &Shared) -> String {
+    let (copy, batch_rows) = shared.counters.writer_buckets();
+    let reading = Reading {
+        health: Health::of(shared),
+        queues: shared.counters.queue_buckets(),
+        copy,
+        batch_rows,
     };
-    m.family(
-        "consumed_total",
-        "counter",
-        "Deliveries taken from RabbitMQ, per room.",
-    );
-    for room in &health.per_room {
-        let labels = format!("{{room=\"{}\"}}", room.room);
-        m.sample("consumed_total", &labels, room.consumed as f64);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(reading));
+    registry.register_collector(Box::new(ProcessMetrics));
+    registry.register_collector(Box::new(BuildInfo {
+        binary: "chatflow-consumer",
+    }));
+    chatflow_telemetry::encode(&registry)
+}
+
+const P: &str = "chatflow_consumer_";
+
+impl Collector for Reading {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        let mut s = Scrape::new(encoder);
+        let name = |n: &str| format!("{P}{n}");
+        let health = &self.health;
+        s.counters(
+            &name("consumed"),
+            "Deliveries taken from RabbitMQ, per room.",
+            (health.per_room.iter()).map(|r| (labels!("room" => r.room), r.consumed)),
+        )?;
+        let t = &health.totals;
+        for (n, help, value) in [
+            ("broadcasts", "Message frames published to Redis.", t.broadcasts),
+            ("broadcasts_suppressed", "Deliveries not broadcast again: their id was broadcast lately.", t.broadcasts_suppressed),
+            ("acked", "Deliveries acked to RabbitMQ.", t.acked),
+            ("redelivered", "Deliveries flagged redelivered by the broker.", t.redelivered),
+            ("dead_lettered", "Deliveries rejected to the dead-letter queue (undecodable, or their row refused by the database).", t.dead_lettered),
+            ("batches", "Redis pipelines published.", t.batches),
+            ("redis_errors", "Failed Redis attempts.", t.redis_errors),
+            ("redis_reconnects", "Redis connections re-established after a failure.", t.redis_reconnects),
+            ("amqp_reconnects", "AMQP connections re-established after a loss.", t.amqp_reconnects),
+            ("channel_reopens", "Consumer channels lost and opened again.", t.channel_reopens),
+        ] {
+            s.counter(&name(n), help, value)?;
+        }
+        s.flag(
+            &name("rabbitmq_connected"),
+            "1 when every consumer is consuming on a live channel.",
+            health.rabbitmq.connected,
+        )?;
+        s.gauge(
+            &name("consumers_connected"),
+            "Consumers consuming on a live channel.",
+            health.rabbitmq.consumers_connected as f64,
+        )?;
+        s.flag(
+            &name("redis_connected"),
+            "1 when Redis answers and every consumer's last publish succeeded.",
+            health.redis.connected,
+        )?;
+        s.flag(
+            &name("degraded"),
+            "1 while /health reports degraded.",
+            health.status == "degraded",
+        )?;
+        s.gauge(
+            &name("dead_threads"),
+            "Threads that panicked or stopped before shutdown (their queues stall until a restart).",
+            health.dead_threads.len() as f64,
+        )?;
+        s.histogram(
+            &name("lag_seconds"),
+            "Server timestamp to broadcast published, per message: time spent in the broker and the consumer.",
+            &self.queues.lag,
+        )?;
+        s.histogram(
+            &name("redis_publish_seconds"),
+            "One Redis pipeline round trip (a batch's broadcasts and history appends).",
+            &self.queues.publish,
+        )?;
+        s.histogram(
+            &name("batch_deliveries"),
+            "Deliveries per batch taken from a queue.",
+            &self.queues.batch,
+        )?;
+        if let Some(db) = &health.database {
+            s.flag(
+                &name("database_connected"),
+                "1 when every PostgreSQL writer's last batch committed.",
+                db.connected,
+            )?;
+            s.gauge(
+                &name("writers_connected"),
+                "PostgreSQL writers whose last batch committed.",
+                db.writers_connected as f64,
+            )?;
+            for (n, help, value) in [
+                ("rows_stored", "Rows committed to PostgreSQL.", db.rows),
+                ("copy_batches", "Batches committed.", db.batches),
+                (
+                    "duplicate_batches",
+                    "Batches written through the deduplicating staging path.",
+                    db.duplicate_batches,
+                ),
+                (
+                    "duplicates_dropped",
+                    "Redelivered rows already stored, dropped by ON CONFLICT.",
+                    db.duplicates_dropped,
+                ),
+                (
+                    "write_retries",
+                    "Failed batch attempts, retried.",
+                    db.retries,
+                ),
+                (
+                    "rows_dead_lettered",
+                    "Rows PostgreSQL refused on their own, rejected to the dead-letter queue.",
+                    db.rows_dead_lettered,
+                ),
+                (
+                    "batch_splits",
+                    "Refused writes split in two to find the refused rows.",
+                    db.batch_splits,
+                ),
+            ] {
+                s.counter(&name(n), help, value)?;
+            }
+            s.histogram(
+                &name("copy_seconds"),
+                "COPY and commit of one batch.",
+                &self.copy,
+            )?;
+            s.histogram(
+                &name("batch_rows"),
+                "Rows per committed batch.",
+                &self.batch_rows,
+            )?;
+        }
+        s.gauge(
+            &name("uptime_seconds"),
+            "Seconds since start.",
+            health.uptime_seconds,
+        )
     }
-    let t = &health.totals;
-    m.counters(&[
-        (
-            "broadcasts_total",
-            "Message frames published to Redis.",
-            t.broadcasts,
-        ),
-        (
-            "broadcasts_suppressed_total",
-            "Deliveries not broadcast again: their id was broadcast lately.",
-            t.broadcasts_suppressed,
-        ),
-        ("acked_total", "Deliveries acked to RabbitMQ.", t.acked),
-        (
-            "redelivered_total",
-            "Deliveries flagged redelivered by the broker.",
-            t.redelivered,
-        ),
-        (
-            "dead_lettered_total",
-            "Deliveries rejected to the dead-letter queue (undecodable, or their row refused by the database).",
-            t.dead_lettered,
-        ),
-        ("batches_total", "Redis pipelines published.", t.batches),
-        ("redis_errors_total", "Failed Redis attempts.", t.redis_errors),
-        (
-            "redis_reconnects_total",
-            "Redis connections re-established after a failure.",
-            t.redis_reconnects,
-        ),
-        (
-            "amqp_reconnects_total",
-            "AMQP connections re-established after a loss.",
-            t.amqp_reconnects,
-        ),
-        (
-            "channel_reopens_total",
-            "Consumer channels lost and opened again.",
-            t.channel_reopens,
-        ),
-    ]);
-    m.flag(
-        "rabbitmq_connected",
-        "1 when every consumer is consuming on a live channel.",
-        health.rabbitmq.connected,
-    );
-    m.gauge(
-        "consumers_connected",
-        "Consumers consuming on a live channel.",
-        health.rabbitmq.consumers_connected as f64,
-    );
-    m.flag(
-        "redis_connected",
-        "1 when Redis answers and every consumer's last publish succeeded.",
-        health.redis.connected,
-    );
-    m.flag(
-        "degraded",
-        "1 while /health reports degraded.",
-        health.status == "degraded",
-    );
-    m.gauge(
-        "dead_threads",
-        "Threads that panicked or stopped before shutdown (their queues stall until a restart).",
-        health.dead_threads.len() as f64,
-    );
-    if let Some(db) = &health.database {
-        m.flag(
-            "database_connected",
-            "1 when every PostgreSQL writer's last batch committed.",
-            db.connected,
-        );
-        m.counters(&[
-            (
-                "rows_stored_total",
-                "Rows committed to PostgreSQL.",
-                db.rows,
-            ),
-            ("copy_batches_total", "Batches committed.", db.batches),
-            (
-                "duplicate_batches_total",
-                "Batches written through the deduplicating staging path.",
-                db.duplicate_batches,
-            ),
-            (
-                "duplicates_dropped_total",
-                "Redelivered rows already stored, dropped by ON CONFLICT.",
-                db.duplicates_dropped,
-            ),
-            (
-                "write_retries_total",
-                "Failed batch attempts, retried.",
-                db.retries,
-            ),
-            (
-                "rows_dead_lettered_total",
-                "Rows PostgreSQL refused on their own, rejected to the dead-letter queue.",
-                db.rows_dead_lettered,
-            ),
-            (
-                "batch_splits_total",
-                "Refused writes split in two to find the refused rows.",
-                db.batch_splits,
-            ),
-        ]);
-        m.summary(
-            "copy_seconds",
-            "COPY and commit of one batch.",
-            &db.copy_latency_us,
-            1e-6,
-        );
-    }
-    let l = &health.latency;
-    m.summary(
-        "redis_publish_seconds",
-        "Redis pipeline round trip.",
-        &l.redis_publish_us,
-        1e-6,
-    );
-    m.summary(
-        "lag_seconds",
-        "Server timestamp to broadcast published.",
-        &l.lag_ms,
-        1e-3,
-    );
-    m.summary("batch_size", "Deliveries per batch.", &l.batch_size, 1.0);
-    m.gauge(
-        "uptime_seconds",
-        "Seconds since start.",
-        health.uptime_seconds,
-    );
-    m.out
 }
 
 #[cfg(test)]
@@ -211,23 +188,37 @@ mod tests {
     use crate::state::for_tests;
 
     #[test]
-    fn prometheus_text_has_help_type_and_samples() {
+    fn the_page_has_counters_histograms_and_process_metrics() {
         let (_trigger, s) = for_tests(2);
         add(&s.counters.queues[6].consumed, 9);
-        let text = encode(&Health::of(&s));
-        assert!(text.contains("# TYPE chatflow_consumer_consumed_total counter\n"));
+        s.counters.queues[0].buckets.lag.observe(0.004);
+        s.counters.queues[3].buckets.lag.observe(0.2);
+        let text = encode(&s);
+        for line in [
+            "# TYPE chatflow_consumer_consumed counter",
+            "chatflow_consumer_consumed_total{room=\"2\"} 9",
+            "chatflow_consumer_dead_lettered_total 0",
+            "# TYPE chatflow_consumer_lag_seconds histogram",
+            "chatflow_consumer_lag_seconds_count 2",
+            "chatflow_consumer_lag_seconds_bucket{le=\"0.005\"} 1",
+            "chatflow_consumer_lag_seconds_bucket{le=\"+Inf\"} 2",
+            "chatflow_consumer_redis_publish_seconds_count 0",
+            "chatflow_consumer_dead_threads 0.0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(
-            text.contains("chatflow_consumer_consumed_total{room=\"2\"} 9\n"),
+            text.contains("chatflow_build_info{binary=\"chatflow-consumer\""),
             "{text}"
         );
-        assert!(text.contains("chatflow_consumer_dead_lettered_total 0\n"));
-        assert!(text.contains("chatflow_consumer_redis_publish_seconds_count 0\n"));
-        assert!(text.contains("chatflow_consumer_redis_publish_seconds{quantile=\"0.99\"} 0\n"));
-        assert!(text.contains("chatflow_consumer_dead_threads 0\n"));
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let (name, value) = line.rsplit_once(' ').unwrap();
-            assert!(name.starts_with("chatflow_consumer_"), "{line}");
-            assert!(value.parse::<f64>().is_ok(), "{line}");
-        }
+        let lag_sum = (text.lines())
+            .find_map(|l| l.strip_prefix("chatflow_consumer_lag_seconds_sum "))
+            .unwrap();
+        assert!(
+            (lag_sum.parse::<f64>().unwrap() - 0.204).abs() < 1e-6,
+            "{lag_sum}"
+        );
     }
 }

@@ -373,6 +373,8 @@ impl QueueConsumer {
         }
         let mut frames = Batch::with_capacity(batch.len());
         let mut oldest_ms = i64::MAX;
+        // Each broadcast message's server time, for its lag.
+        let mut sent_ms = Vec::with_capacity(batch.len());
         let mut decoded = Vec::with_capacity(batch.len());
         for delivery in batch {
             match decode(&delivery.body, &self.topology, self.rows.is_some()) {
@@ -386,6 +388,7 @@ impl QueueConsumer {
                 Ok(good) => {
                     frames.push(good.room, good.frame);
                     oldest_ms = oldest_ms.min(good.server_ms);
+                    sent_ms.push(good.server_ms);
                     decoded.push((delivery, Decoded::Good(good.row)));
                 }
                 Err(poison) => {
@@ -410,11 +413,17 @@ impl QueueConsumer {
             }
             add(&stats.broadcasts, frames.len() as u64);
             add(&stats.batches, 1);
+            let now = now_ms();
             let mut h = stats.histograms.lock();
             h.batch_size.saturating_record(size);
             // The batch's oldest message: how far behind this queue is.
             h.lag_ms
-                .saturating_record(now_ms().saturating_sub(oldest_ms).max(1) as u64);
+                .saturating_record(now.saturating_sub(oldest_ms).max(1) as u64);
+            drop(h);
+            stats.buckets.batch.observe(size as f64);
+            for ms in sent_ms {
+                (stats.buckets.lag).observe(now.saturating_sub(ms).max(0) as f64 / 1000.0);
+            }
         }
         match &self.rows {
             // Persistence off: the broadcast is the work an ack stands for.

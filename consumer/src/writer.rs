@@ -334,11 +334,14 @@ impl Writer {
                     stats.connected.store(true, Ordering::Release);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
                     stats.rows.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    let elapsed = started.elapsed();
                     let _ = stats
                         .latency_us
                         .lock()
-                        .record(started.elapsed().as_micros().max(1) as u64);
+                        .record(elapsed.as_micros().max(1) as u64);
                     let _ = stats.batch_sizes.lock().record(rows.len() as u64);
+                    stats.copy_seconds.observe_duration(elapsed);
+                    stats.batch_rows.observe(rows.len() as f64);
                     fates[range].fill(Fate::Stored);
                     backoff.reset();
                     continue;

@@ -55,26 +55,20 @@ fn health_and_metrics_answer() {
     wait_until("acked", || consumer.health().totals.acked == 3);
     let (status, metrics) = http_get(addr, "/metrics");
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("# TYPE chatflow_consumer_consumed_total counter\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("chatflow_consumer_consumed_total{room=\"1\"} 0\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("chatflow_consumer_consumed_total{room=\"2\"} 3\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("chatflow_consumer_broadcasts_total 3\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("chatflow_consumer_rabbitmq_connected 1\n"),
-        "{metrics}"
-    );
+    // Read by a real OpenMetrics parser, which refuses a malformed page.
+    let page = chatflow_testkit::prometheus::parse(&metrics);
+    assert_eq!(page.types["chatflow_consumer_consumed"], "counter");
+    let consumed = |room| page.value("chatflow_consumer_consumed_total", &[("room", room)]);
+    assert_eq!((consumed("1"), consumed("2")), (0.0, 3.0));
+    assert_eq!(page.sum("chatflow_consumer_broadcasts_total"), 3.0);
+    assert_eq!(page.sum("chatflow_consumer_rabbitmq_connected"), 1.0);
+    // Each broadcast message's lag, and the batches it came in.
+    assert_eq!(page.types["chatflow_consumer_lag_seconds"], "histogram");
+    assert_eq!(page.sum("chatflow_consumer_lag_seconds_count"), 3.0);
+    assert!(page.sum("chatflow_consumer_batch_deliveries_count") >= 1.0);
+    assert!(page.sum("chatflow_consumer_redis_publish_seconds_count") >= 1.0);
+    assert!(page.sum("process_open_fds") > 0.0);
+    assert_eq!(page.named("chatflow_build_info").count(), 1);
 
     let (status, _) = http_get(addr, "/nope");
     assert_eq!(status, 404);

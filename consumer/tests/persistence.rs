@@ -568,14 +568,15 @@ fn a_refused_row_is_dead_lettered_and_the_rest_stored() {
     assert_eq!(health["database"]["rows"], 300);
     assert_eq!(health["totals"]["deadLettered"], 1);
     let (_, metrics) = http_get(consumer.metrics_addr(), "/metrics");
-    assert!(
-        metrics.contains("chatflow_consumer_rows_dead_lettered_total 1\n"),
-        "{metrics}"
+    let page = chatflow_testkit::prometheus::parse(&metrics);
+    assert_eq!(page.sum("chatflow_consumer_rows_dead_lettered_total"), 1.0);
+    assert_eq!(page.sum("chatflow_consumer_rows_stored_total"), 300.0);
+    // Every committed batch is in the COPY histogram.
+    assert_eq!(
+        page.sum("chatflow_consumer_copy_seconds_count"),
+        page.sum("chatflow_consumer_copy_batches_total")
     );
-    assert!(
-        metrics.contains("chatflow_consumer_rows_stored_total 300\n"),
-        "{metrics}"
-    );
+    assert_eq!(page.sum("chatflow_consumer_batch_rows_sum"), 300.0);
     consumer.shutdown().expect("clean shutdown");
     assert!(
         subscriber.try_take_all().is_empty(),
@@ -636,7 +637,7 @@ fn a_writer_that_panics_shows_in_health() {
     assert_eq!(db.rows(), 0);
     let metrics = consumer.metrics();
     assert!(
-        metrics.contains("chatflow_consumer_dead_threads 2\n"),
+        metrics.contains("chatflow_consumer_dead_threads 2.0\n"),
         "{metrics}"
     );
     let err = consumer.shutdown().expect_err("a thread panicked");

@@ -47,6 +47,7 @@ pub mod fanout;
 pub mod fleet;
 pub mod http;
 pub mod live;
+pub mod metrics;
 pub mod rooms;
 pub mod server;
 pub mod socket;

@@ -68,6 +68,7 @@ use crate::config::{BrokerKind, Config, TcpKeepalive};
 use crate::fanout::{inbox, Fanout, Inbox, WorkerHandle};
 use crate::fleet::{FleetReader, QueueDepths, StatsPublisher};
 use crate::live::FleetLive;
+use crate::metrics::ServerMetrics;
 use crate::stats::{Health, Shared};
 use crate::worker::{Worker, WAKER};
 
@@ -133,8 +134,14 @@ impl ReadSide {
             queues: queues.clone(),
             broker: config.broker,
         };
-        let api = ApiContext::new(api_config, config.rooms(), Box::new(live))
-            .and_then(|context| Api::start(api_config, context))?;
+        let pool = ApiContext::pool(api_config)?;
+        let metrics = Arc::new(ServerMetrics::new(
+            shared.clone(),
+            broker.clone(),
+            Some(pool.clone()),
+        ));
+        let context = ApiContext::new(api_config, config.rooms(), pool, Box::new(live), metrics);
+        let api = Api::start(api_config, context)?;
         Ok(ReadSide {
             publisher,
             queues,

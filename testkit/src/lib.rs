@@ -14,6 +14,7 @@
 //!   queues and exchanges when dropped;
 //! - [`proxy`]: [`Proxy`], a TCP proxy a test cuts and restores, so an
 //!   outage hits only that test's connections, never a shared service;
+//! - [`prometheus`]: a `/metrics` page read by a real OpenMetrics parser;
 //! - [`limits`]: [`raise_fd_limit`], for tests that hold thousands of
 //!   sockets;
 //! - [`ws`]: a blocking WebSocket chat client with read timeouts;
@@ -32,6 +33,7 @@ pub mod database;
 pub mod http;
 pub mod limits;
 pub mod names;
+pub mod prometheus;
 pub mod proxy;
 pub mod services;
 pub mod wait;

@@ -28,6 +28,7 @@ use chatflow_protocol::Rooms;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::ApiConfig;
+use crate::metrics::ServerMetrics;
 use params::Params;
 use reply::{answer, ApiError, Timings};
 
@@ -51,20 +52,18 @@ pub struct ApiContext {
     pub max_window: Duration,
     pub max_user_window: Duration,
     pub statement_timeout: Duration,
-    pub pool: ReadPool,
+    pub pool: Arc<ReadPool>,
     /// `user@host:port/name`, for the stats.
     pub database: String,
     pub live: Box<dyn Live>,
+    /// `/metrics`, and the count of every request answered here.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 impl ApiContext {
-    /// The context `config` describes. Does not connect: the pool opens
+    /// The read pool `config` describes. Does not connect: the pool opens
     /// connections when asked (so a server whose database is down starts).
-    pub fn new(
-        config: &ApiConfig,
-        rooms: Rooms,
-        live: Box<dyn Live>,
-    ) -> anyhow::Result<ApiContext> {
+    pub fn pool(config: &ApiConfig) -> anyhow::Result<Arc<ReadPool>> {
         let pool = ReadPool::new(&ReadPoolConfig {
             database: config.database.clone(),
             max_size: config.pool_size,
@@ -73,7 +72,18 @@ impl ApiContext {
             connect_timeout: config.pool_timeout,
         })
         .context("the read API's database settings")?;
-        Ok(ApiContext {
+        Ok(Arc::new(pool))
+    }
+
+    /// The context `config` describes, over `pool` (from [`Self::pool`]).
+    pub fn new(
+        config: &ApiConfig,
+        rooms: Rooms,
+        pool: Arc<ReadPool>,
+        live: Box<dyn Live>,
+        metrics: Arc<ServerMetrics>,
+    ) -> ApiContext {
+        ApiContext {
             rooms,
             max_window: config.max_window,
             max_user_window: config.max_user_window,
@@ -81,7 +91,8 @@ impl ApiContext {
             pool,
             database: config.database.display(),
             live,
-        })
+            metrics,
+        }
     }
 
     fn query_error(&self, error: &postgres::Error) -> ApiError {
@@ -167,6 +178,10 @@ fn serve(server: &tiny_http::Server, context: &ApiContext) {
 }
 
 fn handle(context: &ApiContext, request: tiny_http::Request) {
+    let (path, _) = routes::split_target(request.url());
+    if path == "/metrics" {
+        return metrics_page(context, request);
+    }
     let started = Instant::now();
     let mut timings = Timings::default();
     let result = route_and_run(context, &request, &mut timings);
@@ -181,8 +196,40 @@ fn handle(context: &ApiContext, request: tiny_http::Request) {
     if let Some(seconds) = done.retry_after {
         response.add_header(header("Retry-After", &seconds.to_string()));
     }
+    (context.metrics).count_api_request(route_name(request.url(), context.rooms), done.status);
     // A client gone before its answer is its own business.
     let _ = request.respond(response);
+}
+
+/// `GET /metrics`: the Prometheus page (any other method: 405).
+fn metrics_page(context: &ApiContext, request: tiny_http::Request) {
+    let response = match request.method() {
+        tiny_http::Method::Get | tiny_http::Method::Head => {
+            context.metrics.count_api_request("metrics", 200);
+            tiny_http::Response::from_data(context.metrics.encode().into_bytes())
+                .with_header(header("Content-Type", chatflow_telemetry::CONTENT_TYPE))
+        }
+        other => {
+            context.metrics.count_api_request("metrics", 405);
+            let body = serde_json::json!({
+                "error": format!("method {} not allowed: use GET", other.as_str())
+            });
+            tiny_http::Response::from_data(body.to_string().into_bytes())
+                .with_status_code(405)
+                .with_header(header("Content-Type", "application/json"))
+                .with_header(header("Allow", "GET, HEAD"))
+        }
+    };
+    let _ = request.respond(response.with_header(header("Cache-Control", "no-store")));
+}
+
+/// The route's name for the request count (a fixed set: never the raw
+/// path, whose ids would make a series per room or user).
+fn route_name(target: &str, rooms: Rooms) -> &'static str {
+    match routes::route(routes::split_target(target).0, rooms) {
+        Ok(route) => route.name(),
+        Err(_) => "unknown",
+    }
 }
 
 fn route_and_run(

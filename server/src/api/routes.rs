@@ -18,6 +18,20 @@ pub enum Route {
     Metrics,
 }
 
+impl Route {
+    /// A fixed name per endpoint (for counting requests by route).
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::RoomMessages(_) => "room_messages",
+            Route::UserMessages(_) => "user_messages",
+            Route::UserRooms(_) => "user_rooms",
+            Route::ActiveUsers => "active_users",
+            Route::Analytics => "analytics",
+            Route::Metrics => "api_metrics",
+        }
+    }
+}
+
 /// Splits a request target into its path and query (without the `?`).
 pub fn split_target(target: &str) -> (&str, &str) {
     target.split_once('?').unwrap_or((target, ""))

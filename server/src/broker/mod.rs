@@ -21,6 +21,7 @@ pub mod history;
 pub mod link_state;
 pub mod memory;
 pub mod none;
+pub mod publish_metrics;
 pub mod rabbitmq;
 pub mod redis_subscriber;
 pub mod sent_log;
@@ -98,6 +99,13 @@ pub trait Broker: Send + Sync {
             detail: "in-process".to_string(),
             down: Vec::new(),
         }
+    }
+
+    /// What its publishers measured (ack and confirm latency, in-flight
+    /// messages), for `/metrics`; `None`: it has no publishers (in-process
+    /// brokers answer at once).
+    fn publishing(&self) -> Option<publish_metrics::PublishingSnapshot> {
+        None
     }
 
     /// Where resuming connections read their room's history; `None`: this

@@ -35,6 +35,7 @@ use parking_lot::Mutex;
 
 use super::history::History;
 use super::link_state::LinkState;
+use super::publish_metrics::{PublishMetrics, PublishingSnapshot};
 use super::redis_subscriber::RedisSubscriber;
 use super::sent_log::{Claim, SentLog};
 use super::{Broker, BrokerHealth, LinkDown, LinkRole, Outcome};
@@ -76,6 +77,17 @@ struct PublishRequest {
     body: Vec<u8>,
     /// Its name in the sent log, when the client gave one.
     claim: Option<Claim>,
+    /// When a worker accepted it: its ack latency starts here.
+    accepted: Instant,
+}
+
+/// A published message waiting for its confirm.
+struct InFlight {
+    ticket: Ticket,
+    /// The first send's id and time when it was a retry.
+    first: Option<FirstSent>,
+    accepted: Instant,
+    published: Instant,
 }
 
 /// The routing key of every (room, shard) queue, built once at start: a
@@ -116,7 +128,7 @@ fn message_properties() -> AmqpProperties {
 }
 
 pub struct RabbitBroker {
-    publishers: Vec<(Sender<PublishRequest>, Arc<LinkState>)>,
+    publishers: Vec<(Sender<PublishRequest>, Arc<LinkState>, Arc<PublishMetrics>)>,
     subscriber: RedisSubscriber,
     history: History,
     /// Signalled (or dropped, if start fails half-way) to stop every
@@ -139,6 +151,7 @@ impl RabbitBroker {
         for index in 0..config.publishing.publishers {
             let (requests, incoming) = bounded(config.publishing.publish_queue);
             let state = Arc::new(LinkState::default());
+            let metrics = Arc::new(PublishMetrics::default());
             let sent_log = SentLog::new(&services.redis, topology.clone(), services.dedup_window)
                 .map_err(|e| anyhow::anyhow!("the sent log's Redis settings: {e}"))?;
             let mut publisher = Publisher {
@@ -151,6 +164,7 @@ impl RabbitBroker {
                 requests: incoming,
                 fanout: fanout.clone(),
                 state: state.clone(),
+                metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
                 claim_failures: 0,
             };
@@ -165,7 +179,7 @@ impl RabbitBroker {
                     .name(format!("publisher-{index}"))
                     .spawn(move || publisher.run(link))?,
             );
-            publishers.push((requests, state));
+            publishers.push((requests, state, metrics));
         }
         let history = History::start(config, fanout.clone(), shutdown.clone())?;
         let subscriber = RedisSubscriber::start(&services.redis, topology, fanout, shutdown)?;
@@ -190,7 +204,8 @@ impl Broker for RabbitBroker {
         envelope: &Envelope<'_>,
         client_message_id: Option<&str>,
     ) -> Outcome {
-        let (requests, state) = &self.publishers[envelope.user_id as usize % self.publishers.len()];
+        let (requests, state, _) =
+            &self.publishers[envelope.user_id as usize % self.publishers.len()];
         if !state.is_up() {
             return Outcome::Refused(PublishError::Unreachable);
         }
@@ -206,6 +221,7 @@ impl Broker for RabbitBroker {
                     server_time: envelope.server_timestamp,
                 },
             }),
+            accepted: Instant::now(),
         };
         match requests.try_send(request) {
             Ok(()) => Outcome::Pending,
@@ -216,7 +232,7 @@ impl Broker for RabbitBroker {
 
     fn health(&self) -> BrokerHealth {
         let mut down = Vec::new();
-        for (i, (_, state)) in self.publishers.iter().enumerate() {
+        for (i, (_, state, _)) in self.publishers.iter().enumerate() {
             if let Some(down_for) = state.down_for() {
                 down.push(LinkDown {
                     name: format!("rabbitmq publisher-{i}"),
@@ -268,6 +284,14 @@ impl Broker for RabbitBroker {
     fn history(&self) -> Option<&History> {
         Some(&self.history)
     }
+
+    fn publishing(&self) -> Option<PublishingSnapshot> {
+        let mut all = PublishingSnapshot::empty();
+        for (requests, state, metrics) in &self.publishers {
+            all.add(metrics, requests.len(), state.is_up());
+        }
+        Some(all)
+    }
 }
 
 /// The history thread's counters, for `/health`'s broker detail.
@@ -289,10 +313,11 @@ struct Link {
     channel: Channel,
     confirms: Receiver<Confirm>,
     exchange: String,
-    /// Published, unconfirmed: the slot of delivery tag `base_tag + i`
-    /// (with the first send's id and time when it was a retry); `None`
-    /// once confirmed out of order.
-    in_flight: VecDeque<Option<(Ticket, Option<FirstSent>)>>,
+    /// Published, unconfirmed: the slot of delivery tag `base_tag + i`;
+    /// `None` once confirmed out of order.
+    in_flight: VecDeque<Option<InFlight>>,
+    /// The `Some` slots of `in_flight`.
+    unconfirmed: usize,
     base_tag: u64,
 }
 
@@ -307,6 +332,7 @@ struct Publisher {
     requests: Receiver<PublishRequest>,
     fanout: Fanout,
     state: Arc<LinkState>,
+    metrics: Arc<PublishMetrics>,
     shutdown: Shutdown,
     /// Bursts refused for want of the sent log (its log thins out).
     claim_failures: u64,
@@ -331,6 +357,7 @@ impl Publisher {
             confirms,
             exchange: self.topology.exchange(),
             in_flight: VecDeque::new(),
+            unconfirmed: 0,
             base_tag: 1,
         })
     }
@@ -414,7 +441,12 @@ impl Publisher {
         burst: Vec<PublishRequest>,
     ) -> Result<(), LinkError> {
         let claims: Vec<&Claim> = burst.iter().filter_map(|r| r.claim.as_ref()).collect();
-        let mut answers = match self.sent_log.claim(&claims) {
+        let claiming = (!claims.is_empty()).then(Instant::now);
+        let claimed = self.sent_log.claim(&claims);
+        if let Some(start) = claiming {
+            self.metrics.claim_latency.observe_duration(start.elapsed());
+        }
+        let mut answers = match claimed {
             Ok(answers) => Some(answers.into_iter()),
             Err(reason) => {
                 if self.claim_failures % 100 == 0 {
@@ -468,7 +500,14 @@ impl Publisher {
         let published = link.channel.basic_publish(link.exchange.as_str(), publish);
         // On failure too: `lost` then fails it with the rest of the link's
         // messages, after `/health` already says why.
-        link.in_flight.push_back(Some((request.ticket, first)));
+        link.in_flight.push_back(Some(InFlight {
+            ticket: request.ticket,
+            first,
+            accepted: request.accepted,
+            published: Instant::now(),
+        }));
+        link.unconfirmed += 1;
+        self.metrics.set_in_flight(link.unconfirmed);
         published.map_err(|e| LinkError::Publish(Box::new(e)))
     }
 
@@ -484,16 +523,21 @@ impl Publisher {
         }
         let last = (tag - link.base_tag) as usize;
         let first = if payload.multiple { 0 } else { last };
+        let now = Instant::now();
         for slot in first..=last.min(link.in_flight.len().saturating_sub(1)) {
-            if let Some((ticket, first)) = link.in_flight[slot].take() {
+            if let Some(sent) = link.in_flight[slot].take() {
+                link.unconfirmed -= 1;
                 let result = if acked {
-                    Ok(first)
+                    (self.metrics.ack_latency).observe_duration(now - sent.accepted);
+                    (self.metrics.confirm_latency).observe_duration(now - sent.published);
+                    Ok(sent.first)
                 } else {
                     Err(PublishError::Nacked)
                 };
-                self.answer(ticket, result);
+                self.answer(sent.ticket, result);
             }
         }
+        self.metrics.set_in_flight(link.unconfirmed);
         while link.in_flight.front().is_some_and(Option::is_none) {
             link.in_flight.pop_front();
             link.base_tag += 1;
@@ -513,17 +557,20 @@ impl Publisher {
                 Err(_) => break,
             }
         }
-        for (ticket, _) in link.in_flight.drain(..).flatten() {
-            self.answer(ticket, Err(PublishError::Timeout));
+        for sent in link.in_flight.drain(..).flatten() {
+            self.answer(sent.ticket, Err(PublishError::Timeout));
         }
+        link.unconfirmed = 0;
+        self.metrics.set_in_flight(0);
     }
 
     /// The link broke: every unconfirmed message fails to its client.
     /// Closing a broken connection can only fail; dropping it is enough.
     fn lost(&self, link: Link) {
-        for (ticket, _) in link.in_flight.into_iter().flatten() {
-            self.answer(ticket, Err(PublishError::LinkLost));
+        for sent in link.in_flight.into_iter().flatten() {
+            self.answer(sent.ticket, Err(PublishError::LinkLost));
         }
+        self.metrics.set_in_flight(0);
     }
 
     /// Waits `pause` (less if shutdown comes first), refusing whatever
