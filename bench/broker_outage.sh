@@ -47,10 +47,15 @@ mkdir -p "$out"
 ulimit -n "$(ulimit -Hn)"
 
 scripts/ensure-services.sh redis rabbitmq postgres
-# Separate builds: `--bin` would narrow one build to that binary alone.
-cargo build --release -q -p chatflow-server -p chatflow-consumer -p chatflow-client
-cargo build --release -q -p chatflow-bench --bin chaosload
-BIN=target/release
+# BIN=DIR runs a server and consumer built elsewhere (it must hold
+# chatflow-server, chatflow-consumer and chatflow-client); chaosload (which
+# deletes the run's queues) always comes from this checkout.
+if [[ -z "${BIN:-}" ]]; then
+  # Separate builds: `--bin` would narrow one build to that binary alone.
+  cargo build --release -q -p chatflow-server -p chatflow-consumer -p chatflow-client
+  BIN=target/release
+fi
+[[ -x target/release/chaosload ]] || cargo build --release -q -p chatflow-bench --bin chaosload
 CLIENT="${CLIENT:-$BIN/chatflow-client}"
 
 export NAMESPACE="$NS" ROOMS DB_USER=postgres DB_NAME="$DB" ENABLE_PERSISTENCE=true
@@ -68,7 +73,7 @@ cleanup() {
     sleep 0.1
   done
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null; done
-  "$BIN/chaosload" --delete-topology "$NS" --rooms "$ROOMS" --url x >/dev/null 2>&1
+  target/release/chaosload --delete-topology "$NS" --rooms "$ROOMS" --url x >/dev/null 2>&1
   redis-cli --scan --pattern "$NS:*" | xargs -r redis-cli del >/dev/null 2>&1
   psql -X -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1
 }

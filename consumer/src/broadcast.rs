@@ -189,7 +189,7 @@ impl Broadcaster {
                         .saturating_record(us.max(1));
                     stats.redis_up.store(true, Ordering::Relaxed);
                     if failures > 0 {
-                        eprintln!(
+                        tracing::info!(
                             "{}: redis publish succeeded again after {failures} failed attempts",
                             self.name
                         );
@@ -207,7 +207,7 @@ impl Broadcaster {
                     self.script = None;
                     self.broken = true;
                     if failures == 1 || failures % LOG_EVERY == 0 {
-                        eprintln!(
+                        tracing::warn!(
                             "{}: redis at {} failed ({e}); keeping the batch unacked and retrying (attempt {failures})",
                             self.name,
                             self.config.redis_display()

@@ -335,6 +335,9 @@ pub struct Args {
     /// hostname-pid).
     #[arg(long, env = "CONSUMER_ID")]
     pub consumer_id: Option<String>,
+    /// Log format (RUST_LOG picks the events).
+    #[command(flatten)]
+    pub log: chatflow_telemetry::LogArgs,
 }
 
 impl Args {

@@ -166,14 +166,14 @@ fn serve(
                     // Out of threads: the connection (moved into the
                     // closure) is closed; do not spin on it.
                     Err(e) => {
-                        eprintln!("consumer-http: cannot start a connection thread: {e}");
+                        tracing::warn!("consumer-http: cannot start a connection thread: {e}");
                         thread::sleep(Duration::from_millis(100));
                     }
                 }
             }
             Err(e) => {
                 // E.g. out of descriptors: do not spin on it.
-                eprintln!("consumer-http: accept failed: {e}");
+                tracing::warn!("consumer-http: accept failed: {e}");
                 thread::sleep(Duration::from_millis(100));
             }
         }

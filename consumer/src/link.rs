@@ -189,7 +189,7 @@ impl Link {
         while self.requests.recv().is_ok() {}
         if let Some(connection) = self.connection.take() {
             if let Err(e) = connection.close() {
-                eprintln!("{}: closing the connection: {e}", self.name());
+                tracing::warn!("{}: closing the connection: {e}", self.name());
             }
         }
         self.set_connected(false, None);
@@ -219,7 +219,7 @@ impl Link {
                         return;
                     }
                     Err(e) => {
-                        eprintln!(
+                        tracing::warn!(
                             "{}: connection to {} unusable ({e}; a consumer reported: {}); reconnecting",
                             self.name(),
                             config.amqp_display(),
@@ -241,7 +241,7 @@ impl Link {
             });
             match reconnected {
                 Ok(connection) => {
-                    eprintln!("{}: reconnected to {}", self.name(), config.amqp_display());
+                    tracing::info!("{}: reconnected to {}", self.name(), config.amqp_display());
                     add(&self.stats().reconnects, 1);
                     self.set_connected(true, None);
                     self.connection = Some(connection);
@@ -250,7 +250,7 @@ impl Link {
                 Err(e) => {
                     failures += 1;
                     if failures == 1 || failures % 20 == 0 {
-                        eprintln!(
+                        tracing::warn!(
                             "{}: cannot reconnect to {} ({e}); retrying (attempt {failures})",
                             self.name(),
                             config.amqp_display()

@@ -9,13 +9,27 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> anyhow::Result<()> {
-    let config = match Args::parse().into_config() {
+    let args = Args::parse();
+    if let Err(e) = chatflow_telemetry::logging::init(&args.log) {
+        eprintln!("chatflow-consumer: {e}");
+        std::process::exit(2);
+    }
+    let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
+            tracing::error!("{e}");
             eprintln!("chatflow-consumer: {e}");
             std::process::exit(2);
         }
     };
+    // The effective configuration, defaults filled in (persistence and the
+    // database included); secrets are `Secret`s, whose Debug shows ***.
+    tracing::info!(
+        version = chatflow_telemetry::build::VERSION,
+        commit = chatflow_telemetry::build::GIT_COMMIT,
+        persistence = config.enable_persistence,
+        "starting with {config:?}"
+    );
     // Registered before any thread starts, so no signal is missed.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let summary = format!(
@@ -29,16 +43,27 @@ fn main() -> anyhow::Result<()> {
         config.redis_display(),
         config.services.topology.namespace,
     );
-    let consumer = Consumer::start(config).context("chatflow-consumer could not start")?;
+    let consumer = match Consumer::start(config).context("chatflow-consumer could not start") {
+        Ok(consumer) => consumer,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return Err(e);
+        }
+    };
+    tracing::info!("started: {summary}");
     println!(
         "chatflow-consumer: {summary}; health at http://{}/health, metrics at http://{}/metrics",
         consumer.metrics_addr(),
         consumer.metrics_addr()
     );
     if let Some(signal) = signals.forever().next() {
-        eprintln!("chatflow-consumer: signal {signal}: finishing in-hand work and shutting down");
+        tracing::info!("signal {signal}: finishing in-hand work and shutting down");
     }
-    consumer.shutdown()?;
-    eprintln!("chatflow-consumer: stopped");
+    let stopped = consumer.shutdown();
+    match &stopped {
+        Ok(()) => tracing::info!("stopped"),
+        Err(e) => tracing::error!("stopped with an error: {e:#}"),
+    }
+    stopped?;
     Ok(())
 }

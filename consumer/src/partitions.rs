@@ -69,12 +69,12 @@ pub fn start_upkeep(pool: Pool, threads: &Arc<Threads>) -> std::io::Result<JoinH
             delay = match ensure_partitions(&pool) {
                 Ok(created) => {
                     if created > 0 {
-                        eprintln!("partitions: created {created} day partition(s)");
+                        tracing::info!("partitions: created {created} day partition(s)");
                     }
                     UPKEEP_INTERVAL
                 }
                 Err(e) => {
-                    eprintln!("partitions: upkeep failed, retrying in a minute: {e}");
+                    tracing::warn!("partitions: upkeep failed, retrying in a minute: {e}");
                     UPKEEP_RETRY
                 }
             };

@@ -219,7 +219,7 @@ impl QueueConsumer {
                 Ended::Shutdown => return Ok(()),
                 Ended::WriterGone => return Err(Stopped::WriterGone),
                 Ended::Lost(lost) => {
-                    eprintln!("{}: lost its channel: {lost}", self.name);
+                    tracing::warn!("{}: lost its channel: {lost}", self.name);
                     // A channel that worked for a while earns a quick retry;
                     // one failing at once (queue missing, broker refusing)
                     // backs off further each time.
@@ -269,7 +269,7 @@ impl QueueConsumer {
                 drop(consuming);
                 drop(consumer);
                 if let Err(e) = channel.close() {
-                    eprintln!("{}: closing its channel: {e}", self.name);
+                    tracing::warn!("{}: closing its channel: {e}", self.name);
                 }
                 ended
             }
@@ -495,7 +495,7 @@ impl QueueConsumer {
         hand: &mut InHand<Delivery>,
     ) {
         if let Err(e) = consumer.cancel() {
-            eprintln!(
+            tracing::warn!(
                 "{}: cancel failed ({e}); in-hand deliveries will be redelivered",
                 self.name
             );
@@ -508,7 +508,7 @@ impl QueueConsumer {
                 Ok(ConsumerMessage::Delivery(delivery)) => tail.push(delivery),
                 Ok(_) => break,
                 Err(e) => {
-                    eprintln!("{}: cancel not confirmed ({e}); closing anyway", self.name);
+                    tracing::warn!("{}: cancel not confirmed ({e}); closing anyway", self.name);
                     break;
                 }
             }
@@ -540,7 +540,7 @@ impl QueueConsumer {
         let seen = self.stats().dead_lettered.load(Ordering::Relaxed);
         if seen < POISON_LOG_LIMIT {
             let body = &delivery.body[..delivery.body.len().min(120)];
-            eprintln!(
+            tracing::warn!(
                 "{}: dead-lettering an undecodable message (tag {}, {poison}): {:?}",
                 self.name,
                 delivery.delivery_tag(),

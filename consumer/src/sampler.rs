@@ -89,7 +89,7 @@ impl Sampler {
     fn withdraw(&mut self) {
         let id = &self.shared.config.consumer_id;
         if let Err(e) = self.probe.withdraw(&self.registry, id) {
-            eprintln!(
+            tracing::warn!(
                 "consumer-stats: could not withdraw the fleet snapshot ({e}); it expires by itself"
             );
         }

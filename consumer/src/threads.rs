@@ -74,7 +74,7 @@ impl Threads {
     }
 
     fn record(&self, name: String, reason: String, panicked: bool) {
-        eprintln!("{name}: thread {reason}");
+        tracing::error!("{name}: thread {reason}");
         self.dead.lock().push(DeadThread {
             name,
             reason,

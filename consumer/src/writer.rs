@@ -368,7 +368,7 @@ impl Writer {
                     stats.connected.store(false, Ordering::Release);
                     let reason = describe(&error);
                     if stats.retries.load(Ordering::Relaxed) % 20 == 1 {
-                        eprintln!(
+                        tracing::warn!(
                             "writer-{}: {} rows not stored, retrying: {reason}",
                             self.index,
                             rows.len()
@@ -394,7 +394,7 @@ impl Writer {
         let count = stats.rows_dead_lettered.fetch_add(1, Ordering::Relaxed) + 1;
         if count <= REFUSED_LOG_LIMIT || count % 100 == 0 {
             let row = &pending.row;
-            eprintln!(
+            tracing::warn!(
                 "writer-{}: dead-lettering message {} (room {}, user {}; {count} so far): PostgreSQL refuses the row: {}",
                 self.index,
                 row.message_id,

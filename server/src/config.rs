@@ -445,6 +445,9 @@ pub struct Args {
     pub db_pool_timeout_secs: f64,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// Log format (RUST_LOG picks the events).
+    #[command(flatten)]
+    pub log: chatflow_telemetry::LogArgs,
 }
 
 impl Args {

@@ -12,14 +12,27 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> anyhow::Result<()> {
-    let config = match Args::parse().into_config() {
+    let args = Args::parse();
+    if let Err(e) = chatflow_telemetry::logging::init(&args.log) {
+        eprintln!("chatflow-server: {e}");
+        std::process::exit(2);
+    }
+    let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
+            tracing::error!("{e}");
             eprintln!("chatflow-server: {e}");
             std::process::exit(2);
         }
     };
     raise_descriptor_limit();
+    // The effective configuration, every default filled in; secrets are
+    // `Secret`s, whose Debug shows ***.
+    tracing::info!(
+        version = chatflow_telemetry::build::VERSION,
+        commit = chatflow_telemetry::build::GIT_COMMIT,
+        "starting with {config:?}"
+    );
     // Registered before any thread starts, so no signal is missed.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let (workers, broker, drain) = (config.workers, config.broker, config.drain);
@@ -32,12 +45,22 @@ fn main() -> anyhow::Result<()> {
         server.local_addr(),
     );
     match server.api_addr() {
-        Some(addr) => println!("chatflow-server read API at http://{addr}/api/metrics"),
-        None => println!("chatflow-server read API off"),
+        Some(addr) => println!(
+            "chatflow-server read API at http://{addr}/api/metrics, Prometheus metrics at http://{addr}/metrics"
+        ),
+        None => println!("chatflow-server read API off (no /metrics either)"),
     }
+    tracing::info!(
+        "listening on {} ({workers} workers, broker {}); API {}",
+        server.local_addr(),
+        broker.as_str(),
+        server
+            .api_addr()
+            .map_or("off".to_string(), |a| a.to_string())
+    );
     if let Some(signal) = signals.forever().next() {
-        eprintln!(
-            "chatflow-server: signal {signal}: draining for {} s (/health says 503), then shutting down; a second signal skips the drain",
+        tracing::info!(
+            "signal {signal}: draining for {} s (/health says 503), then shutting down; a second signal skips the drain",
             drain.as_secs_f64()
         );
     }
@@ -47,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         .name("signals".to_string())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                eprintln!("chatflow-server: signal {signal} again: skipping the rest of the drain");
+                tracing::info!("signal {signal} again: skipping the rest of the drain");
                 hurry.signal();
             }
         })
@@ -55,8 +78,10 @@ fn main() -> anyhow::Result<()> {
     let stopped = server.shutdown_hurried_by(&hurried);
     handle.close();
     let _ = second.join();
+    if let Err(e) = &stopped {
+        tracing::error!("stopped with an error: {e:#}");
+    }
     stopped?;
-    eprintln!("chatflow-server: stopped");
     Ok(())
 }
 

@@ -28,6 +28,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use crate::broker::{Broker, LinkRole};
+use crate::fleet::QueueDepths;
 use crate::stats::{Shared, WorkerStats};
 
 /// The registry `/metrics` encodes, and the API's request counts.
@@ -37,11 +38,20 @@ pub struct ServerMetrics {
 }
 
 impl ServerMetrics {
-    /// `pool`: the read API's database pool, when it has one.
-    pub fn new(shared: Arc<Shared>, broker: Arc<dyn Broker>, pool: Option<Arc<ReadPool>>) -> Self {
+    /// `pool`: the read API's database pool, when it has one; `queues`:
+    /// the RabbitMQ queue-depth sampler, with the RabbitMQ broker.
+    pub fn new(
+        shared: Arc<Shared>,
+        broker: Arc<dyn Broker>,
+        pool: Option<Arc<ReadPool>>,
+        queues: Option<Arc<QueueDepths>>,
+    ) -> Self {
         let api = Arc::new(ApiRequests::default());
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ServerCollector { shared, broker }));
+        if let Some(queues) = queues {
+            registry.register_collector(Box::new(QueueCollector(queues)));
+        }
         registry.register_collector(Box::new(ApiCollector {
             requests: api.clone(),
             pool,
@@ -258,5 +268,59 @@ impl Collector for ServerCollector {
             )?;
         }
         Ok(())
+    }
+}
+
+/// The queue-depth sampler's latest poll (every 2 s): ready messages and
+/// consumers per room queue. Every server with the API on samples the
+/// same queues, so a dashboard takes one server's (`max by (room)`).
+struct QueueCollector(Arc<QueueDepths>);
+
+impl fmt::Debug for QueueCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("QueueCollector")
+    }
+}
+
+impl Collector for QueueCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        let mut s = Scrape::new(encoder);
+        let part = self.0.latest();
+        s.flag(
+            "chatflow_rabbitmq_queue_sample_ok",
+            "1 when the latest poll of the room queues succeeded (the depths below are from the last good one).",
+            part.error.is_none(),
+        )?;
+        let Some(sample) = part.sample else {
+            return Ok(());
+        };
+        s.gauge(
+            "chatflow_rabbitmq_queue_sample_age_seconds",
+            "Seconds since the depths below were polled.",
+            sample.age_seconds,
+        )?;
+        let shards = |value: fn(&crate::fleet::queues::RoomDepth, usize) -> f64| {
+            (sample.rooms.iter())
+                .flat_map(move |room| {
+                    (0..room.shards.len()).map(move |shard| {
+                        (
+                            labels!("room" => room.room_id, "shard" => shard),
+                            value(room, shard),
+                        )
+                    })
+                })
+                .collect::<Vec<(Labels, f64)>>()
+        };
+        s.gauges(
+            "chatflow_rabbitmq_queue_messages_ready",
+            "Ready messages in each room's shard queue (RabbitMQ's passive declare; unacked ones are not counted).",
+            shards(|room, shard| room.shards[shard] as f64),
+        )?;
+        s.gauges(
+            "chatflow_rabbitmq_room_consumers",
+            "Consumers on a room's queues, over its shards (5 when the consumer fleet is whole).",
+            (sample.rooms.iter())
+                .map(|room| (labels!("room" => room.room_id), room.consumers as f64)),
+        )
     }
 }

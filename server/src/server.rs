@@ -139,6 +139,7 @@ impl ReadSide {
             shared.clone(),
             broker.clone(),
             Some(pool.clone()),
+            queues.clone(),
         ));
         let context = ApiContext::new(api_config, config.rooms(), pool, Box::new(live), metrics);
         let api = Api::start(api_config, context)?;
@@ -232,13 +233,13 @@ impl Server {
                     let worker = match Worker::new(index, poll, listener, inbox, shared, broker) {
                         Ok(worker) => worker,
                         Err(e) => {
-                            eprintln!("worker-{index}: cannot start: {e}");
+                            tracing::error!("worker-{index}: cannot start: {e}");
                             return;
                         }
                     };
                     match worker.run() {
                         Ok(()) => watch.armed = false,
-                        Err(e) => eprintln!("worker-{index}: event loop failed: {e}"),
+                        Err(e) => tracing::error!("worker-{index}: event loop failed: {e}"),
                     }
                 })
                 .context("spawning a worker thread")?;
@@ -331,15 +332,25 @@ impl Server {
     fn stop(mut self, hurry: Option<&Shutdown>) -> anyhow::Result<()> {
         self.shared.start_draining();
         let drain = self.shared.config.drain;
+        tracing::info!(
+            "shutdown 1/5: draining for {} s (/health answers 503, everything else as usual)",
+            drain.as_secs_f64()
+        );
         if !drain.is_zero() {
             match hurry {
                 Some(hurry) => {
-                    wait(hurry, drain);
+                    if wait(hurry, drain) {
+                        tracing::info!("shutdown: drain cut short by a second signal");
+                    }
                 }
                 None => thread::sleep(drain),
             }
         }
+        tracing::info!("shutdown 2/5: the read API stops");
         self.read_side.stop_api();
+        tracing::info!(
+            "shutdown 3/5: workers stop accepting, answer what is in flight and close their WebSockets with 1001"
+        );
         self.stop.signal();
         self.fanout.shutdown();
         let mut panicked = 0;
@@ -348,8 +359,10 @@ impl Server {
                 panicked += 1;
             }
         }
+        tracing::info!("shutdown 4/5: every worker stopped; the broker's links close");
         self.broker.shutdown();
         self.read_side.join();
+        tracing::info!("shutdown 5/5: stopped");
         if panicked > 0 {
             return Err(anyhow!("{panicked} worker thread(s) panicked"));
         }

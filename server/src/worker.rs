@@ -227,7 +227,7 @@ impl Worker {
             return;
         }
         let unlogged = std::mem::take(&mut self.accept_unlogged);
-        eprintln!(
+        tracing::warn!(
             "worker-{}: accept failed: {error}; retrying every {} ms ({unlogged} more failure(s) since the last report)",
             self.index,
             ACCEPT_RETRY.as_millis()
@@ -386,7 +386,7 @@ impl Worker {
         if tickets.is_empty() {
             return;
         }
-        eprintln!(
+        tracing::warn!(
             "worker-{}: {} message(s) still unconfirmed after {:?}: answered UNAVAILABLE",
             self.index,
             tickets.len(),

@@ -2,7 +2,7 @@
 //! page parses, every counter `/health` has moves with traffic (and health
 //! checks move only the plain-HTTP counter), connections show per worker,
 //! and with RabbitMQ the ack and confirm latency histograms count every
-//! acked message.
+//! acked message and the room queues' depths show what waits in them.
 
 mod common;
 
@@ -160,6 +160,20 @@ fn with_rabbitmq_every_ack_is_in_the_latency_histograms() {
         page.value("chatflow_server_links_down", &[("role", "publishing")]),
         0.0
     );
+    // No consumer runs: the 20 messages wait in the room's queues, and the
+    // queue-depth sampler (every 2 s) shows them per shard.
+    eventually("the queue depths show the 20 messages", || {
+        let page = scrape(api);
+        page.named("chatflow_rabbitmq_queue_messages_ready").count() == 10
+            && page.sum("chatflow_rabbitmq_queue_messages_ready") == 20.0
+    });
+    let page = scrape(api);
+    let room2: f64 = (page.named("chatflow_rabbitmq_queue_messages_ready"))
+        .filter(|s| s.labels["room"] == "2")
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(room2, 20.0);
+    assert_eq!(page.value("chatflow_rabbitmq_queue_sample_ok", &[]), 1.0);
     drop(client);
     server.shutdown().expect("the server stops cleanly");
 }

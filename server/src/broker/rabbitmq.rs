@@ -378,12 +378,17 @@ impl Publisher {
                     }
                     match self.connect() {
                         Ok(live) => {
-                            eprintln!("publisher-{}: connected to RabbitMQ", self.index);
+                            tracing::info!("publisher-{}: connected to RabbitMQ", self.index);
                             self.state.set_up();
                             backoff.reset();
                             live
                         }
                         Err(e) => {
+                            tracing::warn!(
+                                "publisher-{}: reconnecting to RabbitMQ failed: {e}; next attempt in at most {} s",
+                                self.index,
+                                BACKOFF_MAX.as_secs_f64()
+                            );
                             self.state.set_down(format!("reconnecting: {e}"));
                             continue;
                         }
@@ -398,7 +403,7 @@ impl Publisher {
                     return;
                 }
                 Err(e) => {
-                    eprintln!("publisher-{}: RabbitMQ connection lost: {e}", self.index);
+                    tracing::warn!("publisher-{}: RabbitMQ connection lost: {e}", self.index);
                     // Down first, so a client told its message failed
                     // finds `/health` saying why.
                     self.state.set_down(format!("connection lost: {e}"));
@@ -450,7 +455,7 @@ impl Publisher {
             Ok(answers) => Some(answers.into_iter()),
             Err(reason) => {
                 if self.claim_failures % 100 == 0 {
-                    eprintln!(
+                    tracing::warn!(
                         "publisher-{}: sent log unavailable, refusing named messages: {reason}",
                         self.index
                     );

@@ -115,8 +115,13 @@ impl RedisSubscriber {
                                     let _ = ready.send(Err(e.to_string()));
                                     return;
                                 }
+                                let delay = backoff.next_delay();
+                                tracing::warn!(
+                                    "redis-subscriber: reconnecting failed: {e}; next attempt in {} ms",
+                                    delay.as_millis()
+                                );
                                 state.set_down(format!("reconnecting: {e}"));
-                                wait(&shutdown, backoff.next_delay());
+                                wait(&shutdown, delay);
                                 continue;
                             }
                         };
@@ -124,6 +129,7 @@ impl RedisSubscriber {
                         // it would unsubscribe.
                         let mut pubsub = connection.as_pubsub();
                         if let Err(e) = pubsub.psubscribe(topology.redis_pattern()) {
+                            tracing::warn!("redis-subscriber: subscribing failed: {e}");
                             state.set_down(format!("subscribing: {e}"));
                             // Backs off like a failed connect: no tight loop
                             // against a Redis that takes connections but
@@ -144,7 +150,7 @@ impl RedisSubscriber {
                                     let _ = ready.send(Err(e.to_string()));
                                     return;
                                 }
-                                eprintln!("redis-subscriber: filling from the history: {e}");
+                                tracing::warn!("redis-subscriber: filling from the history: {e}");
                                 state.set_down(format!("filling from the history: {e}"));
                                 wait(&shutdown, backoff.next_delay());
                                 continue;
@@ -154,7 +160,7 @@ impl RedisSubscriber {
                         backoff.reset();
                         if subscribed_before {
                             reconnects.fetch_add(1, Ordering::Relaxed);
-                            eprintln!(
+                            tracing::info!(
                                 "redis-subscriber: resubscribed; {} broadcasts filled from the history in {} ms",
                                 fills.filled.load(Ordering::Relaxed) - before,
                                 started.elapsed().as_millis()
@@ -174,7 +180,7 @@ impl RedisSubscriber {
                         ) {
                             Ok(()) => return,
                             Err(e) => {
-                                eprintln!("redis-subscriber: connection lost: {e}");
+                                tracing::warn!("redis-subscriber: connection lost: {e}");
                                 state.set_down(format!("connection lost: {e}"));
                             }
                         }
@@ -314,7 +320,7 @@ fn fill(
                 let extent = stream::parse_extent(replies.next().unwrap_or(&Value::Nil))?;
                 if extent.exists && !extent.holds_all_after(*last) {
                     fills.lost.fetch_add(1, Ordering::Relaxed);
-                    eprintln!(
+                    tracing::warn!(
                         "redis-subscriber: room {room}'s history was trimmed past {last} while the subscription was down: broadcasts were lost here"
                     );
                 }

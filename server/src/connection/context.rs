@@ -8,8 +8,12 @@
 //! message ([`Context::stop_publishing`]) while the answers to those in
 //! flight still arrive, so the set it waits for can only shrink.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use chatflow_telemetry::RateLimit;
 
 use chatflow_protocol::IdGenerator;
 use tungstenite::protocol::WebSocketConfig;
@@ -48,6 +52,10 @@ pub struct Context {
     pub(super) pending: HashMap<u64, PendingAck>,
     /// Request heads are peeked into it; dropped input is read into it.
     pub(super) scratch: Vec<u8>,
+    /// Slow-reader disconnects are logged at most once a second per
+    /// worker (a broadcast storm can cut thousands at once); the rest are
+    /// counted into the next line.
+    pub(super) slow_reader_log: RefCell<RateLimit>,
 }
 
 impl Context {
@@ -74,6 +82,7 @@ impl Context {
             next_ticket: 0,
             pending: HashMap::new(),
             scratch,
+            slow_reader_log: RefCell::new(RateLimit::new(Duration::from_secs(1))),
         }
     }
 

@@ -379,6 +379,12 @@ impl Connection {
     /// effort: its buffer is full). The worker removes it right after.
     pub fn close_slow_reader(&mut self, cx: &Context) {
         WorkerStats::bump(&cx.stats().slow_reader_disconnects);
+        if let Some(more) = cx.slow_reader_log.borrow_mut().allow(Instant::now()) {
+            tracing::warn!(
+                "slow reader disconnected (1008): more than {} bytes of unread output ({more} more since the last line)",
+                cx.shared.config.max_pending_output
+            );
+        }
         self.start_close(CloseCode::Policy, "slow reader: too much unread output");
         let _ = self.flush();
     }

@@ -222,7 +222,7 @@ impl RedisSink {
         match (self.registry).publish(con, &self.id, &document, SNAPSHOT_TTL, now_ms) {
             Ok(()) => {
                 if !counts.connected.swap(true, Ordering::Relaxed) && self.retry_at.is_some() {
-                    eprintln!("fleet-stats: publishing to Redis at {} again", self.address);
+                    tracing::info!("fleet-stats: publishing to Redis at {} again", self.address);
                 }
                 counts.published.fetch_add(1, Ordering::Relaxed);
                 self.backoff.reset();
@@ -235,7 +235,7 @@ impl RedisSink {
     /// The connection failed: drop it and back off before the next try.
     fn lost(&mut self, counts: &Counts, error: String) {
         if self.retry_at.is_none() {
-            eprintln!("fleet-stats: redis at {}: {error}", self.address);
+            tracing::warn!("fleet-stats: redis at {}: {error}", self.address);
         }
         self.con = None;
         self.retry_at = Some(Instant::now() + self.backoff.next_delay());
@@ -249,7 +249,7 @@ impl RedisSink {
             None => redis_connect(&self.client, self.timeout),
         };
         if let Err(e) = con.and_then(|mut con| self.registry.withdraw(&mut con, &self.id)) {
-            eprintln!(
+            tracing::warn!(
                 "fleet-stats: could not withdraw from Redis at {} ({e}); the snapshot expires in {}s",
                 self.address,
                 SNAPSHOT_TTL.as_secs()
