@@ -41,7 +41,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["chatflow-client", "-n", "1000", "--url", "ws://h:1"]).unwrap();
         assert!(cli.command.is_none());
-        assert_eq!(cli.run.messages, 1000);
+        assert_eq!(cli.run.messages, Some(1000));
         assert_eq!(cli.run.urls, ["ws://h:1"]);
         let cli = Cli::try_parse_from(["chatflow-client", "metrics", "--room", "5"]).unwrap();
         match cli.command {

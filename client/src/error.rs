@@ -233,6 +233,14 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    /// The socket could not be bound to its source address (not an
+    /// address of this host, or its ephemeral ports are used up).
+    #[error("bind to {addr}: {error}")]
+    Bind {
+        addr: std::net::IpAddr,
+        #[source]
+        error: io::Error,
+    },
     /// TCP_NODELAY or a socket timeout could not be set.
     #[error("socket setup: {0}")]
     Socket(#[source] io::Error),

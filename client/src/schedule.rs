@@ -75,10 +75,7 @@ impl Schedule {
     pub fn for_messages(rate: f64, messages: u64) -> Result<Schedule, StageError> {
         check_rate(rate)?;
         if messages == 0 {
-            return Err(StageError::Empty {
-                rate,
-                seconds: 0.0,
-            });
+            return Err(StageError::Empty { rate, seconds: 0.0 });
         }
         if messages > MAX_MESSAGES {
             return Err(StageError::TooMany { messages });

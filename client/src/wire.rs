@@ -308,6 +308,7 @@ mod tests {
             room: 7,
             text: 3,
             kind,
+            due_ns: 0,
         }
     }
 
