@@ -491,7 +491,7 @@ mod tests {
         start_tx.send(start).unwrap();
         let stop = AtomicBool::new(false);
         let mut lanes: Vec<Vec<u64>> = vec![Vec::new(); 2];
-        let mut take = |lanes: &mut Vec<Vec<u64>>| {
+        let take = |lanes: &mut Vec<Vec<u64>>| {
             for (rx, lane) in rxs.iter().zip(lanes.iter_mut()) {
                 lane.extend(
                     rx.try_iter()

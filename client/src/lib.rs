@@ -46,6 +46,7 @@ pub mod delivery;
 pub mod error;
 pub mod generator;
 pub mod hgrm;
+pub mod hold;
 pub mod latency;
 pub mod metrics;
 pub mod progress;
@@ -61,8 +62,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub use cli::{Cli, Command};
-pub use config::{ApiUrl, Args, Config, Endpoint, PinMode, ProgressMode};
+pub use config::{ApiUrl, Args, Config, Endpoint, HoldConfig, PinMode, ProgressMode};
 pub use error::{ApiError, ConnectError, DurationError, EndpointError, Error, Result};
+pub use hold::HoldReport;
 pub use metrics::request::{MetricsArgs, MetricsRequest};
 pub use report::{MetricsReport, Report, RunOutcome};
 pub use run::run_until;

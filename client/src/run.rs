@@ -815,7 +815,7 @@ fn phase_report(
 /// Connects to room 1 of every server, with the configured retries and
 /// back-off, so an unreachable server is reported clearly before anything
 /// starts.
-fn preflight(config: &Config, stop: &AtomicBool, seed: u64) -> Result<()> {
+pub(crate) fn preflight(config: &Config, stop: &AtomicBool, seed: u64) -> Result<()> {
     for endpoint in &config.urls {
         let started = Instant::now();
         let mut attempts = 0;
@@ -853,7 +853,7 @@ fn preflight(config: &Config, stop: &AtomicBool, seed: u64) -> Result<()> {
 
 /// The report directory: as given, or `results/<UTC timestamp>/` (suffixed
 /// if two runs start in the same second).
-fn make_out_dir(given: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn make_out_dir(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = given {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         return Ok(dir.to_path_buf());
