@@ -551,7 +551,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError
 #[command(
     name = "chatflow-client",
     version,
-    about = "ChatFlow load tester: warm-up then main phase over WebSocket, ack and delivery latency, CSV, summary.json and SVG charts.",
+    about = "ChatFlow load tester: warm-up then main phase over WebSocket, closed loop or open loop (--rate/--ramp), ack and delivery latency, CSV, summary.json, .hgrm histograms and SVG charts; --connections-only for connection-count tests.",
     after_help = RUN_EXIT_STATUS
 )]
 pub struct Args {
@@ -625,7 +625,9 @@ pub struct Args {
     /// --connections-only: connections opened at once.
     #[arg(short = 't', long, value_name = "N", default_value_t = 64)]
     pub threads: usize,
-    /// Messages each connection keeps in flight (pipelined).
+    /// Messages each connection keeps in flight (pipelined). In an open
+    /// loop the most it may: a message due while its connection's window is
+    /// full waits, and is late.
     #[arg(short = 'w', long, value_name = "N", default_value_t = 1)]
     pub window: usize,
     /// Warm-up threads (each its own connection, closed after); 0 skips the warm-up.
@@ -721,7 +723,7 @@ pub struct Args {
 }
 
 /// The run's exit statuses, in `--help`.
-pub(crate) const RUN_EXIT_STATUS: &str = "Exit status: 0 every message acked; 1 could not run (e.g. server unreachable); 2 bad flags; 3 some messages failed or the run was given up; 130 interrupted (Ctrl-C; the report is still written).";
+pub(crate) const RUN_EXIT_STATUS: &str = "Exit status: 0 every message acked; 1 could not run (e.g. server unreachable); 2 bad flags; 3 some messages failed or the run was given up (--connections-only: a connection failed or was lost, a probe failed or a broadcast went missing); 130 interrupted (Ctrl-C; the report is still written).";
 
 impl Args {
     /// Flags → validated config. The error names the flag.

@@ -882,6 +882,25 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
+    fn an_open_loop_is_silent_only_from_the_first_message_due_after_the_last_ack() {
+        // One message a second: an ack at 0.1 s leaves nothing due until
+        // 1 s, so the silence the give-up counts starts there; in closed
+        // loop it starts at the ack.
+        let mut w = Watch::new(&Config::default());
+        let origin = Instant::now();
+        w.since = origin + Duration::from_millis(100);
+        assert_eq!(w.silent_since(), w.since);
+        w.open_loop(
+            origin,
+            Schedule::constant(1.0, Duration::from_secs(5)).unwrap(),
+        );
+        assert_eq!(w.silent_since(), origin + Duration::from_secs(1));
+        // After the last message was due: from the ack itself.
+        w.since = origin + Duration::from_millis(4_500);
+        assert_eq!(w.silent_since(), w.since);
+    }
+
+    #[test]
     fn the_run_window_is_rounded_outward_to_whole_seconds() {
         let at = |ms: i64| chrono::Utc.timestamp_millis_opt(ms).unwrap();
         let w = run_window(at(1_796_155_200_250), at(1_796_155_212_001));
