@@ -4,8 +4,11 @@
 //! reads, blocking or not per call.
 //!
 //! Reads block at most one `tick` (SO_RCVTIMEO), so a thread blocked on a
-//! silent server still sees Ctrl-C and its deadlines; [`Connection::read_until`]
-//! blocks less when an open-loop message falls due sooner. A "drain" read
+//! silent server still sees Ctrl-C and its deadlines. SO_RCVTIMEO counts
+//! in scheduler ticks (4 ms at HZ=250: a 1 ms timeout returns after ~8),
+//! far too coarse for an open loop's send times, so a thread that must
+//! wake at a message's due time waits on a [`ReadyWait`] instead (epoll,
+//! millisecond precision, woken at once by input). A "drain" read
 //! passes MSG_DONTWAIT instead, to take what already arrived without
 //! blocking: that is how a pipelined connection collects several acks per
 //! wake-up, and how a held idle connection is read on a readiness event.
@@ -233,13 +236,30 @@ impl Connection {
     }
 
     /// Reads one frame, blocking no later than `until` (and no longer than
-    /// a tick); past `until`, only what already arrived.
+    /// a tick; to SO_RCVTIMEO's precision, see the module doc); past
+    /// `until`, only what already arrived.
     pub fn read_until(&mut self, until: Instant) -> Read1 {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return self.read(false);
         }
         self.read_blocking(left.min(self.tick))
+    }
+
+    /// One frame: what already arrived, else the first to arrive before
+    /// `until` — waited for on `ready` (to the millisecond) when given,
+    /// else by [`Self::read_until`]. `Nothing` once `until` passes.
+    pub fn read_by(&mut self, ready: Option<&mut ReadyWait>, until: Instant) -> Read1 {
+        match self.read(false) {
+            Read1::Nothing => match ready {
+                Some(ready) => {
+                    ready.wait(until);
+                    self.read(false)
+                }
+                None => self.read_until(until),
+            },
+            other => other,
+        }
     }
 
     /// A blocking read bounded by `timeout` (SO_RCVTIMEO, set only when it
@@ -359,6 +379,53 @@ impl Connection {
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// Waits for a connection's input or a deadline, whichever comes first,
+/// to the millisecond (epoll), where SO_RCVTIMEO would overshoot by up to
+/// two scheduler ticks. One per thread, attached to each connection the
+/// thread opens. Edge-triggered: it sees only input that arrives after
+/// the last drain, so drain (`read(false)` until `Nothing`) before waiting.
+pub struct ReadyWait {
+    poll: mio::Poll,
+    events: mio::Events,
+}
+
+impl ReadyWait {
+    const TOKEN: mio::Token = mio::Token(0);
+
+    pub fn new() -> io::Result<ReadyWait> {
+        Ok(ReadyWait {
+            poll: mio::Poll::new()?,
+            events: mio::Events::with_capacity(4),
+        })
+    }
+
+    /// Watches `conn` (the thread's new connection; a closed one's
+    /// registration went with its descriptor).
+    pub fn attach(&self, conn: &Connection) -> io::Result<()> {
+        let fd = conn.raw_fd();
+        let mut source = mio::unix::SourceFd(&fd);
+        let registry = self.poll.registry();
+        match registry.register(&mut source, Self::TOKEN, mio::Interest::READABLE) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                registry.reregister(&mut source, Self::TOKEN, mio::Interest::READABLE)
+            }
+            other => other,
+        }
+    }
+
+    /// Returns when input arrives on the attached connection or at `until`
+    /// (rounded up to the millisecond), whichever is first; at once if
+    /// `until` has passed.
+    pub fn wait(&mut self, until: Instant) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        // An interrupted or failed wait returns early: callers loop.
+        let _ = self.poll.poll(&mut self.events, Some(left));
     }
 }
 

@@ -32,7 +32,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::breaker::{Breaker, Permit};
 use crate::config::{Config, PinMode};
-use crate::connection::{Connection, Dial, Read1};
+use crate::connection::{Connection, Dial, Read1, ReadyWait};
 use crate::csv::{Phase, Record, Status, NOT_SCHEDULED, RECORD_BATCH};
 use crate::delivery::Deliveries;
 use crate::generator::{Batch, Msg};
@@ -389,6 +389,11 @@ struct SenderThread<'a> {
     /// may go.
     probe_backoff: Backoff,
     probe_not_before: Instant,
+    /// Open loop: waits for input or the next due time to the millisecond
+    /// (a blocking read's SO_RCVTIMEO overshoots by several ms). `None` in
+    /// closed loop, or if no poll could be made (then reads wait as in
+    /// closed loop, less precisely).
+    ready: Option<ReadyWait>,
     /// Consecutive failed connects: doubles the wait before the next one.
     connect_backoff: Backoff,
     connect_not_before: Instant,
@@ -415,6 +420,7 @@ impl<'a> SenderThread<'a> {
             conn: None,
             server: 0,
             position: String::new(),
+            ready: spec.origin.and_then(|_| ReadyWait::new().ok()),
             connect_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max, spec.seed),
             probe_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max, spec.seed ^ 0x9e37_79b9),
             probe_not_before: Instant::now(),
@@ -570,7 +576,29 @@ impl<'a> SenderThread<'a> {
         if self.inflight.len() >= self.cfg.window || self.refusing() {
             return None;
         }
-        self.hand.next_due()
+        // A tick at most: Ctrl-C and the ack timeout are checked between.
+        let tick = Instant::now() + self.cfg.tick;
+        self.hand.next_due().map(|due| due.min(tick))
+    }
+
+    /// Open loop: handles the next frame to arrive before `until` (what
+    /// already arrived first). True if one did.
+    fn await_input(&mut self, until: Instant) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            self.sleep_until(until);
+            return false;
+        };
+        match conn.read_by(self.ready.as_mut(), until) {
+            Read1::Text(text) => {
+                self.on_text(text.as_str());
+                true
+            }
+            Read1::Nothing => false,
+            Read1::Lost(why) => {
+                self.lost(Status::ConnectionFailed, why);
+                false
+            }
+        }
     }
 
     /// Nothing in flight and nothing ready: wait for the lane or a retry's
@@ -592,14 +620,7 @@ impl<'a> SenderThread<'a> {
             let until = next_retry
                 .map_or(due, |r| r.min(due))
                 .min(now + self.cfg.tick);
-            match self.conn.as_mut() {
-                Some(conn) => match conn.read_until(until) {
-                    Read1::Text(text) => self.on_text(text.as_str()),
-                    Read1::Nothing => {}
-                    Read1::Lost(why) => self.lost(Status::ConnectionFailed, why),
-                },
-                None => self.sleep_until(until),
-            }
+            self.await_input(until);
             return;
         }
         // While broadcasts are awaited, wake often so their arrival is
@@ -664,6 +685,14 @@ impl<'a> SenderThread<'a> {
                 }
                 self.out.connections += 1;
                 self.connect_backoff.reset();
+                if self
+                    .ready
+                    .as_ref()
+                    .is_some_and(|r| r.attach(&conn).is_err())
+                {
+                    // Reads still wait, to SO_RCVTIMEO's precision.
+                    self.ready = None;
+                }
                 let pin = match self.cfg.pin {
                     PinMode::On => true,
                     PinMode::Off => false,
@@ -766,15 +795,21 @@ impl<'a> SenderThread<'a> {
         loop {
             let wait =
                 !drain_only && !self.inflight.is_empty() && !self.can_send_more(Instant::now());
-            let until = if wait { self.wake_for_due() } else { None };
+            if let Some(until) = if wait { self.wake_for_due() } else { None } {
+                // Open loop with room in the window: input, or the next
+                // message's time, whichever comes first.
+                if !self.await_input(until) {
+                    break;
+                }
+                if self.inflight.is_empty() && !drain_only {
+                    break;
+                }
+                continue;
+            }
             let Some(conn) = self.conn.as_mut() else {
                 return;
             };
-            let read = match until {
-                Some(until) => conn.read_until(until),
-                None => conn.read(wait),
-            };
-            match read {
+            match conn.read(wait) {
                 Read1::Text(text) => self.on_text(text.as_str()),
                 Read1::Nothing => break,
                 Read1::Lost(why) => {

@@ -16,7 +16,7 @@ use chatflow_protocol::time::now_ms;
 use chatflow_protocol::MessageType;
 
 use crate::config::{Config, Endpoint};
-use crate::connection::{Connection, Dial, Read1};
+use crate::connection::{Connection, Dial, Read1, ReadyWait};
 use crate::latency::Latencies;
 use crate::schedule::Schedule;
 use crate::wire::{self, Encoder, Incoming};
@@ -120,10 +120,12 @@ impl ProbeSender<'_> {
                 return out;
             }
         };
+        // Probes go out at their times to the millisecond (see ReadyWait).
+        let mut ready = ReadyWait::new().ok().filter(|r| r.attach(&conn).is_ok());
         let mut inflight: VecDeque<(u64, Instant)> = VecDeque::new();
         let ended = self
-            .send_all(&mine, &mut conn, &mut inflight, &mut out)
-            .and_then(|()| self.await_acks(&mut conn, &mut inflight, &mut out));
+            .send_all(&mine, &mut conn, &mut ready, &mut inflight, &mut out)
+            .and_then(|()| self.await_acks(&mut conn, &mut ready, &mut inflight, &mut out));
         let unanswered = inflight.len() as u64;
         let why = match &ended {
             Ok(()) => format!(
@@ -157,6 +159,7 @@ impl ProbeSender<'_> {
         &self,
         mine: &[u64],
         conn: &mut Connection,
+        ready: &mut Option<ReadyWait>,
         inflight: &mut VecDeque<(u64, Instant)>,
         out: &mut Sent,
     ) -> Result<(), String> {
@@ -167,7 +170,9 @@ impl ProbeSender<'_> {
         for &k in mine {
             let due = self.clock.origin + Duration::from_nanos(self.schedule.due_ns(k));
             while Instant::now() < due && !self.stop.load(Ordering::Relaxed) {
-                read_one(conn, due, inflight, out)?;
+                // A tick at most, so Ctrl-C is seen.
+                let until = due.min(Instant::now() + self.config.tick);
+                read_one(conn, ready, until, inflight, out)?;
             }
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -190,6 +195,7 @@ impl ProbeSender<'_> {
     fn await_acks(
         &self,
         conn: &mut Connection,
+        ready: &mut Option<ReadyWait>,
         inflight: &mut VecDeque<(u64, Instant)>,
         out: &mut Sent,
     ) -> Result<(), String> {
@@ -198,7 +204,13 @@ impl ProbeSender<'_> {
             && Instant::now() < deadline
             && !self.stop.load(Ordering::Relaxed)
         {
-            read_one(conn, deadline, inflight, out)?;
+            read_one(
+                conn,
+                ready,
+                deadline.min(Instant::now() + self.config.tick),
+                inflight,
+                out,
+            )?;
         }
         Ok(())
     }
@@ -208,11 +220,12 @@ impl ProbeSender<'_> {
 /// of the sender's own room are the idle connections' to count).
 fn read_one(
     conn: &mut Connection,
+    ready: &mut Option<ReadyWait>,
     until: Instant,
     inflight: &mut VecDeque<(u64, Instant)>,
     out: &mut Sent,
 ) -> Result<(), String> {
-    let text = match conn.read_until(until) {
+    let text = match conn.read_by(ready.as_mut(), until) {
         Read1::Text(t) => t,
         Read1::Nothing => return Ok(()),
         Read1::Lost(why) => return Err(why),
