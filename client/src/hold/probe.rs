@@ -26,6 +26,10 @@ use crate::wire::{self, Encoder, Incoming};
 pub struct ProbeClock {
     /// The probe schedule's start.
     pub origin: Instant,
+    /// Names the run: in every probe's text and `clientMessageId`, which
+    /// must never repeat across runs (a server's sent log would take a
+    /// repeat within its dedup window for a retry and not broadcast it).
+    pub run: u64,
     /// What every probe's text starts with: `cf-probe {run:x} `.
     pub prefix: String,
     /// Per probe: ns after `origin` it was sent, plus one (0: not yet).
@@ -36,6 +40,7 @@ impl ProbeClock {
     pub fn new(origin: Instant, run: u64, probes: u64) -> ProbeClock {
         ProbeClock {
             origin,
+            run,
             prefix: format!("cf-probe {run:x} "),
             sent: (0..probes).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -165,7 +170,8 @@ impl ProbeSender<'_> {
     ) -> Result<(), String> {
         // Any valid user; one per sender.
         let user = USER_ID_MIN + self.index as u32;
-        let mut encoder = Encoder::new(self.seed, format!("p{}-", self.index));
+        let name = format!("{:x}-p{}-", self.clock.run, self.index);
+        let mut encoder = Encoder::new(self.seed, name);
         let mut text = String::new();
         for &k in mine {
             let due = self.clock.origin + Duration::from_nanos(self.schedule.due_ns(k));
