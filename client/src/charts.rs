@@ -1,7 +1,9 @@
 //! The SVG charts (plotters): throughput over time in 1-second and
-//! 10-second buckets, and the latency percentile distribution of ack and
-//! delivery latency on the usual "nines" axis (90%, 99%, 99.9%, ...), where
-//! the tail a user feels is as wide as the median.
+//! 10-second buckets, marked with the run's phases (warm-up, main, or each
+//! open-loop stage), error bursts and outages ([`Marks`]), and the latency
+//! percentile distribution of ack and delivery latency on the usual
+//! "nines" axis (90%, 99%, 99.9%, ...), where the tail a user feels is as
+//! wide as the median.
 
 use std::path::Path;
 
@@ -63,19 +65,49 @@ where
     root.present().map_err(|e| chart_error(path, e))
 }
 
+/// What the throughput chart marks besides the acks; times are seconds
+/// since the run's start.
+#[derive(Clone, Debug, Default)]
+pub struct Marks {
+    /// Periods a server refused messages: (start, end).
+    pub outages: Vec<(f64, f64)>,
+    /// The run's phases, in order: (start, end, label), e.g. `warm-up`,
+    /// `main`, or `stage 2: 5,000/s`.
+    pub phases: Vec<(f64, f64, String)>,
+    /// Failed attempts per second (index = second).
+    pub errors: Vec<u64>,
+}
+
+/// Runs of consecutive seconds with failed attempts: (start, end, count).
+pub fn bursts(errors: &[u64]) -> Vec<(f64, f64, u64)> {
+    let mut out: Vec<(f64, f64, u64)> = Vec::new();
+    for (i, &n) in errors.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.1 == i as f64 => {
+                last.1 += 1.0;
+                last.2 += n;
+            }
+            _ => out.push((i as f64, i as f64 + 1.0, n)),
+        }
+    }
+    out
+}
+
 /// Acked messages per second (`per_second[i]` = second i of the run),
-/// drawn as a 1-second line and 10-second averages, over shaded periods
-/// when a server refused messages (`outages`: start and end, seconds since
-/// the run started).
-pub fn throughput(
-    path: &Path,
-    per_second: &[u64],
-    outages: &[(f64, f64)],
-    title: &str,
-) -> Result<()> {
+/// drawn as a 1-second line and 10-second averages, over the run's phases
+/// (alternately shaded, labelled at the top), the periods when a server
+/// refused messages, and error bursts (red, with their count).
+pub fn throughput(path: &Path, per_second: &[u64], marks: &Marks, title: &str) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| chart_error(path, e);
     let root = canvas(path)?;
-    let seconds = per_second.len().max(1) as f64;
+    let phase_end = marks.phases.iter().map(|p| p.1).fold(0.0, f64::max);
+    let seconds = (per_second.len() as f64)
+        .max(marks.errors.len() as f64)
+        .max(phase_end)
+        .max(1.0);
     let tens: Vec<(f64, f64)> = per_second
         .chunks(10)
         .enumerate()
@@ -99,10 +131,69 @@ pub fn throughput(
         .y_label_formatter(&|v| crate::progress::group(*v as u64))
         .draw()
         .map_err(|e| err(&e))?;
-    if !outages.is_empty() {
+    let top = peak * 1.1;
+    // Phases: every other one shaded, a line where each begins, its label
+    // at the top.
+    let band = RGBColor(120, 120, 160).mix(0.08);
+    chart
+        .draw_series(
+            marks
+                .phases
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, (start, end, _))| {
+                    Rectangle::new([(*start, 0.0), (end.min(seconds), top)], band.filled())
+                }),
+        )
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(
+            marks
+                .phases
+                .iter()
+                .filter(|p| p.0 > 0.0)
+                .map(|p| PathElement::new(vec![(p.0, 0.0), (p.0, top)], BLACK.mix(0.5))),
+        )
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(marks.phases.iter().map(|(start, _, label)| {
+            Text::new(
+                label.clone(),
+                (*start + seconds * 0.004, top * 0.985),
+                ("sans-serif", 14).into_font().color(&BLACK.mix(0.8)),
+            )
+        }))
+        .map_err(|e| err(&e))?;
+    let errors = bursts(&marks.errors);
+    if !errors.is_empty() {
+        let red = RGBColor(220, 0, 0);
+        chart
+            .draw_series(errors.iter().map(|&(start, end, _)| {
+                Rectangle::new(
+                    [(start, 0.0), (end.min(seconds), top)],
+                    red.mix(0.15).filled(),
+                )
+            }))
+            .map_err(|e| err(&e))?
+            .label("error burst (failed attempts)")
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 20, y + 5)], red.mix(0.3).filled())
+            });
+        chart
+            .draw_series(errors.iter().map(|&(start, _, n)| {
+                Text::new(
+                    format!("{} err", crate::progress::group(n)),
+                    (start, top * 0.93),
+                    ("sans-serif", 13).into_font().color(&red),
+                )
+            }))
+            .map_err(|e| err(&e))?;
+    }
+    if !marks.outages.is_empty() {
         let shade = RGBColor(255, 160, 0).mix(0.25);
         chart
-            .draw_series(outages.iter().map(|&(start, end)| {
+            .draw_series(marks.outages.iter().map(|&(start, end)| {
                 Rectangle::new(
                     [(start.max(0.0), 0.0), (end.min(seconds), peak * 1.1)],
                     shade.filled(),
@@ -217,21 +308,43 @@ mod tests {
     }
 
     #[test]
+    fn consecutive_seconds_with_errors_make_one_burst() {
+        assert_eq!(
+            bursts(&[0, 3, 1, 0, 0, 2]),
+            vec![(1.0, 3.0, 4), (5.0, 6.0, 2)]
+        );
+        assert!(bursts(&[0, 0]).is_empty());
+    }
+
+    #[test]
     fn charts_are_written_with_their_series() {
         // Both charts render to SVG with a polyline per series and the legend.
         let dir = std::env::temp_dir().join(format!("chatflow-charts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let t = dir.join("t.svg");
+        let marks = Marks {
+            outages: vec![(3.0, 5.5)],
+            phases: vec![
+                (0.0, 2.0, "warm-up".into()),
+                (2.0, 7.0, "stage 1: 1,000/s".into()),
+                (7.0, 12.0, "stage 2: 5,000/s".into()),
+            ],
+            errors: vec![0, 0, 0, 4, 2, 0, 0, 0, 0, 1],
+        };
         throughput(
             &t,
             &[5, 10, 8, 0, 12, 11, 9, 10, 10, 10, 7, 3],
-            &[(3.0, 5.5)],
+            &marks,
             "throughput",
         )
         .unwrap();
         let svg = std::fs::read_to_string(&t).unwrap();
         assert!(svg.contains("<polyline") && svg.contains("10-second buckets"));
         assert!(svg.contains("a server refusing"), "the outage is marked");
+        for label in ["warm-up", "stage 1: 1,000/s", "stage 2: 5,000/s"] {
+            assert!(svg.contains(label), "phase {label} is labelled");
+        }
+        assert!(svg.contains("error burst") && svg.contains("6 err") && svg.contains("1 err"));
         let l = dir.join("l.svg");
         let curve = vec![(0.0, 0.5), (50.0, 1.0), (99.0, 4.0), (100.0, 9.0)];
         latency(&l, &[("ack", curve), ("delivery", Vec::new())], "latency").unwrap();

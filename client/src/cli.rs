@@ -13,7 +13,7 @@ use crate::metrics::request::MetricsArgs;
 #[command(
     name = "chatflow-client",
     version,
-    about = "ChatFlow load tester: warm-up then main phase over WebSocket, ack and delivery latency, CSV, summary.json, metrics.json and SVG charts. `chatflow-client metrics` shows a server's GET /api/metrics.",
+    about = "ChatFlow load tester: warm-up then main phase over WebSocket, closed loop or open loop (--rate/--ramp: messages at their scheduled times, latency also from those times), ack and delivery latency, CSV, summary.json, .hgrm histograms, metrics.json and SVG charts; --connections-only for connection-count tests. `chatflow-client metrics` shows a server's GET /api/metrics.",
     after_help = RUN_EXIT_STATUS,
     args_conflicts_with_subcommands = true
 )]
@@ -41,7 +41,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["chatflow-client", "-n", "1000", "--url", "ws://h:1"]).unwrap();
         assert!(cli.command.is_none());
-        assert_eq!(cli.run.messages, 1000);
+        assert_eq!(cli.run.messages, Some(1000));
         assert_eq!(cli.run.urls, ["ws://h:1"]);
         let cli = Cli::try_parse_from(["chatflow-client", "metrics", "--room", "5"]).unwrap();
         match cli.command {

@@ -1,8 +1,12 @@
 //! Raw flags ([`Args`], clap) → a validated [`Config`] whose `Default`
 //! documents every value, and the two addresses flags name: a WebSocket
-//! server ([`Endpoint`]) and a read API ([`ApiUrl`]). Every check that spans several flags lives in
+//! server ([`Endpoint`]) and a read API ([`ApiUrl`]). A run is closed loop
+//! (the default), open loop ([`Config::open_loop`]: `--rate`, `--ramp`) or
+//! a connection-count test ([`HoldConfig`]: `--connections-only`). Every
+//! check that spans several flags lives in [`Args::into_config`] or
 //! [`Config::validate`] and names the flags it is about.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +14,10 @@ use chatflow_protocol::Rooms;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::error::{ApiUrlError, DurationError, EndpointError, Error, Result};
+use crate::error::{
+    ApiUrlError, DurationError, EndpointError, Error, RampError, RateError, Result,
+};
+use crate::schedule::{Schedule, MAX_STAGES};
 
 /// One server to load, `ws://host:port[/prefix]`. Rooms are reached at
 /// `{base}/chat/{room}`.
@@ -185,12 +192,24 @@ pub struct Config {
     pub urls: Vec<Endpoint>,
     /// Rooms `1..=rooms`; must match the server. Default 20 (the seed's).
     pub rooms: u32,
-    /// Messages in the whole run, warm-up included. Default 500,000 (the
-    /// seed's normal load; 1,000,000 is its stress load).
+    /// Messages in the whole run, warm-up included, in closed loop (an
+    /// open loop's come from its schedule: [`Config::planned_total`]).
+    /// Default 500,000 (the seed's normal load; 1,000,000 is its stress load).
     pub total: u64,
+    /// Open loop: the main phase's schedule (`--rate`, `--ramp`). Each
+    /// message goes out at its intended time (never before; late when the
+    /// window is full or the sender is behind), and latency is measured
+    /// from that time as well as from the actual send. `None` (the
+    /// default): closed loop, each connection sending as fast as its
+    /// window allows.
+    pub open_loop: Option<Schedule>,
+    /// `--connections-only`: hold idle connections and measure broadcast
+    /// delivery to them instead of a load run. `None` by default.
+    pub hold: Option<HoldConfig>,
     /// Main-phase sender threads, each with one persistent connection.
     /// Default 64. Must be at least `rooms`: each connection belongs to one
-    /// room and every room needs a sender.
+    /// room and every room needs a sender. With `hold`: how many
+    /// connections are being opened at once.
     pub threads: usize,
     /// Messages a connection keeps in flight (pipelining). Default 1.
     pub window: usize,
@@ -314,6 +333,65 @@ impl Default for Config {
             api_url: None,
             metrics_settle: Duration::from_secs(5),
             api_timeout: Duration::from_secs(10),
+            open_loop: None,
+            hold: None,
+        }
+    }
+}
+
+/// A connection-count test (`--connections-only N`): N idle WebSocket
+/// connections held open, then a few paced messages whose broadcasts every
+/// idle connection of their room should receive.
+#[derive(Clone, Debug)]
+pub struct HoldConfig {
+    /// Idle connections, spread round-robin over the rooms and servers.
+    pub connections: usize,
+    /// Local addresses the connections are bound to before connecting,
+    /// round-robin. Empty (the default): for servers on loopback,
+    /// 127.0.0.1..=127.0.0.K with K enough to stay within each address's
+    /// ephemeral ports (one source address has ~28K ports towards one
+    /// server address: the 64K limit is per source address); otherwise the
+    /// OS picks the source (no binding).
+    pub source_addrs: Vec<IpAddr>,
+    /// Extra connections that send the paced messages, room `i % rooms + 1`
+    /// each. Default: one per room, so every idle connection hears some.
+    pub senders: usize,
+    /// When the paced messages are sent (`--rate`, `-n` or `--duration`).
+    /// Default 50 messages at 10 per second: enough to measure delivery to
+    /// every connection, few enough to be "idle" connections still.
+    pub probes: Schedule,
+    /// How long to keep holding after the deliveries are counted (to watch
+    /// the server with N connections). Default zero.
+    pub hold: Duration,
+    /// Threads that read the idle connections, each with its own poll.
+    /// Default 2: an idle connection costs nothing until a broadcast comes,
+    /// and on a shared box the server needs the cores.
+    pub holder_threads: usize,
+}
+
+/// `--rate` in `--connections-only` mode when not given: a "small paced
+/// set" of messages (see [`HoldConfig::probes`]).
+pub const HOLD_PROBE_RATE: f64 = 10.0;
+/// `-n` in `--connections-only` mode when not given.
+pub const HOLD_PROBE_MESSAGES: u64 = 50;
+/// `-n` when not given: the seed's normal load.
+pub const DEFAULT_MESSAGES: u64 = 500_000;
+/// Most idle connections one client holds: past this, file descriptors,
+/// ports (even spread over source addresses) and memory give out first.
+pub const MAX_HELD: usize = 2_000_000;
+/// Most sender connections in `--connections-only` mode ("a few").
+pub const MAX_HOLD_SENDERS: usize = 1_000;
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        HoldConfig {
+            connections: 1_000,
+            source_addrs: Vec::new(),
+            senders: Rooms::DEFAULT.count() as usize,
+            probes: Schedule::for_messages(HOLD_PROBE_RATE, HOLD_PROBE_MESSAGES)
+                .expect("a valid literal schedule"),
+            hold: Duration::ZERO,
+            holder_threads: 2,
         }
     }
 }
@@ -334,7 +412,18 @@ impl Config {
 
     /// Messages of the main phase.
     pub fn main_total(&self) -> u64 {
-        self.total.saturating_sub(self.warmup_total())
+        match &self.open_loop {
+            Some(schedule) => schedule.total(),
+            None => self.total.saturating_sub(self.warmup_total()),
+        }
+    }
+
+    /// Messages the whole run plans, warm-up included.
+    pub fn planned_total(&self) -> u64 {
+        match &self.open_loop {
+            Some(schedule) => self.warmup_total() + schedule.total(),
+            None => self.total,
+        }
     }
 
     /// The read API the run's metrics come from: `--api-url`, or the first
@@ -362,7 +451,8 @@ impl Config {
                 self.threads
             ));
         }
-        if (self.threads as u64) < u64::from(self.rooms) {
+        // Holding idle connections needs no sender per room.
+        if self.hold.is_none() && (self.threads as u64) < u64::from(self.rooms) {
             return bad(format!(
                 "--threads {} is less than --rooms {}: each connection sends to one room and every room needs a sender; raise --threads or lower --rooms",
                 self.threads, self.rooms
@@ -383,10 +473,15 @@ impl Config {
         if self.warmup_threads > 0 && self.warmup_messages == 0 {
             return bad("--warmup-messages must be at least 1 (or use --warmup-threads 0)".into());
         }
-        if self.total == 0 {
+        if let Some(hold) = &self.hold {
+            hold.validate(self.open_loop.is_some())?;
+        }
+        // Only a closed loop is sized by `total`.
+        let closed = self.open_loop.is_none() && self.hold.is_none();
+        if closed && self.total == 0 {
             return bad("--messages must be at least 1".into());
         }
-        if self.warmup_total() > self.total {
+        if closed && self.warmup_total() > self.total {
             return bad(format!(
                 "--messages {} is less than the warm-up's {} (--warmup-threads {} x --warmup-messages {})",
                 self.total,
@@ -456,7 +551,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError
 #[command(
     name = "chatflow-client",
     version,
-    about = "ChatFlow load tester: warm-up then main phase over WebSocket, ack and delivery latency, CSV, summary.json and SVG charts.",
+    about = "ChatFlow load tester: warm-up then main phase over WebSocket, closed loop or open loop (--rate/--ramp), ack and delivery latency, CSV, summary.json, .hgrm histograms and SVG charts; --connections-only for connection-count tests.",
     after_help = RUN_EXIT_STATUS
 )]
 pub struct Args {
@@ -469,18 +564,70 @@ pub struct Args {
         default_value = "ws://127.0.0.1:8080"
     )]
     pub urls: Vec<String>,
-    /// Total messages, warm-up included (the seed's stress run is 1000000).
+    /// Total messages, warm-up included [default: 500000] (the seed's
+    /// stress run is 1000000). With --rate: the main phase's share is sent
+    /// at that rate. With --connections-only: the paced messages [default: 50].
     #[arg(
         short = 'n',
         long = "messages",
         value_name = "N",
-        default_value_t = 500_000
+        conflicts_with = "duration"
     )]
-    pub messages: u64,
-    /// Main-phase sender threads (one persistent connection each).
+    pub messages: Option<u64>,
+    /// Open loop: N messages per second in all, at constant arrival
+    /// (message k of the main phase is due k/N s after its start), spread
+    /// over the connections. Latency is also measured from each message's
+    /// intended send time (coordinated omission corrected, as wrk2 does).
+    /// The warm-up stays closed loop. With --connections-only: the paced
+    /// messages' rate [default: 10].
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// How long the open loop sends at --rate (instead of -n: rate x
+    /// duration messages after the warm-up).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Open loop in stages, RATE:DURATION[,RATE:DURATION...], e.g.
+    /// 1000:30s,5000:60s (instead of --rate, --duration and -n); the report
+    /// gives each stage's throughput and latency.
+    #[arg(
+        long,
+        value_name = "STAGES",
+        value_parser = parse_ramp,
+        conflicts_with_all = ["rate", "duration", "messages", "connections_only"]
+    )]
+    pub ramp: Option<Schedule>,
+    /// Instead of a load run: hold N idle connections (spread over source
+    /// addresses 127.0.0.1..127.0.0.K for a loopback server), then send a
+    /// few paced messages (--rate, -n/--duration) from --senders extra
+    /// connections and measure their broadcast delivery to the idle ones.
+    #[arg(long, value_name = "N")]
+    pub connections_only: Option<usize>,
+    /// With --connections-only: local addresses to bind the idle
+    /// connections to, round-robin (comma-separated; they must exist on
+    /// this host) [default: 127.0.0.1..127.0.0.K for a loopback server,
+    /// none otherwise].
+    #[arg(
+        long,
+        value_name = "IPS",
+        value_delimiter = ',',
+        requires = "connections_only"
+    )]
+    pub source_addrs: Vec<IpAddr>,
+    /// With --connections-only: sender connections, one room each
+    /// [default: --rooms, one per room].
+    #[arg(long, value_name = "N", requires = "connections_only")]
+    pub senders: Option<usize>,
+    /// With --connections-only: keep holding this long after the
+    /// deliveries are counted (Ctrl-C ends it) [default: 0s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "connections_only")]
+    pub hold: Option<Duration>,
+    /// Main-phase sender threads (one persistent connection each). With
+    /// --connections-only: connections opened at once.
     #[arg(short = 't', long, value_name = "N", default_value_t = 64)]
     pub threads: usize,
-    /// Messages each connection keeps in flight (pipelined).
+    /// Messages each connection keeps in flight (pipelined). In an open
+    /// loop the most it may: a message due while its connection's window is
+    /// full waits, and is late.
     #[arg(short = 'w', long, value_name = "N", default_value_t = 1)]
     pub window: usize,
     /// Warm-up threads (each its own connection, closed after); 0 skips the warm-up.
@@ -576,7 +723,7 @@ pub struct Args {
 }
 
 /// The run's exit statuses, in `--help`.
-pub(crate) const RUN_EXIT_STATUS: &str = "Exit status: 0 every message acked; 1 could not run (e.g. server unreachable); 2 bad flags; 3 some messages failed or the run was given up; 130 interrupted (Ctrl-C; the report is still written).";
+pub(crate) const RUN_EXIT_STATUS: &str = "Exit status: 0 every message acked; 1 could not run (e.g. server unreachable); 2 bad flags; 3 some messages failed or the run was given up (--connections-only: a connection failed or was lost, a probe failed or a broadcast went missing); 130 interrupted (Ctrl-C; the report is still written).";
 
 impl Args {
     /// Flags → validated config. The error names the flag.
@@ -595,10 +742,23 @@ impl Args {
             })?),
             None => None,
         };
+        let warmup_total = self.warmup_threads as u64 * self.warmup_messages;
+        let (total, open_loop, hold) = match self.connections_only {
+            Some(connections) => {
+                let hold = self.hold_config(connections)?;
+                (0, None, Some(hold))
+            }
+            None => {
+                let (total, open_loop) = self.load_shape(warmup_total)?;
+                (total, open_loop, None)
+            }
+        };
         let config = Config {
             urls,
             rooms: self.rooms,
-            total: self.messages,
+            total,
+            open_loop,
+            hold,
             threads: self.threads,
             window: self.window,
             warmup_threads: self.warmup_threads,
@@ -630,6 +790,168 @@ impl Args {
         config.validate()?;
         Ok(config)
     }
+
+    /// Closed loop (`-n`), or the open loop's schedule (`--rate` with `-n`
+    /// or `--duration`, or `--ramp`). clap already refused `-n` with
+    /// `--duration` and `--ramp` with the others.
+    fn load_shape(&self, warmup_total: u64) -> Result<(u64, Option<Schedule>)> {
+        let bad = |m: String| Err(Error::Config(m));
+        match (&self.ramp, self.rate, self.duration) {
+            (Some(ramp), _, _) => Ok((warmup_total + ramp.total(), Some(ramp.clone()))),
+            (None, Some(rate), Some(duration)) => match Schedule::constant(rate, duration) {
+                Ok(s) => Ok((warmup_total + s.total(), Some(s))),
+                Err(e) => bad(format!(
+                    "--rate {rate} for --duration {}: {e}",
+                    seconds(duration)
+                )),
+            },
+            (None, Some(rate), None) => {
+                let n = self.messages.unwrap_or(DEFAULT_MESSAGES);
+                if n <= warmup_total {
+                    return bad(format!(
+                        "--messages {n} leaves no message for the open loop (--rate) after the warm-up's {warmup_total} (--warmup-threads {} x --warmup-messages {}); raise -n, use --duration, or --warmup-threads 0",
+                        self.warmup_threads, self.warmup_messages
+                    ));
+                }
+                match Schedule::for_messages(rate, n - warmup_total) {
+                    Ok(s) => Ok((n, Some(s))),
+                    Err(e) => bad(format!("--rate {rate} with --messages {n}: {e}")),
+                }
+            }
+            (None, None, Some(_)) => bad(
+                "--duration is how long an open loop sends: give --rate with it (or use --ramp); a closed-loop run is sized by -n/--messages".into(),
+            ),
+            (None, None, None) => Ok((self.messages.unwrap_or(DEFAULT_MESSAGES), None)),
+        }
+    }
+
+    /// `--connections-only N` and its flags.
+    fn hold_config(&self, connections: usize) -> Result<HoldConfig> {
+        let rate = self.rate.unwrap_or(HOLD_PROBE_RATE);
+        let probes = match self.duration {
+            Some(d) => Schedule::constant(rate, d),
+            None => Schedule::for_messages(rate, self.messages.unwrap_or(HOLD_PROBE_MESSAGES)),
+        }
+        .map_err(|e| {
+            Error::Config(format!(
+                "--connections-only: the paced messages (--rate, -n or --duration): {e}"
+            ))
+        })?;
+        Ok(HoldConfig {
+            connections,
+            source_addrs: self.source_addrs.clone(),
+            senders: self.senders.unwrap_or(self.rooms as usize),
+            probes,
+            hold: self.hold.unwrap_or(Duration::ZERO),
+            ..HoldConfig::default()
+        })
+    }
+}
+
+impl HoldConfig {
+    /// The connection-count test's own rules; `open_loop` says whether an
+    /// open-loop schedule was also set (it cannot be).
+    fn validate(&self, open_loop: bool) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if open_loop {
+            return bad(
+                "--connections-only sends its own paced messages: --ramp does not apply".into(),
+            );
+        }
+        if self.connections == 0 || self.connections > MAX_HELD {
+            return bad(format!(
+                "--connections-only must be in 1..={MAX_HELD}, got {}",
+                self.connections
+            ));
+        }
+        if self.senders == 0 || self.senders > MAX_HOLD_SENDERS {
+            return bad(format!(
+                "--senders must be in 1..={MAX_HOLD_SENDERS}, got {}",
+                self.senders
+            ));
+        }
+        if self.holder_threads == 0 {
+            return bad("holder_threads must be at least 1".into());
+        }
+        if self.source_addrs.iter().any(|a| a.is_unspecified()) {
+            return bad(format!(
+                "--source-addrs: {} is not an address of this host (0.0.0.0/:: bind to any)",
+                self.source_addrs
+                    .iter()
+                    .find(|a| a.is_unspecified())
+                    .expect("checked")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A duration as the user typed it, roughly (`1.5s`).
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// Parses `--rate`: messages per second, a number above zero.
+pub fn parse_rate(text: &str) -> std::result::Result<f64, RateError> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(RateError(text.to_string())),
+    }
+}
+
+/// Parses `--ramp`: `RATE:DURATION` stages separated by commas. The error
+/// names the stage as written.
+pub fn parse_ramp(text: &str) -> std::result::Result<Schedule, RampError> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    if parts.iter().all(|p| p.is_empty()) {
+        return Err(RampError::Empty);
+    }
+    if parts.len() > MAX_STAGES {
+        return Err(RampError::TooManyStages {
+            count: parts.len(),
+            max: MAX_STAGES,
+        });
+    }
+    let stage_error = |i: usize, problem: String| RampError::Stage {
+        number: i + 1,
+        text: parts[i].to_string(),
+        problem,
+    };
+    let mut stages = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(stage_error(i, "it is empty".into()));
+        }
+        let Some((rate, duration)) = part.split_once(':') else {
+            return Err(stage_error(
+                i,
+                "no ':' between the rate and the duration".into(),
+            ));
+        };
+        let rate = parse_rate(rate).map_err(|_| {
+            stage_error(
+                i,
+                format!(
+                    "the rate {:?} is not a number of messages per second above zero",
+                    rate.trim()
+                ),
+            )
+        })?;
+        if duration.trim().is_empty() {
+            return Err(stage_error(i, "no duration after ':'".into()));
+        }
+        let duration = parse_duration(duration).map_err(|_| {
+            stage_error(
+                i,
+                format!(
+                    "the duration {:?} is not one (such as 500ms, 30s, 1.5s or 2m)",
+                    duration.trim()
+                ),
+            )
+        })?;
+        stages.push((rate, duration));
+    }
+    Schedule::ramp(&stages).map_err(|(i, e)| stage_error(i, e.to_string()))
 }
 
 #[cfg(test)]
@@ -849,6 +1171,149 @@ mod tests {
         assert_eq!(of("ws://10.1.2.3:8080"), "http://10.1.2.3:8082");
         assert_eq!(of("ws://chat.local/lb/chat"), "http://chat.local:8082");
         assert_eq!(of("ws://[::1]:9000"), "http://[::1]:8082");
+    }
+
+    /// Flags → config, or the error text.
+    fn parse(args: &[&str]) -> std::result::Result<Config, String> {
+        let args =
+            Args::try_parse_from(std::iter::once("chatflow-client").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+        args.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn closed_loop_stays_the_default() {
+        let c = parse(&[]).unwrap();
+        assert!(c.open_loop.is_none() && c.hold.is_none());
+        assert_eq!((c.total, c.planned_total()), (500_000, 500_000));
+    }
+
+    #[test]
+    fn rate_with_duration_or_messages_makes_an_open_loop() {
+        // --rate 2000 --duration 3s: 6,000 main messages after the warm-up.
+        let c = parse(&["--rate", "2000", "--duration", "3s"]).unwrap();
+        let s = c.open_loop.as_ref().unwrap();
+        assert_eq!((s.total(), s.offered_rate()), (6_000, 2_000.0));
+        assert_eq!(c.planned_total(), 32_000 + 6_000);
+        assert_eq!(c.main_total(), 6_000);
+        // --rate with -n: the main phase's share at that rate.
+        let c = parse(&["--rate", "500", "-n", "33000"]).unwrap();
+        let s = c.open_loop.as_ref().unwrap();
+        assert_eq!((s.total(), s.duration()), (1_000, Duration::from_secs(2)));
+        assert_eq!(c.planned_total(), 33_000);
+        // Fractional rates are rates.
+        let c = parse(&["--rate", "2.5", "--duration", "2s", "--warmup-threads", "0"]).unwrap();
+        assert_eq!(c.open_loop.unwrap().total(), 5);
+    }
+
+    #[test]
+    fn open_loop_flag_errors_name_the_flags() {
+        let e = parse(&["-n", "1000", "--rate", "10", "--duration", "5s"]).unwrap_err();
+        assert!(e.contains("--messages") && e.contains("--duration"), "{e}");
+        let e = parse(&["--duration", "5s"]).unwrap_err();
+        assert!(e.contains("--duration") && e.contains("--rate"), "{e}");
+        let e = parse(&["--rate", "fast"]).unwrap_err();
+        assert!(e.contains("--rate") && e.contains("fast"), "{e}");
+        let e = parse(&["--rate", "0"]).unwrap_err();
+        assert!(e.contains("--rate"), "{e}");
+        let e = parse(&["--rate", "1000", "-n", "100"]).unwrap_err();
+        assert!(
+            e.contains("--messages") && e.contains("--warmup-threads"),
+            "{e}"
+        );
+        let e = parse(&["--rate", "1", "--duration", "100ms"]).unwrap_err();
+        assert!(e.contains("--rate") && e.contains("no message"), "{e}");
+        let e = parse(&["--ramp", "10:1s", "--rate", "5"]).unwrap_err();
+        assert!(e.contains("--ramp") && e.contains("--rate"), "{e}");
+    }
+
+    #[test]
+    fn ramp_stages_parse_into_a_schedule() {
+        let c = parse(&["--ramp", "1000:30s, 5000:1m", "--warmup-threads", "0"]).unwrap();
+        let s = c.open_loop.unwrap();
+        assert!(s.is_ramp());
+        assert_eq!(s.stages().len(), 2);
+        assert_eq!(
+            (s.stages()[1].rate, s.stages()[1].messages),
+            (5000.0, 300_000)
+        );
+        assert_eq!(s.total(), 330_000);
+    }
+
+    #[test]
+    fn malformed_ramp_stages_are_named() {
+        // Each bad value: the flag, the stage's number and text, and why.
+        for (value, stage, why) in [
+            ("1000:30s,5000", "stage 2 \"5000\"", "no ':'"),
+            (
+                "1000:30s,abc:5s",
+                "stage 2 \"abc:5s\"",
+                "messages per second",
+            ),
+            ("0:5s", "stage 1 \"0:5s\"", "above zero"),
+            ("100:soon", "stage 1 \"100:soon\"", "duration"),
+            ("100:", "stage 1 \"100:\"", "no duration"),
+            ("100:0s", "stage 1 \"100:0s\"", "zero"),
+            ("100:1s,,5:1s", "stage 2 \"\"", "empty"),
+            ("1:100ms", "stage 1 \"1:100ms\"", "no message"),
+        ] {
+            let e = parse(&["--ramp", value]).unwrap_err();
+            assert!(e.contains("--ramp"), "{value}: {e}");
+            assert!(e.contains(stage), "{value}: {e}");
+            assert!(e.contains(why), "{value}: {e}");
+        }
+        let e = parse(&["--ramp", ""]).unwrap_err();
+        assert!(e.contains("--ramp") && e.contains("no stages"), "{e}");
+        let many = vec!["1:1s"; MAX_STAGES + 1].join(",");
+        let e = parse(&["--ramp", &many]).unwrap_err();
+        assert!(e.contains("65 stages"), "{e}");
+    }
+
+    #[test]
+    fn connections_only_takes_its_own_flags() {
+        let c = parse(&[
+            "--connections-only",
+            "200",
+            "--source-addrs",
+            "127.0.0.1,127.0.0.2",
+            "--rate",
+            "20",
+            "-n",
+            "40",
+        ])
+        .unwrap();
+        let h = c.hold.unwrap();
+        assert_eq!(h.connections, 200);
+        assert_eq!(h.source_addrs.len(), 2);
+        assert_eq!(h.senders, 20, "one per room by default");
+        assert_eq!(
+            (h.probes.total(), h.probes.duration()),
+            (40, Duration::from_secs(2))
+        );
+        assert!(c.open_loop.is_none());
+        let h = parse(&["--connections-only", "5", "--rooms", "2"])
+            .unwrap()
+            .hold
+            .unwrap();
+        assert_eq!((h.senders, h.probes.total()), (2, HOLD_PROBE_MESSAGES));
+        // A holder needs no sender per room: few opener threads are fine.
+        assert!(parse(&["--connections-only", "5", "--threads", "2"]).is_ok());
+        let e = parse(&["--source-addrs", "127.0.0.2"]).unwrap_err();
+        assert!(
+            e.contains("--source-addrs") && e.contains("--connections-only"),
+            "{e}"
+        );
+        let e = parse(&["--connections-only", "5", "--source-addrs", "nowhere"]).unwrap_err();
+        assert!(e.contains("--source-addrs"), "{e}");
+        let e = parse(&["--connections-only", "5", "--source-addrs", "0.0.0.0"]).unwrap_err();
+        assert!(e.contains("--source-addrs"), "{e}");
+        let e = parse(&["--connections-only", "0"]).unwrap_err();
+        assert!(e.contains("--connections-only"), "{e}");
+        let e = parse(&["--connections-only", "5", "--ramp", "1:1s"]).unwrap_err();
+        assert!(
+            e.contains("--ramp") && e.contains("--connections-only"),
+            "{e}"
+        );
     }
 
     #[test]

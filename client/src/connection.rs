@@ -4,14 +4,21 @@
 //! reads, blocking or not per call.
 //!
 //! Reads block at most one `tick` (SO_RCVTIMEO), so a thread blocked on a
-//! silent server still sees Ctrl-C and its deadlines. A "drain" read passes
-//! MSG_DONTWAIT instead, to take what already arrived without blocking:
-//! that is how a pipelined connection collects several acks per wake-up.
+//! silent server still sees Ctrl-C and its deadlines. SO_RCVTIMEO counts
+//! in scheduler ticks (4 ms at HZ=250: a 1 ms timeout returns after ~8),
+//! far too coarse for an open loop's send times, so a thread that must
+//! wake at a message's due time waits on a [`ReadyWait`] instead (epoll,
+//! millisecond precision, woken at once by input). A "drain" read
+//! passes MSG_DONTWAIT instead, to take what already arrived without
+//! blocking: that is how a pipelined connection collects several acks per
+//! wake-up, and how a held idle connection is read on a readiness event.
 //! A connection that cannot be opened says why in a [`ConnectError`].
+//! How to open one (timeouts, read buffer, a source address to bind) is a
+//! [`Dial`].
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use tungstenite::handshake::HandshakeError;
@@ -78,6 +85,40 @@ pub struct Connection {
     ws: WebSocket<Stream>,
     /// Frames written since the last flush.
     out: Vec<u8>,
+    /// The longest a blocking read waits, and the SO_RCVTIMEO set now
+    /// (changed only when a read asks for another).
+    tick: Duration,
+    read_timeout: Duration,
+}
+
+/// How a connection is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct Dial {
+    /// TCP connect plus the WebSocket handshake.
+    pub connect_timeout: Duration,
+    /// The longest a blocking read waits (Ctrl-C and deadlines are seen
+    /// at least this often).
+    pub tick: Duration,
+    /// Messages in flight at once: sizes the output buffer.
+    pub window: usize,
+    /// Bytes a read asks for; tungstenite allocates this per connection.
+    pub read_buffer: usize,
+    /// Bind to this local address (the OS picks the port) before
+    /// connecting; only server addresses of its family are tried.
+    pub source: Option<IpAddr>,
+}
+
+impl Dial {
+    /// A sender's connection: [`READ_BUFFER`], no source address.
+    pub fn sender(connect_timeout: Duration, tick: Duration, window: usize) -> Dial {
+        Dial {
+            connect_timeout,
+            tick,
+            window,
+            read_buffer: READ_BUFFER,
+            source: None,
+        }
+    }
 }
 
 /// Frames the server sends are small (an ack ~200 B, a broadcast < 1 KiB
@@ -87,7 +128,11 @@ const MAX_SERVER_MESSAGE: usize = 64 * 1024;
 /// Each read syscall asks for up to this much: ~30 acks or broadcasts per
 /// wake-up. tungstenite zero-fills this much before every read, so bigger
 /// costs a visible memset per message at window 1 (seen in perf).
-const READ_BUFFER: usize = 8 * 1024;
+pub const READ_BUFFER: usize = 8 * 1024;
+/// The read buffer of a held idle connection: it only ever reads a
+/// broadcast now and then (tungstenite reads a longer frame in several
+/// chunks), and 8 KiB each would be 800 MB for 100K connections.
+pub const IDLE_READ_BUFFER: usize = 1024;
 
 impl Connection {
     /// Connects to `room` on `endpoint`: TCP (first address that answers),
@@ -99,10 +144,14 @@ impl Connection {
         endpoint: &Endpoint,
         room: u32,
         since: Option<&str>,
-        connect_timeout: Duration,
-        tick: Duration,
-        window: usize,
+        dial: &Dial,
     ) -> Result<Connection, ConnectError> {
+        let Dial {
+            connect_timeout,
+            tick,
+            window,
+            ..
+        } = *dial;
         let deadline = Instant::now() + connect_timeout;
         let authority = &endpoint.authority;
         let addrs: Vec<SocketAddr> = authority
@@ -117,6 +166,12 @@ impl Connection {
         };
         let mut tcp = None;
         for addr in addrs {
+            if dial
+                .source
+                .is_some_and(|src| src.is_ipv4() != addr.is_ipv4())
+            {
+                continue;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 last = ConnectError::Connect {
@@ -125,12 +180,12 @@ impl Connection {
                 };
                 break;
             }
-            match TcpStream::connect_timeout(&addr, left) {
+            match connect_from(dial.source, addr, left) {
                 Ok(s) => {
                     tcp = Some(s);
                     break;
                 }
-                Err(source) => last = ConnectError::Connect { addr, source },
+                Err(e) => last = e,
             }
         }
         let tcp = tcp.ok_or(last)?;
@@ -142,7 +197,7 @@ impl Connection {
         tcp.set_write_timeout(Some(connect_timeout))
             .map_err(ConnectError::Socket)?;
         let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
+            .read_buffer_size(dial.read_buffer)
             .max_message_size(Some(MAX_SERVER_MESSAGE))
             .max_frame_size(Some(MAX_SERVER_MESSAGE));
         let mut url = endpoint.room_url(room);
@@ -175,7 +230,58 @@ impl Connection {
         Ok(Connection {
             ws,
             out: Vec::with_capacity(window.clamp(1, 64) * 256),
+            tick,
+            read_timeout: tick,
         })
+    }
+
+    /// Reads one frame, blocking no later than `until` (and no longer than
+    /// a tick; to SO_RCVTIMEO's precision, see the module doc); past
+    /// `until`, only what already arrived.
+    pub fn read_until(&mut self, until: Instant) -> Read1 {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return self.read(false);
+        }
+        self.read_blocking(left.min(self.tick))
+    }
+
+    /// One frame: what already arrived, else the first to arrive before
+    /// `until` — waited for on `ready` (to the millisecond) when given,
+    /// else by [`Self::read_until`]. `Nothing` once `until` passes.
+    pub fn read_by(&mut self, ready: Option<&mut ReadyWait>, until: Instant) -> Read1 {
+        match self.read(false) {
+            Read1::Nothing => match ready {
+                Some(ready) => {
+                    ready.wait(until);
+                    self.read(false)
+                }
+                None => self.read_until(until),
+            },
+            other => other,
+        }
+    }
+
+    /// A blocking read bounded by `timeout` (SO_RCVTIMEO, set only when it
+    /// changes).
+    fn read_blocking(&mut self, timeout: Duration) -> Read1 {
+        if timeout != self.read_timeout {
+            if let Err(e) = self.ws.get_ref().tcp.set_read_timeout(Some(timeout)) {
+                return Read1::Lost(format!("cannot set the read timeout: {e}"));
+            }
+            self.read_timeout = timeout;
+        }
+        self.read_frame(true)
+    }
+
+    /// The local address the connection was made from.
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.ws.get_ref().tcp.local_addr().ok().map(|a| a.ip())
+    }
+
+    /// The socket's descriptor, for a readiness poll (it stays owned here).
+    pub fn raw_fd(&self) -> RawFd {
+        self.ws.get_ref().tcp.as_raw_fd()
     }
 
     /// The CPU that last processed this socket's incoming packets
@@ -222,6 +328,13 @@ impl Connection {
     /// Reads one frame. `wait`: block up to a tick; otherwise take only what
     /// has already arrived.
     pub fn read(&mut self, wait: bool) -> Read1 {
+        if wait {
+            return self.read_blocking(self.tick);
+        }
+        self.read_frame(false)
+    }
+
+    fn read_frame(&mut self, wait: bool) -> Read1 {
         self.ws.get_mut().dont_wait = !wait;
         loop {
             match self.ws.read() {
@@ -267,6 +380,79 @@ impl Connection {
             }
         }
     }
+}
+
+/// Waits for a connection's input or a deadline, whichever comes first,
+/// to the millisecond (epoll), where SO_RCVTIMEO would overshoot by up to
+/// two scheduler ticks. One per thread, attached to each connection the
+/// thread opens. Edge-triggered: it sees only input that arrives after
+/// the last drain, so drain (`read(false)` until `Nothing`) before waiting.
+pub struct ReadyWait {
+    poll: mio::Poll,
+    events: mio::Events,
+}
+
+impl ReadyWait {
+    const TOKEN: mio::Token = mio::Token(0);
+
+    pub fn new() -> io::Result<ReadyWait> {
+        Ok(ReadyWait {
+            poll: mio::Poll::new()?,
+            events: mio::Events::with_capacity(4),
+        })
+    }
+
+    /// Watches `conn` (the thread's new connection; a closed one's
+    /// registration went with its descriptor).
+    pub fn attach(&self, conn: &Connection) -> io::Result<()> {
+        let fd = conn.raw_fd();
+        let mut source = mio::unix::SourceFd(&fd);
+        let registry = self.poll.registry();
+        match registry.register(&mut source, Self::TOKEN, mio::Interest::READABLE) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                registry.reregister(&mut source, Self::TOKEN, mio::Interest::READABLE)
+            }
+            other => other,
+        }
+    }
+
+    /// Returns when input arrives on the attached connection or at `until`
+    /// (rounded up to the millisecond), whichever is first; at once if
+    /// `until` has passed.
+    pub fn wait(&mut self, until: Instant) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        // An interrupted or failed wait returns early: callers loop.
+        let _ = self.poll.poll(&mut self.events, Some(left));
+    }
+}
+
+/// TCP to `addr` within `timeout`, from `source` (port 0: the OS picks
+/// one) when given.
+fn connect_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let Some(source) = source else {
+        return TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| ConnectError::Connect { addr, source: e });
+    };
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(ConnectError::Socket)?;
+    socket
+        .bind(&SockAddr::from(SocketAddr::new(source, 0)))
+        .map_err(|error| ConnectError::Bind {
+            addr: source,
+            error,
+        })?;
+    socket
+        .connect_timeout(&SockAddr::from(addr), timeout)
+        .map_err(|e| ConnectError::Connect { addr, source: e })?;
+    Ok(socket.into())
 }
 
 /// A read that found nothing: WouldBlock from a drain (MSG_DONTWAIT), or

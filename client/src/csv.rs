@@ -3,16 +3,24 @@
 //! and aggregates them into the time series, per-room and per-type counts
 //! the report and charts need. Senders hand over batches of records on a
 //! channel; nothing on the send path formats or writes.
+//!
+//! In an open loop it also counts each stage ([`StageAgg`]): its messages'
+//! latency from the actual send and from the intended time, how late they
+//! went out, and the acks that arrived while it ran. The CSV's `latencyMs`
+//! stays from the actual send (the format is the seed's).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use chatflow_protocol::{MessageType, ServerTime};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
+use crate::latency::Latencies;
+use crate::schedule::Schedule;
 use crate::threads;
 use crate::wire::push_u64;
 
@@ -95,10 +103,17 @@ pub enum Phase {
 /// One finished message (acked or given up on).
 #[derive(Clone, Copy, Debug)]
 pub struct Record {
-    /// Wall-clock send time of the last attempt, Unix ms.
+    /// Wall-clock send time of the first attempt, Unix ms.
     pub sent_ms: i64,
-    /// Send → ack (or → failure) of the last attempt, µs.
+    /// First attempt → ack (or → failure), µs.
     pub latency_us: u32,
+    /// Open loop: when it was due, µs after the main phase's start
+    /// ([`NOT_SCHEDULED`] otherwise), the stage it was due in, and how
+    /// late its first attempt went out (latency from the intended time is
+    /// `lag_us + latency_us`).
+    pub due_us: u64,
+    pub stage: u16,
+    pub lag_us: u32,
     pub room: u16,
     pub kind: MessageType,
     pub status: Status,
@@ -108,6 +123,39 @@ pub struct Record {
 /// Records per batch handed to the writer: one channel operation and one
 /// allocation per 512 messages.
 pub const RECORD_BATCH: usize = 512;
+
+/// `Record::due_us` of a message without an intended time.
+pub const NOT_SCHEDULED: u64 = u64::MAX;
+
+/// One open-loop stage, from its messages' records.
+#[derive(Clone, Debug)]
+pub struct StageAgg {
+    /// Messages due in this stage that were acked, and that failed.
+    pub acked: u64,
+    pub failed: u64,
+    /// Acks that arrived while this stage ran, whichever stage their
+    /// message was due in: the stage's throughput.
+    pub acked_in_window: u64,
+    /// Its acked messages' latency from the actual send, and from the
+    /// intended time.
+    pub ack: Latencies,
+    pub ack_corrected: Latencies,
+    /// How late its messages' first attempts went out.
+    pub lag: Latencies,
+}
+
+impl StageAgg {
+    fn new() -> Self {
+        StageAgg {
+            acked: 0,
+            failed: 0,
+            acked_in_window: 0,
+            ack: Latencies::long(),
+            ack_corrected: Latencies::long(),
+            lag: Latencies::long(),
+        }
+    }
+}
 
 /// Everything the report needs that is counted per message.
 #[derive(Clone, Debug, Default)]
@@ -121,6 +169,11 @@ pub struct Aggregates {
     pub acked_per_type: [u64; 3],
     /// Messages per final status, all phases ([`Status::ALL`] order).
     pub per_status: [u64; 11],
+    /// Open loop: one per stage of the schedule.
+    pub stages: Vec<StageAgg>,
+    /// Open loop: acks that arrived after the schedule's end (the backlog
+    /// of a system that fell behind).
+    pub acked_after_schedule: u64,
 }
 
 pub struct CsvWriter {
@@ -132,12 +185,19 @@ impl CsvWriter {
     /// Starts the writer thread on `path`. `start_ms` is the run's start
     /// (wall clock, Unix ms), the origin of the time series.
     /// `sched_batch`: run it under SCHED_BATCH like the senders.
-    pub fn spawn(path: &Path, start_ms: i64, rooms: u32, sched_batch: bool) -> Result<CsvWriter> {
+    /// `schedule`: an open loop's, to count its stages.
+    pub fn spawn(
+        path: &Path,
+        start_ms: i64,
+        rooms: u32,
+        sched_batch: bool,
+        schedule: Option<Schedule>,
+    ) -> Result<CsvWriter> {
         let file = File::create(path).map_err(|e| Error::io(path, e))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let path = path.to_path_buf();
         let handle = threads::spawn("csv-writer", sched_batch, move || {
-            write_all(rx, file, path, start_ms, rooms)
+            write_all(rx, file, path, start_ms, rooms, schedule)
         })?;
         Ok(CsvWriter { tx, handle })
     }
@@ -159,10 +219,14 @@ fn write_all(
     path: PathBuf,
     start_ms: i64,
     rooms: u32,
+    schedule: Option<Schedule>,
 ) -> Result<Aggregates> {
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut agg = Aggregates {
         main_acked_per_room: vec![0; rooms as usize],
+        stages: (0..schedule.as_ref().map_or(0, |s| s.stages().len()))
+            .map(|_| StageAgg::new())
+            .collect(),
         ..Aggregates::default()
     };
     let mut line = Vec::with_capacity(128);
@@ -175,6 +239,9 @@ fn write_all(
             format_row(&mut line, r);
             out.write_all(&line).map_err(io)?;
             count(&mut agg, r, start_ms);
+            if let Some(schedule) = &schedule {
+                count_stage(&mut agg, r, schedule);
+            }
         }
     }
     out.flush().map_err(io)?;
@@ -209,6 +276,31 @@ fn count(agg: &mut Aggregates, r: &Record, start_ms: i64) {
     }
 }
 
+/// An open-loop record into its stage (and the stage its ack fell in).
+fn count_stage(agg: &mut Aggregates, r: &Record, schedule: &Schedule) {
+    if r.due_us == NOT_SCHEDULED {
+        return;
+    }
+    let Some(stage) = agg.stages.get_mut(usize::from(r.stage)) else {
+        return;
+    };
+    stage.lag.record(Duration::from_micros(u64::from(r.lag_us)));
+    if r.status != Status::Ok {
+        stage.failed += 1;
+        return;
+    }
+    stage.acked += 1;
+    let latency = u64::from(r.latency_us);
+    let corrected = latency + u64::from(r.lag_us);
+    stage.ack.record(Duration::from_micros(latency));
+    stage.ack_corrected.record(Duration::from_micros(corrected));
+    let acked_at_ns = (r.due_us + corrected).saturating_mul(1_000);
+    match schedule.stage_at(acked_at_ns) {
+        Some(i) => agg.stages[i].acked_in_window += 1,
+        None => agg.acked_after_schedule += 1,
+    }
+}
+
 /// `2026-11-27T02:00:00.123Z,TEXT,0.734,OK,7`
 pub fn format_row(line: &mut Vec<u8>, r: &Record) {
     line.extend_from_slice(&ServerTime(r.sent_ms).to_rfc3339_bytes());
@@ -238,6 +330,9 @@ mod tests {
         Record {
             sent_ms,
             latency_us,
+            due_us: NOT_SCHEDULED,
+            stage: 0,
+            lag_us: 0,
             room,
             kind: MessageType::Join,
             status,
@@ -265,7 +360,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("chatflow-csv-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("m.csv");
-        let w = CsvWriter::spawn(&path, 1_000_000, 3, false).unwrap();
+        let w = CsvWriter::spawn(&path, 1_000_000, 3, false, None).unwrap();
         w.tx.send(vec![
             rec(1_000_100, 500, 1, Status::Ok, Phase::Warmup),
             rec(1_002_000, 1_500, 2, Status::Ok, Phase::Main),
@@ -283,6 +378,49 @@ mod tests {
         assert_eq!(agg.main_acked_per_room, vec![0, 1, 0]);
         assert_eq!(agg.acked_per_type, [0, 2, 0]);
         assert_eq!(agg.per_status[0], 2);
+        assert!(agg.stages.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn open_loop_records_are_counted_by_stage_and_by_the_window_their_ack_fell_in() {
+        // Two 1-second stages. A message due at 0.5 s, sent 0.2 s late and
+        // acked 0.4 s after that, counts in stage 1 (due) with 0.4 s from
+        // the send and 0.6 s from its intended time, its ack in stage 2's
+        // window (at 1.1 s); one acked after the schedule's end; a failure
+        // counts its lag only.
+        let dir = std::env::temp_dir().join(format!("chatflow-csv-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.csv");
+        let schedule = Schedule::ramp(&[
+            (10.0, Duration::from_secs(1)),
+            (10.0, Duration::from_secs(1)),
+        ])
+        .unwrap();
+        let w = CsvWriter::spawn(&path, 1_000_000, 1, false, Some(schedule)).unwrap();
+        let scheduled = |due_us: u64, stage: u16, lag_us: u32, latency_us: u32, status| Record {
+            due_us,
+            stage,
+            lag_us,
+            ..rec(1_000_000, latency_us, 1, status, Phase::Main)
+        };
+        w.tx.send(vec![
+            scheduled(500_000, 0, 200_000, 400_000, Status::Ok),
+            scheduled(1_900_000, 1, 0, 300_000, Status::Ok),
+            scheduled(1_000_000, 1, 50_000, 10_000, Status::Timeout),
+            rec(1_000_000, 10, 1, Status::Ok, Phase::Warmup),
+        ])
+        .unwrap();
+        let agg = w.finish().unwrap();
+        let (a, b) = (&agg.stages[0], &agg.stages[1]);
+        assert_eq!((a.acked, a.failed, a.acked_in_window), (1, 0, 0));
+        assert_eq!((b.acked, b.failed, b.acked_in_window), (1, 1, 1));
+        assert_eq!(agg.acked_after_schedule, 1);
+        let ms = |l: &Latencies| l.stats().unwrap().max;
+        assert!((ms(&a.ack) - 400.0).abs() < 1.0);
+        assert!((ms(&a.ack_corrected) - 600.0).abs() < 1.0);
+        assert!((ms(&a.lag) - 200.0).abs() < 1.0);
+        assert_eq!(b.lag.count(), 2, "the failure's lag counts too");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

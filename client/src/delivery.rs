@@ -7,6 +7,10 @@
 //! briefly in `early`; the ack looks there first. Broadcasts of other
 //! senders' messages (most of what a room connection receives) cost one id
 //! scan and one hash probe, and are parsed no further.
+//!
+//! In an open loop each awaited message also carries how late it was sent
+//! (its lag), and a second histogram counts delivery from the intended
+//! send time (the actual send plus the lag).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -39,8 +43,9 @@ type IdMap<V> = HashMap<u128, V, BuildHasherDefault<IdHasher>>;
 
 pub struct Deliveries {
     timeout: Duration,
-    /// Awaited: id → send instant of the acked attempt.
-    pending: IdMap<Instant>,
+    /// Awaited: id → (send instant of its first attempt, how late that
+    /// was after its intended time).
+    pending: IdMap<(Instant, Duration)>,
     /// Expiry order: (id, deadline). Entries whose id already arrived are
     /// skipped when popped (cheaper than removing them on arrival).
     order: VecDeque<(u128, Instant)>,
@@ -48,12 +53,15 @@ pub struct Deliveries {
     early: Vec<(u128, Instant)>,
     early_cap: usize,
     pub latencies: Latencies,
+    /// Open loop: delivery latency from the intended send time.
+    pub corrected: Option<Latencies>,
     pub observed: u64,
     pub missing: u64,
 }
 
 impl Deliveries {
-    pub fn new(timeout: Duration, window: usize) -> Self {
+    /// `corrected`: also count delivery from the intended send time.
+    pub fn new(timeout: Duration, window: usize, corrected: bool) -> Self {
         Deliveries {
             timeout,
             pending: IdMap::default(),
@@ -62,22 +70,30 @@ impl Deliveries {
             // Room for every message in flight several times over.
             early_cap: 4 * window + 16,
             latencies: Latencies::new(),
+            corrected: corrected.then(Latencies::long),
             observed: 0,
             missing: 0,
         }
     }
 
-    /// Message `id`, sent at `sent`, was acked at `now`.
-    pub fn acked(&mut self, id: u128, sent: Instant, now: Instant) {
+    /// Message `id`, sent at `sent` (`lag` after its intended time), was
+    /// acked at `now`.
+    pub fn acked(&mut self, id: u128, sent: Instant, lag: Duration, now: Instant) {
         if let Some(i) = self.early.iter().position(|(e, _)| *e == id) {
             let (_, arrived) = self.early.swap_remove(i);
-            self.latencies
-                .record(arrived.saturating_duration_since(sent));
-            self.observed += 1;
+            self.delivered(arrived.saturating_duration_since(sent), lag);
             return;
         }
-        self.pending.insert(id, sent);
+        self.pending.insert(id, (sent, lag));
         self.order.push_back((id, now + self.timeout));
+    }
+
+    fn delivered(&mut self, latency: Duration, lag: Duration) {
+        self.latencies.record(latency);
+        if let Some(c) = self.corrected.as_mut() {
+            c.record(latency + lag);
+        }
+        self.observed += 1;
     }
 
     /// A broadcast arrived. `in_flight_user` tells whether a message of that
@@ -92,9 +108,8 @@ impl Deliveries {
         let Some(id) = wire::broadcast_id(text) else {
             return;
         };
-        if let Some(sent) = self.pending.remove(&id) {
-            self.latencies.record(now().saturating_duration_since(sent));
-            self.observed += 1;
+        if let Some((sent, lag)) = self.pending.remove(&id) {
+            self.delivered(now().saturating_duration_since(sent), lag);
             return;
         }
         if wire::broadcast_user(text).is_some_and(in_flight_user) {
@@ -165,9 +180,9 @@ mod tests {
     fn a_broadcast_after_its_ack_is_matched_by_id() {
         let mut ids = IdGenerator::new();
         let (a, b) = (ids.next_id(1), ids.next_id(1));
-        let mut d = Deliveries::new(Duration::from_secs(5), 1);
+        let mut d = Deliveries::new(Duration::from_secs(5), 1, false);
         let t = Instant::now();
-        d.acked(a.0, t, t + MS);
+        d.acked(a.0, t, Duration::ZERO, t + MS);
         // Someone else's message: ignored, nothing recorded.
         d.broadcast(&broadcast(b, 9), |_| false, || t + 2 * MS);
         assert_eq!((d.observed, d.awaiting()), (0, 1));
@@ -180,24 +195,38 @@ mod tests {
     #[test]
     fn a_broadcast_before_its_ack_is_kept_and_matched() {
         let id = IdGenerator::new().next_id(1);
-        let mut d = Deliveries::new(Duration::from_secs(5), 1);
+        let mut d = Deliveries::new(Duration::from_secs(5), 1, false);
         let t = Instant::now();
         // userId 7 is in flight: the early broadcast is kept with its time.
         d.broadcast(&broadcast(id, 7), |u| u == 7, || t + 2 * MS);
         assert_eq!(d.observed, 0);
-        d.acked(id.0, t, t + 5 * MS);
+        d.acked(id.0, t, Duration::ZERO, t + 5 * MS);
         assert_eq!((d.observed, d.awaiting()), (1, 0));
         // Latency is send → broadcast arrival, not → ack.
         assert!((d.latencies.stats().unwrap().max - 2.0).abs() < 0.01);
     }
 
     #[test]
+    fn an_open_loop_also_counts_delivery_from_the_intended_time() {
+        // Sent 40 ms late, delivered 3 ms after the send: 3 ms from the
+        // actual send, 43 ms from the intended one.
+        let id = IdGenerator::new().next_id(1);
+        let mut d = Deliveries::new(Duration::from_secs(5), 1, true);
+        let t = Instant::now();
+        d.acked(id.0, t, 40 * MS, t + MS);
+        d.broadcast(&broadcast(id, 1), |_| false, || t + 3 * MS);
+        assert!((d.latencies.stats().unwrap().max - 3.0).abs() < 0.01);
+        let c = d.corrected.as_ref().unwrap().stats().unwrap();
+        assert!((c.max - 43.0).abs() < 0.05, "{c:?}");
+    }
+
+    #[test]
     fn unseen_broadcasts_expire_as_missing_and_abandon_counts_the_rest() {
         let mut ids = IdGenerator::new();
-        let mut d = Deliveries::new(10 * MS, 1);
+        let mut d = Deliveries::new(10 * MS, 1, false);
         let t = Instant::now();
-        d.acked(ids.next_id(1).0, t, t);
-        d.acked(ids.next_id(1).0, t, t + 20 * MS);
+        d.acked(ids.next_id(1).0, t, Duration::ZERO, t);
+        d.acked(ids.next_id(1).0, t, Duration::ZERO, t + 20 * MS);
         d.expire(t + 15 * MS);
         assert_eq!((d.missing, d.awaiting()), (1, 1));
         d.abandon();

@@ -172,6 +172,41 @@ fn refusal_detail(
     }
 }
 
+/// Why a schedule stage (`--rate` with its length, or one `--ramp`
+/// stage) is refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum StageError {
+    #[error("the rate {0} is not a number of messages per second above zero (at most 10,000,000)")]
+    BadRate(f64),
+    #[error("the duration is zero")]
+    ZeroDuration,
+    #[error("{rate} msgs/s for {seconds} s schedules no message")]
+    Empty { rate: f64, seconds: f64 },
+    #[error("{messages} messages is more than a run schedules (at most 10,000,000,000)")]
+    TooMany { messages: u64 },
+}
+
+/// Why a `--ramp` value is refused: the stage at fault as written (1-based)
+/// and why.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RampError {
+    #[error("no stages; expected RATE:DURATION[,RATE:DURATION...], e.g. 1000:30s,5000:60s")]
+    Empty,
+    #[error("stage {number} {text:?}: {problem}; expected RATE:DURATION, e.g. 1000:30s")]
+    Stage {
+        number: usize,
+        text: String,
+        problem: String,
+    },
+    #[error("{count} stages; at most {max}")]
+    TooManyStages { count: usize, max: usize },
+}
+
+/// A `--rate` value that is not a rate.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("expected messages per second, a number above zero such as 1000 or 2.5, got {0:?}")]
+pub struct RateError(pub String);
+
 /// A duration flag's value that is not one.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("expected a duration such as 500ms, 5s, 1.5s or 2m, got {0:?}")]
@@ -197,6 +232,14 @@ pub enum ConnectError {
         addr: SocketAddr,
         #[source]
         source: io::Error,
+    },
+    /// The socket could not be bound to its source address (not an
+    /// address of this host, or its ephemeral ports are used up).
+    #[error("bind to {addr}: {error}")]
+    Bind {
+        addr: std::net::IpAddr,
+        #[source]
+        error: io::Error,
     },
     /// TCP_NODELAY or a socket timeout could not be set.
     #[error("socket setup: {0}")]

@@ -12,15 +12,22 @@
 //! one channel ("lane") per room, shared by that room's sender threads; the
 //! warm-up has one lane per warm-up thread holding exactly its quota.
 //! Messages travel in batches of [`BATCH`] to cut channel operations 16-fold.
+//!
+//! In an open loop ([`Pace`]) each main-phase message also carries when it
+//! is due (its index in the [`Schedule`]), and the generator stays at most
+//! [`OPEN_LOOP_LEAD`] ahead of that schedule, handing over partial batches
+//! before it sleeps so no message reaches its lane after its time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chatflow_protocol::message::{USER_ID_MAX, USER_ID_MIN};
 use chatflow_protocol::MessageType;
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+use crate::schedule::Schedule;
 
 /// The pool of message texts. Plain ASCII without quotes or backslashes, so
 /// they go into JSON verbatim (a unit test checks).
@@ -78,13 +85,16 @@ pub const TEXTS: [&str; 50] = [
 ];
 
 /// One message to send. The username is derived (`user{user_id}`) and the
-/// text is an index into [`TEXTS`]: 8 bytes, copied, never allocated.
+/// text is an index into [`TEXTS`]: 16 bytes, copied, never allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Msg {
     pub user_id: u32,
     pub room: u16,
     pub text: u8,
     pub kind: MessageType,
+    /// Open loop: when it is due, ns after the main phase's start (0 in
+    /// closed loop and in the warm-up, where it means nothing).
+    pub due_ns: u64,
 }
 
 impl Msg {
@@ -109,6 +119,7 @@ impl Batch {
         room: 0,
         text: 0,
         kind: MessageType::Text,
+        due_ns: 0,
     };
 
     pub fn new() -> Self {
@@ -177,6 +188,7 @@ impl Draw {
             room: room as u16,
             text,
             kind,
+            due_ns: 0,
         }
     }
 
@@ -198,7 +210,32 @@ pub struct Plan {
     /// One lane per room (index room-1).
     pub main: Vec<Sender<Batch>>,
     pub main_messages: u64,
+    /// Open loop: stamp and pace the main phase by this schedule
+    /// (`main_messages` is its total). `None`: closed loop, as fast as the
+    /// lanes take them.
+    pub pace: Option<Pace>,
 }
+
+/// An open loop's main phase, as the generator needs it.
+pub struct Pace {
+    pub schedule: Schedule,
+    /// The phase's start (each `due_ns` counts from it), sent once it is
+    /// fixed; the generator fills the first [`OPEN_LOOP_LEAD`] before that.
+    pub start: Receiver<Instant>,
+}
+
+/// How far ahead of the schedule the generator runs in an open loop: a
+/// second of messages waits in the lanes. Far more than any wake-up or
+/// channel delay, so a sender never waits for its message, and little
+/// memory even at 1M msgs/s (16 MB). The lanes are unbounded then, so one
+/// room whose senders are stuck never holds up the other rooms' messages.
+pub const OPEN_LOOP_LEAD: Duration = Duration::from_secs(1);
+/// Once ahead, the generator sleeps this much past the point where it may
+/// go on, so it produces in bursts and wakes at most ~200 times a second.
+const PACE_SLACK: Duration = Duration::from_millis(5);
+/// How often a paced generator waiting for the phase's start, or asleep,
+/// looks at the stop flag.
+const PACE_POLL: Duration = Duration::from_millis(50);
 
 /// How long the generator sleeps when the lane it must fill is full. It
 /// polls instead of blocking in `send`: a blocked sender would be woken by
@@ -233,8 +270,15 @@ pub fn generate(plan: Plan, stop: &AtomicBool) -> u64 {
 
     let mut draw = Draw::new(plan.seed, 2, plan.rooms);
     let mut batches: Vec<Batch> = vec![Batch::new(); plan.main.len()];
-    for _ in 0..plan.main_messages {
-        let m = draw.any_room();
+    let mut origin: Option<Instant> = None;
+    for k in 0..plan.main_messages {
+        let mut m = draw.any_room();
+        if let Some(pace) = &plan.pace {
+            m.due_ns = pace.schedule.due_ns(k);
+            if !keep_pace(pace, m.due_ns, &mut origin, &plan.main, &mut batches, stop) {
+                return produced;
+            }
+        }
         let lane = usize::from(m.room) - 1;
         batches[lane].push(m);
         if batches[lane].is_full() && !push(&plan.main[lane], &mut batches[lane], stop) {
@@ -248,6 +292,67 @@ pub fn generate(plan: Plan, stop: &AtomicBool) -> u64 {
         }
     }
     produced
+}
+
+/// Waits until a message due at `due_ns` may be generated: no more than
+/// [`OPEN_LOOP_LEAD`] before its time. Every partial batch goes to its lane
+/// before a wait, so nothing waits in here past its time. False when told
+/// to stop (or the run is gone).
+fn keep_pace(
+    pace: &Pace,
+    due_ns: u64,
+    origin: &mut Option<Instant>,
+    lanes: &[Sender<Batch>],
+    batches: &mut [Batch],
+    stop: &AtomicBool,
+) -> bool {
+    let lead = OPEN_LOOP_LEAD.as_nanos() as u64;
+    if due_ns < lead {
+        return true;
+    }
+    let start = match *origin {
+        Some(start) => start,
+        None => {
+            if !flush_partial(lanes, batches, stop) {
+                return false;
+            }
+            loop {
+                match pace.start.recv_timeout(PACE_POLL) {
+                    Ok(start) => break *origin.insert(start),
+                    Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => {}
+                    Err(_) => return false,
+                }
+            }
+        }
+    };
+    let may_go = start + Duration::from_nanos(due_ns - lead);
+    if Instant::now() >= may_go {
+        return true;
+    }
+    if !flush_partial(lanes, batches, stop) {
+        return false;
+    }
+    let wake = may_go + PACE_SLACK;
+    loop {
+        let now = Instant::now();
+        if now >= wake {
+            return true;
+        }
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep((wake - now).min(PACE_POLL));
+    }
+}
+
+/// Hands every non-empty batch to its lane.
+fn flush_partial(lanes: &[Sender<Batch>], batches: &mut [Batch], stop: &AtomicBool) -> bool {
+    for (tx, batch) in lanes.iter().zip(batches.iter_mut()) {
+        if !batch.is_empty() && !push(tx, batch, stop) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Hands a batch to its lane, waiting while the lane is full. False when
@@ -337,6 +442,7 @@ mod tests {
             warmup_messages: 21,
             main: lanes.iter().map(|(tx, _)| tx.clone()).collect(),
             main_messages: 1000,
+            pace: None,
         };
         let rxs: Vec<_> = lanes.into_iter().map(|(_, rx)| rx).collect();
         let produced = generate(plan, &AtomicBool::new(false));
@@ -357,5 +463,62 @@ mod tests {
             assert!(rx.recv().is_err());
         }
         assert_eq!(main, 1000);
+    }
+
+    #[test]
+    fn an_open_loop_is_stamped_and_never_generated_more_than_the_lead_ahead() {
+        // 1,000 msgs/s for 1.5 s: every message carries its due time (1 ms
+        // apart, in order within each lane); none is generated more than
+        // OPEN_LOOP_LEAD before it is due, so the last 499 wait until the
+        // phase is ~0.5 s old.
+        let lanes: Vec<_> = (0..2).map(|_| crossbeam_channel::unbounded()).collect();
+        let (start_tx, start_rx) = crossbeam_channel::bounded(1);
+        let schedule = Schedule::constant(1000.0, Duration::from_millis(1500)).unwrap();
+        let plan = Plan {
+            seed: 3,
+            rooms: 2,
+            warmup: Vec::new(),
+            warmup_messages: 0,
+            main: lanes.iter().map(|(tx, _)| tx.clone()).collect(),
+            main_messages: schedule.total(),
+            pace: Some(Pace {
+                schedule,
+                start: start_rx,
+            }),
+        };
+        let rxs: Vec<_> = lanes.into_iter().map(|(_, rx)| rx).collect();
+        let start = Instant::now();
+        start_tx.send(start).unwrap();
+        let stop = AtomicBool::new(false);
+        let mut lanes: Vec<Vec<u64>> = vec![Vec::new(); 2];
+        let take = |lanes: &mut Vec<Vec<u64>>| {
+            for (rx, lane) in rxs.iter().zip(lanes.iter_mut()) {
+                lane.extend(
+                    rx.try_iter()
+                        .flat_map(|b| b.messages().to_vec())
+                        .map(|m| m.due_ns),
+                );
+            }
+        };
+        let produced = std::thread::scope(|s| {
+            let gen = s.spawn(|| generate(plan, &stop));
+            std::thread::sleep(Duration::from_millis(100));
+            take(&mut lanes);
+            // Only messages due within the lead of now (1 per ms).
+            let now_ms = start.elapsed().as_millis() as usize;
+            let early: usize = lanes.iter().map(Vec::len).sum();
+            assert!(early <= now_ms + 1_001, "{early} messages by {now_ms} ms");
+            gen.join().unwrap()
+        });
+        assert!(start.elapsed() >= Duration::from_millis(495));
+        assert_eq!(produced, 1_500);
+        take(&mut lanes);
+        let mut all = Vec::new();
+        for lane in lanes {
+            assert!(lane.windows(2).all(|w| w[0] < w[1]));
+            all.extend(lane);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..1_500).map(|k| k * 1_000_000).collect::<Vec<_>>());
     }
 }

@@ -1,7 +1,7 @@
 //! Latency recording: one HdrHistogram per thread and kind (ack, delivery),
 //! in microseconds with 3 significant digits, merged once at the end — no
-//! sharing on the send path. Also the summary numbers and the percentile
-//! curve the charts draw.
+//! sharing on the send path. Also the summary numbers, the percentile
+//! curve the charts draw and the `.hgrm` text ([`crate::hgrm`]).
 
 use std::time::Duration;
 
@@ -11,6 +11,10 @@ use serde::Serialize;
 /// Largest recordable latency; beyond it values saturate (and show as this).
 /// A minute is far past every timeout the client uses.
 const MAX_US: u64 = 60_000_000;
+/// The bound of [`Latencies::long`]: an hour. Latency from a message's
+/// intended send time, and how late it was sent, grow without a timeout
+/// bounding them when the system cannot keep up with an open-loop rate.
+const LONG_MAX_US: u64 = 3_600_000_000;
 
 /// A latency histogram in microseconds.
 #[derive(Clone, Debug)]
@@ -27,6 +31,16 @@ impl Latencies {
         }
     }
 
+    /// Up to an hour instead of a minute (~190 KiB instead of ~140): for
+    /// the open loop's corrected latencies and send lag. Merges only with
+    /// histograms made the same way.
+    pub fn long() -> Self {
+        Latencies {
+            hist: Histogram::new_with_bounds(1, LONG_MAX_US, 3)
+                .expect("static histogram bounds are valid"),
+        }
+    }
+
     pub fn record(&mut self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
         self.hist.saturating_record(us);
@@ -39,6 +53,17 @@ impl Latencies {
 
     pub fn count(&self) -> u64 {
         self.hist.len()
+    }
+
+    /// The histogram itself (µs), for the `.hgrm` export.
+    pub fn hist(&self) -> &Histogram<u64> {
+        &self.hist
+    }
+
+    /// HdrHistogram's percentile distribution in milliseconds (the `.hgrm`
+    /// file HdrHistogram's plotter reads).
+    pub fn hgrm(&self) -> String {
+        crate::hgrm::percentile_distribution(&self.hist, HGRM_TICKS, US_PER_MS)
     }
 
     pub fn mean_ms(&self) -> f64 {
@@ -80,6 +105,12 @@ impl Latencies {
             .collect()
     }
 }
+
+/// Percentile ticks per half distance in `.hgrm` files: HdrHistogram's
+/// own default (and wrk2's), so files compare line by line.
+const HGRM_TICKS: u32 = 5;
+/// `.hgrm` values are in milliseconds; recorded values are microseconds.
+const US_PER_MS: f64 = 1000.0;
 
 impl Default for Latencies {
     fn default() -> Self {

@@ -4,16 +4,21 @@
 //!
 //! A run: preflight (every server reachable?), a warm-up phase (short-lived
 //! connections), a main phase (persistent connections, `window` messages in
-//! flight each), then a report: text summary, `summary.json`, a per-message
-//! CSV and SVG charts, and the read API's document for the run's window
-//! with the stored count beside the acked one. It measures ack latency
-//! (send → ack) and delivery latency (send → the message's broadcast back
-//! on the sender's connection).
+//! flight each; closed loop, or open loop on a [`schedule`] with latency
+//! also from each message's intended send time), then a report: text
+//! summary, `summary.json`, a per-message CSV, `.hgrm` histograms and SVG
+//! charts, and the read API's document for the run's window with the
+//! stored count beside the acked one. It measures ack latency (send → ack)
+//! and delivery latency (send → the message's broadcast back on the
+//! sender's connection). [`hold`] is the other kind of run: idle
+//! connections held, and broadcast delivery to them measured.
 //!
 //! Layout:
 //! - [`config`]: a run's flags → validated [`Config`]; the [`Endpoint`] and [`ApiUrl`] addresses;
 //! - [`cli`]: the command line: a run or the `metrics` subcommand;
-//! - [`generator`]: the seeded message generator thread and its lanes;
+//! - [`schedule`]: an open loop's stages and each message's intended send time;
+//! - [`generator`]: the seeded message generator thread and its lanes
+//!   (paced by the schedule in an open loop);
 //! - [`wire`]: client frames written straight into the output buffer, server frames scanned;
 //! - [`connection`]: one blocking WebSocket (connect, flush, blocking or draining reads);
 //! - [`error`]: every typed error ([`Error`], [`ConnectError`], [`ApiError`], flag values);
@@ -23,15 +28,19 @@
 //! - [`sender`]: a sender thread (window, retries, ack matching, deliveries);
 //! - [`delivery`]: matching broadcasts to acked messages by id;
 //! - [`latency`]: per-thread histograms and their summaries;
-//! - [`csv`]: the per-message record and the CSV writer thread;
+//! - [`hgrm`]: HdrHistogram's `.hgrm` percentile-distribution text;
+//! - [`csv`]: the per-message record, the CSV writer thread and the
+//!   open loop's per-stage counts;
 //! - [`report`]: `summary.json` and the text summary;
-//! - [`charts`]: the SVG charts;
+//! - [`charts`]: the SVG charts (phases, outages and error bursts marked);
 //! - [`progress`]: the progress bar or plain progress lines;
 //! - [`threads`]: named threads, SCHED_BATCH and CPU pinning;
 //! - [`metrics`]: the read API's `/api/metrics` document: fetched (`ureq`),
 //!   read tolerantly, shown as tables (`chatflow-client metrics`), and
 //!   polled at a run's end until the stored count settles (`metrics.json`);
-//! - [`run`](mod@run): one run from preflight to report.
+//! - [`run`](mod@run): one run from preflight to report;
+//! - [`hold`]: `--connections-only`, a connection-count test (openers,
+//!   mio holder threads, paced probes, its own report).
 //!
 //! Retry delays (sender retries and reconnects, preflight) come from the
 //! workspace's one jittered back-off, `chatflow_broker::retry::Backoff`.
@@ -45,12 +54,15 @@ pub mod csv;
 pub mod delivery;
 pub mod error;
 pub mod generator;
+pub mod hgrm;
+pub mod hold;
 pub mod latency;
 pub mod metrics;
 pub mod progress;
 pub mod refusals;
 pub mod report;
 pub mod run;
+pub mod schedule;
 pub mod sender;
 pub mod threads;
 pub mod wire;
@@ -59,8 +71,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 pub use cli::{Cli, Command};
-pub use config::{ApiUrl, Args, Config, Endpoint, PinMode, ProgressMode};
+pub use config::{ApiUrl, Args, Config, Endpoint, HoldConfig, PinMode, ProgressMode};
 pub use error::{ApiError, ConnectError, DurationError, EndpointError, Error, Result};
+pub use hold::HoldReport;
 pub use metrics::request::{MetricsArgs, MetricsRequest};
 pub use report::{MetricsReport, Report, RunOutcome};
 pub use run::run_until;

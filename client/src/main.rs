@@ -1,6 +1,7 @@
 //! `chatflow-client`: flags → a run's [`chatflow_client::Config`] (Ctrl-C →
-//! a stop flag, run, print the summary, exit with the run's status), or
-//! `chatflow-client metrics` → one `/api/metrics` request printed as
+//! a stop flag, run — a load run, or with `--connections-only` a
+//! connection-count test — print the summary, exit with the run's status),
+//! or `chatflow-client metrics` → one `/api/metrics` request printed as
 //! tables.
 
 use std::process::ExitCode;
@@ -64,16 +65,32 @@ fn run(args: Args) -> ExitCode {
             eprintln!("warning: cannot install the signal handler: {e}");
         }
     }
+    if config.hold.is_some() {
+        return match chatflow_client::hold::run_until(config, stop) {
+            Ok(report) => {
+                print!("{}", report.render());
+                ExitCode::from(report.exit_code())
+            }
+            Err(e) => failed(e),
+        };
+    }
     match chatflow_client::run_until(config, stop) {
         Ok(report) => {
             print!("{}", report.render());
             ExitCode::from(report.exit_code())
         }
-        Err(e @ Error::Interrupted) => {
+        Err(e) => failed(e),
+    }
+}
+
+/// A run that could not start or report: 130 when interrupted first, else 1.
+fn failed(e: Error) -> ExitCode {
+    match e {
+        Error::Interrupted => {
             eprintln!("chatflow-client: {e}");
             ExitCode::from(130)
         }
-        Err(e) => {
+        e => {
             eprintln!("chatflow-client: error: {e}");
             ExitCode::FAILURE
         }

@@ -1,6 +1,7 @@
 //! The run's report: every number, as `summary.json` (machine-readable, for
 //! comparing runs) and as the text summary printed at the end, including
-//! what the read API stored of the run ([`MetricsReport`]).
+//! what the read API stored of the run ([`MetricsReport`]) and, for an open
+//! loop, what was offered against what was achieved ([`OpenLoopReport`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,9 +43,13 @@ pub struct Report {
     pub total: Totals,
     pub connections: Connections,
     pub littles_law: LittlesLaw,
-    /// Main phase.
+    /// Main phase, from each message's (first) actual send.
     pub ack_latency_ms: Option<LatencyStats>,
     pub delivery: DeliveryReport,
+    /// Open loop only: offered vs achieved, send lag, corrected latency,
+    /// stages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_loop: Option<OpenLoopReport>,
     pub rooms: Vec<RoomReport>,
     pub message_types: BTreeMap<String, TypeCount>,
     pub status_codes: BTreeMap<String, u64>,
@@ -52,6 +57,9 @@ pub struct Report {
     pub unexpected_frames: u64,
     /// Acked messages per second of the run, by ack time.
     pub acked_per_second: Vec<u64>,
+    /// Failed attempts (error answers, timeouts, lost connections, failed
+    /// connects) per second of the run.
+    pub errors_per_second: Vec<u64>,
     /// The read API's view of the run's window (`metrics.json`).
     pub metrics: MetricsReport,
     pub files: Files,
@@ -102,6 +110,9 @@ pub struct RunWindow {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Settings {
+    /// `closed` (each connection as fast as its window allows) or `open`
+    /// (`--rate`/`--ramp`: messages at their scheduled times).
+    pub mode: &'static str,
     pub urls: Vec<String>,
     pub rooms: u32,
     pub messages: u64,
@@ -191,6 +202,74 @@ pub struct OutageReport {
     pub start_offset_seconds: f64,
 }
 
+/// When an open loop counts as having kept up: it achieved at least this
+/// share of the offered rate...
+pub const KEPT_UP_SHARE: f64 = 0.95;
+/// ...and 99% of its messages went out no later than this after their
+/// intended time (ms). Larger than any wake-up delay of a healthy client
+/// thread, small beside the latencies a backlog produces.
+pub const LATE_MS: f64 = 10.0;
+
+/// An open loop's account: what was offered and what the system took,
+/// how far behind its schedule the senders fell, latency from the
+/// intended send time beside latency from the actual send, and each stage.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenLoopReport {
+    /// Scheduled messages / the schedule's length.
+    pub offered_rate: f64,
+    pub scheduled_messages: u64,
+    pub scheduled_seconds: f64,
+    /// Acked main-phase messages / (schedule start → last message done).
+    pub achieved_rate: f64,
+    /// Achieved at least [`KEPT_UP_SHARE`] of the offered rate and sent
+    /// 99% of messages within [`LATE_MS`] of their time.
+    pub kept_up: bool,
+    /// When the schedule started (RFC 3339), and seconds after the run's start.
+    pub started_at: String,
+    pub start_offset_seconds: f64,
+    /// How late messages went out: first attempt − intended time, ms.
+    pub send_lag_ms: Option<LatencyStats>,
+    /// Messages that went out more than [`LATE_MS`] late.
+    pub late_messages: u64,
+    pub late_threshold_ms: f64,
+    /// Acks that arrived after the schedule's end.
+    pub acked_after_schedule: u64,
+    pub ack_latency_ms: BothWays,
+    pub delivery_latency_ms: BothWays,
+    pub stages: Vec<StageReport>,
+}
+
+/// Latency two ways, ms: `corrected` from each message's intended send
+/// time (coordinated omission corrected, as wrk2 reports it),
+/// `uncorrected` from its actual (first) send.
+#[derive(Clone, Debug, Serialize)]
+pub struct BothWays {
+    pub corrected: Option<LatencyStats>,
+    pub uncorrected: Option<LatencyStats>,
+}
+
+/// One stage of an open loop.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageReport {
+    /// 1-based, in `--ramp` order.
+    pub stage: usize,
+    pub rate: f64,
+    pub seconds: f64,
+    /// Seconds after the run's start (for the chart).
+    pub start_offset_seconds: f64,
+    /// Messages due in the stage, and how they ended.
+    pub planned: u64,
+    pub acked: u64,
+    pub failed: u64,
+    /// Acks that arrived while the stage ran, per second of it.
+    pub throughput: f64,
+    /// Of the messages due in the stage.
+    pub ack_latency_ms: BothWays,
+    pub send_lag_ms: Option<LatencyStats>,
+}
+
 /// Throughput predicted from concurrency and mean latency (L = λW → λ = L/W),
 /// beside the measured one. A large gap means the senders were not kept busy.
 #[derive(Clone, Debug, Serialize)]
@@ -243,6 +322,10 @@ pub struct Files {
     /// The read API's document for the run's window; only when fetched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<PathBuf>,
+    /// HdrHistogram percentile distributions (`.hgrm`, ms) of the main
+    /// phase: ack and delivery latency, and in an open loop also from the
+    /// intended send time and the send lag.
+    pub histograms: Vec<PathBuf>,
 }
 
 impl Report {
@@ -315,13 +398,14 @@ impl Report {
         let st = &self.settings;
         let _ = writeln!(
             s,
-            "ChatFlow load run: {} ({} | {} threads x window {} | {} rooms | seed {})",
+            "ChatFlow load run: {} ({} | {} loop | {} threads x window {} | {} rooms | seed {})",
             match self.outcome {
                 RunOutcome::Completed => "completed",
                 RunOutcome::Interrupted => "INTERRUPTED",
                 RunOutcome::Aborted => "GIVEN UP",
             },
             st.urls.join(", "),
+            st.mode,
             st.threads,
             st.window,
             st.rooms,
@@ -359,6 +443,9 @@ impl Report {
             t.elapsed_seconds
         );
         self.metrics.render(&mut s);
+        if let Some(o) = &self.open_loop {
+            o.render(&mut s);
+        }
         let c = &self.connections;
         let _ = writeln!(
             s,
@@ -409,14 +496,27 @@ impl Report {
             );
         }
         let l = &self.littles_law;
-        let _ = writeln!(
-            s,
-            "Little   {} in flight / {:.3} ms mean ack latency = {} msgs/s predicted; {} measured",
-            l.in_flight,
-            l.mean_ack_latency_ms,
-            group(l.predicted_throughput as u64),
-            group(l.measured_throughput as u64)
-        );
+        if self.open_loop.is_some() {
+            // The rate is given, so Little's law says how much of the
+            // allowed concurrency it needed (L = λW).
+            let _ = writeln!(
+                s,
+                "Little   {} msgs/s x {:.3} ms mean ack latency = {:.1} messages in flight on average, of {} allowed",
+                group(l.measured_throughput as u64),
+                l.mean_ack_latency_ms,
+                l.measured_throughput * l.mean_ack_latency_ms / 1000.0,
+                l.in_flight
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "Little   {} in flight / {:.3} ms mean ack latency = {} msgs/s predicted; {} measured",
+                l.in_flight,
+                l.mean_ack_latency_ms,
+                group(l.predicted_throughput as u64),
+                group(l.measured_throughput as u64)
+            );
+        }
         let _ = writeln!(
             s,
             "latency (ms, main)  {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -425,19 +525,30 @@ impl Report {
         let line = |s: &mut String, name: &str, l: &LatencyStats| {
             let _ = writeln!(
                 s,
-                "  {name:<17} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+                "  {name:<19}{:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
                 l.mean, l.p50, l.p95, l.p99, l.p999, l.min, l.max
             );
         };
+        let open = self.open_loop.as_ref();
+        if let Some(c) = open.and_then(|o| o.ack_latency_ms.corrected.as_ref()) {
+            line(&mut s, "ack (intended)", c);
+        }
+        let (ack, delivery) = match open {
+            Some(_) => ("ack (actual)", "delivery (actual)"),
+            None => ("ack", "delivery"),
+        };
         match &self.ack_latency_ms {
-            Some(a) => line(&mut s, "ack", a),
+            Some(a) => line(&mut s, ack, a),
             None => {
                 let _ = writeln!(s, "  ack               none observed");
             }
         }
         let d = &self.delivery;
+        if let Some(c) = open.and_then(|o| o.delivery_latency_ms.corrected.as_ref()) {
+            line(&mut s, "delivery (intended)", c);
+        }
         match (&d.latency_ms, d.enabled) {
-            (Some(l), _) => line(&mut s, "delivery", l),
+            (Some(l), _) => line(&mut s, delivery, l),
             (None, false) => {
                 let _ = writeln!(s, "  delivery          not measured (--no-delivery)");
             }
@@ -448,6 +559,12 @@ impl Report {
                     d.timeout_s
                 );
             }
+        }
+        if open.is_some() {
+            let _ = writeln!(
+                s,
+                "  (intended: from each message's scheduled send time, coordinated omission corrected; actual: from when it went out)"
+            );
         }
         if d.enabled && d.missing > 0 && d.observed > 0 {
             let _ = writeln!(
@@ -498,10 +615,89 @@ impl Report {
         for file in [&f.throughput_chart, &f.latency_chart, &f.metrics]
             .into_iter()
             .flatten()
+            .chain(&f.histograms)
         {
             let _ = writeln!(s, "  {}", file.display());
         }
         s
+    }
+}
+
+impl OpenLoopReport {
+    /// The offered-vs-achieved line (with the verdict) and, for a ramp,
+    /// one line per stage.
+    fn render(&self, s: &mut String) {
+        let lag = self.send_lag_ms.as_ref();
+        let _ = write!(
+            s,
+            "open     offered {} msgs/s for {:.1} s ({} messages); achieved {} msgs/s",
+            group(self.offered_rate.round() as u64),
+            self.scheduled_seconds,
+            group(self.scheduled_messages),
+            group(self.achieved_rate.round() as u64)
+        );
+        if self.kept_up {
+            let _ = writeln!(
+                s,
+                "; kept up (send lag p99 {:.1} ms, max {:.1} ms)",
+                lag.map_or(0.0, |l| l.p99),
+                lag.map_or(0.0, |l| l.max)
+            );
+        } else {
+            let sent = lag.map_or(0, |l| l.count);
+            let _ = writeln!(
+                s,
+                "\n         COULD NOT KEEP UP: the senders fell behind schedule by up to {} (p99 {}); {} of {} messages went out more than {} ms late; {} acks came after the schedule's end",
+                human_ms(lag.map_or(0.0, |l| l.max)),
+                human_ms(lag.map_or(0.0, |l| l.p99)),
+                group(self.late_messages),
+                group(sent),
+                self.late_threshold_ms,
+                group(self.acked_after_schedule)
+            );
+        }
+        if self.stages.len() < 2 {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "stage    {:>9} {:>7} {:>9} {:>9} {:>7} {:>9}  {:>17} {:>11} {:>9}",
+            "rate/s",
+            "s",
+            "planned",
+            "acked",
+            "failed",
+            "msgs/s",
+            "ack p99 intended",
+            "actual",
+            "lag p99"
+        );
+        for st in &self.stages {
+            let p99 = |l: &Option<LatencyStats>| l.as_ref().map_or(f64::NAN, |l| l.p99);
+            let _ = writeln!(
+                s,
+                "  {:<6} {:>9} {:>7.1} {:>9} {:>9} {:>7} {:>9}  {:>14.3} ms {:>8.3} ms {:>6.1} ms",
+                st.stage,
+                group(st.rate.round() as u64),
+                st.seconds,
+                group(st.planned),
+                group(st.acked),
+                group(st.failed),
+                group(st.throughput.round() as u64),
+                p99(&st.ack_latency_ms.corrected),
+                p99(&st.ack_latency_ms.uncorrected),
+                p99(&st.send_lag_ms)
+            );
+        }
+    }
+}
+
+/// Milliseconds as a person reads a delay: `850 ms`, `12.3 s`.
+fn human_ms(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.1} s", ms / 1000.0)
     }
 }
 

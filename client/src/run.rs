@@ -1,10 +1,13 @@
 //! One load run from start to report: preflight (is every server there?),
-//! the generator, the warm-up phase, the main phase, the CSV writer, then
-//! the charts, the read API's document for the run's window
+//! the generator, the warm-up phase, the main phase (closed loop, or open
+//! loop on its schedule), the CSV writer, then the charts, the `.hgrm`
+//! histograms, the read API's document for the run's window
 //! (`metrics.json`, waiting for the stored count to settle) and
 //! `summary.json`. The calling thread watches: it drives the progress
 //! display and gives the run up when nothing is acked for `give_up_after`
-//! (a dead or hung server must end the run, not hang it).
+//! (a dead or hung server must end the run, not hang it; in an open loop,
+//! counted from when a message was last due, so a slow schedule is not a
+//! dead server).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +20,10 @@ use chatflow_protocol::time::now_ms;
 
 use crate::charts;
 use crate::config::Config;
-use crate::connection::Connection;
-use crate::csv::{CsvWriter, Phase};
+use crate::connection::{Connection, Dial};
+use crate::csv::{Aggregates, CsvWriter, Phase};
 use crate::error::{Error, Result};
-use crate::generator::{self, Batch, Plan, BATCH};
+use crate::generator::{self, Batch, Pace, Plan, BATCH};
 use crate::latency::Latencies;
 use crate::metrics::fetch::Api;
 use crate::metrics::json::pretty;
@@ -28,15 +31,22 @@ use crate::metrics::request::QueryParam;
 use crate::metrics::settle::{settle, WaitEnd};
 use crate::progress::Progress;
 use crate::report::{
-    rate, Connections, DeliveryReport, Files, LittlesLaw, MetricsReport, OutageReport, PhaseReport,
-    Report, RunOutcome, RunWindow, Settings, Totals,
+    rate, BothWays, Connections, DeliveryReport, Files, LittlesLaw, MetricsReport, OpenLoopReport,
+    OutageReport, PhaseReport, Report, RunOutcome, RunWindow, Settings, StageReport, Totals,
+    KEPT_UP_SHARE, LATE_MS,
 };
+use crate::schedule::Schedule;
 use crate::sender::{self, Outcome, Shared, Spec};
 use crate::threads;
 
 /// How often the watching thread samples progress. Short, so a small run
 /// ends promptly after its last thread; the sampling itself is a few loads.
 const WATCH_TICK: Duration = Duration::from_millis(25);
+/// An open loop's schedule starts this long after its sender threads do,
+/// so their connections are open when the first messages fall due (a
+/// loopback connect and handshake take well under a millisecond; threads
+/// by the hundred take a while to start on two cores).
+const OPEN_LOOP_START_DELAY: Duration = Duration::from_millis(250);
 
 /// Runs a load test until done or `stop` is set (Ctrl-C), and writes the
 /// report. `Err` only when the run could not start (bad config, unreachable
@@ -57,9 +67,20 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
     let started_wall = chrono::Utc::now();
     let started_at = started_wall.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let start = Instant::now();
-    let csv = CsvWriter::spawn(&files.csv, now_ms(), config.rooms, config.sched_batch)?;
+    let csv = CsvWriter::spawn(
+        &files.csv,
+        now_ms(),
+        config.rooms,
+        config.sched_batch,
+        config.open_loop.clone(),
+    )?;
     let warm_n = config.warmup_threads;
-    let shared = Arc::new(Shared::new(config.clone(), stop, warm_n + config.threads));
+    let shared = Arc::new(Shared::new(
+        config.clone(),
+        stop,
+        warm_n + config.threads,
+        start,
+    ));
     let room_of = |t: usize| (t % config.rooms as usize) as u32 + 1;
 
     // Lanes: warm-up lanes hold a whole quota (the generator never waits on
@@ -71,10 +92,16 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
             ((room_of(t), tx), rx)
         })
         .unzip();
+    // An open loop's are unbounded: its generator paces itself, and a room
+    // whose senders are stuck must not hold the others up.
     let (main_tx, main_rx): (Vec<_>, Vec<_>) = (0..config.rooms)
-        .map(|_| crossbeam_channel::bounded::<Batch>(config.lane_batches))
+        .map(|_| match config.open_loop {
+            Some(_) => crossbeam_channel::unbounded::<Batch>(),
+            None => crossbeam_channel::bounded::<Batch>(config.lane_batches),
+        })
         .unzip();
     let gen_stop = Arc::new(AtomicBool::new(false));
+    let (origin_tx, origin_rx) = crossbeam_channel::bounded::<Instant>(1);
     let generator = {
         let plan = Plan {
             seed,
@@ -83,6 +110,10 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
             warmup_messages: config.warmup_messages,
             main: main_tx,
             main_messages: config.main_total(),
+            pace: config.open_loop.clone().map(|schedule| Pace {
+                schedule,
+                start: origin_rx,
+            }),
         };
         let gen_stop = Arc::clone(&gen_stop);
         threads::spawn("generator", config.sched_batch, move || {
@@ -90,7 +121,11 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         })?
     };
 
-    let mut progress = Progress::new(config.progress, config.progress_interval, config.total);
+    let mut progress = Progress::new(
+        config.progress,
+        config.progress_interval,
+        config.planned_total(),
+    );
     let mut watch = Watch::new(&config);
     let thread_seed = |slot: usize| seed ^ (slot as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F);
 
@@ -105,6 +140,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
             source,
             records: csv.tx.clone(),
             seed: thread_seed(t),
+            origin: None,
         })
         .collect();
     let warm = run_phase(
@@ -115,13 +151,23 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         &mut watch,
     )?;
 
-    let main_start = Instant::now();
+    let mut main_start = Instant::now();
+    let mut origin = None;
     let main = if shared.stopped() || shared.aborted() || config.main_total() == 0 {
         drop(main_rx);
         Vec::new()
     } else {
         if warm_n > 0 {
             progress.note("warm-up done; main phase");
+        }
+        if let Some(schedule) = &config.open_loop {
+            let o = main_start + OPEN_LOOP_START_DELAY;
+            // The generator holds the first second's messages; it cannot
+            // have gone away (it waits for this, or for the stop flag).
+            let _ = origin_tx.send(o);
+            watch.open_loop(o, schedule.clone());
+            main_start = o;
+            origin = Some(o);
         }
         let specs = (0..config.threads)
             .map(|t| {
@@ -133,6 +179,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
                     source: main_rx[room as usize - 1].clone(),
                     records: csv.tx.clone(),
                     seed: thread_seed(warm_n + t),
+                    origin,
                 }
             })
             .collect();
@@ -179,17 +226,49 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         RunOutcome::Completed
     };
 
+    let main_offset = main_start.saturating_duration_since(start).as_secs_f64();
+    let open = match (&config.open_loop, origin) {
+        (Some(schedule), Some(_)) => Some(open_loop_report(
+            schedule,
+            &agg,
+            &main,
+            &main_report,
+            main_offset,
+            started_wall,
+        )),
+        _ => None,
+    };
+    let mut errors_per_second: Vec<u64> = Vec::new();
+    for o in &all {
+        if errors_per_second.len() < o.errors_per_second.len() {
+            errors_per_second.resize(o.errors_per_second.len(), 0);
+        }
+        for (total, n) in errors_per_second.iter_mut().zip(&o.errors_per_second) {
+            *total += n;
+        }
+    }
+
     let outages = outage_reports(&config, &shared, started_wall);
     if config.charts {
         let t = files.dir.join("throughput.svg");
-        let shaded: Vec<(f64, f64)> = outages
-            .iter()
-            .map(|o| (o.start_offset_seconds, o.start_offset_seconds + o.seconds))
-            .collect();
+        let marks = charts::Marks {
+            outages: outages
+                .iter()
+                .map(|o| (o.start_offset_seconds, o.start_offset_seconds + o.seconds))
+                .collect(),
+            phases: phases(
+                &config,
+                warm_n > 0,
+                !main.is_empty(),
+                main_offset,
+                wall.max(main_offset),
+            ),
+            errors: errors_per_second.clone(),
+        };
         charts::throughput(
             &t,
             &agg.acked_per_second,
-            &shaded,
+            &marks,
             "Acked messages per second",
         )?;
         files.throughput_chart = Some(t);
@@ -204,6 +283,12 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         )?;
         files.latency_chart = Some(l);
     }
+    files.histograms = write_histograms(
+        &files.dir,
+        &main_ack,
+        config.delivery.then_some(&main_delivery),
+        open.as_ref().map(|(_, h)| h),
+    )?;
 
     // The run's own time ends here; the metrics wait is not part of it.
     let elapsed = start.elapsed();
@@ -216,9 +301,14 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         last_error: shared.last_error(),
         started_at,
         settings: Settings {
+            mode: if config.open_loop.is_some() {
+                "open"
+            } else {
+                "closed"
+            },
             urls: config.urls.iter().map(|u| u.base()).collect(),
             rooms: config.rooms,
-            messages: config.total,
+            messages: config.planned_total(),
             threads: config.threads,
             window: config.window,
             warmup_threads: config.warmup_threads,
@@ -234,10 +324,10 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         },
         warmup,
         total: Totals {
-            planned: config.total,
+            planned: config.planned_total(),
             acked,
             failed,
-            not_sent: config.total.saturating_sub(acked + failed),
+            not_sent: config.planned_total().saturating_sub(acked + failed),
             wall_seconds: wall,
             throughput: rate(acked, wall),
             elapsed_seconds: elapsed.as_secs_f64(),
@@ -276,17 +366,193 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
             missing: all.iter().map(|o| o.delivery_missing).sum(),
             latency_ms: main_delivery.stats(),
         },
+        open_loop: open.map(|(report, _)| report),
         main: main_report,
         rooms,
         message_types,
         status_codes,
         unexpected_frames: all.iter().map(|o| o.unexpected_frames).sum(),
         acked_per_second: agg.acked_per_second.clone(),
+        errors_per_second,
         metrics: metrics.0,
         files,
     };
     report.write_json(&report.files.summary)?;
     Ok(report)
+}
+
+/// An open loop's histograms over its whole main phase, for the `.hgrm`
+/// files: ack latency from the intended time, send lag, and delivery
+/// latency from the intended time (when measured).
+struct OpenLoopHistograms {
+    ack_corrected: Latencies,
+    lag: Latencies,
+    delivery_corrected: Option<Latencies>,
+}
+
+/// Offered against achieved, the send lag, latency both ways and each
+/// stage, from the CSV writer's stage counts and the main phase's threads.
+/// `offset`: the schedule's start, seconds after the run's.
+fn open_loop_report(
+    schedule: &Schedule,
+    agg: &Aggregates,
+    main: &[Outcome],
+    phase: &PhaseReport,
+    offset: f64,
+    started: chrono::DateTime<chrono::Utc>,
+) -> (OpenLoopReport, OpenLoopHistograms) {
+    let mut ack = Latencies::long();
+    let mut ack_corrected = Latencies::long();
+    let mut lag = Latencies::long();
+    let mut stages = Vec::with_capacity(schedule.stages().len());
+    for (i, (stage, counted)) in schedule.stages().iter().zip(&agg.stages).enumerate() {
+        ack.merge(&counted.ack);
+        ack_corrected.merge(&counted.ack_corrected);
+        lag.merge(&counted.lag);
+        let seconds = stage.duration.as_secs_f64();
+        stages.push(StageReport {
+            stage: i + 1,
+            rate: stage.rate,
+            seconds,
+            start_offset_seconds: offset + stage.start_ns as f64 / 1e9,
+            planned: stage.messages,
+            acked: counted.acked,
+            failed: counted.failed,
+            throughput: rate(counted.acked_in_window, seconds),
+            ack_latency_ms: BothWays {
+                corrected: counted.ack_corrected.stats(),
+                uncorrected: counted.ack.stats(),
+            },
+            send_lag_ms: counted.lag.stats(),
+        });
+    }
+    let mut delivery_corrected: Option<Latencies> = None;
+    for o in main {
+        if let Some(d) = &o.delivery_corrected {
+            delivery_corrected
+                .get_or_insert_with(Latencies::long)
+                .merge(d);
+        }
+    }
+    let send_lag = lag.stats();
+    let late_us = (LATE_MS * 1000.0) as u64;
+    let late = lag
+        .hist()
+        .iter_recorded()
+        .filter(|v| v.value_iterated_to() > late_us)
+        .map(|v| v.count_at_value())
+        .sum();
+    let offered = schedule.offered_rate();
+    let achieved = phase.throughput;
+    let kept_up =
+        achieved >= KEPT_UP_SHARE * offered && send_lag.as_ref().is_none_or(|l| l.p99 <= LATE_MS);
+    let started_at = started + chrono::Duration::milliseconds((offset * 1000.0) as i64);
+    let mut main_delivery = Latencies::new();
+    for o in main {
+        main_delivery.merge(&o.delivery);
+    }
+    let report = OpenLoopReport {
+        offered_rate: offered,
+        scheduled_messages: schedule.total(),
+        scheduled_seconds: schedule.duration().as_secs_f64(),
+        achieved_rate: achieved,
+        kept_up,
+        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        start_offset_seconds: offset,
+        send_lag_ms: send_lag,
+        late_messages: late,
+        late_threshold_ms: LATE_MS,
+        acked_after_schedule: agg.acked_after_schedule,
+        ack_latency_ms: BothWays {
+            corrected: ack_corrected.stats(),
+            uncorrected: ack.stats(),
+        },
+        delivery_latency_ms: BothWays {
+            corrected: delivery_corrected.as_ref().and_then(Latencies::stats),
+            uncorrected: main_delivery.stats(),
+        },
+        stages,
+    };
+    let histograms = OpenLoopHistograms {
+        ack_corrected,
+        lag,
+        delivery_corrected,
+    };
+    (report, histograms)
+}
+
+/// The throughput chart's phases: the warm-up, then the main phase, or
+/// each stage of an open loop (labelled with its rate). Seconds since the
+/// run's start; `main_offset` is when the main phase (or its schedule)
+/// began, `end` the run's last message.
+fn phases(
+    config: &Config,
+    warmup: bool,
+    main: bool,
+    main_offset: f64,
+    end: f64,
+) -> Vec<(f64, f64, String)> {
+    let mut out = Vec::new();
+    if warmup {
+        out.push((0.0, main_offset, "warm-up".to_string()));
+    }
+    if !main {
+        return out;
+    }
+    match &config.open_loop {
+        Some(schedule) => {
+            let stages = schedule.stages();
+            for (i, st) in stages.iter().enumerate() {
+                let from = main_offset + st.start_ns as f64 / 1e9;
+                let to = from + st.duration.as_secs_f64();
+                let label = match stages.len() {
+                    1 => format!("main: {}/s", rate_text(st.rate)),
+                    _ => format!("stage {}: {}/s", i + 1, rate_text(st.rate)),
+                };
+                out.push((from, to, label));
+            }
+        }
+        None => out.push((main_offset, end, "main".to_string())),
+    }
+    out
+}
+
+/// A rate as a label: grouped digits, decimals only when it has them.
+fn rate_text(rate: f64) -> String {
+    if rate.fract() == 0.0 {
+        crate::progress::group(rate as u64)
+    } else {
+        format!("{rate}")
+    }
+}
+
+/// Writes the main phase's latency histograms as `.hgrm` files in `dir`:
+/// ack latency (from the actual send), delivery latency when measured, and
+/// for an open loop both from the intended time and the send lag.
+fn write_histograms(
+    dir: &Path,
+    ack: &Latencies,
+    delivery: Option<&Latencies>,
+    open: Option<&OpenLoopHistograms>,
+) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<(&str, &Latencies)> = vec![("ack-latency.hgrm", ack)];
+    if let Some(d) = delivery {
+        files.push(("delivery-latency.hgrm", d));
+    }
+    if let Some(o) = open {
+        files.push(("ack-latency-corrected.hgrm", &o.ack_corrected));
+        if let (Some(d), Some(_)) = (&o.delivery_corrected, delivery) {
+            files.push(("delivery-latency-corrected.hgrm", d));
+        }
+        files.push(("send-lag.hgrm", &o.lag));
+    }
+    let mut written = Vec::with_capacity(files.len());
+    for (name, hist) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, hist.hgrm()).map_err(|e| Error::io(&path, e))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// Every server's outages, for the report and the chart.
@@ -450,21 +716,46 @@ fn run_phase(
     Ok(outcomes)
 }
 
-/// Gives the run up when nothing is acked for `give_up_after` while work remains.
+/// Gives the run up when nothing is acked for `give_up_after` while work
+/// remains. In an open loop the silence counts from the first message due
+/// after the last ack: a schedule with seconds between messages is not a
+/// dead server.
 struct Watch {
     give_up_after: Duration,
     planned: u64,
     last_acked: u64,
     since: Instant,
+    /// Open loop: the schedule's start and the schedule.
+    open: Option<(Instant, Schedule)>,
 }
 
 impl Watch {
     fn new(config: &Config) -> Self {
         Watch {
             give_up_after: config.give_up_after,
-            planned: config.total,
+            planned: config.planned_total(),
             last_acked: 0,
             since: Instant::now(),
+            open: None,
+        }
+    }
+
+    /// The main phase is an open loop starting at `origin`.
+    fn open_loop(&mut self, origin: Instant, schedule: Schedule) {
+        self.open = Some((origin, schedule));
+    }
+
+    /// Since when nothing has been acked that should have been: the last
+    /// ack, or in an open loop the first message due after it.
+    fn silent_since(&self) -> Instant {
+        let Some((origin, schedule)) = &self.open else {
+            return self.since;
+        };
+        let after = self.since.saturating_duration_since(*origin).as_nanos() as u64;
+        match schedule.next_due_at_or_after(after) {
+            Some(due) => (*origin + Duration::from_nanos(due)).max(self.since),
+            // Everything was due before the last ack: silent since then.
+            None => self.since,
         }
     }
 
@@ -475,10 +766,8 @@ impl Watch {
             self.since = now;
             return;
         }
-        if acked + failed < self.planned
-            && now.duration_since(self.since) >= self.give_up_after
-            && !shared.aborted()
-        {
+        let silent = now.saturating_duration_since(self.silent_since()) >= self.give_up_after;
+        if acked + failed < self.planned && silent && !shared.aborted() {
             let last = shared
                 .last_error()
                 .unwrap_or_else(|| "no error seen".into());
@@ -526,7 +815,7 @@ fn phase_report(
 /// Connects to room 1 of every server, with the configured retries and
 /// back-off, so an unreachable server is reported clearly before anything
 /// starts.
-fn preflight(config: &Config, stop: &AtomicBool, seed: u64) -> Result<()> {
+pub(crate) fn preflight(config: &Config, stop: &AtomicBool, seed: u64) -> Result<()> {
     for endpoint in &config.urls {
         let started = Instant::now();
         let mut attempts = 0;
@@ -536,7 +825,8 @@ fn preflight(config: &Config, stop: &AtomicBool, seed: u64) -> Result<()> {
                 return Err(Error::Interrupted);
             }
             attempts += 1;
-            match Connection::open(endpoint, 1, None, config.connect_timeout, config.tick, 1) {
+            let dial = Dial::sender(config.connect_timeout, config.tick, 1);
+            match Connection::open(endpoint, 1, None, &dial) {
                 Ok(conn) => {
                     conn.close(config.tick);
                     break;
@@ -563,7 +853,7 @@ fn preflight(config: &Config, stop: &AtomicBool, seed: u64) -> Result<()> {
 
 /// The report directory: as given, or `results/<UTC timestamp>/` (suffixed
 /// if two runs start in the same second).
-fn make_out_dir(given: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn make_out_dir(given: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = given {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         return Ok(dir.to_path_buf());
@@ -590,6 +880,25 @@ fn make_out_dir(given: Option<&Path>) -> Result<PathBuf> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn an_open_loop_is_silent_only_from_the_first_message_due_after_the_last_ack() {
+        // One message a second: an ack at 0.1 s leaves nothing due until
+        // 1 s, so the silence the give-up counts starts there; in closed
+        // loop it starts at the ack.
+        let mut w = Watch::new(&Config::default());
+        let origin = Instant::now();
+        w.since = origin + Duration::from_millis(100);
+        assert_eq!(w.silent_since(), w.since);
+        w.open_loop(
+            origin,
+            Schedule::constant(1.0, Duration::from_secs(5)).unwrap(),
+        );
+        assert_eq!(w.silent_since(), origin + Duration::from_secs(1));
+        // After the last message was due: from the ack itself.
+        w.since = origin + Duration::from_millis(4_500);
+        assert_eq!(w.silent_since(), w.since);
+    }
 
     #[test]
     fn the_run_window_is_rounded_outward_to_whole_seconds() {

@@ -13,6 +13,12 @@
 //! can be done, otherwise take only what already arrived, so a pipelined
 //! connection handles many acks per wake-up and a window-1 connection does
 //! exactly one write and one read per message.
+//!
+//! Open loop (a [`Spec::origin`]): a fresh message is ready only once it is
+//! due, and a blocked read wakes at the next due time. A message sent late
+//! (the window was full, or the thread behind) keeps its intended time:
+//! its record carries how late it went out (`lag`), so latency can be
+//! counted from the intended time as well as from the actual send.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,8 +32,8 @@ use crossbeam_utils::CachePadded;
 
 use crate::breaker::{Breaker, Permit};
 use crate::config::{Config, PinMode};
-use crate::connection::{Connection, Read1};
-use crate::csv::{Phase, Record, Status, RECORD_BATCH};
+use crate::connection::{Connection, Dial, Read1, ReadyWait};
+use crate::csv::{Phase, Record, Status, NOT_SCHEDULED, RECORD_BATCH};
 use crate::delivery::Deliveries;
 use crate::generator::{Batch, Msg};
 use crate::latency::Latencies;
@@ -64,6 +70,8 @@ pub struct Shared {
     /// window as a retry of the same message, so names must never repeat
     /// across threads, nor across runs (even with the same `--seed`).
     pub run_id: u64,
+    /// The run's start: second 0 of the error counts (and of the charts).
+    pub started: Instant,
 }
 
 /// A number no other run uses: the clock's nanoseconds and the process
@@ -81,7 +89,7 @@ fn run_id() -> u64 {
 }
 
 impl Shared {
-    pub fn new(config: Config, stop: Arc<AtomicBool>, slots: usize) -> Self {
+    pub fn new(config: Config, stop: Arc<AtomicBool>, slots: usize, started: Instant) -> Self {
         let breakers = config
             .urls
             .iter()
@@ -107,6 +115,7 @@ impl Shared {
             last_error: Mutex::new(None),
             run_id: run_id(),
             refusals: (0..config_urls).map(|_| Refusals::default()).collect(),
+            started,
         }
     }
 
@@ -206,6 +215,9 @@ pub struct Spec {
     pub records: Sender<Vec<Record>>,
     /// Seeds backoff jitter and masking keys.
     pub seed: u64,
+    /// Open loop: the main phase's start, from which each message's
+    /// `due_ns` counts. `None`: closed loop (and the warm-up).
+    pub origin: Option<Instant>,
 }
 
 /// What a thread did, merged into the report.
@@ -219,6 +231,8 @@ pub struct Outcome {
     pub reconnections: u64,
     pub ack: Latencies,
     pub delivery: Latencies,
+    /// Open loop: delivery latency from the intended send time.
+    pub delivery_corrected: Option<Latencies>,
     pub delivered: u64,
     pub delivery_missing: u64,
     pub unexpected_frames: u64,
@@ -234,6 +248,9 @@ pub struct Outcome {
     pub resumes: u64,
     pub recovered: u64,
     pub unrecovered_resumes: u64,
+    /// Failed attempts (error answers, timeouts, lost connections, failed
+    /// connects) per second of the run: the charts' error bursts.
+    pub errors_per_second: Vec<u64>,
 }
 
 /// A message's first attempt: its name on the wire and when the clock
@@ -248,6 +265,11 @@ struct First {
     sent_ms: i64,
     /// Time spent so far waiting out back-offs between its attempts.
     waited: Duration,
+    /// Open loop: when it was due (ns after the phase's start;
+    /// [`NOT_SCHEDULED`] in closed loop) and how late its first attempt
+    /// went out.
+    due_ns: u64,
+    lag: Duration,
 }
 
 struct InFlight {
@@ -271,17 +293,38 @@ struct Retry {
 
 /// The messages a sender holds that are not in flight.
 struct InHand {
-    /// Taken from the lane, never sent.
+    /// Taken from the lane, never sent (in due order in an open loop).
     fresh: VecDeque<Msg>,
     /// Failed attempts waiting out their back-off.
     retry: VecDeque<Retry>,
+    /// Open loop: the phase's start (a fresh message is ready once due).
+    origin: Option<Instant>,
 }
 
 impl InHand {
-    /// Is a message ready to go: a fresh one, or a retry whose back-off is over?
+    /// Is a message ready to go: a fresh one (due, in an open loop), or a
+    /// retry whose back-off is over?
     #[inline]
     fn has_ready(&self, now: Instant) -> bool {
-        !self.fresh.is_empty() || self.retry.iter().any(|r| r.not_before <= now)
+        self.fresh_ready(now) || self.retry.iter().any(|r| r.not_before <= now)
+    }
+
+    /// Is the next fresh message ready (there, and due in an open loop)?
+    #[inline]
+    fn fresh_ready(&self, now: Instant) -> bool {
+        match (self.fresh.front(), self.origin) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(m), Some(origin)) => origin + Duration::from_nanos(m.due_ns) <= now,
+        }
+    }
+
+    /// Open loop: when the next fresh message is due.
+    fn next_due(&self) -> Option<Instant> {
+        let origin = self.origin?;
+        self.fresh
+            .front()
+            .map(|m| origin + Duration::from_nanos(m.due_ns))
     }
 
     /// The next message to attempt, the attempts it already made and its
@@ -291,6 +334,14 @@ impl InHand {
     fn next_ready(&mut self, now: Instant) -> Option<(Msg, u32, Option<First>)> {
         if let Some(k) = self.retry.iter().position(|r| r.not_before <= now) {
             return Some(self.take_retry(k, now));
+        }
+        self.next_fresh(now)
+    }
+
+    #[inline]
+    fn next_fresh(&mut self, now: Instant) -> Option<(Msg, u32, Option<First>)> {
+        if !self.fresh_ready(now) {
+            return None;
         }
         self.fresh.pop_front().map(|m| (m, 0, None))
     }
@@ -302,7 +353,7 @@ impl InHand {
         if !self.retry.is_empty() {
             return Some(self.take_retry(0, now));
         }
-        self.fresh.pop_front().map(|m| (m, 0, None))
+        self.next_fresh(now)
     }
 
     fn take_retry(&mut self, k: usize, now: Instant) -> (Msg, u32, Option<First>) {
@@ -338,6 +389,11 @@ struct SenderThread<'a> {
     /// may go.
     probe_backoff: Backoff,
     probe_not_before: Instant,
+    /// Open loop: waits for input or the next due time to the millisecond
+    /// (a blocking read's SO_RCVTIMEO overshoots by several ms). `None` in
+    /// closed loop, or if no poll could be made (then reads wait as in
+    /// closed loop, less precisely).
+    ready: Option<ReadyWait>,
     /// Consecutive failed connects: doubles the wait before the next one.
     connect_backoff: Backoff,
     connect_not_before: Instant,
@@ -364,6 +420,7 @@ impl<'a> SenderThread<'a> {
             conn: None,
             server: 0,
             position: String::new(),
+            ready: spec.origin.and_then(|_| ReadyWait::new().ok()),
             connect_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max, spec.seed),
             probe_backoff: Backoff::new(cfg.backoff_base, cfg.backoff_max, spec.seed ^ 0x9e37_79b9),
             probe_not_before: Instant::now(),
@@ -372,6 +429,7 @@ impl<'a> SenderThread<'a> {
             hand: InHand {
                 fresh: VecDeque::with_capacity(cfg.window + crate::generator::BATCH),
                 retry: VecDeque::new(),
+                origin: spec.origin,
             },
             source_done: false,
             inflight: VecDeque::with_capacity(cfg.window),
@@ -379,7 +437,7 @@ impl<'a> SenderThread<'a> {
             stopping: false,
             deliveries: cfg
                 .delivery
-                .then(|| Deliveries::new(cfg.delivery_timeout, cfg.window)),
+                .then(|| Deliveries::new(cfg.delivery_timeout, cfg.window, spec.origin.is_some())),
             records: Vec::with_capacity(RECORD_BATCH),
             // Any value other than the connect back-off's seed.
             retry_backoff: Backoff::new(
@@ -396,6 +454,7 @@ impl<'a> SenderThread<'a> {
                 reconnections: 0,
                 ack: Latencies::new(),
                 delivery: Latencies::new(),
+                delivery_corrected: None,
                 delivered: 0,
                 delivery_missing: 0,
                 unexpected_frames: 0,
@@ -405,6 +464,7 @@ impl<'a> SenderThread<'a> {
                 resumes: 0,
                 recovered: 0,
                 unrecovered_resumes: 0,
+                errors_per_second: Vec::new(),
             },
             spec,
         }
@@ -433,7 +493,12 @@ impl<'a> SenderThread<'a> {
             }
             if self.inflight.len() < self.cfg.window {
                 self.take_fresh();
-                if self.ready_to_send(now) {
+                // An open loop connects before its first message is due, so
+                // the connect is not part of that message's lag.
+                let early_connect = self.conn.is_none()
+                    && self.spec.origin.is_some()
+                    && !self.hand.fresh.is_empty();
+                if self.ready_to_send(now) || early_connect {
                     if self.conn.is_none() {
                         if now < self.connect_not_before {
                             self.sleep_until(self.connect_not_before);
@@ -494,7 +559,46 @@ impl<'a> SenderThread<'a> {
             // One probe at a time: nothing more until it is answered.
             return self.ready_to_send(now);
         }
+        if self.spec.origin.is_some() {
+            // Open loop: the lane's messages are due after those in hand,
+            // and `take_fresh` tops the hand up to the window first; only
+            // a lane it did not empty leaves more to take now.
+            return self.hand.has_ready(now)
+                || (self.hand.fresh.len() < self.cfg.window && !self.spec.source.is_empty());
+        }
         self.hand.has_ready(now) || !self.spec.source.is_empty()
+    }
+
+    /// Open loop: the latest a blocked read may wait — the next fresh
+    /// message's due time while the window has room (`None`: no such
+    /// bound; a read blocks up to a tick).
+    fn wake_for_due(&self) -> Option<Instant> {
+        if self.inflight.len() >= self.cfg.window || self.refusing() {
+            return None;
+        }
+        // A tick at most: Ctrl-C and the ack timeout are checked between.
+        let tick = Instant::now() + self.cfg.tick;
+        self.hand.next_due().map(|due| due.min(tick))
+    }
+
+    /// Open loop: handles the next frame to arrive before `until` (what
+    /// already arrived first). True if one did.
+    fn await_input(&mut self, until: Instant) -> bool {
+        let Some(conn) = self.conn.as_mut() else {
+            self.sleep_until(until);
+            return false;
+        };
+        match conn.read_by(self.ready.as_mut(), until) {
+            Read1::Text(text) => {
+                self.on_text(text.as_str());
+                true
+            }
+            Read1::Nothing => false,
+            Read1::Lost(why) => {
+                self.lost(Status::ConnectionFailed, why);
+                false
+            }
+        }
     }
 
     /// Nothing in flight and nothing ready: wait for the lane or a retry's
@@ -510,6 +614,15 @@ impl<'a> SenderThread<'a> {
         } else {
             self.hand.retry.iter().map(|r| r.not_before).min()
         };
+        if let Some(due) = self.hand.next_due().filter(|_| !self.refusing()) {
+            // Open loop, the next message not due yet: wait for its time on
+            // the socket, so broadcasts are stamped as they arrive.
+            let until = next_retry
+                .map_or(due, |r| r.min(due))
+                .min(now + self.cfg.tick);
+            self.await_input(until);
+            return;
+        }
         // While broadcasts are awaited, wake often so their arrival is
         // stamped promptly; otherwise a tick bounds Ctrl-C latency.
         let cap = if awaiting {
@@ -562,14 +675,8 @@ impl<'a> SenderThread<'a> {
         if since.is_some() {
             self.out.resumes += 1;
         }
-        match Connection::open(
-            endpoint,
-            self.spec.room,
-            since,
-            self.cfg.connect_timeout,
-            self.cfg.tick,
-            self.cfg.window,
-        ) {
+        let dial = Dial::sender(self.cfg.connect_timeout, self.cfg.tick, self.cfg.window);
+        match Connection::open(endpoint, self.spec.room, since, &dial) {
             Ok(conn) => {
                 self.shared.breakers[i].success();
                 self.server = i;
@@ -578,6 +685,14 @@ impl<'a> SenderThread<'a> {
                 }
                 self.out.connections += 1;
                 self.connect_backoff.reset();
+                if self
+                    .ready
+                    .as_ref()
+                    .is_some_and(|r| r.attach(&conn).is_err())
+                {
+                    // Reads still wait, to SO_RCVTIMEO's precision.
+                    self.ready = None;
+                }
                 let pin = match self.cfg.pin {
                     PinMode::On => true,
                     PinMode::Off => false,
@@ -610,7 +725,7 @@ impl<'a> SenderThread<'a> {
                     if attempts > 0 {
                         self.out.retries += 1;
                     }
-                    let first = first.unwrap_or_else(|| self.first_attempt(now, now_wall));
+                    let first = first.unwrap_or_else(|| self.first_attempt(&msg, now, now_wall));
                     let latency = now.saturating_duration_since(first.sent_at);
                     self.attempt_failed(
                         msg,
@@ -655,15 +770,7 @@ impl<'a> SenderThread<'a> {
             }
             let first = match first {
                 Some(first) => first,
-                None => {
-                    self.seq += 1;
-                    First {
-                        seq: self.seq,
-                        sent_at: now,
-                        sent_ms: wall,
-                        waited: Duration::ZERO,
-                    }
-                }
+                None => self.first_attempt(&msg, now, wall),
             };
             let conn = self.conn.as_mut().expect("checked above");
             self.encoder.encode(conn.out(), &msg, first.seq, wall);
@@ -688,6 +795,17 @@ impl<'a> SenderThread<'a> {
         loop {
             let wait =
                 !drain_only && !self.inflight.is_empty() && !self.can_send_more(Instant::now());
+            if let Some(until) = if wait { self.wake_for_due() } else { None } {
+                // Open loop with room in the window: input, or the next
+                // message's time, whichever comes first.
+                if !self.await_input(until) {
+                    break;
+                }
+                if self.inflight.is_empty() && !drain_only {
+                    break;
+                }
+                continue;
+            }
             let Some(conn) = self.conn.as_mut() else {
                 return;
             };
@@ -734,9 +852,9 @@ impl<'a> SenderThread<'a> {
                 self.out.ack.record(latency);
                 self.out.acked += 1;
                 self.out.last_done = Some(now);
-                self.record(f.msg, f.first.sent_ms, latency, Status::Ok);
+                self.record(f.msg, &f.first, latency, Status::Ok);
                 if let Some(d) = self.deliveries.as_mut() {
-                    d.acked(id.0, f.first.sent_at, now);
+                    d.acked(id.0, f.first.sent_at, f.first.lag, now);
                 }
             }
             Incoming::Error { seq, code } => {
@@ -825,8 +943,9 @@ impl<'a> SenderThread<'a> {
         // younger than the retry window: an outage of that length is waited
         // out instead of failing every message caught in it.
         let within_window = first.sent_at.elapsed() < self.cfg.retry_window;
+        let now = Instant::now();
+        self.error_at(now);
         if retryable && (attempts <= self.cfg.retries || within_window) {
-            let now = Instant::now();
             let not_before = now + self.retry_delay(attempts);
             self.hand.retry.push_back(Retry {
                 msg,
@@ -837,8 +956,18 @@ impl<'a> SenderThread<'a> {
             });
         } else {
             self.waited(first);
-            self.fail(msg, first.sent_ms, latency_us, status);
+            self.fail(msg, &first, latency_us, status);
         }
+    }
+
+    /// Counts a failed attempt in its second of the run.
+    fn error_at(&mut self, now: Instant) {
+        let second = now.saturating_duration_since(self.shared.started).as_secs() as usize;
+        let per = &mut self.out.errors_per_second;
+        if per.len() <= second {
+            per.resize(second + 1, 0);
+        }
+        per[second] += 1;
     }
 
     /// A message is done (acked or failed): its back-off waits count.
@@ -847,22 +976,32 @@ impl<'a> SenderThread<'a> {
         self.out.longest_wait = self.out.longest_wait.max(first.waited);
     }
 
-    /// A first attempt that is failing before it reached the wire (its
-    /// connection could not be opened): it gets its name and clock now.
-    fn first_attempt(&mut self, now: Instant, wall: i64) -> First {
+    /// A message's first attempt (sent now, or failing before it reached
+    /// the wire because its connection could not be opened): it gets its
+    /// name and clock now, and in an open loop how late that is.
+    fn first_attempt(&mut self, msg: &Msg, now: Instant, wall: i64) -> First {
         self.seq += 1;
+        let (due_ns, lag) = match self.spec.origin {
+            Some(origin) => (
+                msg.due_ns,
+                now.saturating_duration_since(origin + Duration::from_nanos(msg.due_ns)),
+            ),
+            None => (NOT_SCHEDULED, Duration::ZERO),
+        };
         First {
             seq: self.seq,
             sent_at: now,
             sent_ms: wall,
             waited: Duration::ZERO,
+            due_ns,
+            lag,
         }
     }
 
-    fn fail(&mut self, msg: Msg, sent_ms: i64, latency_us: u64, status: Status) {
+    fn fail(&mut self, msg: Msg, first: &First, latency_us: u64, status: Status) {
         self.out.failed += 1;
         self.out.last_done = Some(Instant::now());
-        self.record(msg, sent_ms, Duration::from_micros(latency_us), status);
+        self.record(msg, first, Duration::from_micros(latency_us), status);
     }
 
     /// The connection is gone: every message in flight spent an attempt.
@@ -905,10 +1044,22 @@ impl<'a> SenderThread<'a> {
         self.retry_backoff.delay_after(attempts)
     }
 
-    fn record(&mut self, msg: Msg, sent_ms: i64, latency: Duration, status: Status) {
+    fn record(&mut self, msg: Msg, first: &First, latency: Duration, status: Status) {
         self.records.push(Record {
-            sent_ms,
+            sent_ms: first.sent_ms,
             latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+            due_us: match first.due_ns {
+                NOT_SCHEDULED => NOT_SCHEDULED,
+                ns => ns / 1_000,
+            },
+            stage: self
+                .cfg
+                .open_loop
+                .as_ref()
+                .filter(|_| first.due_ns != NOT_SCHEDULED)
+                .and_then(|s| s.stage_at(first.due_ns))
+                .map_or(0, |i| i as u16),
+            lag_us: u32::try_from(first.lag.as_micros()).unwrap_or(u32::MAX),
             room: msg.room,
             kind: msg.kind,
             status,
@@ -950,7 +1101,7 @@ impl<'a> SenderThread<'a> {
         let now = Instant::now();
         for r in std::mem::take(&mut self.hand.retry) {
             let latency = now.saturating_duration_since(r.first.sent_at);
-            self.fail(r.msg, r.first.sent_ms, latency.as_micros() as u64, status);
+            self.fail(r.msg, &r.first, latency.as_micros() as u64, status);
         }
     }
 
@@ -960,7 +1111,7 @@ impl<'a> SenderThread<'a> {
         let inflight: Vec<InFlight> = self.inflight.drain(..).collect();
         for f in inflight {
             let latency = f.first.sent_at.elapsed().as_micros() as u64;
-            self.fail(f.msg, f.first.sent_ms, latency, status);
+            self.fail(f.msg, &f.first, latency, status);
         }
         self.fail_retries(status);
         self.hand.fresh.clear();
@@ -998,6 +1149,7 @@ impl<'a> SenderThread<'a> {
             self.out.delivered = d.observed;
             self.out.delivery_missing = d.missing;
             self.out.delivery = std::mem::take(&mut d.latencies);
+            self.out.delivery_corrected = d.corrected.take();
         }
         if let Some(conn) = self.conn.take() {
             conn.close(self.cfg.tick * 5);

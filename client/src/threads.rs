@@ -37,6 +37,29 @@ pub fn spawn<T: Send + 'static>(
         })
 }
 
+/// [`spawn`] inside a scope, for threads that borrow the caller's state
+/// (and are joined before it returns).
+pub fn spawn_scoped<'scope, 'env, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    name: &str,
+    sched_batch: bool,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> Result<std::thread::ScopedJoinHandle<'scope, T>> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(STACK_SIZE)
+        .spawn_scoped(scope, move || {
+            if sched_batch {
+                set_sched_batch();
+            }
+            f()
+        })
+        .map_err(|source| Error::Spawn {
+            name: name.to_string(),
+            source,
+        })
+}
+
 /// Moves the calling thread to SCHED_BATCH (see
 /// [`Config::sched_batch`](crate::Config::sched_batch)). Best effort: on
 /// failure the thread keeps the normal policy.

@@ -8,7 +8,7 @@
 //! real key. Anything the scanner does not recognise falls back to the
 //! protocol crate's full parser.
 
-use chatflow_protocol::{MessageId, ServerFrame, ServerTime};
+use chatflow_protocol::{MessageId, MessageType, ServerFrame, ServerTime};
 
 use crate::generator::Msg;
 
@@ -48,6 +48,21 @@ impl Encoder {
     /// the encoder's prefix, becomes the `clientMessageId` the server
     /// echoes; `now_ms` the timestamp.
     pub fn encode(&mut self, out: &mut Vec<u8>, msg: &Msg, seq: u64, now_ms: i64) {
+        self.encode_text(out, msg.user_id, msg.text(), msg.kind, seq, now_ms);
+    }
+
+    /// [`Self::encode`] with any `text` (which must need no JSON escaping:
+    /// the pool's texts, or a `--connections-only` probe's).
+    pub fn encode_text(
+        &mut self,
+        out: &mut Vec<u8>,
+        user_id: u32,
+        text: &str,
+        kind: MessageType,
+        seq: u64,
+        now_ms: i64,
+    ) {
+        debug_assert!(!text.contains(['"', '\\']) && !text.chars().any(char::is_control));
         if now_ms != self.ts_ms {
             self.ts_ms = now_ms;
             self.ts = ServerTime(now_ms).to_rfc3339_bytes();
@@ -55,16 +70,16 @@ impl Encoder {
         let j = &mut self.json;
         j.clear();
         j.extend_from_slice(b"{\"userId\":");
-        push_u64(j, u64::from(msg.user_id));
+        push_u64(j, u64::from(user_id));
         j.extend_from_slice(b",\"username\":\"user");
-        push_u64(j, u64::from(msg.user_id));
+        push_u64(j, u64::from(user_id));
         j.extend_from_slice(b"\",\"message\":\"");
         // Pool texts need no escaping (checked by a generator test).
-        j.extend_from_slice(msg.text().as_bytes());
+        j.extend_from_slice(text.as_bytes());
         j.extend_from_slice(b"\",\"timestamp\":\"");
         j.extend_from_slice(&self.ts);
         j.extend_from_slice(b"\",\"messageType\":\"");
-        j.extend_from_slice(msg.kind.as_str().as_bytes());
+        j.extend_from_slice(kind.as_str().as_bytes());
         j.extend_from_slice(b"\",\"clientMessageId\":\"");
         j.extend_from_slice(self.name_prefix.as_bytes());
         push_u64(j, seq);
@@ -224,6 +239,18 @@ pub fn broadcast_user(text: &str) -> Option<u32> {
     digits[..end].parse().ok()
 }
 
+/// A broadcast's message text, when it holds no escapes (the client's own
+/// texts never do).
+pub fn broadcast_text(text: &str) -> Option<&str> {
+    string_field(text, "message")
+}
+
+/// The number after `prefix` in a broadcast's text (`--connections-only`
+/// probes are `{prefix}{index}`), if it is one of those.
+pub fn probe_index(text: &str, prefix: &str) -> Option<u64> {
+    broadcast_text(text)?.strip_prefix(prefix)?.parse().ok()
+}
+
 /// The human text of an error frame (rare path: a full parse).
 pub fn error_text(text: &str) -> String {
     match ServerFrame::parse(text) {
@@ -308,6 +335,7 @@ mod tests {
             room: 7,
             text: 3,
             kind,
+            due_ns: 0,
         }
     }
 
@@ -417,6 +445,37 @@ mod tests {
         assert_eq!(broadcast_id(&text), Some(id.0));
         assert_eq!(broadcast_user(&text), Some(4242));
         assert_eq!(classify("not json"), Incoming::Other);
+    }
+
+    #[test]
+    fn a_probe_text_goes_out_and_its_index_comes_back_from_the_broadcast() {
+        let mut enc = Encoder::new(5, "ab-p0-".to_string());
+        let mut out = Vec::new();
+        enc.encode_text(
+            &mut out,
+            77,
+            "cf-probe 1f2e 41",
+            MessageType::Text,
+            41,
+            1_795_744_800_123,
+        );
+        let texts = decode_all(out);
+        let m = ClientMessage::parse(&texts[0]).unwrap();
+        assert_eq!(m.message, "cf-probe 1f2e 41");
+        let b = broadcast_json(&Broadcast {
+            message_id: IdGenerator::new().next_id(1),
+            room_id: 1,
+            user_id: 77,
+            username: "user77".into(),
+            message: m.message.clone(),
+            message_type: MessageType::Text,
+            timestamp: m.timestamp.clone(),
+            server_timestamp: ServerTime(1),
+        });
+        assert_eq!(probe_index(&b, "cf-probe 1f2e "), Some(41));
+        assert_eq!(probe_index(&b, "cf-probe 9999 "), None, "another run's");
+        let other = b.replace("cf-probe 1f2e 41", "hello");
+        assert_eq!(probe_index(&other, "cf-probe 1f2e "), None);
     }
 
     #[test]

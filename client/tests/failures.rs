@@ -79,6 +79,10 @@ fn a_server_stopped_mid_run_gives_retries_breaker_openings_and_a_correct_failed_
         "the run ended (hang detector)"
     );
     assert_outage_accounting(&report, &dir);
+    // The failed attempts are counted per second and marked on the chart.
+    assert!(report.errors_per_second.iter().sum::<u64>() > 0);
+    let chart = std::fs::read_to_string(report.files.throughput_chart.as_ref().unwrap()).unwrap();
+    assert!(chart.contains("error burst"), "the errors are marked");
 }
 
 #[test]

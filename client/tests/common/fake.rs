@@ -1,7 +1,8 @@
 //! A deliberately awkward fake server (blocking tungstenite, a thread per
 //! connection) for orders the real server may never produce: broadcasts
-//! that overtake their ack, acks out of order, UNAVAILABLE errors. Each
-//! connection receives only the broadcasts of its own messages.
+//! that overtake their ack, acks out of order, UNAVAILABLE errors, a stall
+//! of every connection at once. Each connection receives only the
+//! broadcasts of its own messages.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +27,11 @@ pub struct Quirks {
     /// Every message that arrives within this long of the fake's start gets
     /// UNAVAILABLE (a broker outage as the client sees it).
     pub unavailable_for: Duration,
+    /// `(at, length)`: a message that arrives in `[at, at + length)` after
+    /// the fake's start is answered only when that window ends, and its
+    /// connection reads nothing meanwhile (the whole server stalls, as in
+    /// a long GC pause).
+    pub stall: Option<(Duration, Duration)>,
 }
 
 pub struct Fake {
@@ -121,6 +127,13 @@ fn serve(
             Err(_) => return,
         };
         let m = ClientMessage::parse(&text).expect("the client sends valid messages");
+        if let Some((at, length)) = q.stall {
+            let (from, to) = (started + at, started + at + length);
+            let now = std::time::Instant::now();
+            if now >= from && now < to {
+                std::thread::sleep(to - now);
+            }
+        }
         let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
         let refuse = (q.unavailable_every > 0 && n % q.unavailable_every == 0)
             || started.elapsed() < q.unavailable_for;
