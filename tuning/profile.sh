@@ -29,7 +29,7 @@ Usage: tuning/profile.sh [options] PID
 
 Needs perf (Debian: linux-perf) and inferno (installed with
 `cargo install inferno` when missing). At the end it prints the share of
-samples whose stack does not reach a thread's start: the truncated ones
+the time in stacks that do not reach a thread's start: truncated ones
 (rerun with --call-graph dwarf if it is large).
 USAGE
 }
@@ -112,7 +112,11 @@ inferno-flamegraph --title "$(basename "$exe") pid $pid, $seconds s, $mode call 
 # A stack that reaches a thread's start (start_thread for spawned threads,
 # __libc_start_main for main) is whole; one that does not was cut short,
 # typically at a libc function without frame pointers.
-awk '{ n = $NF; total += n; if ($0 !~ /(^|;)(start_thread|__libc_start_main|__libc_start_call_main|_start)(;| )/) cut += n }
-     END { if (total) printf "profile.sh: %d samples; %.0f%% of them do not reach a thread start (truncated stacks)\n", total, 100 * cut / total }' \
+# The folded counts are sample weights (the event's period), so this is a
+# share of the recorded time.
+samples="$(grep -o '([0-9]* samples)' "$out/perf-record.log" | tr -dc '0-9')"
+awk -v samples="${samples:-?}" '
+     { n = $NF; total += n; if ($0 !~ /(^|;)(start_thread|__libc_start_main|__libc_start_call_main|_start)(;| )/) cut += n }
+     END { if (total) printf "profile.sh: %s samples; %.0f%% of the time is in stacks that do not reach a thread start (truncated)\n", samples, 100 * cut / total }' \
   "$out/stacks.folded"
 echo "flamegraph: $out/flamegraph.svg"
