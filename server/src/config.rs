@@ -87,8 +87,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// On shutdown, how long `/health` answers 503 (`draining`) while the
     /// server goes on serving as usual, so that a load balancer takes it
-    /// out of rotation before it stops accepting (tuning/haproxy.cfg
-    /// notices in 3 checks × 2 s). The binary's default is 10 s
+    /// out of rotation before it stops accepting (tuning/haproxy.cfg's
+    /// test profile notices within 0.75 s; its deployed 30 s checks may
+    /// not, and its retries then move refused upgrades to another
+    /// server). The binary's default is 10 s
     /// (`--drain-secs`); a library caller (a test) opts in, like `api`,
     /// so that stopping a test server does not take 10 s.
     pub drain: Duration,
