@@ -87,8 +87,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// On shutdown, how long `/health` answers 503 (`draining`) while the
     /// server goes on serving as usual, so that a load balancer takes it
-    /// out of rotation before it stops accepting (tuning/haproxy.cfg
-    /// notices in 3 checks × 2 s). The binary's default is 10 s
+    /// out of rotation before it stops accepting (tuning/haproxy.cfg's
+    /// test profile notices within 0.75 s; its deployed 30 s checks may
+    /// not, and its retries then move refused upgrades to another
+    /// server). The binary's default is 10 s
     /// (`--drain-secs`); a library caller (a test) opts in, like `api`,
     /// so that stopping a test server does not take 10 s.
     pub drain: Duration,
@@ -105,6 +107,13 @@ pub struct Config {
     pub subscription_grace: Duration,
     /// WebSocket pings and TCP keepalive: how dead peers are found.
     pub liveness: Liveness,
+    /// Connections the kernel queues per worker listener before `accept`
+    /// takes them (the `listen()` backlog): a reconnect storm after a
+    /// server or balancer restart arrives faster than a worker accepts.
+    /// The kernel caps it at `net.core.somaxconn` anyway, so the default
+    /// is that value ([`default_listen_backlog`]): tuning the host
+    /// (tuning/sysctl.conf raises it to 65,535) is what raises it.
+    pub listen_backlog: u32,
     /// Join the `SO_REUSEPORT` group of another process already listening
     /// on `bind`. Off: start-up fails when the address is taken, so a second
     /// server started by mistake cannot silently take half the connections
@@ -308,6 +317,7 @@ impl Default for Config {
             confirm_timeout: Duration::from_secs(5),
             subscription_grace: Duration::from_secs(5),
             liveness: Liveness::default(),
+            listen_backlog: default_listen_backlog(),
             share_port: false,
             server_id: default_server_id(),
             services: BrokerSettings::default(),
@@ -324,6 +334,34 @@ pub fn available_cores() -> usize {
         .map(|ids| ids.len())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Where Linux says how long an accept queue may be.
+const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+
+/// The largest `--listen-backlog`: a million connections waiting for one
+/// listener is far past anything useful, and it stays an `i32` for
+/// `listen()`.
+const MAX_LISTEN_BACKLOG: u32 = 1 << 20;
+
+/// The host's `net.core.somaxconn`, if it can be read.
+fn somaxconn() -> Option<u32> {
+    std::fs::read_to_string(SOMAXCONN).ok()?.trim().parse().ok()
+}
+
+/// The listen backlog when none is asked for: the host's somaxconn (what
+/// the kernel would cap a larger one to), clamped to 128..=65535, or
+/// 4096 (Linux's default somaxconn since 5.4) when it cannot be read.
+/// The floor keeps a badly tuned host (somaxconn 16) from dropping a
+/// reconnect burst of a few hundred; past 65,535 waiting connections per
+/// worker a client would wait longer for its accept than it waits to
+/// retry, so a larger queue only hides an overloaded server.
+pub fn default_listen_backlog() -> u32 {
+    backlog_for(somaxconn())
+}
+
+fn backlog_for(somaxconn: Option<u32>) -> u32 {
+    somaxconn.map_or(4096, |n| n.clamp(128, 65_535))
 }
 
 fn default_server_id() -> String {
@@ -399,6 +437,10 @@ pub struct Args {
     /// Seconds the frames of one message may take to arrive (more: close 1008).
     #[arg(long, env = "MESSAGE_TIMEOUT_SECS", default_value_t = 10.0)]
     pub message_timeout_secs: f64,
+    /// Connections queued per worker listener before accept (default: the
+    /// host's net.core.somaxconn, which also caps it; 4096 if unreadable).
+    #[arg(long, env = "LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
     /// Share the port with another process already listening on it
     /// (SO_REUSEPORT); without this, start-up fails if the port is taken.
     #[arg(long, env = "SHARE_PORT", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
@@ -508,6 +550,19 @@ impl Args {
                 format!("{} is not in 1..=1000000", self.history_replay_max),
             ));
         }
+        let listen_backlog = match self.listen_backlog {
+            None => defaults.listen_backlog,
+            Some(n) if (1..=MAX_LISTEN_BACKLOG).contains(&n) => n,
+            Some(n) => {
+                let cap = somaxconn().map_or(String::new(), |m| {
+                    format!("; the kernel caps it at net.core.somaxconn, {m} here")
+                });
+                return Err(bad(
+                    "listen-backlog",
+                    format!("{n} is not in 1..={MAX_LISTEN_BACKLOG}{cap}"),
+                ));
+            }
+        };
         let api = self.api_config()?;
         let liveness = self.liveness()?;
         let server_id = match self.server_id {
@@ -537,6 +592,7 @@ impl Args {
             handshake_timeout: seconds("handshake-timeout-secs", self.handshake_timeout_secs)?,
             max_fragments: self.max_fragments,
             message_timeout: seconds("message-timeout-secs", self.message_timeout_secs)?,
+            listen_backlog,
             share_port: self.share_port,
             server_id,
             services: self.services.into_settings()?,
@@ -731,6 +787,32 @@ mod tests {
     }
 
     #[test]
+    fn the_listen_backlog_follows_somaxconn_unless_asked() {
+        // Default: the host's somaxconn, clamped, or 4096 when unreadable.
+        assert_eq!(backlog_for(Some(65_535)), 65_535);
+        assert_eq!(backlog_for(Some(4096)), 4096);
+        assert_eq!(backlog_for(Some(16)), 128);
+        assert_eq!(backlog_for(Some(2_000_000)), 65_535);
+        assert_eq!(backlog_for(None), 4096);
+        assert_eq!(parse(&[]).unwrap().listen_backlog, default_listen_backlog());
+        assert_eq!(Config::default().listen_backlog, default_listen_backlog());
+        // Asked for: taken as given within 1..=2^20.
+        let c = parse(&["--listen-backlog", "1024"]).unwrap();
+        assert_eq!(c.listen_backlog, 1024);
+        assert_eq!(
+            parse(&["--listen-backlog", "1048576"])
+                .unwrap()
+                .listen_backlog,
+            1 << 20
+        );
+        let zero = parse(&["--listen-backlog", "0"]).unwrap_err();
+        assert!(
+            zero.contains("--listen-backlog") && zero.contains("0 is not in 1..=1048576"),
+            "{zero}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_their_flag() {
         chatflow_testkit::cli::assert_refusals_name_their_flag(
             parse,
@@ -760,6 +842,9 @@ mod tests {
                 (&["--publishers", "0"][..], "--publishers"),
                 (&["--history-replay-max", "0"][..], "--history-replay-max"),
                 (&["--max-fragments", "0"][..], "--max-fragments"),
+                (&["--listen-backlog", "0"][..], "--listen-backlog"),
+                (&["--listen-backlog", "2000000"][..], "--listen-backlog"),
+                (&["--listen-backlog=-1"][..], "--listen-backlog"),
                 (
                     &["--message-timeout-secs", "0"][..],
                     "--message-timeout-secs",

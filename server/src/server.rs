@@ -72,9 +72,6 @@ use crate::metrics::ServerMetrics;
 use crate::stats::{Health, Shared};
 use crate::worker::{Worker, WAKER};
 
-/// Pending connections the kernel queues per listener before `accept`.
-const LISTEN_BACKLOG: i32 = 4096;
-
 /// A running server. Dropping it without [`Server::shutdown`] leaves the
 /// threads running until the process exits.
 pub struct Server {
@@ -187,6 +184,7 @@ impl Server {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut bind = config.bind;
         let keepalive = config.liveness.tcp_keepalive;
+        let backlog = config.listen_backlog;
         let mut handles = Vec::with_capacity(config.workers);
         let mut go_senders = Vec::with_capacity(config.workers);
         let mut threads = Vec::with_capacity(config.workers);
@@ -209,7 +207,7 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let prepared = prepare(bind, keepalive);
+                    let prepared = prepare(bind, keepalive, backlog);
                     let (poll, listener, inbox) = match prepared {
                         Ok((poll, listener, handle, inbox, addr)) => {
                             let _ = ready_tx.send(Ok((handle, addr)));
@@ -400,11 +398,15 @@ impl Drop for DeathWatch {
 type Prepared = (Poll, mio::net::TcpListener, WorkerHandle, Inbox, SocketAddr);
 
 /// The per-worker resources made on the worker's own (pinned) thread.
-fn prepare(bind: SocketAddr, keepalive: Option<TcpKeepalive>) -> anyhow::Result<Prepared> {
+fn prepare(
+    bind: SocketAddr,
+    keepalive: Option<TcpKeepalive>,
+    backlog: u32,
+) -> anyhow::Result<Prepared> {
     let poll = Poll::new().context("creating the worker's Poll")?;
     let waker = Waker::new(poll.registry(), WAKER).context("creating the worker's Waker")?;
     let (handle, inbox) = inbox(waker);
-    let listener = reuseport_listener(bind, keepalive)?;
+    let listener = reuseport_listener(bind, keepalive, backlog)?;
     let addr = listener.local_addr()?;
     Ok((poll, listener, handle, inbox, addr))
 }
@@ -433,9 +435,12 @@ fn refuse_if_taken(addr: SocketAddr) -> anyhow::Result<()> {
 /// Keepalive is set on the listener: Linux copies `SO_KEEPALIVE` and the
 /// `TCP_KEEP*` values into every socket `accept` returns, so a client
 /// socket costs no setsockopt of its own (the test below checks it).
+/// `backlog` is `Config::listen_backlog` (the kernel caps it at
+/// `net.core.somaxconn`).
 fn reuseport_listener(
     addr: SocketAddr,
     keepalive: Option<TcpKeepalive>,
+    backlog: u32,
 ) -> anyhow::Result<mio::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -453,7 +458,11 @@ fn reuseport_listener(
     socket
         .bind(&addr.into())
         .with_context(|| format!("binding {addr}"))?;
-    socket.listen(LISTEN_BACKLOG)?;
+    // Config checks it is in 1..=2^20, which fits.
+    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
+    socket
+        .listen(backlog)
+        .with_context(|| format!("listening on {addr} (backlog {backlog})"))?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 
@@ -472,7 +481,8 @@ mod tests {
             interval: Duration::from_secs(11),
             probes: 4,
         };
-        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), Some(keepalive)).unwrap();
+        let listener =
+            reuseport_listener("127.0.0.1:0".parse().unwrap(), Some(keepalive), 128).unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let accepted = loop {
             match listener.accept() {
@@ -489,7 +499,7 @@ mod tests {
         assert_eq!(socket.tcp_keepalive_interval().unwrap(), keepalive.interval);
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), keepalive.probes);
 
-        let plain = reuseport_listener("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let plain = reuseport_listener("127.0.0.1:0".parse().unwrap(), None, 128).unwrap();
         let _client = std::net::TcpStream::connect(plain.local_addr().unwrap()).unwrap();
         let accepted = loop {
             match plain.accept() {
