@@ -52,7 +52,10 @@ ensure_redis() {
 ensure_rabbitmq() {
   if ! port_open 5672; then
     command -v rabbitmq-server >/dev/null || install rabbitmq-server
-    rabbitmq-server -detached
+    # RabbitMQ inherits this shell's descriptor limit (often 1,024), which
+    # caps its connections and queue files: lift it to the hard limit (a
+    # subshell, so only the broker gets it).
+    (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true; rabbitmq-server -detached)
     wait_port RabbitMQ 5672 90
   fi
   # The port opens before the broker accepts work; wait until it answers.
