@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chatflow_protocol::IdGenerator;
 use tungstenite::protocol::WebSocketConfig;
@@ -33,6 +34,8 @@ pub(super) struct PendingAck {
     /// its room and the client's timestamp (only with a
     /// `clientMessageId`, the only way to be a retry).
     pub retry_of: Option<(u32, String)>,
+    /// When the message was read: its ack latency runs from here.
+    pub received: Instant,
 }
 
 pub struct Context {
