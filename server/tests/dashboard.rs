@@ -550,3 +550,152 @@ fn the_banner_says_the_api_is_down_when_nothing_answers() {
     }
     server.shutdown().unwrap();
 }
+
+/// A consumer's snapshot in the fleet registry, shaped as
+/// consumer/src/snapshot.rs publishes it (server/API.md), re-published
+/// fresh every 500 ms until dropped; its keys are deleted then. The
+/// numbers are fixed so the page's drawing of them can be checked exactly.
+struct ConsumerInRegistry {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    keys: Vec<String>,
+}
+
+impl ConsumerInRegistry {
+    const ID: &'static str = "c-dash";
+
+    fn start(topology: &chatflow_protocol::Topology) -> ConsumerInRegistry {
+        use chatflow_broker::fleet::Registry;
+        use chatflow_testkit::services::REDIS_URL;
+        let registry = Registry::consumers(topology);
+        let keys = vec![registry.index().to_string(), registry.key(Self::ID)];
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut con = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_connection()
+            .expect("Redis");
+        let thread = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let now = chatflow_protocol::time::now_ms();
+                    let doc = serde_json::json!({
+                        "consumerId": Self::ID, "status": "ok", "reason": null,
+                        "publishedAt": chatflow_protocol::ServerTime(now).to_string(),
+                        "ageSeconds": 0.0, "uptimeSeconds": 12.0, "queues": 10,
+                        "consumedPerSecond": 40.0, "broadcastsPerSecond": 40.0, "rowsPerSecond": 38.5,
+                        "lagMs": {"count": 200, "p50": 3, "p95": 7, "p99": 11, "max": 40},
+                        "database": {
+                            "writers": 4, "writersConnected": 4, "rows": 1000, "batches": 20,
+                            "retries": 0, "duplicateBatches": 0, "rowsDeadLettered": 0,
+                            "copyCommitMs": {"count": 20, "p50": 4.1, "p95": 8.0, "p99": 12.5, "max": 14.0},
+                            "batchRows": {"count": 20, "p50": 50, "p95": 60, "p99": 60, "max": 60}
+                        },
+                        "totals": {"consumed": 1000}
+                    });
+                    let ttl = Duration::from_secs(10);
+                    (registry.publish(&mut con, Self::ID, &doc.to_string(), ttl, now))
+                        .expect("publishing the consumer's snapshot");
+                    thread::sleep(Duration::from_millis(500));
+                }
+            })
+        };
+        ConsumerInRegistry {
+            stop,
+            thread: Some(thread),
+            keys,
+        }
+    }
+}
+
+impl Drop for ConsumerInRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let client = redis::Client::open(chatflow_testkit::services::REDIS_URL);
+        if let Ok(mut con) = client.and_then(|c| c.get_connection()) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.keys).query(&mut con);
+        }
+    }
+}
+
+/// With RabbitMQ and Redis (two rooms, a namespace of its own, deleted
+/// after) and a consumer's snapshot in the registry: the fleet comes from
+/// Redis, messages nobody consumes show as queue depth sampled from
+/// RabbitMQ, the consumer's lag, rows and COPY+commit latency are drawn
+/// as it reported them, and every component is healthy.
+#[test]
+fn with_rabbitmq_and_a_consumer_every_part_is_drawn_and_healthy() {
+    let namespace = unique_namespace("dashboard");
+    let mut config = rabbit_config(&namespace, 2);
+    let _guard = TopologyGuard(config.services.topology.clone());
+    let mut api = ApiConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        threads: 2,
+        pool_size: 2,
+        ..ApiConfig::default()
+    };
+    api.database.port = dead_port();
+    config.api = Some(api);
+    let topology = config.services.topology.clone();
+    let server = Server::start(config).expect("server with RabbitMQ starts");
+    let api = server.api_addr().unwrap();
+    let _consumer = ConsumerInRegistry::start(&topology);
+    let traffic = Traffic::start(server.local_addr());
+    wait_for_traffic(api);
+    eventually("queue depths sampled and the consumer listed", || {
+        let doc = live(api);
+        doc["queues"]["totalMessages"].as_u64() > Some(0)
+            && doc["consumers"]["consumers"][0]["consumerId"] == ConsumerInRegistry::ID
+    });
+
+    let dom = Browser::dump_dom(&format!("http://{api}/"), BUDGET_MS);
+    traffic.stop();
+
+    let body = body(&dom);
+    assert!(!body.contains_key("data-render-error"), "{body:?}");
+    assert_eq!(body["data-state"], "ok", "{body:?}");
+    let tiles = health(&dom);
+    for component in [
+        "api",
+        "server:test",
+        "consumer:c-dash",
+        "rabbitmq",
+        "redis",
+        "postgresql",
+    ] {
+        assert_eq!(tiles[component], "ok", "{component}: {tiles:?}");
+    }
+    let charts = charts(&dom);
+    for name in CHART_NAMES {
+        assert_eq!(charts[name].state(), "data", "{name}");
+    }
+    let (_, total) = charts["queues"].points_and_last("total");
+    let (_, room) = charts["queues"].points_and_last("room-1");
+    assert!(
+        total > 0.0 && room == total,
+        "room 1 holds them all: {room} of {total}"
+    );
+    assert_eq!(charts["throughput"].points_and_last("consumed").1, 40.0);
+    assert_eq!(charts["lag"].points_and_last("p99").1, 11.0);
+    assert_eq!(charts["rows"].points_and_last("rows").1, 38.5);
+    assert_eq!(charts["commit"].points_and_last("p99").1, 12.5);
+    assert!(
+        dom.contains("data-room=\"2\""),
+        "the shard table lists both rooms"
+    );
+    server.shutdown().unwrap();
+}
+
+/// Every chart the page draws.
+const CHART_NAMES: [&str; 7] = [
+    "throughput",
+    "ack",
+    "lag",
+    "queues",
+    "rows",
+    "commit",
+    "connections",
+];
