@@ -1,9 +1,9 @@
 //! The sampler thread (`consumer-stats`): once a second it snapshots the
-//! counters for the rates, copies the writers' cumulative histograms for
-//! the 10 s latency window, and publishes this consumer's CONSUMER
-//! SNAPSHOT ([`ConsumerSnapshot`]) to the fleet registry in Redis
-//! (`chatflow_broker::fleet`: `SET … EX 10`, `ZADD`, prune — one pipeline)
-//! on its own probe connection.
+//! counters for the rates, copies the writers' cumulative histograms and
+//! the queue consumers' lag for the 10 s latency window, and publishes
+//! this consumer's CONSUMER SNAPSHOT ([`ConsumerSnapshot`]) to the fleet
+//! registry in Redis (`chatflow_broker::fleet`: `SET … EX 10`, `ZADD`,
+//! prune — one pipeline) on its own probe connection.
 //!
 //! That pipeline is also the Redis probe: its outcome is what `/health`
 //! shows as `pingOk`, so an idle consumer still reports a Redis outage
@@ -25,7 +25,7 @@ use chatflow_protocol::ServerTime;
 
 use crate::broadcast::Probe;
 use crate::health::Health;
-use crate::snapshot::{ConsumerSnapshot, WriterWindows};
+use crate::snapshot::{ConsumerSnapshot, SnapshotWindows};
 use crate::state::Shared;
 
 /// How often the sampler snapshots counters and publishes: the rates'
@@ -39,7 +39,7 @@ pub fn start(shared: &Arc<Shared>, probe: Probe) -> io::Result<JoinHandle<()>> {
         registry: Registry::consumers(&shared.config.services.topology),
         shared: shared.clone(),
         probe,
-        windows: WriterWindows::new(),
+        windows: SnapshotWindows::new(),
     };
     let shutdown = shared.threads.shutdown().clone();
     let threads = shared.threads.clone();
@@ -57,14 +57,16 @@ struct Sampler {
     shared: Arc<Shared>,
     probe: Probe,
     registry: Registry,
-    windows: WriterWindows,
+    windows: SnapshotWindows,
 }
 
 impl Sampler {
     fn tick(&mut self) {
         let shared = &self.shared;
         shared.sample();
-        (self.windows).push(Instant::now(), shared.counters.writer_histograms());
+        let counters = &shared.counters;
+        let lag_ms = counters.histograms().lag_ms;
+        (self.windows).push(Instant::now(), counters.writer_histograms(), lag_ms);
         let at = ServerTime::now();
         let health = Health::of(shared);
         let id = &shared.config.consumer_id;

@@ -1,14 +1,16 @@
 //! The CONSUMER SNAPSHOT (server/API.md): what this consumer says about
 //! itself to the fleet once a second — status and reason, per-second
-//! rates over the last 5 s (the [`rates`](crate::rates) window), the
-//! database writers' counters, COPY+commit latency and batch-size
-//! quantiles over the last 10 s ([`WriterWindows`]), and the `/health`
-//! totals. The sampler builds it from [`Health`] and publishes it to the
+//! rates over the last 5 s (the [`rates`](crate::rates) window), the lag
+//! from server timestamp to broadcast, the database writers' counters,
+//! COPY+commit latency and batch-size quantiles, those three over the last
+//! 10 s ([`SnapshotWindows`]), and the `/health` totals. The sampler builds it from [`Health`] and publishes it to the
 //! fleet registry in Redis (`chatflow_broker::fleet`), where every
 //! server's read API finds it.
 //!
 //! `reason` and `database` are `null` rather than absent when there is
 //! none (healthy; persistence off), so every snapshot has the same keys.
+//! Keys are only ever added (`lagMs` came after the first version), so a
+//! reader of another version still finds every key it knows.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +41,10 @@ pub struct ConsumerSnapshot {
     pub broadcasts_per_second: f64,
     /// Rows committed per second (0 with persistence off).
     pub rows_per_second: f64,
+    /// Server timestamp → broadcast published to Redis, over the last
+    /// 10 s, milliseconds: the time a message spent in the broker and the
+    /// consumer before it went out to the servers.
+    pub lag_ms: Quantiles,
     /// `null` with persistence off.
     pub database: Option<DatabaseSnapshot>,
     pub totals: Totals,
@@ -86,42 +92,47 @@ impl MsQuantiles {
     }
 }
 
-/// The last [`QUANTILE_WINDOW`] of the writers' histograms, fed by the
+/// The last [`QUANTILE_WINDOW`] of the histograms the snapshot shows
+/// quantiles of (the writers' and the queue consumers' lag), fed by the
 /// sampler once a second.
-pub struct WriterWindows {
+pub struct SnapshotWindows {
     copy_us: HistogramWindow,
     batch_rows: HistogramWindow,
+    lag_ms: HistogramWindow,
 }
 
-impl WriterWindows {
+impl SnapshotWindows {
     pub fn new() -> Self {
-        WriterWindows::with_window(QUANTILE_WINDOW)
+        SnapshotWindows::with_window(QUANTILE_WINDOW)
     }
 
     pub fn with_window(window: Duration) -> Self {
-        WriterWindows {
+        SnapshotWindows {
             copy_us: HistogramWindow::new(window),
             batch_rows: HistogramWindow::new(window),
+            lag_ms: HistogramWindow::new(window),
         }
     }
 
-    /// Adds the writers' cumulative histograms as of `at`.
-    pub fn push(&mut self, at: Instant, cumulative: WriterHistograms) {
-        self.copy_us.push(at, cumulative.latency_us);
-        self.batch_rows.push(at, cumulative.batch_sizes);
+    /// Adds the writers' cumulative histograms and the queue consumers'
+    /// cumulative lag as of `at`.
+    pub fn push(&mut self, at: Instant, writers: WriterHistograms, lag_ms: Histogram<u64>) {
+        self.copy_us.push(at, writers.latency_us);
+        self.batch_rows.push(at, writers.batch_sizes);
+        self.lag_ms.push(at, lag_ms);
     }
 }
 
-impl Default for WriterWindows {
+impl Default for SnapshotWindows {
     fn default() -> Self {
-        WriterWindows::new()
+        SnapshotWindows::new()
     }
 }
 
 impl ConsumerSnapshot {
     /// The snapshot of consumer `id` from `health` and the writers' recent
     /// histograms, published `at`.
-    pub fn of(id: &str, health: &Health, windows: &WriterWindows, at: ServerTime) -> Self {
+    pub fn of(id: &str, health: &Health, windows: &SnapshotWindows, at: ServerTime) -> Self {
         let database = health.database.as_ref().map(|db| DatabaseSnapshot {
             writers: db.writers,
             writers_connected: db.writers_connected,
@@ -144,6 +155,7 @@ impl ConsumerSnapshot {
             consumed_per_second: round3(health.rates.consumed_per_second),
             broadcasts_per_second: round3(health.rates.broadcasts_per_second),
             rows_per_second: round3(health.database.as_ref().map_or(0.0, |d| d.rows_per_second)),
+            lag_ms: Quantiles::of(&windows.lag_ms.recent()),
             database,
             totals: health.totals.clone(),
         }
@@ -158,7 +170,7 @@ fn round3(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::{add, WriterStats};
+    use crate::counters::{add, Histograms, WriterStats};
     use crate::state::for_tests;
 
     #[test]
@@ -166,7 +178,7 @@ mod tests {
         let (_trigger, shared) = for_tests(2);
         add(&shared.counters.queues[3].consumed, 4);
         let health = Health::of(&shared);
-        let windows = WriterWindows::new();
+        let windows = SnapshotWindows::new();
         let json = serde_json::to_value(ConsumerSnapshot::of(
             "c-1",
             &health,
@@ -192,6 +204,7 @@ mod tests {
             "consumedPerSecond",
             "broadcastsPerSecond",
             "rowsPerSecond",
+            "lagMs",
             "database",
             "totals",
         ];
@@ -204,13 +217,14 @@ mod tests {
         assert_eq!(json["publishedAt"], "1970-01-01T00:00:00.000Z");
     }
 
-    /// The snapshot's latency is the window's, not the process lifetime's.
+    /// The snapshot's latency and lag are the window's, not the process
+    /// lifetime's.
     #[test]
-    fn database_quantiles_come_from_the_window() {
+    fn quantiles_come_from_the_window() {
         let (_trigger, mut shared) = for_tests(1);
         shared.config.enable_persistence = true;
         let t0 = Instant::now();
-        let mut windows = WriterWindows::with_window(Duration::from_secs(10));
+        let mut windows = SnapshotWindows::with_window(Duration::from_secs(10));
         let mut latency = WriterStats::latency_histogram();
         let mut sizes = WriterStats::batch_size_histogram();
         latency.record(4_100).unwrap();
@@ -219,12 +233,24 @@ mod tests {
             latency_us: l.clone(),
             batch_sizes: s.clone(),
         };
-        windows.push(t0, cumulative(&latency, &sizes));
+        let mut lag = Histograms::new().lag_ms;
+        lag.record(900).unwrap();
+        windows.push(t0, cumulative(&latency, &sizes), lag.clone());
         latency.record(12_500).unwrap();
         sizes.record(1000).unwrap();
-        windows.push(t0 + Duration::from_secs(1), cumulative(&latency, &sizes));
+        lag.record(35).unwrap();
+        windows.push(
+            t0 + Duration::from_secs(1),
+            cumulative(&latency, &sizes),
+            lag.clone(),
+        );
         let health = Health::of(&shared);
         let snapshot = ConsumerSnapshot::of("c", &health, &windows, ServerTime::now());
+        assert_eq!(
+            snapshot.lag_ms.count, 1,
+            "the 900 ms lag is before the window"
+        );
+        assert_eq!(snapshot.lag_ms.max, 35);
         let db = snapshot.database.expect("persistence on");
         assert_eq!(
             db.copy_commit_ms.count, 1,

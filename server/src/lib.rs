@@ -27,6 +27,8 @@
 //!   thread resuming clients, `stream` reading rooms' history streams,
 //!   `sent_log` for idempotent sends, and `link_state` for their
 //!   `/health`);
+//! - [`latency`]: the lock-free ack-latency histogram each worker records
+//!   into, and its quantiles over the last 10 s;
 //! - [`stats`]: per-worker counters, dead workers and the health document
 //!   (readiness: when `/health` says 200 and when 503);
 //! - [`api`]: the read API on its own port and threads (server/API.md):
@@ -46,6 +48,7 @@ pub mod connection;
 pub mod fanout;
 pub mod fleet;
 pub mod http;
+pub mod latency;
 pub mod live;
 pub mod metrics;
 pub mod rooms;

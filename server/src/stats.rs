@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::broker::{Broker, LinkRole};
 use crate::config::Config;
+use crate::latency::{LatencyCounts, LatencyHistogram};
 
 /// One worker's counters.
 #[derive(Default)]
@@ -54,6 +55,9 @@ pub struct WorkerStats {
     /// memory); the worker retries on a timer, so one outage counts once
     /// per retry.
     pub accept_failures: AtomicU64,
+    /// Message read → accepted, the moment its ack is queued (with
+    /// RabbitMQ, when its confirm arrives): every accepted message, once.
+    pub ack_latency: LatencyHistogram,
     /// The worker's thread ended before the server stopped (it panicked,
     /// or its event loop failed): its connections are gone and `/health`
     /// says `degraded`.
@@ -185,6 +189,15 @@ impl Shared {
         }
     }
 
+    /// Every worker's ack latencies since start, summed.
+    pub fn ack_latency(&self) -> LatencyCounts {
+        let mut counts = LatencyCounts::default();
+        for worker in &self.workers {
+            worker.ack_latency.add_to(&mut counts);
+        }
+        counts
+    }
+
     /// The `/health` document (see the module docs for when it is ready).
     pub fn health(&self, broker: &dyn Broker) -> Health {
         let broker_kind = broker.kind().as_str();
@@ -258,6 +271,7 @@ impl Shared {
                 .map(|w| w.open_connections.load(Ordering::Relaxed))
                 .collect(),
             totals: self.totals(),
+            ack_latency: self.ack_latency(),
         }
     }
 
@@ -315,6 +329,11 @@ pub struct Health {
     pub connections_per_worker: Vec<u64>,
     pub broker: BrokerStatus,
     pub totals: Totals,
+    /// Ack latencies since start, for the fleet snapshot's quantiles of
+    /// the last 10 s; not in `/health` (since-start quantiles would hide a
+    /// slow spell under the hours before it).
+    #[serde(skip)]
+    pub ack_latency: LatencyCounts,
 }
 
 impl Health {

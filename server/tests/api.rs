@@ -601,7 +601,8 @@ fn bad_parameters_are_refused_by_name() {
     );
 
     // Paths and methods.
-    for path in ["/api/nope", "/api/rooms/1", "/", "/api/metrics/"] {
+    // (`/` is the live dashboard: server/tests/dashboard.rs.)
+    for path in ["/api/nope", "/api/rooms/1", "/index.html", "/api/metrics/"] {
         let r = get(a, path);
         assert_eq!(r.status, 404, "{path}");
         assert!(serde_json::from_str::<Value>(&r.body).unwrap()["error"].is_string());

@@ -9,9 +9,11 @@
 //! Layout: [`routes`] (path → endpoint, ids checked), [`params`] (query
 //! string → typed values or a 400 naming the parameter), [`cursor`]
 //! (opaque keyset cursors), [`endpoints`] (queries → documents), [`reply`]
-//! (errors, timings, the JSON body).
+//! (errors, timings, the JSON body), [`dashboard`] (`/`, the live page,
+//! and `/api/live`, the JSON it polls: no database query).
 
 pub mod cursor;
+pub mod dashboard;
 pub mod endpoints;
 pub mod params;
 pub mod reply;
@@ -35,8 +37,9 @@ use reply::{answer, ApiError, Timings};
 /// Pending connections the kernel queues for the API's listener.
 const LISTEN_BACKLOG: i32 = 1024;
 
-/// The live system stats of `/api/metrics` (fleet snapshots, queue
-/// depths): where they come from is the server's business, not the API's.
+/// The live system stats of `/api/metrics` and `/api/live` (fleet
+/// snapshots, queue depths): where they come from is the server's
+/// business, not the API's.
 pub trait Live: Send + Sync {
     /// `{"source", "servers": [...]}` (or with an `"error"`).
     fn servers(&self, timings: &mut Timings) -> serde_json::Value;
@@ -178,18 +181,33 @@ fn serve(server: &tiny_http::Server, context: &ApiContext) {
 }
 
 fn handle(context: &ApiContext, request: tiny_http::Request) {
-    let (path, _) = routes::split_target(request.url());
+    let (path, query) = routes::split_target(request.url());
     if path == "/metrics" {
         return metrics_page(context, request);
     }
     let started = Instant::now();
     let mut timings = Timings::default();
-    let result = route_and_run(context, &request, &mut timings);
+    let (result, content_type, any_origin) = match routes::dashboard_route(path) {
+        Some(route) => {
+            match dashboard::run(context, route, request.method(), query, &mut timings) {
+                Ok(served) => (Ok(served.body), served.content_type, served.any_origin),
+                Err(e) => (Err(e), "application/json", false),
+            }
+        }
+        None => (
+            route_and_run(context, &request, &mut timings),
+            "application/json",
+            false,
+        ),
+    };
     let done = answer(result, &timings, started);
     let mut response = tiny_http::Response::from_data(done.body)
         .with_status_code(done.status)
-        .with_header(header("Content-Type", "application/json"))
+        .with_header(header("Content-Type", content_type))
         .with_header(header("Cache-Control", "no-store"));
+    if any_origin {
+        response.add_header(header("Access-Control-Allow-Origin", "*"));
+    }
     if done.status == 405 {
         response.add_header(header("Allow", "GET, HEAD"));
     }
@@ -226,9 +244,11 @@ fn metrics_page(context: &ApiContext, request: tiny_http::Request) {
 /// The route's name for the request count (a fixed set: never the raw
 /// path, whose ids would make a series per room or user).
 fn route_name(target: &str, rooms: Rooms) -> &'static str {
-    match routes::route(routes::split_target(target).0, rooms) {
-        Ok(route) => route.name(),
-        Err(_) => "unknown",
+    let path = routes::split_target(target).0;
+    match routes::dashboard_route(path) {
+        Some(routes::DashboardRoute::Page) => "dashboard",
+        Some(routes::DashboardRoute::Live) => "live",
+        None => routes::route(path, rooms).map_or("unknown", routes::Route::name),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Request targets → the endpoint they name, with the ids in their path
 //! checked: a room outside `1..=ROOMS` or a user outside `1..=100000` is a
-//! 400 naming `roomId` / `userId`; an unknown path a 404.
+//! 400 naming `roomId` / `userId`; an unknown path a 404. The dashboard's
+//! two paths, which read no database, are routed apart
+//! ([`dashboard_route`]).
 
 use chatflow_protocol::message::USER_ID_MAX;
 use chatflow_protocol::Rooms;
@@ -29,6 +31,24 @@ impl Route {
             Route::Analytics => "analytics",
             Route::Metrics => "api_metrics",
         }
+    }
+}
+
+/// The live dashboard's paths (`super::dashboard`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DashboardRoute {
+    /// `GET /`: the page.
+    Page,
+    /// `GET /api/live`: the fleet's live stats it polls.
+    Live,
+}
+
+/// The dashboard route of `path`, if it is one.
+pub fn dashboard_route(path: &str) -> Option<DashboardRoute> {
+    match path {
+        "/" => Some(DashboardRoute::Page),
+        "/api/live" => Some(DashboardRoute::Live),
+        _ => None,
     }
 }
 
@@ -122,6 +142,11 @@ mod tests {
             "/metrics",
         ] {
             assert_eq!(route(path, rooms).unwrap_err().status, 404, "{path}");
+        }
+        assert_eq!(dashboard_route("/"), Some(DashboardRoute::Page));
+        assert_eq!(dashboard_route("/api/live"), Some(DashboardRoute::Live));
+        for path in ["", "/index.html", "/api/live/", "/api/metrics"] {
+            assert_eq!(dashboard_route(path), None, "{path}");
         }
         assert_eq!(
             split_target("/api/metrics?a=1?b"),

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chatflow_telemetry::RateLimit;
 
@@ -37,6 +37,8 @@ pub(super) struct PendingAck {
     /// its room and the client's timestamp (only with a
     /// `clientMessageId`, the only way to be a retry).
     pub retry_of: Option<(u32, String)>,
+    /// When the message was read: its ack latency runs from here.
+    pub received: Instant,
 }
 
 pub struct Context {

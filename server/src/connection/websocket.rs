@@ -205,6 +205,7 @@ impl Connection {
     fn on_text(&mut self, key: usize, room: u32, text: &str, cx: &mut Context) -> Next {
         let reply = match ClientMessage::parse(text) {
             Ok(message) => {
+                let received = Instant::now();
                 let now = now_ms();
                 let id = cx.ids.next_id(now);
                 let server_time = ServerTime(now);
@@ -228,7 +229,9 @@ impl Connection {
                 let client_message_id = message.client_message_id.as_deref();
                 match cx.broker.publish(ticket, &envelope, client_message_id) {
                     Outcome::Accepted => {
-                        WorkerStats::bump(&cx.stats().messages_accepted);
+                        let stats = cx.stats();
+                        WorkerStats::bump(&stats.messages_accepted);
+                        stats.ack_latency.record(received.elapsed());
                         ack()
                     }
                     Outcome::Pending => {
@@ -241,6 +244,7 @@ impl Connection {
                                 client_message_id: client_message_id.map(str::to_owned),
                                 retry_of: client_message_id
                                     .map(|_| (room, message.timestamp.to_string())),
+                                received,
                             },
                         );
                         return Next::WAIT;
@@ -445,6 +449,9 @@ pub fn published(
     });
     if matches!(result, Ok(Some(_))) {
         WorkerStats::bump(&stats.retries_recognized);
+    }
+    if result.is_ok() {
+        stats.ack_latency.record(pending.received.elapsed());
     }
     // Keys are reused: the id says it is still the same client. If it left
     // before the broker answered, there is no one to tell.

@@ -1,5 +1,6 @@
 //! The `fleet-stats` thread: once a second it takes this server's health,
-//! turns it into a [`ServerSnapshot`] (rates from the [`TotalsWindow`]),
+//! turns it into a [`ServerSnapshot`] (rates from the [`TotalsWindow`],
+//! ack-latency quantiles from the [`LatencyWindow`]),
 //! keeps it in [`Latest`] (what the API shows with `--broker memory` or
 //! `none`, `source: "local"`), and with `--broker rabbitmq` publishes it
 //! to the fleet registry in Redis (`chatflow_broker::fleet`: one pipeline,
@@ -35,6 +36,7 @@ use serde::Serialize;
 use super::snapshot::{Latest, ServerSnapshot, TotalsWindow};
 use super::{redis_client, redis_connect};
 use crate::config::{BrokerKind, Config};
+use crate::latency::LatencyWindow;
 use crate::stats::Health;
 
 /// How often a snapshot is taken and published: the API's "at most ~1 s
@@ -115,12 +117,18 @@ impl StatsPublisher {
                 .name("fleet-stats".to_string())
                 .spawn(move || {
                     let mut window = TotalsWindow::default();
+                    let mut acks = LatencyWindow::default();
                     loop {
                         let started = Instant::now();
                         let health = health();
                         window.push(started, health.totals.clone());
-                        let snapshot =
-                            ServerSnapshot::of(&health, window.rates(), ServerTime::now());
+                        acks.push(started, health.ack_latency.clone());
+                        let snapshot = ServerSnapshot::of(
+                            &health,
+                            window.rates(),
+                            acks.recent().quantiles_ms(),
+                            ServerTime::now(),
+                        );
                         if let Some(sink) = &mut sink {
                             sink.publish(&snapshot, &counts);
                         }

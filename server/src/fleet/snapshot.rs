@@ -1,10 +1,18 @@
 //! The SERVER SNAPSHOT (server/API.md): what this server says about itself
-//! once a second — status, connections, per-second rates and the `/health`
-//! totals — and the window of totals its rates come from.
+//! once a second — status and reasons, connections (per worker too),
+//! per-second rates, ack-latency quantiles and the `/health` totals — and
+//! the window of totals its rates come from.
 //!
 //! Rates are differences of totals over the last [`RATE_WINDOW`] of
 //! samples, never per-event timestamps: the workers only count, and the
 //! publisher subtracts two numbers (the consumer's rates work the same way).
+//! Ack latency works alike over the last 10 s
+//! ([`LatencyWindow`](crate::latency::LatencyWindow)).
+//!
+//! Fields are only ever added (`reasons`, `connectionsPerWorker` and
+//! `ackLatencyMs` came after the first version): a reader of another
+//! version relays what it does not know, and the dashboard shows a field
+//! it misses as absent.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,6 +23,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::round3;
+use crate::latency::LatencyQuantiles;
 use crate::stats::{Health, Totals};
 
 /// Rates are averaged over this window: long enough to smooth bursts,
@@ -28,6 +37,8 @@ pub struct ServerSnapshot {
     pub server_id: String,
     /// `ok`, `degraded`, `draining` or `shutting_down`, as `/health` says.
     pub status: &'static str,
+    /// What is wrong, as `/health` lists it (empty when nothing is).
+    pub reasons: Vec<String>,
     pub published_at: ServerTime,
     /// 0 when published; a reader replaces it with the age it sees.
     pub age_seconds: f64,
@@ -35,10 +46,15 @@ pub struct ServerSnapshot {
     pub workers: usize,
     /// WebSocket connections open or opening.
     pub connections: usize,
+    /// Open WebSockets per worker, worker 0 first.
+    pub connections_per_worker: Vec<u64>,
     pub accepted_per_second: f64,
     pub broadcast_frames_per_second: f64,
     pub unavailable_per_second: f64,
     pub rejected_per_second: f64,
+    /// Message read → ack queued (with RabbitMQ: its confirm arrived),
+    /// over the last 10 s, milliseconds.
+    pub ack_latency_ms: LatencyQuantiles,
     pub totals: Totals,
 }
 
@@ -52,20 +68,29 @@ pub struct Rates {
 }
 
 impl ServerSnapshot {
-    /// The snapshot of `health` with `rates`, published `at`.
-    pub fn of(health: &Health, rates: Rates, at: ServerTime) -> Self {
+    /// The snapshot of `health` with `rates` and the recent `ack_latency`,
+    /// published `at`.
+    pub fn of(
+        health: &Health,
+        rates: Rates,
+        ack_latency: LatencyQuantiles,
+        at: ServerTime,
+    ) -> Self {
         ServerSnapshot {
             server_id: health.server_id.clone(),
             status: health.status,
+            reasons: health.reasons.clone(),
             published_at: at,
             age_seconds: 0.0,
             uptime_seconds: round3(health.uptime_seconds),
             workers: health.workers,
             connections: health.connections,
+            connections_per_worker: health.connections_per_worker.clone(),
             accepted_per_second: rates.accepted,
             broadcast_frames_per_second: rates.broadcast_frames,
             unavailable_per_second: rates.unavailable,
             rejected_per_second: rates.rejected,
+            ack_latency_ms: ack_latency,
             totals: health.totals.clone(),
         }
     }
@@ -200,12 +225,21 @@ mod tests {
                 detail: String::new(),
             },
             totals: totals(7, 70, 0, 1),
+            ack_latency: Default::default(),
         };
         let rates = Rates {
             accepted: 1.5,
             ..Rates::default()
         };
-        let json = serde_json::to_value(ServerSnapshot::of(&health, rates, ServerTime(0))).unwrap();
+        let ack = LatencyQuantiles {
+            count: 7,
+            p50: 0.2,
+            p95: 0.9,
+            p99: 1.3,
+            max: 2.0,
+        };
+        let snapshot = ServerSnapshot::of(&health, rates, ack, ServerTime(0));
+        let json = serde_json::to_value(snapshot).unwrap();
         let keys: Vec<&str> = json
             .as_object()
             .unwrap()
@@ -215,15 +249,18 @@ mod tests {
         let mut want = vec![
             "serverId",
             "status",
+            "reasons",
             "publishedAt",
             "ageSeconds",
             "uptimeSeconds",
             "workers",
             "connections",
+            "connectionsPerWorker",
             "acceptedPerSecond",
             "broadcastFramesPerSecond",
             "unavailablePerSecond",
             "rejectedPerSecond",
+            "ackLatencyMs",
             "totals",
         ];
         let mut keys = keys;
@@ -234,5 +271,11 @@ mod tests {
         assert_eq!(json["uptimeSeconds"], 12.346);
         assert_eq!(json["acceptedPerSecond"], 1.5);
         assert_eq!(json["totals"]["messagesAccepted"], 7);
+        assert_eq!(json["connectionsPerWorker"], serde_json::json!([1, 2]));
+        assert_eq!(
+            json["ackLatencyMs"],
+            serde_json::json!({"count": 7, "p50": 0.2, "p95": 0.9, "p99": 1.3, "max": 2.0})
+        );
+        assert_eq!(json["reasons"], serde_json::json!([]));
     }
 }
