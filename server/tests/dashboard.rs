@@ -29,6 +29,7 @@ use chatflow_server::config::ApiConfig;
 use chatflow_server::{BrokerKind, Config, Server};
 use chatflow_testkit::http_request;
 use common::*;
+use redis::Commands as _;
 use serde_json::Value;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -621,6 +622,28 @@ impl Drop for ConsumerInRegistry {
     }
 }
 
+/// Deletes, when dropped, the sent log a namespace's messages left in
+/// Redis (`{ns}:sent:*`, one key per `clientMessageId`; they would expire
+/// by themselves in 120 s).
+struct SentLogGuard(String);
+
+impl Drop for SentLogGuard {
+    fn drop(&mut self) {
+        let client = redis::Client::open(chatflow_testkit::services::REDIS_URL);
+        let Ok(mut con) = client.and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let pattern = format!("{}:sent:*", self.0);
+        let keys: Vec<String> = match con.scan_match(&pattern) {
+            Ok(keys) => keys.filter_map(Result::ok).collect(),
+            Err(_) => return,
+        };
+        for chunk in keys.chunks(500) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut con);
+        }
+    }
+}
+
 /// With RabbitMQ and Redis (two rooms, a namespace of its own, deleted
 /// after) and a consumer's snapshot in the registry: the fleet comes from
 /// Redis, messages nobody consumes show as queue depth sampled from
@@ -631,6 +654,7 @@ fn with_rabbitmq_and_a_consumer_every_part_is_drawn_and_healthy() {
     let namespace = unique_namespace("dashboard");
     let mut config = rabbit_config(&namespace, 2);
     let _guard = TopologyGuard(config.services.topology.clone());
+    let _sent = SentLogGuard(namespace.clone());
     let mut api = ApiConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         threads: 2,
