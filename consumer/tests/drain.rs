@@ -28,6 +28,10 @@ fn a_drain_under_load_fails_nothing_and_stores_nothing_twice() {
     let a = draining_server(&ns, 2, "server-a", Duration::from_millis(500));
     let b = server(&ns, 2, "server-b");
     let urls = [&a, &b].map(|s| Endpoint::parse(&format!("ws://{}", s.local_addr())).unwrap());
+    // The run's report goes to a directory of its own, removed at the end
+    // (not results/ in the crate).
+    let out = std::env::temp_dir().join(format!("chatflow-drain-{ns}"));
+    let report_dir = out.clone();
 
     let load = thread::spawn(move || {
         chatflow_client::run(chatflow_client::Config {
@@ -41,6 +45,7 @@ fn a_drain_under_load_fails_nothing_and_stores_nothing_twice() {
             progress: ProgressMode::Off,
             charts: false,
             delivery_timeout: Duration::from_secs(5),
+            out_dir: Some(report_dir),
             ..chatflow_client::Config::default()
         })
         .expect("the run completes")
@@ -86,4 +91,5 @@ fn a_drain_under_load_fails_nothing_and_stores_nothing_twice() {
     );
     b.shutdown().unwrap();
     consumer.shutdown().unwrap();
+    let _ = std::fs::remove_dir_all(&out);
 }
