@@ -94,7 +94,6 @@ echo "endurance: open loop at $RATE msgs/s for $DURATION over $ROOMS rooms (deta
   --duration "$DURATION" --progress off --api-url "http://$API" -o "$out/client" "$@" \
   | tee "$out/client.txt"
 kill "$sampler"; sampler=""
-echo "time,server_kb,consumer_kb,rabbitmq_kb,redis_kb,postgres_kb" >/dev/null
 python3 - "$out" <<'PY'
 import csv, sys, collections
 out = sys.argv[1]
@@ -104,14 +103,14 @@ with open(f"{out}/client/messages.csv") as f:
     for r in rows:
         if r.get("statusCode") not in ("OK", "200", "ok"):
             continue
-        t = int(r["timestamp"]) // 60000
+        # An RFC 3339 UTC time, e.g. 2026-12-02T02:59:49.030Z: its minute.
+        t = r["timestamp"][:16]
         per_min[t].append(float(r["latencyMs"]))
-print("minute  msgs/s   ack p50 ms  ack p99 ms")
-start = min(per_min) if per_min else 0
+print("minute (UTC)      msgs/s  ack p50 ms  ack p99 ms   (latency from the actual send, as the CSV has it)")
 for t in sorted(per_min):
     v = sorted(per_min[t])
     p = lambda q: v[min(len(v) - 1, int(q * len(v)))]
-    print(f"{t - start:6d}  {len(v) / 60:7.0f}  {p(0.5):10.2f}  {p(0.99):10.2f}")
+    print(f"{t}  {len(v) / 60:7.0f}  {p(0.5):10.2f}  {p(0.99):10.2f}")
 rss = list(csv.DictReader(open(f"{out}/rss.csv")))
 if rss:
     first, last = rss[0], rss[-1]
