@@ -43,6 +43,11 @@ cleanup() {
   for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$NS\."); do
     rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
   done
+  # Its exchanges too (rabbitmqctl cannot delete those): chaosload's
+  # topology deletion, when it is built.
+  if [[ -x target/release/chaosload ]]; then
+    target/release/chaosload --delete-topology "$NS" --rooms "${ROOMS:-20}" --url x >/dev/null 2>&1 || true
+  fi
   # The rooms' history streams (the consumer appends every broadcast).
   redis-cli --scan --pattern "$NS:history:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
 }
