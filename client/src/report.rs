@@ -488,7 +488,10 @@ impl Report {
                 o.start,
                 o.seconds,
                 if o.end.is_none() {
-                    " (still, at the end)"
+                    // No ack from it since: still refusing, or every
+                    // sender moved to another server and none probed it
+                    // again, so its end was never seen.
+                    " or more (no ack from it again before the run ended: still refusing, or no sender went back to it)"
                 } else {
                     ""
                 },
