@@ -6,29 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::io::Read;
+use std::process::{Command, Stdio};
 
 use common::*;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_chatflow-server");
 const SECRET: &str = "s3cr3t-in-the-logs";
-
-/// Kills the child if the test fails while it runs.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 /// Runs the server (memory broker, no API) with `extra` flags and
 /// `rust_log`, sends one message, stops it with SIGTERM, and returns its
@@ -55,28 +40,16 @@ fn run_and_stop(extra: &[&str], rust_log: Option<&str>) -> String {
         None => command.env_remove("RUST_LOG"),
     };
     let mut child = Reaper(command.spawn().expect("the server binary starts"));
-    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line
-        .strip_prefix("chatflow-server listening on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .parse()
-        .unwrap();
+    // Held open to the end: printing to a closed pipe fails.
+    let (addr, stdout) = listening_addr(&mut child.0);
     let mut client = connect(addr, 1);
     assert_eq!(
         request(&mut client, message(1, "logged?", "l1"))["type"],
         "ack"
     );
     drop(client);
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) }, 0);
-    let deadline = Instant::now() + TIMEOUT;
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the server did not exit");
-        thread::sleep(Duration::from_millis(20));
-    }
+    signal(&child.0, libc::SIGTERM);
+    wait_for_exit(&mut child.0);
     let mut stderr = String::new();
     child
         .0
@@ -85,7 +58,6 @@ fn run_and_stop(extra: &[&str], rust_log: Option<&str>) -> String {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    // The pipe is held open to the end: printing to a closed one fails.
     drop(stdout);
     assert!(!stderr.contains(SECRET), "a secret in the logs:\n{stderr}");
     stderr

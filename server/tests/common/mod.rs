@@ -5,8 +5,11 @@
 
 #![allow(dead_code)] // each test binary uses part of the harness
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::process::{Child, ChildStdout};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use chatflow_server::{BrokerKind, Config, Server};
 use chatflow_testkit::ws;
@@ -112,4 +115,49 @@ pub fn health_with_status(addr: SocketAddr) -> (u16, Value) {
 /// Polls `check` until it holds; panics after [`TIMEOUT`].
 pub fn eventually(what: &str, check: impl FnMut() -> bool) {
     chatflow_testkit::wait_until(what, TIMEOUT, check);
+}
+
+// The server binary run as a child process.
+
+/// Where the binary says it listens (its first line of output), and the
+/// rest of its output.
+pub fn listening_addr(child: &mut Child) -> (SocketAddr, BufReader<ChildStdout>) {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .strip_prefix("chatflow-server listening on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (addr.parse().unwrap(), stdout)
+}
+
+/// Sends `signal` to the child.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// Waits (at most [`TIMEOUT`]) for the child to exit.
+pub fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills the child if the test fails while it runs.
+pub struct Reaper(pub Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
