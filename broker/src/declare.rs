@@ -51,6 +51,15 @@ impl Declare for Topology {
             "x-delivery-limit".into(),
             AmqpValue::LongInt(self.delivery_limit as i32),
         );
+        if self.single_active_consumer {
+            arguments.insert("x-single-active-consumer".into(), AmqpValue::Boolean(true));
+        }
+        if let Some(size) = self.quorum_initial_group_size {
+            arguments.insert(
+                "x-quorum-initial-group-size".into(),
+                AmqpValue::LongInt(size as i32),
+            );
+        }
         if let Some(max) = self.queue_max_length {
             arguments.insert("x-max-length".into(), AmqpValue::LongInt(max as i32));
             arguments.insert(

@@ -23,6 +23,15 @@ pub struct Topology {
     /// unbounded backlog. `None`: unbounded.
     pub queue_max_length: Option<u32>,
     pub delivery_limit: u32,
+    /// `x-single-active-consumer`: RabbitMQ delivers a queue's messages to
+    /// one consumer at a time and hands the queue to a waiting one when it
+    /// goes, so several consumer processes keep per-sender order (each
+    /// queue is one sender shard, read by one consumer in order).
+    pub single_active_consumer: bool,
+    /// `x-quorum-initial-group-size`: how many cluster nodes hold a replica
+    /// of each new queue (`None`: RabbitMQ's default, every node). With 3,
+    /// a publisher confirm means "on 2 of 3 nodes' disks".
+    pub quorum_initial_group_size: Option<u32>,
 }
 
 impl Topology {
@@ -32,6 +41,8 @@ impl Topology {
             rooms,
             queue_max_length: None,
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            single_active_consumer: true,
+            quorum_initial_group_size: None,
         }
     }
 
