@@ -1,4 +1,5 @@
-//! Opening AMQP connections for server and consumer alike.
+//! Opening AMQP connections for server and consumer alike, to one broker
+//! or to the next reachable node of a cluster.
 //!
 //! amiquip's URL constructors open the socket themselves and leave Nagle's
 //! algorithm on. A publisher with confirms writes small frames while earlier
@@ -10,7 +11,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 
-use crate::settings::AmqpEndpoint;
+use crate::settings::{AmqpEndpoint, HostPort};
 
 /// Why a connection could not be opened. The cause is part of the message
 /// (and deliberately not also a `source()`, which would print it twice in
@@ -25,6 +26,8 @@ pub enum ConnectError {
     },
     #[error("{host}:{port} resolves to no address")]
     NoAddress { host: String, port: u16 },
+    #[error("no RabbitMQ node is configured")]
+    NoNodes,
     #[error("connecting to {addr}: {cause}")]
     Tcp {
         addr: SocketAddr,
@@ -39,10 +42,27 @@ pub enum ConnectError {
     },
 }
 
-/// Connects, with `TCP_NODELAY`, and runs the AMQP handshake; each address
-/// the host resolves to is tried in turn, and the last failure is returned.
+/// Connects, with `TCP_NODELAY`, and runs the AMQP handshake. Each call
+/// starts at the next node of [`AmqpEndpoint::nodes`] (so a process's
+/// connections spread over a cluster and a reconnect after a node's loss
+/// tries another node first) and goes on through the rest; every address a
+/// node resolves to is tried in turn, and the last failure is returned.
 pub fn connect(endpoint: &AmqpEndpoint) -> Result<Connection, ConnectError> {
-    let (host, port) = (endpoint.host.as_str(), endpoint.port);
+    let nodes = &endpoint.nodes;
+    let first = endpoint.next_node.take_turn(nodes.len());
+    let mut last = None;
+    for i in 0..nodes.len() {
+        let node = &nodes[(first + i) % nodes.len()];
+        match connect_node(endpoint, node) {
+            Ok(connection) => return Ok(connection),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(ConnectError::NoNodes))
+}
+
+fn connect_node(endpoint: &AmqpEndpoint, node: &HostPort) -> Result<Connection, ConnectError> {
+    let (host, port) = (node.host.as_str(), node.port);
     let addrs: Vec<SocketAddr> = (host, port)
         .to_socket_addrs()
         .map_err(|cause| ConnectError::Resolve {

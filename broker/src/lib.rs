@@ -9,6 +9,8 @@
 //! - [`fleet`] (feature `redis`): the fleet registry, every server's and
 //!   consumer's live snapshot in Redis, written and read under one set of
 //!   rules;
+//! - [`redis_link`] (feature `redis`): opening Redis connections, straight
+//!   or to the master Redis Sentinel names;
 //! - [`retry`]: the one jittered back-off and the one shutdown signal.
 //!
 //! The names themselves (exchange, queues, channels) are wire facts and
@@ -20,10 +22,16 @@ pub mod amqp;
 pub mod declare;
 #[cfg(feature = "redis")]
 pub mod fleet;
+#[cfg(feature = "redis")]
+pub mod redis_link;
 pub mod retry;
 pub mod settings;
 
 #[cfg(feature = "amqp")]
 pub use declare::Declare;
+#[cfg(feature = "redis")]
+pub use redis_link::RedisConnector;
 pub use retry::{shutdown_signal, Backoff, Shutdown, ShutdownTrigger};
-pub use settings::{AmqpEndpoint, BrokerArgs, BrokerSettings, RedisEndpoint, Secret};
+pub use settings::{
+    AmqpEndpoint, BrokerArgs, BrokerSettings, HostPort, RedisAddress, RedisEndpoint, Secret,
+};

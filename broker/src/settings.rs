@@ -48,11 +48,70 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// One service address, as `host:port` (IPv6 literals in brackets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        HostPort {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// `127.0.0.1:port` (tests pointing a service at a proxy).
+    pub fn loopback(port: u16) -> Self {
+        HostPort::new("127.0.0.1", port)
+    }
+
+    /// Parses a comma-separated `host:port` list (`RABBITMQ_HOSTS`,
+    /// `REDIS_SENTINELS`); `flag` names the setting in errors.
+    pub fn parse_list(flag: &'static str, list: &str) -> Result<Vec<HostPort>, ConfigError> {
+        let nodes = list
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| HostPort::parse(flag, item))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(bad(flag, "lists no host:port"));
+        }
+        Ok(nodes)
+    }
+
+    fn parse(flag: &'static str, item: &str) -> Result<HostPort, ConfigError> {
+        let unparsable = || bad(flag, format!("{item:?} is not host:port"));
+        let (host, port) = item.rsplit_once(':').ok_or_else(unparsable)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port: u16 = port.parse().map_err(|_| unparsable())?;
+        if host.is_empty() || port == 0 {
+            return Err(unparsable());
+        }
+        Ok(HostPort::new(host, port))
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", host_for_url(&self.host), self.port)
+    }
+}
+
 /// Where and as whom AMQP connections are opened.
 #[derive(Clone, Debug)]
 pub struct AmqpEndpoint {
-    pub host: String,
-    pub port: u16,
+    /// The cluster's nodes (one for a single broker). A connection goes to
+    /// the next node in turn and, if it cannot be reached, to the one after:
+    /// a process's connections spread over the cluster, and a reconnect
+    /// after a node loss lands on a node that is up.
+    pub nodes: Vec<HostPort>,
     pub user: String,
     pub password: Secret,
     pub vhost: String,
@@ -62,32 +121,93 @@ pub struct AmqpEndpoint {
     /// TCP connect and AMQP handshake timeout: an unreachable host fails an
     /// attempt instead of hanging a reconnect loop.
     pub connect_timeout: Duration,
+    /// Where the next connection starts in `nodes` (shared by the clones
+    /// of one endpoint, so one process's connections take turns).
+    pub next_node: NodeCursor,
+}
+
+/// A counter shared between clones, for taking turns over nodes. Compares
+/// and prints as nothing: it is not a setting.
+#[derive(Clone, Default)]
+pub struct NodeCursor(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl NodeCursor {
+    /// The index to start from for the next attempt over `len` nodes.
+    pub fn take_turn(&self, len: usize) -> usize {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % len.max(1)
+    }
+}
+
+impl fmt::Debug for NodeCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeCursor")
+    }
 }
 
 impl AmqpEndpoint {
-    /// The broker's address without credentials, for messages and `/health`.
+    /// The broker's addresses without credentials, for messages and
+    /// `/health` (`host:port`, comma-separated for a cluster).
     pub fn display(&self) -> String {
-        format!("{}:{}", host_for_url(&self.host), self.port)
+        let nodes: Vec<String> = self.nodes.iter().map(HostPort::to_string).collect();
+        nodes.join(",")
     }
+
+    /// One broker at `node` (tests pointing RabbitMQ at a proxy).
+    pub fn set_single_node(&mut self, node: HostPort) {
+        self.nodes = vec![node];
+    }
+
+    /// `x-quorum-initial-group-size` when none is configured: every listed
+    /// node up to 3 (a majority of 3 survives one node's loss; more
+    /// replicas cost every write another node's disk and vote). With one
+    /// listed node, RabbitMQ's own default (every cluster member) stands:
+    /// that one address may be a balancer in front of a cluster.
+    pub fn default_group_size(&self) -> Option<u32> {
+        (self.nodes.len() > 1).then(|| self.nodes.len().min(3) as u32)
+    }
+}
+
+/// How Redis is found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisAddress {
+    /// One Redis at this address.
+    Direct(HostPort),
+    /// Whichever node these Sentinels name master of `master_name` now:
+    /// every (re)connect asks them, so after a failover connections go to
+    /// the promoted replica.
+    Sentinel {
+        sentinels: Vec<HostPort>,
+        master_name: String,
+    },
 }
 
 /// Where Redis is.
 #[derive(Clone, Debug)]
 pub struct RedisEndpoint {
-    pub host: String,
-    pub port: u16,
+    pub address: RedisAddress,
     /// Connect, read and write timeout: a hung Redis turns into an error
     /// (and a retry) instead of a thread blocked for ever.
     pub timeout: Duration,
 }
 
 impl RedisEndpoint {
-    pub fn url(&self) -> String {
-        format!("redis://{}/", self.display())
+    /// Redis's address (or the Sentinels') for messages and `/health`.
+    pub fn display(&self) -> String {
+        match &self.address {
+            RedisAddress::Direct(node) => node.to_string(),
+            RedisAddress::Sentinel {
+                sentinels,
+                master_name,
+            } => {
+                let list: Vec<String> = sentinels.iter().map(HostPort::to_string).collect();
+                format!("master {master_name:?} of sentinels {}", list.join(","))
+            }
+        }
     }
 
-    pub fn display(&self) -> String {
-        format!("{}:{}", host_for_url(&self.host), self.port)
+    /// One Redis at `node` (tests pointing Redis at a proxy).
+    pub fn set_direct(&mut self, node: HostPort) {
+        self.address = RedisAddress::Direct(node);
     }
 }
 
@@ -112,17 +232,16 @@ impl Default for BrokerSettings {
     fn default() -> Self {
         BrokerSettings {
             amqp: AmqpEndpoint {
-                host: "127.0.0.1".to_string(),
-                port: 5672,
+                nodes: vec![HostPort::new("127.0.0.1", 5672)],
                 user: "guest".to_string(),
                 password: Secret::new("guest"),
                 vhost: "/".to_string(),
                 heartbeat: Duration::from_secs(30),
                 connect_timeout: Duration::from_secs(5),
+                next_node: NodeCursor::default(),
             },
             redis: RedisEndpoint {
-                host: "127.0.0.1".to_string(),
-                port: 6379,
+                address: RedisAddress::Direct(HostPort::new("127.0.0.1", 6379)),
                 timeout: Duration::from_secs(2),
             },
             topology: Topology::new("chatflow", Rooms::DEFAULT),
@@ -143,18 +262,36 @@ impl BrokerSettings {
     /// callers) as much as with.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let amqp = &self.amqp;
-        non_empty("rabbitmq-host", &amqp.host)?;
+        if amqp.nodes.is_empty() {
+            return Err(bad("rabbitmq-hosts", "lists no host:port"));
+        }
+        for node in &amqp.nodes {
+            non_empty("rabbitmq-host", &node.host)?;
+            if node.port == 0 {
+                return Err(bad("rabbitmq-port", "must not be 0"));
+            }
+        }
         non_empty("rabbitmq-user", &amqp.user)?;
         non_empty("rabbitmq-vhost", &amqp.vhost)?;
-        if amqp.port == 0 {
-            return Err(bad("rabbitmq-port", "must not be 0"));
-        }
         if amqp.heartbeat.as_secs() > u64::from(u16::MAX) {
             return Err(bad("amqp-heartbeat-secs", "must fit in 16 bits"));
         }
-        non_empty("redis-host", &self.redis.host)?;
-        if self.redis.port == 0 {
-            return Err(bad("redis-port", "must not be 0"));
+        match &self.redis.address {
+            RedisAddress::Direct(node) => {
+                non_empty("redis-host", &node.host)?;
+                if node.port == 0 {
+                    return Err(bad("redis-port", "must not be 0"));
+                }
+            }
+            RedisAddress::Sentinel {
+                sentinels,
+                master_name,
+            } => {
+                if sentinels.is_empty() {
+                    return Err(bad("redis-sentinels", "lists no host:port"));
+                }
+                non_empty("redis-master-name", master_name)?;
+            }
         }
         let topology = &self.topology;
         check_namespace(&topology.namespace)?;
@@ -165,6 +302,13 @@ impl BrokerSettings {
         if let Some(max) = topology.queue_max_length {
             if max == 0 || max > i32::MAX as u32 {
                 return Err(bad("queue-max-length", "must be in 1..=2147483647"));
+            }
+        }
+        if let Some(size) = topology.quorum_initial_group_size {
+            // A quorum queue's members are cluster nodes; RabbitMQ caps the
+            // size at the cluster's, so only nonsense is refused here.
+            if size == 0 || size > 255 {
+                return Err(bad("quorum-initial-group-size", "must be in 1..=255"));
             }
         }
         Ok(())
@@ -212,6 +356,16 @@ pub struct BrokerArgs {
     /// RabbitMQ AMQP port.
     #[arg(long, env = "RABBITMQ_PORT", default_value_t = 5672)]
     pub rabbitmq_port: u16,
+    /// A RabbitMQ cluster's nodes, comma-separated host:port (replaces
+    /// --rabbitmq-host/--rabbitmq-port): connections take turns over them
+    /// and a reconnect goes to the next node that answers.
+    #[arg(long, env = "RABBITMQ_HOSTS")]
+    pub rabbitmq_hosts: Option<String>,
+    /// Nodes holding a replica of each new quorum queue (default: every
+    /// node of --rabbitmq-hosts up to 3; with one host, RabbitMQ's own
+    /// default, every cluster member).
+    #[arg(long, env = "QUORUM_INITIAL_GROUP_SIZE")]
+    pub quorum_initial_group_size: Option<u32>,
     /// RabbitMQ user.
     #[arg(long, env = "RABBITMQ_USER", default_value = "guest")]
     pub rabbitmq_user: String,
@@ -241,6 +395,14 @@ pub struct BrokerArgs {
     /// Redis port.
     #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
     pub redis_port: u16,
+    /// Redis Sentinels, comma-separated host:port (replaces
+    /// --redis-host/--redis-port): every connection goes to the master
+    /// they name, so a failover is followed without a restart.
+    #[arg(long, env = "REDIS_SENTINELS")]
+    pub redis_sentinels: Option<String>,
+    /// The master name the Sentinels monitor (with --redis-sentinels).
+    #[arg(long, env = "REDIS_MASTER_NAME", default_value = "chatflow")]
+    pub redis_master_name: String,
     /// Redis connect/read/write timeout in seconds.
     #[arg(long, env = "REDIS_TIMEOUT_SECS", default_value_t = 2.0)]
     pub redis_timeout_secs: f64,
@@ -269,24 +431,39 @@ impl BrokerArgs {
     /// Checks every value and builds the [`BrokerSettings`].
     pub fn into_settings(self) -> Result<BrokerSettings, ConfigError> {
         let rooms = Rooms::new(self.rooms).map_err(|e| bad("rooms", e))?;
-        let settings = BrokerSettings {
-            amqp: AmqpEndpoint {
-                host: self.rabbitmq_host,
-                port: self.rabbitmq_port,
-                user: self.rabbitmq_user,
-                password: self.rabbitmq_password,
-                vhost: self.rabbitmq_vhost,
-                heartbeat: Duration::from_secs(self.amqp_heartbeat_secs.into()),
-                connect_timeout: seconds("connect-timeout-secs", self.connect_timeout_secs)?,
+        let nodes = match &self.rabbitmq_hosts {
+            Some(list) => HostPort::parse_list("rabbitmq-hosts", list)?,
+            None => vec![HostPort::new(self.rabbitmq_host, self.rabbitmq_port)],
+        };
+        let redis_address = match &self.redis_sentinels {
+            Some(list) => RedisAddress::Sentinel {
+                sentinels: HostPort::parse_list("redis-sentinels", list)?,
+                master_name: self.redis_master_name,
             },
+            None => RedisAddress::Direct(HostPort::new(self.redis_host, self.redis_port)),
+        };
+        let amqp = AmqpEndpoint {
+            nodes,
+            user: self.rabbitmq_user,
+            password: self.rabbitmq_password,
+            vhost: self.rabbitmq_vhost,
+            heartbeat: Duration::from_secs(self.amqp_heartbeat_secs.into()),
+            connect_timeout: seconds("connect-timeout-secs", self.connect_timeout_secs)?,
+            next_node: NodeCursor::default(),
+        };
+        let quorum_initial_group_size = self
+            .quorum_initial_group_size
+            .or_else(|| amqp.default_group_size());
+        let settings = BrokerSettings {
+            amqp,
             redis: RedisEndpoint {
-                host: self.redis_host,
-                port: self.redis_port,
+                address: redis_address,
                 timeout: seconds("redis-timeout-secs", self.redis_timeout_secs)?,
             },
             topology: Topology {
                 queue_max_length: self.queue_max_length,
                 delivery_limit: self.delivery_limit,
+                quorum_initial_group_size,
                 ..Topology::new(self.namespace, rooms)
             },
             dedup_window: seconds("dedup-window-secs", self.dedup_window_secs)?,
@@ -371,8 +548,83 @@ mod tests {
     #[test]
     fn ipv6_hosts_are_bracketed_in_addresses() {
         let mut s = BrokerSettings::default();
-        s.redis.host = "::1".to_string();
-        assert_eq!(s.redis.url(), "redis://[::1]:6379/");
+        s.redis.set_direct(HostPort::new("::1", 6379));
+        assert_eq!(s.redis.display(), "[::1]:6379");
         assert_eq!(s.amqp.display(), "127.0.0.1:5672");
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_nodes_and_replicates_queues_on_up_to_three() {
+        let s = parse(&["--rabbitmq-hosts", "10.0.0.1:5672, [::1]:5673,rmq3:5674"]).unwrap();
+        assert_eq!(
+            s.amqp.nodes,
+            vec![
+                HostPort::new("10.0.0.1", 5672),
+                HostPort::new("::1", 5673),
+                HostPort::new("rmq3", 5674)
+            ]
+        );
+        assert_eq!(s.amqp.display(), "10.0.0.1:5672,[::1]:5673,rmq3:5674");
+        assert_eq!(s.topology.quorum_initial_group_size, Some(3));
+        let five = parse(&["--rabbitmq-hosts", "a:1,b:1,c:1,d:1,e:1"]).unwrap();
+        assert_eq!(five.topology.quorum_initial_group_size, Some(3));
+        let two = parse(&["--rabbitmq-hosts", "a:1,b:1"]).unwrap();
+        assert_eq!(two.topology.quorum_initial_group_size, Some(2));
+        // One host: RabbitMQ's default (it may be a balancer).
+        assert_eq!(parse(&[]).unwrap().topology.quorum_initial_group_size, None);
+        let set = parse(&[
+            "--rabbitmq-hosts",
+            "a:1,b:1,c:1",
+            "--quorum-initial-group-size",
+            "1",
+        ]);
+        assert_eq!(set.unwrap().topology.quorum_initial_group_size, Some(1));
+    }
+
+    #[test]
+    fn connections_take_turns_over_the_nodes() {
+        let s = parse(&["--rabbitmq-hosts", "a:1,b:1,c:1"]).unwrap();
+        let clone = s.amqp.clone();
+        let turns: Vec<usize> = (0..4)
+            .map(|i| if i % 2 == 0 { &s.amqp } else { &clone })
+            .map(|e| e.next_node.take_turn(e.nodes.len()))
+            .collect();
+        assert_eq!(turns, vec![0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn sentinels_replace_the_redis_address() {
+        let s = parse(&["--redis-sentinels", "127.0.0.1:26391,127.0.0.1:26392"]).unwrap();
+        assert_eq!(
+            s.redis.address,
+            RedisAddress::Sentinel {
+                sentinels: vec![HostPort::loopback(26391), HostPort::loopback(26392)],
+                master_name: "chatflow".to_string(),
+            }
+        );
+        assert!(s.redis.display().contains("\"chatflow\""));
+    }
+
+    #[test]
+    fn bad_lists_name_their_flag() {
+        for (args, flag) in [
+            (&["--rabbitmq-hosts", ""][..], "--rabbitmq-hosts"),
+            (&["--rabbitmq-hosts", "a"][..], "--rabbitmq-hosts"),
+            (&["--rabbitmq-hosts", "a:0"][..], "--rabbitmq-hosts"),
+            (&["--rabbitmq-hosts", "a:1,:5"][..], "--rabbitmq-hosts"),
+            (&["--rabbitmq-hosts", "a:x"][..], "--rabbitmq-hosts"),
+            (&["--redis-sentinels", ","][..], "--redis-sentinels"),
+            (
+                &["--redis-sentinels", "s:1", "--redis-master-name", " "][..],
+                "--redis-master-name",
+            ),
+            (
+                &["--quorum-initial-group-size", "0"][..],
+                "--quorum-initial-group-size",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
     }
 }

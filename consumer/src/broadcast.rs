@@ -35,12 +35,13 @@ use std::time::{Duration, Instant};
 
 use chatflow_protocol::Topology;
 
-use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisResult};
+use redis::{Pipeline, RedisResult};
 
 use crate::config::{Config, History};
 use crate::counters::{add, QueueStats};
 use chatflow_broker::fleet::{Registry, SNAPSHOT_TTL};
 use chatflow_broker::retry::{is_shutdown, wait, Backoff, Shutdown};
+use chatflow_broker::RedisConnector;
 
 /// Log the first failure of an outage and then every this many, so a long
 /// outage does not flood the log with a hundred threads' retries.
@@ -121,28 +122,24 @@ pub enum Published {
     GaveUp,
 }
 
-/// How to reach Redis (shared by consumers and the sampler's probe).
-pub fn client(config: &Config) -> RedisResult<Client> {
-    let info: ConnectionInfo = ConnectionAddr::Tcp(
-        config.services.redis.host.clone(),
-        config.services.redis.port,
-    )
-    .into_connection_info()?;
-    Client::open(info)
+/// How to reach Redis (shared by consumers and the sampler's probe): the
+/// one Redis, or the master the Sentinels name at each (re)connect.
+pub fn client(config: &Config) -> RedisResult<RedisConnector> {
+    Ok(RedisConnector::new(&config.services.redis))
 }
 
 /// A connection with every timeout set, so no call can hang a thread.
-pub fn connect(client: &Client, config: &Config) -> RedisResult<redis::Connection> {
-    let con = client.get_connection_with_timeout(config.connect_timeout())?;
-    con.set_read_timeout(Some(config.services.redis.timeout))?;
-    con.set_write_timeout(Some(config.services.redis.timeout))?;
-    Ok(con)
+pub fn connect(client: &RedisConnector, config: &Config) -> RedisResult<redis::Connection> {
+    client.connect_with(
+        config.connect_timeout(),
+        Some(config.services.redis.timeout),
+    )
 }
 
 /// One consumer thread's broadcaster.
 pub struct Broadcaster {
     name: String,
-    client: Client,
+    client: RedisConnector,
     config: Config,
     names: Names,
     con: Option<redis::Connection>,
@@ -293,7 +290,7 @@ pub fn load_script(con: &mut redis::Connection) -> RedisResult<String> {
 /// once-a-second snapshot publish (or a PING) is how an idle consumer
 /// still notices a Redis outage.
 pub struct Probe {
-    client: Client,
+    client: RedisConnector,
     config: Config,
     con: Option<redis::Connection>,
 }

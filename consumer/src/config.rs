@@ -425,8 +425,8 @@ mod tests {
         );
         let amqp = c.amqp_endpoint();
         assert_eq!(
-            (amqp.host.as_str(), amqp.port, amqp.vhost.as_str()),
-            ("127.0.0.1", 5672, "/")
+            (amqp.display().as_str(), amqp.vhost.as_str()),
+            ("127.0.0.1:5672", "/")
         );
         assert_eq!(amqp.heartbeat, Duration::from_secs(30));
         assert_eq!(c.topology().queue(3, 4), "chatflow.room.3.4");

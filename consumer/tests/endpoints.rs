@@ -97,7 +97,10 @@ fn start_refuses_what_it_cannot_do() {
 
     let mut nowhere = config(&ns, 1);
     // Nothing listens on port 1.
-    nowhere.services.amqp.port = 1;
+    nowhere
+        .services
+        .amqp
+        .set_single_node(chatflow_broker::HostPort::loopback(1));
     let err = format!("{:#}", Consumer::start(nowhere).err().expect("refused"));
     assert!(err.contains("RabbitMQ at 127.0.0.1:1"), "{err}");
 }

@@ -29,7 +29,10 @@ fn redis_outage_holds_acks_and_recovers() {
     let ns = namespace();
     let proxy = Proxy::start(redis_addr());
     let mut config = config(&ns, 1);
-    config.services.redis.port = proxy.port();
+    config
+        .services
+        .redis
+        .set_direct(chatflow_broker::HostPort::loopback(proxy.port()));
     let mut broker = Broker::new(&config);
     let subscriber = Subscriber::new(&broker.topology);
     let consumer = Consumer::start(config).expect("consumer starts");
@@ -80,7 +83,10 @@ fn amqp_outage_reconnects_and_resumes() {
     let ns = namespace();
     let proxy = Proxy::start(amqp_addr());
     let mut config = config(&ns, 1);
-    config.services.amqp.port = proxy.port();
+    config
+        .services
+        .amqp
+        .set_single_node(chatflow_broker::HostPort::loopback(proxy.port()));
     let mut broker = Broker::new(&config);
     let subscriber = Subscriber::new(&broker.topology);
     let consumer = Consumer::start(config).expect("consumer starts");
@@ -126,8 +132,14 @@ fn unacked_deliveries_are_redelivered_after_a_connection_loss() {
     let redis = Proxy::start(redis_addr());
     let amqp = Proxy::start(amqp_addr());
     let mut config = config(&ns, 1);
-    config.services.redis.port = redis.port();
-    config.services.amqp.port = amqp.port();
+    config
+        .services
+        .redis
+        .set_direct(chatflow_broker::HostPort::loopback(redis.port()));
+    config
+        .services
+        .amqp
+        .set_single_node(chatflow_broker::HostPort::loopback(amqp.port()));
     let mut broker = Broker::new(&config);
     let subscriber = Subscriber::new(&broker.topology);
     let consumer = Consumer::start(config).expect("consumer starts");
@@ -168,7 +180,10 @@ fn shutdown_during_a_redis_outage_is_prompt_and_loses_nothing() {
     let ns = namespace();
     let redis = Proxy::start(redis_addr());
     let mut config = config(&ns, 1);
-    config.services.redis.port = redis.port();
+    config
+        .services
+        .redis
+        .set_direct(chatflow_broker::HostPort::loopback(redis.port()));
     let mut broker = Broker::new(&config);
     let consumer = Consumer::start(config).expect("consumer starts");
     redis.cut();
@@ -195,7 +210,10 @@ fn health_is_503_while_redis_is_cut_and_200_after() {
     let ns = namespace();
     let proxy = Proxy::start(redis_addr());
     let mut config = config(&ns, 1);
-    config.services.redis.port = proxy.port();
+    config
+        .services
+        .redis
+        .set_direct(chatflow_broker::HostPort::loopback(proxy.port()));
     let _broker = Broker::new(&config);
     let consumer = Consumer::start(config).expect("consumer starts");
     let addr = consumer.metrics_addr();

@@ -729,8 +729,8 @@ mod tests {
         assert_eq!(c.broker, BrokerKind::Rabbitmq);
         let amqp = &c.services.amqp;
         assert_eq!(
-            (amqp.host.as_str(), amqp.port, amqp.user.as_str()),
-            ("127.0.0.1", 5672, "guest")
+            (amqp.display().as_str(), amqp.user.as_str()),
+            ("127.0.0.1:5672", "guest")
         );
         assert_eq!(c.rooms().count(), 20);
         assert!(c.workers >= 1);

@@ -32,8 +32,14 @@ impl Routed {
         let amqp = Proxy::start(amqp_addr());
         let redis = Proxy::start(redis_addr());
         let mut config = rabbit_config(&namespace, 1);
-        config.services.amqp.port = amqp.port();
-        config.services.redis.port = redis.port();
+        config
+            .services
+            .amqp
+            .set_single_node(chatflow_broker::HostPort::loopback(amqp.port()));
+        config
+            .services
+            .redis
+            .set_direct(chatflow_broker::HostPort::loopback(redis.port()));
         let topology = config.services.topology.clone();
         let guard = TopologyGuard(topology.clone());
         let server = Server::start(config).expect("server starts through the proxies");

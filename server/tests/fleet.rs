@@ -107,7 +107,10 @@ fn a_rabbitmq_server_snapshot_goes_through_redis_and_survives_an_outage() {
     // subscriber does not.
     let proxy = Proxy::start(redis_addr());
     let mut fleet_config = config.clone();
-    fleet_config.services.redis.port = proxy.port();
+    fleet_config
+        .services
+        .redis
+        .set_direct(chatflow_broker::HostPort::loopback(proxy.port()));
     fleet_config.services.redis.timeout = Duration::from_secs(1);
     let (publisher, stop) = publish(&server, &fleet_config);
     let reader = FleetReader::new(&fleet_config, publisher.latest()).unwrap();
@@ -192,7 +195,10 @@ fn a_silent_redis_costs_a_read_at_most_the_redis_timeout() {
         }
     });
     let mut config = common::rabbit_config("silent", 1);
-    config.services.redis.port = port;
+    config
+        .services
+        .redis
+        .set_direct(chatflow_broker::HostPort::loopback(port));
     config.services.redis.timeout = Duration::from_millis(400);
     let reader = Arc::new(FleetReader::new(&config, Default::default()).unwrap());
     let started = Instant::now();

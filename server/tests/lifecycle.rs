@@ -450,8 +450,14 @@ fn health_is_503_once_the_subscription_is_down_past_its_grace() {
     let redis = Proxy::start(redis_addr());
     let amqp = Proxy::start(amqp_addr());
     let mut config = rabbit_config(&namespace, 1);
-    config.services.redis.port = redis.port();
-    config.services.amqp.port = amqp.port();
+    config
+        .services
+        .redis
+        .set_direct(chatflow_broker::HostPort::loopback(redis.port()));
+    config
+        .services
+        .amqp
+        .set_single_node(chatflow_broker::HostPort::loopback(amqp.port()));
     config.subscription_grace = Duration::from_secs(1);
     let _guard = TopologyGuard(config.services.topology.clone());
     let server = Server::start(config).expect("server starts");

@@ -29,7 +29,10 @@ pub fn server_with_redis(namespace: &str, rooms: u32, id: &str, redis_port: u16)
     config.services = config
         .services
         .with_topology(namespace, chatflow_protocol::Rooms::new(rooms).unwrap());
-    config.services.redis.port = redis_port;
+    config
+        .services
+        .redis
+        .set_direct(chatflow_broker::HostPort::loopback(redis_port));
     config.services.redis.timeout = Duration::from_millis(500);
     Server::start(config).expect("server starts")
 }
@@ -42,7 +45,10 @@ pub fn server_with_api(namespace: &str, rooms: u32, id: &str, database: Option<&
 /// [`server`] reaching Redis on `redis_port` (a proxy a test cuts).
 pub fn server_through_redis(namespace: &str, rooms: u32, id: &str, redis_port: u16) -> Server {
     let mut config = server_config(namespace, rooms, id, None);
-    config.services.redis.port = redis_port;
+    config
+        .services
+        .redis
+        .set_direct(chatflow_broker::HostPort::loopback(redis_port));
     Server::start(config).expect("server starts")
 }
 

@@ -38,7 +38,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use chatflow_broker::{RedisEndpoint, Shutdown};
+use chatflow_broker::{RedisConnector, Shutdown};
 use chatflow_database::pool::{ReadPool, ReadPoolConfig};
 use chatflow_database::read::pages::{self, Order, PageRequest, StoredMessage, Subject};
 use chatflow_database::row::unix_micros;
@@ -121,8 +121,7 @@ impl History {
         };
         let stats = Arc::new(HistoryStats::default());
         let mut reader = Reader {
-            client: redis::Client::open(config.services.redis.url())?,
-            redis: config.services.redis.clone(),
+            redis: RedisConnector::new(&config.services.redis),
             topology: config.services.topology.clone(),
             fanout,
             con: None,
@@ -163,8 +162,7 @@ impl History {
 
 /// The thread's state.
 struct Reader {
-    client: redis::Client,
-    redis: RedisEndpoint,
+    redis: RedisConnector,
     topology: Topology,
     fanout: Fanout,
     con: Option<redis::Connection>,
@@ -230,13 +228,8 @@ impl Reader {
     fn query(&mut self, pipe: &redis::Pipeline) -> Result<Vec<Value>, String> {
         if self.con.is_none() {
             let con = self
-                .client
-                .get_connection_with_timeout(self.redis.timeout)
-                .and_then(|con| {
-                    con.set_read_timeout(Some(self.redis.timeout))?;
-                    con.set_write_timeout(Some(self.redis.timeout))?;
-                    Ok(con)
-                })
+                .redis
+                .connect()
                 .map_err(|e| format!("Redis at {} is unreachable: {e}", self.redis.display()))?;
             self.con = Some(con);
         }

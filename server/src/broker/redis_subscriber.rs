@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chatflow_broker::retry::{is_shutdown, wait};
-use chatflow_broker::{Backoff, RedisEndpoint, Shutdown};
+use chatflow_broker::{Backoff, RedisConnector, RedisEndpoint, Shutdown};
 use chatflow_protocol::{Position, Topology};
 use parking_lot::Mutex;
 use redis::Value;
@@ -81,7 +81,7 @@ impl RedisSubscriber {
         fanout: Fanout,
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
-        let client = redis::Client::open(redis.url())?;
+        let connector = RedisConnector::new(redis);
         let timeout = redis.timeout;
         let state = Arc::new(LinkState::default());
         let reconnects = Arc::new(AtomicU64::new(0));
@@ -98,7 +98,7 @@ impl RedisSubscriber {
                     let mut subscribed_before = false;
                     // Where each room's history stood before the first
                     // subscription: what is forwarded starts after it.
-                    let (mut data, mut forwarded) = match snapshot(&client, timeout, &topology) {
+                    let (mut data, mut forwarded) = match snapshot(&connector, &topology) {
                         Ok((data, forwarded)) => (Some(data), forwarded),
                         Err(e) => {
                             if let Some(ready) = ready.take() {
@@ -108,7 +108,7 @@ impl RedisSubscriber {
                         }
                     };
                     while !is_shutdown(&shutdown) {
-                        let mut connection = match connect(&client, timeout) {
+                        let mut connection = match connector.connect_with(timeout, Some(READ_TIMEOUT)) {
                             Ok(connection) => connection,
                             Err(e) => {
                                 if let Some(ready) = ready.take() {
@@ -140,7 +140,7 @@ impl RedisSubscriber {
                         // Subscribed: now whatever was published since the
                         // last forwarded position is in the history.
                         let (started, before) = (Instant::now(), fills.filled.load(Ordering::Relaxed));
-                        let filled = fill_on(&mut data, &client, timeout, |con| {
+                        let filled = fill_on(&mut data, &connector, |con| {
                             fill(con, &topology, &mut forwarded, &fanout, &fills)
                         });
                         match filled {
@@ -229,32 +229,13 @@ impl RedisSubscriber {
     }
 }
 
-fn connect(client: &redis::Client, timeout: Duration) -> redis::RedisResult<redis::Connection> {
-    let connection = client.get_connection_with_timeout(timeout)?;
-    connection.set_read_timeout(Some(READ_TIMEOUT))?;
-    Ok(connection)
-}
-
-/// The connection the history is read on (a subscribed one takes no other
-/// commands), with the configured timeouts.
-fn connect_data(
-    client: &redis::Client,
-    timeout: Duration,
-) -> redis::RedisResult<redis::Connection> {
-    let connection = client.get_connection_with_timeout(timeout)?;
-    connection.set_read_timeout(Some(timeout))?;
-    connection.set_write_timeout(Some(timeout))?;
-    Ok(connection)
-}
-
 /// Runs `read` on the history connection, first on the one kept from
 /// before (if any) and, should that fail — it may have died with the
 /// subscription — once more on a fresh one. The connection that worked is
 /// kept for next time.
 fn fill_on(
     data: &mut Option<redis::Connection>,
-    client: &redis::Client,
-    timeout: Duration,
+    connector: &RedisConnector,
     mut read: impl FnMut(&mut redis::Connection) -> Result<(), ReadError>,
 ) -> Result<(), ReadError> {
     if let Some(mut con) = data.take() {
@@ -263,7 +244,7 @@ fn fill_on(
             return Ok(());
         }
     }
-    let mut con = connect_data(client, timeout)?;
+    let mut con = connector.connect()?;
     read(&mut con)?;
     *data = Some(con);
     Ok(())
@@ -272,11 +253,10 @@ fn fill_on(
 /// The newest entry of every room's history (`0-0` for none): where
 /// forwarding starts; and the connection it was read on, for the fills.
 fn snapshot(
-    client: &redis::Client,
-    timeout: Duration,
+    connector: &RedisConnector,
     topology: &Topology,
 ) -> Result<(redis::Connection, Forwarded), ReadError> {
-    let mut con = connect_data(client, timeout)?;
+    let mut con = connector.connect()?;
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for room in topology.rooms.iter() {

@@ -24,7 +24,7 @@
 
 use std::time::{Duration, Instant};
 
-use chatflow_broker::RedisEndpoint;
+use chatflow_broker::{RedisConnector, RedisEndpoint};
 use chatflow_protocol::{MessageId, ServerTime, Topology};
 
 use crate::fanout::FirstSent;
@@ -42,8 +42,7 @@ pub struct Claim {
 
 /// A publisher's connection to the sent log.
 pub struct SentLog {
-    client: redis::Client,
-    endpoint: RedisEndpoint,
+    redis: RedisConnector,
     topology: Topology,
     window_secs: u64,
     connection: Option<redis::Connection>,
@@ -58,8 +57,7 @@ impl SentLog {
         window: Duration,
     ) -> redis::RedisResult<Self> {
         Ok(SentLog {
-            client: redis::Client::open(endpoint.url())?,
-            endpoint: endpoint.clone(),
+            redis: RedisConnector::new(endpoint),
             topology,
             window_secs: window.as_secs().max(1),
             connection: None,
@@ -96,7 +94,7 @@ impl SentLog {
                 .collect()),
             Err(e) => {
                 self.failed();
-                Err(format!("redis at {}: {e}", self.endpoint.display()))
+                Err(format!("redis at {}: {e}", self.redis.display()))
             }
         }
     }
@@ -106,26 +104,17 @@ impl SentLog {
             if self.down_until.is_some_and(|t| Instant::now() < t) {
                 return Err(format!(
                     "redis at {}: unreachable (retrying)",
-                    self.endpoint.display()
+                    self.redis.display()
                 ));
             }
-            let timeout = self.endpoint.timeout;
-            let connected = self
-                .client
-                .get_connection_with_timeout(timeout)
-                .and_then(|c| {
-                    c.set_read_timeout(Some(timeout))?;
-                    c.set_write_timeout(Some(timeout))?;
-                    Ok(c)
-                });
-            match connected {
+            match self.redis.connect() {
                 Ok(c) => {
                     self.connection = Some(c);
                     self.down_until = None;
                 }
                 Err(e) => {
                     self.failed();
-                    return Err(format!("redis at {}: {e}", self.endpoint.display()));
+                    return Err(format!("redis at {}: {e}", self.redis.display()));
                 }
             }
         }

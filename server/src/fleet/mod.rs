@@ -44,11 +44,6 @@ pub mod queues;
 pub mod reader;
 pub mod snapshot;
 
-use std::time::Duration;
-
-use chatflow_broker::RedisEndpoint;
-use redis::IntoConnectionInfo;
-
 pub use publisher::{HealthSource, PublishStats, StatsPublisher};
 pub use queues::{QueueDepths, QueuesPart};
 pub use reader::{ConsumersPart, FleetReader, ServersPart};
@@ -66,27 +61,4 @@ pub fn not_available(broker: BrokerKind) -> String {
 /// noise in a document read by people.
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
-}
-
-/// The client the fleet's Redis connections come from. It skips the
-/// `CLIENT SETINFO` redis-rs sends after connecting: those replies are read
-/// one by one, each with the whole timeout, so a Redis that accepts and
-/// then stalls would hold a connect for twice the timeout; without them a
-/// connect is the TCP connect alone (no password, database 0).
-fn redis_client(endpoint: &RedisEndpoint) -> redis::RedisResult<redis::Client> {
-    let info = endpoint.url().into_connection_info()?;
-    let settings = info.redis_settings().clone().set_skip_set_lib_name();
-    redis::Client::open(info.set_redis_settings(settings))
-}
-
-/// A Redis connection whose connect, reads and writes each give up after
-/// `timeout`.
-fn redis_connect(
-    client: &redis::Client,
-    timeout: Duration,
-) -> redis::RedisResult<redis::Connection> {
-    let con = client.get_connection_with_timeout(timeout)?;
-    con.set_read_timeout(Some(timeout))?;
-    con.set_write_timeout(Some(timeout))?;
-    Ok(con)
 }

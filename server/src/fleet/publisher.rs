@@ -28,13 +28,12 @@ use std::time::{Duration, Instant};
 
 use chatflow_broker::fleet::{Registry, SNAPSHOT_TTL};
 use chatflow_broker::retry::wait;
-use chatflow_broker::{Backoff, Shutdown};
+use chatflow_broker::{Backoff, RedisConnector, Shutdown};
 use chatflow_protocol::ServerTime;
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::snapshot::{Latest, ServerSnapshot, TotalsWindow};
-use super::{redis_client, redis_connect};
 use crate::config::{BrokerKind, Config};
 use crate::latency::LatencyWindow;
 use crate::stats::Health;
@@ -179,9 +178,8 @@ impl StatsPublisher {
 
 /// The Redis side: one connection, reconnected with back-off.
 struct RedisSink {
-    client: redis::Client,
+    redis: RedisConnector,
     address: String,
-    timeout: Duration,
     registry: Registry,
     id: String,
     con: Option<redis::Connection>,
@@ -197,9 +195,8 @@ impl RedisSink {
         // whole fleet's publishers back in the same millisecond.
         let seed = u64::from(std::process::id()) << 8 | 0xf1;
         Ok(RedisSink {
-            client: redis_client(redis)?,
+            redis: RedisConnector::new(redis),
             address: redis.display(),
-            timeout: redis.timeout,
             registry: Registry::servers(&config.services.topology),
             id: config.server_id.clone(),
             con: None,
@@ -216,7 +213,7 @@ impl RedisSink {
                 counts.failures.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            match redis_connect(&self.client, self.timeout) {
+            match self.redis.connect() {
                 Ok(con) => self.con = Some(con),
                 Err(e) => return self.lost(counts, format!("connecting: {e}")),
             }
@@ -254,7 +251,7 @@ impl RedisSink {
     fn withdraw(&mut self) {
         let con = match self.con.take() {
             Some(con) => Ok(con),
-            None => redis_connect(&self.client, self.timeout),
+            None => self.redis.connect(),
         };
         if let Err(e) = con.and_then(|mut con| self.registry.withdraw(&mut con, &self.id)) {
             tracing::warn!(

@@ -23,6 +23,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use chatflow_broker::fleet::Registry;
+use chatflow_broker::RedisConnector;
 use chatflow_protocol::time::{now_ms, parse_rfc3339_ms};
 use parking_lot::Mutex;
 use redis::{Connection, RedisError, RedisResult};
@@ -30,7 +31,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::snapshot::Latest;
-use super::{not_available, redis_client, round3};
+use super::{not_available, round3};
 use crate::config::{BrokerKind, Config};
 
 /// The `servers` part of the API's `live` section.
@@ -91,7 +92,7 @@ impl FleetReader {
                 let redis = &config.services.redis;
                 let topology = &config.services.topology;
                 Source::Redis(Box::new(RedisReader {
-                    client: redis_client(redis)?,
+                    redis: RedisConnector::new(redis),
                     address: redis.display(),
                     timeout: redis.timeout,
                     servers: Registry::servers(topology),
@@ -154,7 +155,7 @@ impl FleetReader {
 }
 
 struct RedisReader {
-    client: redis::Client,
+    redis: RedisConnector,
     address: String,
     /// The whole of one read, lock wait included.
     timeout: Duration,
@@ -225,7 +226,10 @@ impl RedisReader {
     ) -> RedisResult<Vec<(String, String)>> {
         let con = match con {
             Some(con) => con,
-            None => con.insert(self.client.get_connection_with_timeout(left(deadline)?)?),
+            None => {
+                let timeout = left(deadline)?;
+                con.insert(self.redis.connect_with(timeout, Some(timeout))?)
+            }
         };
         bound(con, deadline)?;
         let ids = registry.fresh_ids(con, now_ms())?;
