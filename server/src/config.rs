@@ -150,7 +150,11 @@ pub struct ApiConfig {
     /// A client that sends nothing (or reads nothing) for this long mid-
     /// request or between requests is disconnected.
     pub io_timeout: Duration,
+    /// The primary: resumes fill from it (never behind), and the API reads
+    /// it unless a replica is set.
     pub database: DatabaseSettings,
+    /// A streaming replica the API's queries go to (`DB_READ_HOST`).
+    pub replica: Option<DatabaseSettings>,
     /// Pooled connections (the most queries in flight).
     pub pool_size: u32,
     /// How long a request waits for a pooled connection before a 503.
@@ -166,6 +170,13 @@ pub struct ApiConfig {
     pub max_user_window: Duration,
 }
 
+impl ApiConfig {
+    /// What the API's queries read: the replica if one is set.
+    pub fn reads(&self) -> &DatabaseSettings {
+        self.replica.as_ref().unwrap_or(&self.database)
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
@@ -174,6 +185,7 @@ impl Default for ApiConfig {
             max_connections: 256,
             io_timeout: Duration::from_secs(10),
             database: DatabaseSettings::default(),
+            replica: None,
             pool_size: 8,
             pool_timeout: Duration::from_secs(2),
             statement_timeout: Duration::from_secs(5),
@@ -487,6 +499,14 @@ pub struct Args {
     pub db_pool_timeout_secs: f64,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// A streaming replica the read API queries instead of the primary
+    /// (same user, password and database name); resumes that fall back to
+    /// the database still read the primary, which is never behind.
+    #[arg(long, env = "DB_READ_HOST")]
+    pub db_read_host: Option<String>,
+    /// The replica's port (default: --db-port).
+    #[arg(long, env = "DB_READ_PORT")]
+    pub db_read_port: Option<u16>,
     /// Log format (RUST_LOG picks the events).
     #[command(flatten)]
     pub log: chatflow_telemetry::LogArgs,
@@ -638,6 +658,28 @@ impl Args {
     }
 
     /// The read API's settings, or `None` for `--api-bind off`.
+    /// The replica's settings: the primary's with `--db-read-host`/port.
+    fn replica(&self, primary: &DatabaseSettings) -> Result<Option<DatabaseSettings>, ConfigError> {
+        if self.db_read_port.is_some() && self.db_read_host.is_none() {
+            return Err(bad("db-read-port", "needs --db-read-host"));
+        }
+        let Some(host) = &self.db_read_host else {
+            return Ok(None);
+        };
+        if host.trim().is_empty() {
+            return Err(bad("db-read-host", "must not be empty"));
+        }
+        let port = self.db_read_port.unwrap_or(primary.port);
+        if port == 0 {
+            return Err(bad("db-read-port", "must not be 0"));
+        }
+        Ok(Some(DatabaseSettings {
+            host: host.clone(),
+            port,
+            ..primary.clone()
+        }))
+    }
+
     fn api_config(&self) -> Result<Option<ApiConfig>, ConfigError> {
         if self.api_bind.eq_ignore_ascii_case("off") {
             return Ok(None);
@@ -687,12 +729,14 @@ impl Args {
                 ),
             ));
         }
+        let database = self.database.clone().into_settings()?;
         Ok(Some(ApiConfig {
             bind,
             threads: self.api_threads,
             max_connections: self.api_max_connections,
             io_timeout: seconds("api-io-timeout-secs", self.api_io_timeout_secs)?,
-            database: self.database.clone().into_settings()?,
+            database: database.clone(),
+            replica: self.replica(&database)?,
             pool_size: self.db_pool_size,
             pool_timeout: seconds("db-pool-timeout-secs", self.db_pool_timeout_secs)?,
             statement_timeout: seconds(
@@ -720,6 +764,31 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, String> {
         chatflow_testkit::cli::parse_config("chatflow-server", args, Args::into_config)
+    }
+
+    #[test]
+    fn a_read_replica_takes_the_api_queries_and_the_primary_keeps_the_rest() {
+        let c = parse(&["--db-read-host", "10.0.0.9", "--db-port", "5441"]).unwrap();
+        let api = c.api.unwrap();
+        assert_eq!(api.database.port, 5441);
+        let replica = api.replica.as_ref().unwrap();
+        assert_eq!((replica.host.as_str(), replica.port), ("10.0.0.9", 5441));
+        assert_eq!(replica.name, api.database.name);
+        assert_eq!(api.reads(), replica);
+        let c = parse(&["--db-read-host", "r", "--db-read-port", "5442"]).unwrap();
+        assert_eq!(c.api.unwrap().reads().port, 5442);
+        assert_eq!(parse(&[]).unwrap().api.unwrap().replica, None);
+        for (args, flag) in [
+            (&["--db-read-port", "5442"][..], "--db-read-port"),
+            (&["--db-read-host", " "][..], "--db-read-host"),
+            (
+                &["--db-read-host", "r", "--db-read-port", "0"][..],
+                "--db-read-port",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
+use crate::api::replica::ReplicaMonitor;
 use crate::broker::{Broker, LinkRole};
 use crate::fleet::QueueDepths;
 use crate::stats::{Shared, WorkerStats};
@@ -44,6 +45,7 @@ impl ServerMetrics {
         shared: Arc<Shared>,
         broker: Arc<dyn Broker>,
         pool: Option<Arc<ReadPool>>,
+        replica: Option<Arc<ReplicaMonitor>>,
         queues: Option<Arc<QueueDepths>>,
     ) -> Self {
         let api = Arc::new(ApiRequests::default());
@@ -55,6 +57,7 @@ impl ServerMetrics {
         registry.register_collector(Box::new(ApiCollector {
             requests: api.clone(),
             pool,
+            replica,
         }));
         registry.register_collector(Box::new(ProcessMetrics));
         registry.register_collector(Box::new(BuildInfo {
@@ -94,6 +97,7 @@ impl ApiRequests {
 struct ApiCollector {
     requests: Arc<ApiRequests>,
     pool: Option<Arc<ReadPool>>,
+    replica: Option<Arc<ReplicaMonitor>>,
 }
 
 impl fmt::Debug for ApiCollector {
@@ -136,6 +140,28 @@ impl Collector for ApiCollector {
                 "Requests that found no free connection in time (answered 503).",
                 stats.timeouts,
             )?;
+        }
+        if let Some(replica) = &self.replica {
+            let report = replica.report();
+            s.gauge(
+                "chatflow_api_db_replica_up",
+                "1 if the last sample of the read replica (DB_READ_HOST, once a second) worked.",
+                if report.up() { 1.0 } else { 0.0 },
+            )?;
+            if let Some(state) = &report.state {
+                s.gauge(
+                    "chatflow_api_db_replica_in_recovery",
+                    "1 while the read replica is a standby (0: it was promoted, or is a primary).",
+                    if state.in_recovery { 1.0 } else { 0.0 },
+                )?;
+                if let Some(lag) = state.lag_seconds {
+                    s.gauge(
+                        "chatflow_api_db_replica_lag_seconds",
+                        "How far the read replica's data is behind the primary (0 when it has replayed all it received).",
+                        lag,
+                    )?;
+                }
+            }
         }
         Ok(())
     }

@@ -59,6 +59,7 @@ use crossbeam_channel::bounded;
 use mio::{Poll, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::api::replica::ReplicaMonitor;
 use crate::api::{Api, ApiContext};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::none::NoBroker;
@@ -94,6 +95,7 @@ pub struct Server {
 struct ReadSide {
     publisher: StatsPublisher,
     queues: Option<Arc<QueueDepths>>,
+    replica: Option<Arc<ReplicaMonitor>>,
     api: Option<Api>,
 }
 
@@ -114,6 +116,7 @@ impl ReadSide {
             return Ok(ReadSide {
                 publisher,
                 queues: None,
+                replica: None,
                 api: None,
             });
         };
@@ -132,17 +135,33 @@ impl ReadSide {
             broker: config.broker,
         };
         let pool = ApiContext::pool(api_config)?;
+        let replica = match &api_config.replica {
+            Some(replica) => Some(Arc::new(
+                ReplicaMonitor::start(pool.clone(), replica.display(), stopping.clone())
+                    .context("starting the replica-lag thread")?,
+            )),
+            None => None,
+        };
         let metrics = Arc::new(ServerMetrics::new(
             shared.clone(),
             broker.clone(),
             Some(pool.clone()),
+            replica.clone(),
             queues.clone(),
         ));
-        let context = ApiContext::new(api_config, config.rooms(), pool, Box::new(live), metrics);
+        let context = ApiContext::new(
+            api_config,
+            config.rooms(),
+            pool,
+            replica.clone(),
+            Box::new(live),
+            metrics,
+        );
         let api = Api::start(api_config, context)?;
         Ok(ReadSide {
             publisher,
             queues,
+            replica,
             api: Some(api),
         })
     }
@@ -159,6 +178,9 @@ impl ReadSide {
     fn join(mut self) {
         self.stop_api();
         self.publisher.join();
+        if let Some(replica) = self.replica.take() {
+            replica.join();
+        }
         if let Some(queues) = self.queues.take() {
             // The API (the only other holder) is gone: this is the last.
             if let Ok(mut queues) = Arc::try_unwrap(queues) {

@@ -8,7 +8,8 @@
 //! - [`user_rooms`]: the rooms a user posted in (rollup `user_rooms`);
 //! - [`active_users`]: distinct users in a window (bitmap rollups + raw edges);
 //! - [`analytics`]: totals, type mix, top rooms and series (count
-//!   rollups + raw edges), top users and participation (raw, index only).
+//!   rollups + raw edges), top users and participation (raw, index only);
+//! - [`replica`]: how far a streaming replica is behind.
 //!
 //! Result types serialise as the API's JSON (camelCase, RFC 3339 times
 //! with milliseconds).
@@ -16,6 +17,7 @@
 pub mod active_users;
 pub mod analytics;
 pub mod pages;
+pub mod replica;
 pub mod user_rooms;
 
 use std::time::SystemTime;

@@ -531,7 +531,11 @@ fn metrics(
         "servers": context.live.servers(timings),
         "consumers": context.live.consumers(timings),
         "queues": context.live.queues(timings),
-        "database": {"address": context.database, "pool": context.pool.stats()},
+        "database": {
+            "address": context.database,
+            "pool": context.pool.stats(),
+            "replica": context.replica.as_ref().map(|r| r.report()),
+        },
     });
     Ok(MetricsDoc {
         generated_at,

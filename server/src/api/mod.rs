@@ -9,13 +9,15 @@
 //! Layout: [`routes`] (path → endpoint, ids checked), [`params`] (query
 //! string → typed values or a 400 naming the parameter), [`cursor`]
 //! (opaque keyset cursors), [`endpoints`] (queries → documents), [`reply`]
-//! (errors, timings, the JSON body), [`dashboard`] (`/`, the live page,
+//! (errors, timings, the JSON body), [`replica`] (the read replica's
+//! lag, sampled), [`dashboard`] (`/`, the live page,
 //! and `/api/live`, the JSON it polls: no database query).
 
 pub mod cursor;
 pub mod dashboard;
 pub mod endpoints;
 pub mod params;
+pub mod replica;
 pub mod reply;
 pub mod routes;
 
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chatflow_database::pool::{ReadPool, ReadPoolConfig};
 use chatflow_protocol::Rooms;
+use replica::ReplicaMonitor;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::ApiConfig;
@@ -56,19 +59,22 @@ pub struct ApiContext {
     pub max_user_window: Duration,
     pub statement_timeout: Duration,
     pub pool: Arc<ReadPool>,
-    /// `user@host:port/name`, for the stats.
+    /// `user@host:port/name` of what the pool reads, for the stats.
     pub database: String,
+    /// With `DB_READ_HOST`: the replica's lag, sampled.
+    pub replica: Option<Arc<ReplicaMonitor>>,
     pub live: Box<dyn Live>,
     /// `/metrics`, and the count of every request answered here.
     pub metrics: Arc<ServerMetrics>,
 }
 
 impl ApiContext {
-    /// The read pool `config` describes. Does not connect: the pool opens
-    /// connections when asked (so a server whose database is down starts).
+    /// The read pool `config` describes: on the replica if there is one,
+    /// else the primary. Does not connect: the pool opens connections when
+    /// asked (so a server whose database is down starts).
     pub fn pool(config: &ApiConfig) -> anyhow::Result<Arc<ReadPool>> {
         let pool = ReadPool::new(&ReadPoolConfig {
-            database: config.database.clone(),
+            database: config.reads().clone(),
             max_size: config.pool_size,
             checkout_timeout: config.pool_timeout,
             statement_timeout: config.statement_timeout,
@@ -83,6 +89,7 @@ impl ApiContext {
         config: &ApiConfig,
         rooms: Rooms,
         pool: Arc<ReadPool>,
+        replica: Option<Arc<ReplicaMonitor>>,
         live: Box<dyn Live>,
         metrics: Arc<ServerMetrics>,
     ) -> ApiContext {
@@ -92,7 +99,8 @@ impl ApiContext {
             max_user_window: config.max_user_window,
             statement_timeout: config.statement_timeout,
             pool,
-            database: config.database.display(),
+            database: config.reads().display(),
+            replica,
             live,
             metrics,
         }
