@@ -161,7 +161,7 @@ recorder_pid=""
 dead=$(rabbitmqctl -q list_queues name messages 2>/dev/null | awk -v q="$NS.dead-letter" '$1 == q {print $2}')
 line="$(cat "$out/recorder.out") dead-lettered ${dead:-0}"
 verdict=PASS
-for field in missing duplicate-rows broadcasts-missing; do
+for field in missing duplicate-rows broadcasts-missing order-violations; do
   # Word by word: "missing" is also the end of "broadcasts-missing".
   value=$(awk -v f="$field" '{for (i = 1; i < NF; i++) if ($i == f) print $(i + 1)}' <<<"$line")
   [[ "${value:-1}" == 0 ]] || verdict=FAIL

@@ -7,8 +7,11 @@
 //! drops. When told to stop (a file appears, or `--duration` ends), the
 //! senders finish, the listeners wait for quiet, and the recorder checks
 //! PostgreSQL and prints one line: acked, stored exactly once, missing,
-//! duplicate rows, rows never acked, broadcasts missing at any listener —
-//! plus `summary.json` with the details.
+//! duplicate rows, rows never acked, broadcasts missing at any listener,
+//! per-sender order broken at any listener — plus `summary.json` with the
+//! details and `events.csv` (every ack with its latency from the first
+//! attempt, every broadcast heard, with Unix milliseconds) from which the
+//! scripts measure failover gaps.
 //!
 //! ```text
 //! chaosload --url ws://127.0.0.1:18301 --url ws://127.0.0.1:18302 --rooms 2 \
@@ -61,6 +64,12 @@ struct Args {
     settle_secs: u64,
     #[arg(long, default_value = "127.0.0.1")]
     db_host: String,
+    #[arg(long, default_value_t = 5432)]
+    db_port: u16,
+    /// RabbitMQ nodes for --delete-topology (host:port,...; default the
+    /// local broker).
+    #[arg(long, env = "RABBITMQ_HOSTS")]
+    rabbitmq_hosts: Option<String>,
     #[arg(long, default_value = "chatflow")]
     db_name: String,
     /// Where summary.json goes.
@@ -74,6 +83,10 @@ struct Args {
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
+/// (server, room) → (sender, seq) of each message the first time it was
+/// heard there, in arrival order.
+type Arrivals = HashMap<(usize, u32), Vec<(usize, u64)>>;
+
 /// What every thread adds to.
 #[derive(Default)]
 struct Record {
@@ -83,6 +96,10 @@ struct Record {
     attempts: AtomicU64,
     /// (server, room) → message ids received.
     heard: Mutex<HashMap<(usize, u32), HashSet<String>>>,
+    /// Per-sender order is checked on it.
+    arrivals: Mutex<Arrivals>,
+    /// `events.csv` lines.
+    events: Mutex<Vec<String>>,
     reconnects: AtomicU64,
     recovered_frames: AtomicU64,
     unrecovered: AtomicU64,
@@ -143,10 +160,18 @@ fn listener(
                 Some("message") => {
                     if let Some(id) = frame["messageId"].as_str() {
                         let mut heard = record.heard.lock().unwrap();
-                        heard
+                        let first = heard
                             .entry((server, room))
                             .or_default()
                             .insert(id.to_string());
+                        drop(heard);
+                        let order = frame["message"].as_str().and_then(sender_and_seq);
+                        if let (true, Some(order)) = (first, order) {
+                            let mut arrivals = record.arrivals.lock().unwrap();
+                            arrivals.entry((server, room)).or_default().push(order);
+                        }
+                        let event = format!("heard,{},{server},{room}", unix_ms());
+                        record.events.lock().unwrap().push(event);
                     }
                     if let Some(p) = frame["position"].as_str() {
                         position = Some(p.to_string());
@@ -252,6 +277,8 @@ fn sender(
         };
         match acked {
             Some(id) => {
+                let event = format!("ack,{},{}", unix_ms(), first.elapsed().as_millis());
+                record.events.lock().unwrap().push(event);
                 record.acked.lock().unwrap().insert(name.clone(), id);
                 record.room_of.lock().unwrap().insert(name, room);
             }
@@ -263,12 +290,49 @@ fn sender(
 }
 
 /// Deletes a namespace's topology on the local RabbitMQ.
-fn delete_topology(namespace: &str, rooms: u32) -> anyhow::Result<()> {
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// (sender index, seq) of a message name `chaos-{run}-{index}-{seq}`.
+fn sender_and_seq(name: &str) -> Option<(usize, u64)> {
+    let mut parts = name.rsplitn(3, '-');
+    let seq = parts.next()?.parse().ok()?;
+    let index = parts.next()?.parse().ok()?;
+    Some((index, seq))
+}
+
+/// Arrivals where a sender's message came after a later one of the same
+/// sender (each listener's first hearings, in order).
+fn order_violations(arrivals: &Arrivals) -> usize {
+    let mut violations = 0;
+    for heard in arrivals.values() {
+        let mut last: HashMap<usize, u64> = HashMap::new();
+        for &(sender, seq) in heard {
+            let previous = last.entry(sender).or_insert(0);
+            if seq < *previous {
+                violations += 1;
+                eprintln!("chaosload: sender {sender}: seq {seq} heard after {previous}");
+            } else {
+                *previous = seq;
+            }
+        }
+    }
+    violations
+}
+
+fn delete_topology(namespace: &str, rooms: u32, nodes: Option<&str>) -> anyhow::Result<()> {
     use chatflow_broker::Declare;
-    let settings = chatflow_broker::BrokerSettings::default().with_topology(
+    let mut settings = chatflow_broker::BrokerSettings::default().with_topology(
         namespace,
         chatflow_protocol::Rooms::new(rooms).map_err(anyhow::Error::msg)?,
     );
+    if let Some(list) = nodes {
+        settings.amqp.nodes = chatflow_broker::HostPort::parse_list("rabbitmq-hosts", list)?;
+    }
     let mut connection = chatflow_broker::amqp::connect(&settings.amqp)?;
     let channel = connection.open_channel(None)?;
     settings.topology.delete(&channel)?;
@@ -280,7 +344,7 @@ fn delete_topology(namespace: &str, rooms: u32) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(namespace) = &args.delete_topology {
-        return delete_topology(namespace, args.rooms);
+        return delete_topology(namespace, args.rooms, args.rabbitmq_hosts.as_deref());
     }
     let out = args
         .out
@@ -369,8 +433,8 @@ fn main() -> anyhow::Result<()> {
     let acked = record.acked.lock().unwrap().clone();
     let mut db = postgres::Client::connect(
         &format!(
-            "host={} user=postgres dbname={}",
-            args.db_host, args.db_name
+            "host={} port={} user=postgres dbname={}",
+            args.db_host, args.db_port, args.db_name
         ),
         postgres::NoTls,
     )
@@ -418,14 +482,19 @@ fn main() -> anyhow::Result<()> {
         .count();
     let broadcasts_missing = missing_broadcasts(&record);
     let failed = record.failed.load(Ordering::Relaxed);
+    let order_broken = order_violations(&record.arrivals.lock().unwrap());
+    let mut events = record.events.lock().unwrap().join("\n");
+    events.push('\n');
+    std::fs::write(out.join("events.csv"), events)?;
     let line = format!(
-        "acked {} stored-once {} missing {} duplicate-rows {} never-acked {} broadcasts-missing {} failed {} attempts {} listener-resumes {} unrecovered {}",
+        "acked {} stored-once {} missing {} duplicate-rows {} never-acked {} broadcasts-missing {} order-violations {} failed {} attempts {} listener-resumes {} unrecovered {}",
         acked.len(),
         stored_once,
         missing,
         duplicates,
         never_acked,
         broadcasts_missing,
+        order_broken,
         failed,
         record.attempts.load(Ordering::Relaxed),
         record.reconnects.load(Ordering::Relaxed),
@@ -439,6 +508,7 @@ fn main() -> anyhow::Result<()> {
         "duplicateRows": duplicates,
         "neverAcked": never_acked,
         "broadcastsMissing": broadcasts_missing,
+        "orderViolations": order_broken,
         "failed": failed,
         "attempts": record.attempts.load(Ordering::Relaxed),
         "listenerResumes": record.reconnects.load(Ordering::Relaxed),
