@@ -48,8 +48,9 @@ pub struct Config {
     /// First and longest wait between reconnect or retry attempts.
     pub retry_min: Duration,
     pub retry_max: Duration,
-    /// On shutdown, how long a consumer waits for the broker to confirm its
-    /// cancel (deliveries still in flight arrive before the confirmation).
+    /// On shutdown (or a standby's hand-back), how long a queue consumer
+    /// waits for the rows it already handed to the writers to commit, so
+    /// their deliveries are acked rather than redelivered.
     pub shutdown_grace: Duration,
     /// Names this consumer in the fleet's live statistics (its snapshot's
     /// Redis key and `consumerId`): 1..=64 characters, unique in the fleet.
@@ -361,7 +362,8 @@ pub struct Args {
     /// measure what they cost. Leaves the read API's analytics wrong.
     #[arg(long, hide = true, action = ArgAction::SetTrue)]
     pub no_rollups: bool,
-    /// Seconds a consumer waits for its cancel to be confirmed on shutdown.
+    /// Seconds a queue consumer waits on shutdown for the rows it handed
+    /// over to commit (then acks them; the rest is redelivered).
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5.0)]
     pub shutdown_grace_secs: f64,
     /// Messages kept per room in its history stream (approximately), which

@@ -7,7 +7,7 @@
 //! sum them ([`Counters::totals`]). Everything here is relaxed atomics:
 //! counters are read for reports, never to order other memory.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chatflow_telemetry::histogram::{BATCH_ROWS, LATENCY_SECONDS};
@@ -64,10 +64,10 @@ pub struct QueueStats {
     /// Its standing on the queue (single active consumer): written on
     /// each change only, never per delivery.
     pub holding: Mutex<Holding>,
-    /// When the newest advertised registration of this queue's owner was
-    /// first seen, in [`Shared::mono_ms`](crate::state::Shared::mono_ms)
-    /// (0: none advertised); written by the sampler, read by a standby.
-    pub owner_seen_ms: AtomicU64,
+    /// When (Unix ms) the newest registration this queue's owner
+    /// advertises was made (0: none advertised, or no answer from Redis);
+    /// written by the sampler, read by a standby (see `owners`).
+    pub owner_registered_ms: AtomicI64,
     /// Registrations that got their first delivery (became active).
     pub activations: AtomicU64,
     /// Standby registrations handed back to the queue's owner.
@@ -115,7 +115,7 @@ impl Default for QueueStats {
             amqp_up: AtomicBool::new(false),
             redis_up: AtomicBool::new(true),
             holding: Mutex::new(Holding::default()),
-            owner_seen_ms: AtomicU64::new(0),
+            owner_registered_ms: AtomicI64::new(0),
             activations: AtomicU64::new(0),
             yields: AtomicU64::new(0),
             histograms: Mutex::new(Histograms::new()),

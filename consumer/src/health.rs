@@ -523,7 +523,6 @@ mod tests {
     fn each_queue_says_its_duty_and_role_and_delayed_standbys_are_no_outage() {
         use crate::assignment::{Assignment, Standby, DEFAULT_STANDBY_DELAY};
         use crate::holding::Registration;
-        use std::time::Instant;
         let (_trigger, s) = for_tests_as(
             1,
             Assignment {
@@ -535,8 +534,7 @@ mod tests {
         s.counters.links[0].connected.store(true, Ordering::Relaxed);
         let registration = |tag: &str| Registration {
             tag: tag.to_string(),
-            epoch: 1,
-            at: Instant::now(),
+            at_ms: unix_ms() - 1500,
             consumed_before: 2,
         };
         // Shards 1 and 3 are instance 2's; 0, 2, 4 instance 1's.

@@ -12,7 +12,7 @@
 //! ends: RabbitMQ moves the queue on only when the active consumer
 //! cancels or its channel goes, and either ends the registration here too.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn unix_ms() -> i64 {
@@ -28,12 +28,9 @@ pub struct Registration {
     /// The consumer tag the broker gave it (what `rabbitmqctl
     /// list_consumers` shows).
     pub tag: String,
-    /// The channel lease's epoch: unique in this process, so
-    /// `{consumer id}/{epoch}` names this registration in the fleet.
-    pub epoch: u64,
-    /// When it was made (compared with when an owner's registration was
-    /// first seen: see `queue_consumer`'s hand-back).
-    pub at: Instant,
+    /// When it was made, Unix ms (what an owner advertises, and what a
+    /// standby compares with it: see `owners`).
+    pub at_ms: i64,
     /// The queue's `consumed` counter when it was made: deliveries since
     /// are this registration's.
     pub consumed_before: u64,
@@ -115,8 +112,7 @@ mod tests {
     fn roles_and_registrations() {
         let registration = Registration {
             tag: "amq.ctag-1".to_string(),
-            epoch: 3,
-            at: Instant::now(),
+            at_ms: 1,
             consumed_before: 7,
         };
         let waiting = Holding::Waiting {
@@ -124,7 +120,7 @@ mod tests {
             registration: registration.clone(),
         };
         assert_eq!((waiting.role(), waiting.since_ms()), ("waiting", 10));
-        assert_eq!(waiting.registration().unwrap().epoch, 3);
+        assert_eq!(waiting.registration().unwrap().at_ms, 1);
         assert!(!waiting.is_active());
         let active = Holding::Active {
             since_ms: 12,

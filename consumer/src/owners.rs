@@ -6,23 +6,29 @@
 //! waits. So once a second (the sampler's tick) every instance of a
 //! `--instances N` fleet writes, in one pipeline on the sampler's Redis
 //! connection, `SET {ns}:owners:{N}:{K} <advert> EX 5` — the owned queues
-//! it is registered on, each with a token naming that registration
-//! (`{consumer id}/{channel epoch}`) — and reads the other instances'
-//! adverts (`MGET`). A standby hands a queue back only for a registration
-//! it first saw *after* its own registration on that queue began
-//! ([`Sightings`]): an owner registration older than the standby's would
-//! be ahead of it in RabbitMQ's queue of waiting consumers, so a standby
-//! that is active despite it knows that registration is gone (a killed
-//! owner's advert outlives it by up to [`ADVERT_TTL`]). And since handing
-//! back makes a new registration, each owner registration is handed back
-//! to at most once per standby, never in a loop.
+//! it is registered on, each with the time (Unix ms) of that registration
+//! — and reads the other instances' adverts (`MGET`).
+//!
+//! RabbitMQ keeps a queue's waiting consumers in registration order and
+//! activates the first one up, so a standby that is active knows every
+//! consumer registered *before* it is gone, and every one registered
+//! *after* it is waiting behind it. A standby therefore hands a queue back
+//! only to an owner registration newer than its own ([`owner_is_newer`]):
+//! never to a killed owner whose advert outlives it (by up to
+//! [`ADVERT_TTL`]). Handing back makes a new registration, newer than the
+//! owner's, so there is no loop: that owner registration is ahead of it
+//! now. Registration times are the processes' clocks, so the fleet's
+//! clocks must agree to well within [`CLOCK_MARGIN`] (NTP does); the
+//! margin errs towards handing back (a needless hand-back costs a
+//! redelivery of what was in flight, once; a missed one leaves the owner
+//! idle behind its standby).
 //!
 //! Everything here is advisory: a missing or stale advert (Redis down, a
 //! fleet with different N: other keys) only means the standby keeps the
 //! queue, which is safe — it goes on consuming in order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatflow_protocol::Topology;
 use serde::{Deserialize, Serialize};
@@ -31,10 +37,11 @@ use serde::{Deserialize, Serialize};
 /// ticks, so a slow Redis round trip never makes it flicker.
 pub const ADVERT_TTL: Duration = Duration::from_secs(5);
 
-/// A token no longer advertised is forgotten after this long (a token that
-/// comes back after a blip keeps its first sighting, so the blip does not
-/// make it look new).
-pub const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// How much older than a standby's registration an owner's may look and
+/// still count as newer: room for the fleet's clocks to disagree. Far
+/// below the default standby delay (5 s), by which a standby registers
+/// after owners started with it.
+pub const CLOCK_MARGIN: Duration = Duration::from_millis(500);
 
 /// The key of instance `instance` of `instances`. N is in the name, so
 /// instances of fleets with different N never read each other.
@@ -47,13 +54,8 @@ pub fn key(topology: &Topology, instances: u32, instance: u32) -> String {
 #[serde(rename_all = "camelCase")]
 pub struct Advert {
     pub consumer_id: String,
-    /// Queue name → the token of its owner's live registration.
-    pub queues: BTreeMap<String, String>,
-}
-
-/// The token of a registration: unique in the fleet (consumer ids are).
-pub fn token(consumer_id: &str, epoch: u64) -> String {
-    format!("{consumer_id}/{epoch}")
+    /// Queue name → when (Unix ms) its owner's live registration was made.
+    pub queues: BTreeMap<String, i64>,
 }
 
 /// Writes this instance's advert and reads the others' (one pipeline);
@@ -79,48 +81,29 @@ pub fn exchange(
         .collect())
 }
 
-/// Deletes this instance's advert (a clean stop: its standbys need not
-/// wait for it to expire — though they hand nothing back to it anyway,
-/// its registrations being gone).
+/// Deletes this instance's advert (a clean stop; it would expire anyway,
+/// and its registrations being gone, nobody hands anything back to it).
 pub fn withdraw(con: &mut redis::Connection, key: &str) -> redis::RedisResult<()> {
     redis::cmd("DEL").arg(key).query(con)
 }
 
-/// When each advertised owner registration was first seen here.
-#[derive(Default)]
-pub struct Sightings {
-    /// Queue name → token → (first seen, last seen).
-    queues: HashMap<String, HashMap<String, (Instant, Instant)>>,
+/// For each queue advertised, its newest owner registration (Unix ms):
+/// the newest of several, should two processes claim one instance.
+pub fn newest(adverts: &[Advert]) -> HashMap<String, i64> {
+    let mut newest = HashMap::new();
+    for advert in adverts {
+        for (queue, &at) in &advert.queues {
+            let entry = newest.entry(queue.clone()).or_insert(at);
+            *entry = (*entry).max(at);
+        }
+    }
+    newest
 }
 
-impl Sightings {
-    /// Takes in one tick's adverts at `now`, and answers, for each queue
-    /// advertised, when its newest advertised registration was first seen.
-    pub fn observe(&mut self, now: Instant, adverts: &[Advert]) -> HashMap<String, Instant> {
-        // Forget first, so a token silent for long is new when it returns.
-        for tokens in self.queues.values_mut() {
-            tokens.retain(|_, (_, last)| now.duration_since(*last) < FORGET_AFTER);
-        }
-        self.queues.retain(|_, tokens| !tokens.is_empty());
-        for advert in adverts {
-            for (queue, token) in &advert.queues {
-                let tokens = self.queues.entry(queue.clone()).or_default();
-                tokens.entry(token.clone()).or_insert((now, now)).1 = now;
-            }
-        }
-        let mut newest = HashMap::new();
-        for (queue, tokens) in &self.queues {
-            let current = tokens
-                .values()
-                .filter(|(_, last)| *last == now)
-                .map(|(first, _)| *first)
-                .max();
-            if let Some(first) = current {
-                newest.insert(queue.clone(), first);
-            }
-        }
-        newest
-    }
+/// Whether an owner registration made at `owner_ms` is behind a standby
+/// registration made at `standby_ms` (both Unix ms; see [`CLOCK_MARGIN`]).
+pub fn owner_is_newer(owner_ms: i64, standby_ms: i64) -> bool {
+    owner_ms + CLOCK_MARGIN.as_millis() as i64 > standby_ms
 }
 
 #[cfg(test)]
@@ -128,13 +111,10 @@ mod tests {
     use super::*;
     use chatflow_protocol::Rooms;
 
-    fn advert(pairs: &[(&str, &str)]) -> Advert {
+    fn advert(pairs: &[(&str, i64)]) -> Advert {
         Advert {
             consumer_id: "c".to_string(),
-            queues: pairs
-                .iter()
-                .map(|(q, t)| (q.to_string(), t.to_string()))
-                .collect(),
+            queues: pairs.iter().map(|(q, t)| (q.to_string(), *t)).collect(),
         }
     }
 
@@ -142,39 +122,28 @@ mod tests {
     fn keys_name_the_fleet_size_and_adverts_round_trip() {
         let topology = Topology::new("ns", Rooms::new(1).unwrap());
         assert_eq!(key(&topology, 3, 2), "ns:owners:3:2");
-        assert_eq!(token("host-1", 7), "host-1/7");
-        let a = advert(&[("ns.room.1.0", "host-1/7")]);
+        let a = advert(&[("ns.room.1.0", 1_700_000_000_123)]);
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(
             json,
-            r#"{"consumerId":"c","queues":{"ns.room.1.0":"host-1/7"}}"#
+            r#"{"consumerId":"c","queues":{"ns.room.1.0":1700000000123}}"#
         );
         assert_eq!(serde_json::from_str::<Advert>(&json).unwrap(), a);
     }
 
     #[test]
-    fn a_registration_keeps_its_first_sighting_until_it_is_gone_for_long() {
-        let mut s = Sightings::default();
-        let t0 = Instant::now();
-        let at = |secs| t0 + Duration::from_secs(secs);
-        let seen = s.observe(at(0), &[advert(&[("q", "a/1")])]);
-        assert_eq!(seen["q"], at(0));
-        // Still the same registration: still first seen at 0.
-        assert_eq!(s.observe(at(1), &[advert(&[("q", "a/1")])])["q"], at(0));
-        // Not advertised this tick (a Redis blip): nothing to hand back to.
-        assert!(s.observe(at(2), &[]).is_empty());
-        // Back: the blip did not make it new.
-        assert_eq!(s.observe(at(3), &[advert(&[("q", "a/1")])])["q"], at(0));
-        // A new registration (the owner restarted) is new.
-        assert_eq!(s.observe(at(4), &[advert(&[("q", "a/2")])])["q"], at(4));
-        // Two processes claiming one instance, alternating: the newest
-        // first sighting among those advertised now, stable.
-        let both = [advert(&[("q", "a/2")]), advert(&[("q", "b/1")])];
-        assert_eq!(s.observe(at(5), &both)["q"], at(5));
-        assert_eq!(s.observe(at(6), &both[..1])["q"], at(4));
-        assert_eq!(s.observe(at(7), &both[1..])["q"], at(5));
-        // Forgotten once silent for FORGET_AFTER: seen anew after that.
-        let late = 8 + FORGET_AFTER.as_secs();
-        assert_eq!(s.observe(at(late), &both[..1])["q"], at(late));
+    fn only_a_newer_owner_registration_gets_a_queue_back() {
+        let both = [advert(&[("q", 10), ("r", 7)]), advert(&[("q", 12)])];
+        let seen = newest(&both);
+        assert_eq!((seen["q"], seen["r"]), (12, 7));
+        assert!(newest(&[]).is_empty());
+        // The owner registered after the standby: behind it, hand back.
+        assert!(owner_is_newer(5_000, 4_000));
+        // Within the clocks' margin: hand back (a needless one is cheap).
+        assert!(owner_is_newer(4_000, 4_400));
+        // Well before: it would have been ahead, so it is gone (a killed
+        // owner's advert); and after a hand-back, the standby's new
+        // registration is newer than the owner's: no second one.
+        assert!(!owner_is_newer(1_000, 5_000));
     }
 }

@@ -73,6 +73,7 @@ use crate::handoff::{Committed, Pending, Row};
 use crate::holding::{unix_ms, Holding, Registration};
 use crate::inhand::{InHand, Mark, Settle};
 use crate::link::{ChannelLost, Lease, Request};
+use crate::owners;
 use crate::recent::RecentIds;
 use crate::state::Shared;
 
@@ -184,28 +185,27 @@ fn now_ms() -> i64 {
 /// `/health` never shows a registration that is gone.
 struct Registered<'a> {
     stats: &'a QueueStats,
-    /// When it was made, in [`Shared::mono_ms`].
-    at_ms: u64,
+    /// When it was made, Unix ms.
+    at_ms: i64,
     active: bool,
 }
 
 impl<'a> Registered<'a> {
-    fn start(stats: &'a QueueStats, shared: &Shared, tag: &str, epoch: u64) -> Self {
-        let at = Instant::now();
+    fn start(stats: &'a QueueStats, tag: &str) -> Self {
+        let at_ms = unix_ms();
         let registration = Registration {
             tag: tag.to_string(),
-            epoch,
-            at,
+            at_ms,
             consumed_before: stats.consumed.load(Ordering::Relaxed),
         };
         *stats.holding.lock() = Holding::Waiting {
-            since_ms: unix_ms(),
+            since_ms: at_ms,
             registration,
         };
         stats.amqp_up.store(true, Ordering::Relaxed);
         Registered {
             stats,
-            at_ms: shared.mono_ms(at),
+            at_ms,
             active: false,
         }
     }
@@ -226,11 +226,11 @@ impl<'a> Registered<'a> {
         }
     }
 
-    /// The queue's owner advertised a registration made after this one:
-    /// the owner is registered, behind us (see [`crate::owners`]).
+    /// The queue's owner advertises a registration made after this one:
+    /// it is registered, waiting behind us (see [`crate::owners`]).
     fn owner_is_back(&self) -> bool {
-        let seen = self.stats.owner_seen_ms.load(Ordering::Relaxed);
-        seen != 0 && seen > self.at_ms
+        let owner = self.stats.owner_registered_ms.load(Ordering::Relaxed);
+        owner != 0 && owners::owner_is_newer(owner, self.at_ms)
     }
 }
 
@@ -376,12 +376,7 @@ impl QueueConsumer {
             }
         };
         let shared = self.shared.clone();
-        let mut registered = Registered::start(
-            shared.queue(self.index),
-            &shared,
-            consumer.consumer_tag(),
-            epoch,
-        );
+        let mut registered = Registered::start(shared.queue(self.index), consumer.consumer_tag());
         let mut hand = InHand::default();
         match self.pump(&channel, &consumer, epoch, &mut hand, &mut registered) {
             ended @ (Ended::Shutdown | Ended::WriterGone | Ended::HandedBack) => {

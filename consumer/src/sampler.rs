@@ -15,9 +15,10 @@
 //!
 //! In a fleet of `--instances N > 1` the same tick also writes this
 //! instance's owner advert and reads the others' ([`crate::owners`]), and
-//! tells each standby queue consumer when its owner's newest registration
-//! was first seen (`owner_seen_ms`); without an answer it tells them
-//! nothing (0), so a Redis outage never makes a standby hand back.
+//! tells each standby queue consumer when its owner's newest advertised
+//! registration was made (`owner_registered_ms`); without an answer it
+//! tells them nothing (0), so a Redis outage never makes a standby hand
+//! back.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -32,7 +33,7 @@ use chatflow_protocol::ServerTime;
 use crate::assignment::{Duty, Standby};
 use crate::broadcast::Probe;
 use crate::health::Health;
-use crate::owners::{self, Advert, Sightings};
+use crate::owners::{self, Advert};
 use crate::snapshot::{ConsumerSnapshot, SnapshotWindows};
 use crate::state::Shared;
 
@@ -56,7 +57,6 @@ pub fn start(shared: &Arc<Shared>, probe: Probe) -> io::Result<JoinHandle<()>> {
                 .collect(),
             Standby::Off => Vec::new(),
         },
-        sightings: Sightings::default(),
     });
     let mut sampler = Sampler {
         registry: Registry::consumers(topology),
@@ -90,7 +90,6 @@ struct Sampler {
 struct Adverts {
     mine: String,
     others: Vec<String>,
-    sightings: Sightings,
 }
 
 impl Sampler {
@@ -137,16 +136,14 @@ impl Sampler {
         for (slot, stats) in shared.queues.iter().zip(&shared.counters.queues) {
             if slot.duty == Duty::Owner {
                 if let Some(registration) = stats.holding.lock().registration() {
-                    (advert.queues)
-                        .insert(slot.name.clone(), owners::token(id, registration.epoch));
+                    (advert.queues).insert(slot.name.clone(), registration.at_ms);
                 }
             }
         }
         let (mine, others) = (&adverts.mine, &adverts.others);
         let read = (self.probe).call(|con| owners::exchange(con, (mine, &advert), others));
-        let now = Instant::now();
         let seen = match read {
-            Ok(found) => adverts.sightings.observe(now, &found),
+            Ok(found) => owners::newest(&found),
             Err(e) => {
                 tracing::debug!("consumer-stats: owner adverts: {e}");
                 Default::default()
@@ -154,10 +151,8 @@ impl Sampler {
         };
         for (slot, stats) in shared.queues.iter().zip(&shared.counters.queues) {
             if slot.duty == Duty::Standby {
-                let at = seen
-                    .get(&slot.name)
-                    .map_or(0, |&first| shared.mono_ms(first));
-                stats.owner_seen_ms.store(at, Ordering::Relaxed);
+                let at = seen.get(&slot.name).copied().unwrap_or(0);
+                stats.owner_registered_ms.store(at, Ordering::Relaxed);
             }
         }
     }

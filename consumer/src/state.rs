@@ -66,12 +66,6 @@ impl Shared {
         &self.queues[index]
     }
 
-    /// `at` as milliseconds since start, plus one: a monotonic clock for
-    /// comparing instants through atomics, where 0 means "never".
-    pub fn mono_ms(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.started).as_millis() as u64 + 1
-    }
-
     /// Queue consumer `index`'s counters.
     pub fn queue(&self, index: usize) -> &QueueStats {
         &self.counters.queues[index]
@@ -141,7 +135,6 @@ mod tests {
             ((1, 0), (1, 4), (2, 0), (20, 4))
         );
         assert_eq!(shared.queue_of(7).name, "chatflow.room.2.2");
-        assert!(shared.mono_ms(shared.started) >= 1, "0 means never");
     }
 
     #[test]

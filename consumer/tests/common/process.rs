@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,9 +45,12 @@ impl ConsumerProcess {
     /// Starts the binary with `env` and `args` (the consumer id is
     /// `name`; metrics on a free port) and waits for its start-up line.
     pub fn start(name: &str, env: &[(&str, &str)], args: &[&str]) -> ConsumerProcess {
+        // Unique per start: tests of one binary share its pid and names.
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
         let log = std::env::temp_dir().join(format!(
-            "chatflow-consumer-test-{}-{name}.log",
-            std::process::id()
+            "chatflow-consumer-test-{}-{}-{name}.log",
+            std::process::id(),
+            STARTS.fetch_add(1, Ordering::Relaxed)
         ));
         let mut child = Command::new(env!("CARGO_BIN_EXE_chatflow-consumer"))
             .args(args)
