@@ -335,6 +335,15 @@ impl Probe {
         self.run(|con| registry.withdraw(con, id))
     }
 
+    /// Any other call on the probe's connection (the owner adverts,
+    /// `crate::owners`), with the same reconnection.
+    pub fn call<T>(
+        &mut self,
+        call: impl FnOnce(&mut redis::Connection) -> RedisResult<T>,
+    ) -> RedisResult<T> {
+        self.run(call)
+    }
+
     /// Runs `call` on the connection, connecting first if needed; a failed
     /// call drops the connection (its state is unknown), so the next one
     /// reconnects.

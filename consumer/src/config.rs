@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chatflow_broker::{AmqpEndpoint, BrokerArgs, BrokerSettings};
+
+use crate::assignment::{Assignment, QueueSlot, Standby};
 pub use chatflow_database::Secret;
 use chatflow_database::{DatabaseArgs, DatabaseSettings, Rollups};
 pub use chatflow_protocol::flags::ConfigError;
@@ -46,13 +48,17 @@ pub struct Config {
     /// First and longest wait between reconnect or retry attempts.
     pub retry_min: Duration,
     pub retry_max: Duration,
-    /// On shutdown, how long a consumer waits for the broker to confirm its
-    /// cancel (deliveries still in flight arrive before the confirmation).
+    /// On shutdown (or a standby's hand-back), how long a queue consumer
+    /// waits for the rows it already handed to the writers to commit, so
+    /// their deliveries are acked rather than redelivered.
     pub shutdown_grace: Duration,
     /// Names this consumer in the fleet's live statistics (its snapshot's
     /// Redis key and `consumerId`): 1..=64 characters, unique in the fleet.
     /// Default: hostname-pid.
     pub consumer_id: String,
+    /// Which queues this process consumes, as owner or standby (default:
+    /// instance 1 of 1, owning every queue).
+    pub assignment: Assignment,
 }
 
 impl Default for Config {
@@ -70,6 +76,7 @@ impl Default for Config {
             retry_max: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
             consumer_id: default_consumer_id(),
+            assignment: Assignment::default(),
         }
     }
 }
@@ -149,6 +156,10 @@ impl Default for History {
     }
 }
 
+/// The longest standby delay (an hour: a standby that waits longer is not
+/// standing by).
+const MAX_STANDBY_DELAY: Duration = Duration::from_secs(3600);
+
 /// The longest age a history may be kept by (a year: more is a mistake).
 const MAX_HISTORY_AGE_SECS: u64 = 365 * 24 * 3600;
 
@@ -175,9 +186,15 @@ impl Config {
         self.services.topology.rooms
     }
 
-    /// One consumer thread per (room, shard) queue.
+    /// One consumer thread per queue this instance consumes: every
+    /// (room, shard) queue, or only its own with `--no-standby`.
     pub fn consumer_count(&self) -> usize {
-        self.rooms().count() as usize * SHARDS_PER_ROOM as usize
+        self.assignment.queue_count(self.rooms().count())
+    }
+
+    /// The queues this instance consumes, in room-major order.
+    pub fn queues(&self) -> Vec<QueueSlot> {
+        self.assignment.queues(&self.services.topology)
     }
 
     /// Where and as whom AMQP connections are opened.
@@ -231,11 +248,40 @@ impl Config {
                 ),
             ));
         }
+        let queues = self.rooms().count() * SHARDS_PER_ROOM;
+        let a = &self.assignment;
+        if !(1..=queues).contains(&a.instances) {
+            return Err(bad(
+                "instances",
+                format!(
+                    "{} is not in 1..={queues} (every instance owns at least one of the ROOMS×5 queues)",
+                    a.instances
+                ),
+            ));
+        }
+        if !(1..=a.instances).contains(&a.instance) {
+            return Err(bad(
+                "instance",
+                format!("{} is not in 1..={} (--instances)", a.instance, a.instances),
+            ));
+        }
+        if let Standby::After(delay) = a.standby {
+            if delay > MAX_STANDBY_DELAY {
+                return Err(bad(
+                    "standby-delay-secs",
+                    format!(
+                        "{} s is not in 0..={}",
+                        delay.as_secs_f64(),
+                        MAX_STANDBY_DELAY.as_secs()
+                    ),
+                ));
+            }
+        }
         if self.amqp_connections == 0 || self.amqp_connections > self.consumer_count() {
             return Err(bad(
                 "amqp-connections",
                 format!(
-                    "{} is not in 1..={} (one per consumer at most)",
+                    "{} is not in 1..={} (one per consumed queue at most)",
                     self.amqp_connections,
                     self.consumer_count()
                 ),
@@ -316,7 +362,8 @@ pub struct Args {
     /// measure what they cost. Leaves the read API's analytics wrong.
     #[arg(long, hide = true, action = ArgAction::SetTrue)]
     pub no_rollups: bool,
-    /// Seconds a consumer waits for its cancel to be confirmed on shutdown.
+    /// Seconds a queue consumer waits on shutdown for the rows it handed
+    /// over to commit (then acks them; the rest is redelivered).
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5.0)]
     pub shutdown_grace_secs: f64,
     /// Messages kept per room in its history stream (approximately), which
@@ -335,6 +382,21 @@ pub struct Args {
     /// hostname-pid).
     #[arg(long, env = "CONSUMER_ID")]
     pub consumer_id: Option<String>,
+    /// Consumer processes sharing the queues: each owns a balanced share
+    /// (queue i, in room-major order, is instance i mod N + 1's).
+    #[arg(long, env = "CONSUMER_INSTANCES", default_value_t = 1)]
+    pub instances: u32,
+    /// Which of the --instances this process is, 1..=N.
+    #[arg(long, env = "CONSUMER_INSTANCE", default_value_t = 1)]
+    pub instance: u32,
+    /// Consume only this instance's own queues, standing by for none of
+    /// the others (CONSUMER_NO_STANDBY: 1/0, true/false, yes/no, on/off).
+    #[arg(long, env = "CONSUMER_NO_STANDBY", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
+    pub no_standby: bool,
+    /// Seconds after start before registering as the standby of the other
+    /// instances' queues (so owners started at the same time come first).
+    #[arg(long, env = "STANDBY_DELAY_SECS", default_value_t = 5.0)]
+    pub standby_delay_secs: f64,
     /// Log format (RUST_LOG picks the events).
     #[command(flatten)]
     pub log: chatflow_telemetry::LogArgs,
@@ -380,6 +442,15 @@ impl Args {
                     .then(|| Duration::from_secs(self.history_max_age_secs)),
             },
             consumer_id: self.consumer_id.unwrap_or(defaults.consumer_id.clone()),
+            assignment: Assignment {
+                instances: self.instances,
+                instance: self.instance,
+                standby: if self.no_standby {
+                    Standby::Off
+                } else {
+                    Standby::After(standby_delay(self.standby_delay_secs)?)
+                },
+            },
             ..defaults
         };
         config.validate()?;
@@ -387,9 +458,25 @@ impl Args {
     }
 }
 
+/// `--standby-delay-secs`: 0 (register at once) up to an hour.
+fn standby_delay(secs: f64) -> Result<Duration, ConfigError> {
+    if secs.is_finite() && (0.0..=MAX_STANDBY_DELAY.as_secs_f64()).contains(&secs) {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(bad(
+            "standby-delay-secs",
+            format!(
+                "{secs} is not a number of seconds in 0..={}",
+                MAX_STANDBY_DELAY.as_secs()
+            ),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::assignment::{Duty, DEFAULT_STANDBY_DELAY};
 
     fn parse(args: &[&str]) -> Result<Config, String> {
         chatflow_testkit::cli::parse_config("chatflow-consumer", args, Args::into_config)
@@ -432,6 +519,36 @@ mod tests {
         assert_eq!(c.topology().queue(3, 4), "chatflow.room.3.4");
         assert!(c.consumer_id.ends_with(&format!("-{}", std::process::id())));
         assert_eq!(parse(&["--consumer-id", "c-7"]).unwrap().consumer_id, "c-7");
+        assert_eq!(c.assignment, Assignment::default());
+        assert_eq!(c.assignment.standby, Standby::After(DEFAULT_STANDBY_DELAY));
+    }
+
+    #[test]
+    fn instances_pick_a_share_and_standby_can_be_off() {
+        let c = parse(&["--rooms", "2", "--instances", "2", "--instance", "2"]).unwrap();
+        assert_eq!(
+            c.consumer_count(),
+            10,
+            "own share plus standby for the rest"
+        );
+        let owned = c.queues().iter().filter(|q| q.duty == Duty::Owner).count();
+        assert_eq!(owned, 5);
+        let c = parse(&[
+            "--rooms",
+            "2",
+            "--instances",
+            "3",
+            "--instance",
+            "3",
+            "--no-standby",
+            "--amqp-connections",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(c.assignment.standby, Standby::Off);
+        assert_eq!(c.consumer_count(), 3, "queues 2, 5, 8 of 10");
+        let c = parse(&["--standby-delay-secs", "0"]).unwrap();
+        assert_eq!(c.assignment.standby, Standby::After(Duration::ZERO));
     }
 
     #[test]
@@ -469,6 +586,30 @@ mod tests {
                     "--history-max-age-secs",
                 ),
                 (&["--consumer-id", &"c".repeat(65)][..], "--consumer-id"),
+                (&["--instances", "0"][..], "--instances"),
+                (&["--rooms", "1", "--instances", "6"][..], "--instances"),
+                (&["--instances", "x"][..], "--instances"),
+                (&["--instance", "0"][..], "--instance:"),
+                (&["--instances", "2", "--instance", "3"][..], "--instance:"),
+                (&["--instance=-1"][..], "--instance"),
+                (&["--standby-delay-secs=-1"][..], "--standby-delay-secs"),
+                (&["--standby-delay-secs", "NaN"][..], "--standby-delay-secs"),
+                (
+                    &["--standby-delay-secs", "3601"][..],
+                    "--standby-delay-secs",
+                ),
+                (
+                    &[
+                        "--rooms",
+                        "1",
+                        "--instances",
+                        "5",
+                        "--no-standby",
+                        "--amqp-connections",
+                        "2",
+                    ][..],
+                    "--amqp-connections",
+                ),
             ],
         );
     }

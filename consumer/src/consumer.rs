@@ -9,7 +9,9 @@
 //! setting to check. Only then are threads spawned, every one through
 //! [`Threads`] (named, watched for panics and early stops):
 //!
-//! - `consumer-r{room}s{shard}` × ROOMS×5:
+//! - `consumer-r{room}s{shard}`, one per queue this instance consumes
+//!   (ROOMS×5, or only its own share with `--no-standby`; see
+//!   [`assignment`](crate::assignment)):
 //!   [`queue_consumer`](crate::queue_consumer);
 //! - `amqp-link-N` × AMQP_CONNECTIONS: [`link`], owning the
 //!   connections (consumers are assigned in blocks of whole rooms);
@@ -27,8 +29,10 @@
 //!
 //! Shutdown is one signal ([`chatflow_broker::Shutdown`]), signalled in
 //! one place ([`Consumer::shutdown`], or drop) and heard by every thread at
-//! once: queue consumers cancel, drain, broadcast what they hold, wait
-//! (bounded) for its rows to commit, ack and close their channels; links
+//! once: queue consumers stop taking deliveries, wait (bounded) for the
+//! rows they handed over to commit, ack them and close their channels
+//! without cancelling (the rest goes back to the queue's head, for the
+//! next consumer: see [`queue_consumer`](crate::queue_consumer)); links
 //! close the connections once their consumers are gone; writers write what
 //! the consumers handed over and end when their inputs close (giving up at
 //! once if the database is down); upkeep, sampler and HTTP threads stop.
@@ -41,7 +45,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use chatflow_broker::{shutdown_signal, ShutdownTrigger};
-use chatflow_protocol::SHARDS_PER_ROOM;
 use crossbeam_channel::{bounded, unbounded, Sender};
 
 use crate::broadcast::{self, Broadcaster, Probe};
@@ -101,18 +104,26 @@ pub struct Consumer {
     pool: Option<Pool>,
 }
 
-/// Which link (connection) each consumer uses: contiguous blocks of whole
-/// rooms when there are at least as many rooms as links, so a lost
-/// connection stalls a few whole rooms rather than a share of every room
-/// (easy to read in `/health`'s per-room rates); otherwise blocks of
-/// consumers, so every connection is used.
-fn assign_links(consumers: usize, links: usize) -> Vec<usize> {
-    let per_room = SHARDS_PER_ROOM as usize;
-    let rooms = consumers / per_room;
+/// Which link (connection) each consumer uses, given each one's room:
+/// contiguous blocks of whole rooms when there are at least as many rooms
+/// as links, so a lost connection stalls a few whole rooms rather than a
+/// share of every room (easy to read in `/health`'s per-room rates);
+/// otherwise blocks of consumers, so every connection is used.
+fn assign_links(room_of: &[u32], links: usize) -> Vec<usize> {
+    let consumers = room_of.len();
+    // Rank of each consumer's room among the rooms consumed (they come in
+    // room order).
+    let mut rank = Vec::with_capacity(consumers);
+    let mut rooms = 0;
+    for (i, room) in room_of.iter().enumerate() {
+        if i > 0 && room_of[i - 1] != *room {
+            rooms += 1;
+        }
+        rank.push(rooms);
+    }
+    let rooms = if consumers == 0 { 0 } else { rooms + 1 };
     if rooms >= links {
-        (0..consumers)
-            .map(|i| (i / per_room) * links / rooms)
-            .collect()
+        rank.iter().map(|&r| r * links / rooms).collect()
     } else {
         (0..consumers).map(|i| i * links / consumers).collect()
     }
@@ -130,7 +141,8 @@ impl Consumer {
         })?;
 
         let consumers = config.consumer_count();
-        let link_of = assign_links(consumers, config.amqp_connections);
+        let room_of: Vec<u32> = config.queues().iter().map(|q| q.room).collect();
+        let link_of = assign_links(&room_of, config.amqp_connections);
         let (trigger, shutdown) = shutdown_signal();
         let shared = Arc::new(Shared::new(
             config.clone(),
@@ -245,7 +257,8 @@ impl Consumer {
         }
 
         for ((index, first), commit_rx) in leases.into_iter().enumerate().zip(commit_rxs) {
-            let (room, shard) = Shared::queue_of(index);
+            let slot_of = shared.queue_of(index).clone();
+            let (room, shard) = (slot_of.room, slot_of.shard);
             let link_index = shared.link_of[index];
             let (lease_tx, lease_rx) = bounded(1);
             let slot = slots[link_index].len();
@@ -255,7 +268,8 @@ impl Consumer {
                 index,
                 name: name.clone(),
                 room,
-                queue: topology.queue(room, shard),
+                queue: slot_of.name.clone(),
+                duty: slot_of.duty,
                 topology: topology.clone(),
                 shared: shared.clone(),
                 broadcaster: Broadcaster::new(name.clone(), config, index as u64)
@@ -408,10 +422,16 @@ impl Drop for Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chatflow_protocol::SHARDS_PER_ROOM;
+
+    /// The rooms of every queue of `rooms` rooms.
+    fn all(rooms: u32) -> Vec<u32> {
+        (1..=rooms).flat_map(|r| [r; 5]).collect()
+    }
 
     #[test]
     fn links_get_contiguous_blocks_of_whole_rooms() {
-        let of = assign_links(100, 4);
+        let of = assign_links(&all(20), 4);
         assert_eq!(of[0], 0);
         assert_eq!(of[24], 0);
         assert_eq!(of[25], 1);
@@ -421,8 +441,13 @@ mod tests {
             assert!(room.iter().all(|&l| l == room[0]));
         }
         // 3 rooms over 2 links: rooms stay whole.
-        assert_eq!(assign_links(15, 2), [vec![0; 10], vec![1; 5]].concat());
+        assert_eq!(assign_links(&all(3), 2), [vec![0; 10], vec![1; 5]].concat());
         // 1 room over 4 links: every link used.
-        assert_eq!(assign_links(5, 4), vec![0, 0, 1, 2, 3]);
+        assert_eq!(assign_links(&all(1), 4), vec![0, 0, 1, 2, 3]);
+        // An instance's own share (no standby): rooms stay whole too.
+        assert_eq!(
+            assign_links(&[1, 1, 1, 2, 2, 3, 3, 3], 3),
+            vec![0, 0, 0, 1, 1, 2, 2, 2]
+        );
     }
 }

@@ -7,16 +7,17 @@
 //! sum them ([`Counters::totals`]). Everything here is relaxed atomics:
 //! counters are read for reports, never to order other memory.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chatflow_protocol::SHARDS_PER_ROOM;
 use chatflow_telemetry::histogram::{BATCH_ROWS, LATENCY_SECONDS};
 use chatflow_telemetry::{Histogram as Buckets, HistogramSnapshot};
 use crossbeam_utils::CachePadded;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
+
+use crate::holding::Holding;
 
 /// Adds `n` to a counter.
 pub fn add(counter: &AtomicU64, n: u64) {
@@ -60,6 +61,17 @@ pub struct QueueStats {
     pub amqp_up: AtomicBool,
     /// The last Redis attempt succeeded.
     pub redis_up: AtomicBool,
+    /// Its standing on the queue (single active consumer): written on
+    /// each change only, never per delivery.
+    pub holding: Mutex<Holding>,
+    /// When (Unix ms) the newest registration this queue's owner
+    /// advertises was made (0: none advertised, or no answer from Redis);
+    /// written by the sampler, read by a standby (see `owners`).
+    pub owner_registered_ms: AtomicI64,
+    /// Registrations that got their first delivery (became active).
+    pub activations: AtomicU64,
+    /// Standby registrations handed back to the queue's owner.
+    pub yields: AtomicU64,
     pub histograms: Mutex<Histograms>,
     /// The same distributions in Prometheus buckets (cumulative, for
     /// `/metrics`; lock-free). Lag is per broadcast message here, where
@@ -102,6 +114,10 @@ impl Default for QueueStats {
             channel_reopens: AtomicU64::new(0),
             amqp_up: AtomicBool::new(false),
             redis_up: AtomicBool::new(true),
+            holding: Mutex::new(Holding::default()),
+            owner_registered_ms: AtomicI64::new(0),
+            activations: AtomicU64::new(0),
+            yields: AtomicU64::new(0),
             histograms: Mutex::new(Histograms::new()),
             buckets: QueueBuckets::default(),
         }
@@ -242,9 +258,13 @@ pub struct WriterHistograms {
 
 /// Every counter of the process, grouped by who writes it.
 pub struct Counters {
-    /// Indexed like the queues: consumer `i` is room `i / 5 + 1`, shard
-    /// `i % 5`.
+    /// Indexed like the queues this instance consumes
+    /// ([`Shared::queues`](crate::state::Shared::queues)).
     pub queues: Vec<CachePadded<QueueStats>>,
+    /// The room of each of `queues`.
+    room_of: Vec<u32>,
+    /// Rooms in the topology (per-room sums have one entry per room).
+    rooms: usize,
     /// One per AMQP connection.
     pub links: Vec<LinkStats>,
     pub redis_probe: RedisProbe,
@@ -271,11 +291,15 @@ pub struct Totals {
 }
 
 impl Counters {
-    pub fn new(consumers: usize, links: usize, writers: usize) -> Self {
+    /// Counters for queues in the rooms `room_of` (one entry per queue
+    /// consumed, each in 1..=`rooms`).
+    pub fn new(room_of: Vec<u32>, rooms: u32, links: usize, writers: usize) -> Self {
         Counters {
-            queues: (0..consumers)
+            queues: (0..room_of.len())
                 .map(|_| CachePadded::new(QueueStats::default()))
                 .collect(),
+            room_of,
+            rooms: rooms as usize,
             links: (0..links).map(|_| LinkStats::default()).collect(),
             redis_probe: RedisProbe::default(),
             writers: Arc::new((0..writers).map(|_| WriterStats::default()).collect()),
@@ -307,12 +331,14 @@ impl Counters {
         }
     }
 
-    /// Per-room consumed totals, room 1 first.
+    /// Per-room consumed totals, room 1 first (0 for a room none of whose
+    /// queues this instance consumes).
     pub fn consumed_per_room(&self) -> Vec<u64> {
-        self.queues
-            .chunks(SHARDS_PER_ROOM as usize)
-            .map(|room| room.iter().map(|q| load(&q.consumed)).sum())
-            .collect()
+        let mut rooms = vec![0; self.rooms];
+        for (q, &room) in self.queues.iter().zip(&self.room_of) {
+            rooms[room as usize - 1] += load(&q.consumed);
+        }
+        rooms
     }
 
     /// Rows committed by every writer.
@@ -394,13 +420,13 @@ mod tests {
 
     #[test]
     fn totals_sum_queues_and_rooms_sum_their_shards() {
-        let c = Counters::new(10, 2, 0);
+        let c = Counters::new(vec![1, 1, 1, 1, 1, 2, 2, 2, 2, 2], 3, 2, 0);
         add(&c.queues[0].consumed, 3);
         add(&c.queues[4].consumed, 4);
         add(&c.queues[7].consumed, 5);
         add(&c.queues[7].dead_lettered, 1);
         add(&c.links[1].reconnects, 2);
-        assert_eq!(c.consumed_per_room(), vec![7, 5]);
+        assert_eq!(c.consumed_per_room(), vec![7, 5, 0]);
         let t = c.totals();
         assert_eq!((t.consumed, t.dead_lettered, t.amqp_reconnects), (12, 1, 2));
     }

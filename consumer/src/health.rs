@@ -1,7 +1,10 @@
 //! The `/health` document ([`Health`]): status (`ok`, `degraded` with the
 //! reasons, or `shutting_down`), the state of every connection, threads
-//! that died, rates, totals and latency quantiles — built from
-//! [`Shared`] on each request, serialised as camelCase JSON.
+//! that died, this instance's share of the queues and its standing on each
+//! (owner or standby; active, waiting, unregistered or delayed — see
+//! [`crate::holding`] for what RabbitMQ lets a consumer know), rates,
+//! totals and latency quantiles — built from [`Shared`] on each request,
+//! serialised as camelCase JSON.
 //!
 //! Degraded means "running, recovering by itself, but not doing all its
 //! job": a broker, Redis or database outage, or a dead thread (which will
@@ -15,7 +18,9 @@ use std::sync::atomic::Ordering;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::assignment::{Duty, Standby};
 use crate::counters::{Totals, WriterStats};
+use crate::holding::{unix_ms, Holding};
 use crate::state::Shared;
 use crate::threads::DeadThread;
 
@@ -42,6 +47,11 @@ pub struct Health {
     /// did).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dead_threads: Vec<DeadThread>,
+    /// This instance's share (`--instances`, `--instance`) and how its
+    /// queues stand.
+    pub instance: InstanceStatus,
+    /// Every queue this instance consumes, room-major.
+    pub queues: Vec<QueueStatus>,
     pub rates: Rates,
     pub per_room: Vec<RoomStatus>,
     pub totals: Totals,
@@ -105,6 +115,93 @@ pub struct DatabaseStatus {
     pub batch_rows: Quantiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// K of N.
+    pub instance: u32,
+    pub instances: u32,
+    /// Standing by for the other instances' queues (not `--no-standby`).
+    pub standby: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_delay_seconds: Option<f64>,
+    /// How the owned queues stand, and how the others (standby) do.
+    pub owned: RoleCounts,
+    pub standing_by: RoleCounts,
+    /// Registrations that got their first delivery (became active), and
+    /// standby registrations handed back to their owner, since start.
+    pub activations: u64,
+    pub yields: u64,
+}
+
+/// Queues per role.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoleCounts {
+    pub queues: usize,
+    /// Delivered to on its current registration: the queue's single
+    /// active consumer.
+    pub active: usize,
+    /// Registered, nothing delivered yet: waiting behind the active
+    /// consumer (a standby, or an owner back before its standby handed
+    /// over), or the active consumer of a queue with nothing to deliver.
+    pub waiting: usize,
+    /// Not registered (no channel, or between channels).
+    pub unregistered: usize,
+    /// A standby that has not registered yet (its start-up delay).
+    pub delayed: usize,
+}
+
+impl RoleCounts {
+    fn count(&mut self, holding: &Holding) {
+        self.queues += 1;
+        match holding {
+            Holding::Active { .. } => self.active += 1,
+            Holding::Waiting { .. } => self.waiting += 1,
+            Holding::Unregistered { .. } => self.unregistered += 1,
+            Holding::Delayed { .. } => self.delayed += 1,
+        }
+    }
+
+    /// The count of role `role` (one of [`crate::holding::ROLES`]).
+    pub fn of(&self, role: &str) -> usize {
+        match role {
+            "active" => self.active,
+            "waiting" => self.waiting,
+            "unregistered" => self.unregistered,
+            "delayed" => self.delayed,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    pub queue: String,
+    pub room: u32,
+    pub shard: u32,
+    /// `owner` or `standby`.
+    pub duty: Duty,
+    /// The instance owning it.
+    pub owner: u32,
+    /// `active`, `waiting`, `unregistered` or `delayed` (see
+    /// [`RoleCounts`]).
+    pub role: &'static str,
+    /// Since when (Unix ms) it has had this role; for `delayed`, when it
+    /// registers.
+    pub since_unix_ms: i64,
+    /// Seconds in this role (0 while delayed).
+    pub for_seconds: f64,
+    /// Deliveries on the current registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries: Option<u64>,
+    /// The broker's tag for the current registration, as `rabbitmqctl
+    /// list_consumers` shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer_tag: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -190,7 +287,12 @@ impl Health {
                 }
             })
             .collect();
-        let rabbitmq_connected = amqp_up == consumers && links.iter().all(|l| l.connected);
+        let (instance, queues) = standing(shared);
+        // A standby still in its start-up delay is not registered on
+        // purpose: not an outage.
+        let delayed = instance.standing_by.delayed;
+        let rabbitmq_connected =
+            amqp_up + delayed == consumers && links.iter().all(|l| l.connected);
         let probe = &counters.redis_probe;
         let ping_ok = probe.up.load(Ordering::Relaxed);
         let redis_connected = ping_ok && redis_up == consumers;
@@ -213,8 +315,9 @@ impl Health {
         if !rabbitmq_connected {
             reasons.push(with_last_error(
                 format!(
-                    "rabbitmq at {}: {amqp_up} of {consumers} consumers connected",
-                    config.amqp_display()
+                    "rabbitmq at {}: {amqp_up} of {} consumers connected",
+                    config.amqp_display(),
+                    consumers - delayed
                 ),
                 links.iter().find_map(|l| l.last_error.as_ref()),
             ));
@@ -286,6 +389,8 @@ impl Health {
             },
             database,
             dead_threads,
+            instance,
+            queues,
             rates: Rates {
                 window_seconds: rates.window.as_secs_f64(),
                 consumed_per_second: rates.per_room.iter().sum(),
@@ -300,6 +405,57 @@ impl Health {
             },
         }
     }
+}
+
+/// This instance's share and every queue's standing.
+fn standing(shared: &Shared) -> (InstanceStatus, Vec<QueueStatus>) {
+    let assignment = &shared.config.assignment;
+    let now = unix_ms();
+    let mut owned = RoleCounts::default();
+    let mut standing_by = RoleCounts::default();
+    let (mut activations, mut yields) = (0, 0);
+    let queues = (shared.queues.iter().zip(&shared.counters.queues))
+        .map(|(slot, stats)| {
+            let holding = stats.holding.lock().clone();
+            match slot.duty {
+                Duty::Owner => owned.count(&holding),
+                Duty::Standby => standing_by.count(&holding),
+            }
+            activations += stats.activations.load(Ordering::Relaxed);
+            yields += stats.yields.load(Ordering::Relaxed);
+            let registration = holding.registration();
+            let since = holding.since_ms();
+            QueueStatus {
+                queue: slot.name.clone(),
+                room: slot.room,
+                shard: slot.shard,
+                duty: slot.duty,
+                owner: slot.owner,
+                role: holding.role(),
+                since_unix_ms: since,
+                for_seconds: now.saturating_sub(since).max(0) as f64 / 1000.0,
+                deliveries: registration.map(|r| {
+                    (stats.consumed.load(Ordering::Relaxed)).saturating_sub(r.consumed_before)
+                }),
+                consumer_tag: registration.map(|r| r.tag.clone()),
+            }
+        })
+        .collect();
+    let delay = match assignment.standby {
+        Standby::After(delay) => Some(delay.as_secs_f64()),
+        Standby::Off => None,
+    };
+    let instance = InstanceStatus {
+        instance: assignment.instance,
+        instances: assignment.instances,
+        standby: delay.is_some(),
+        standby_delay_seconds: delay,
+        owned,
+        standing_by,
+        activations,
+        yields,
+    };
+    (instance, queues)
 }
 
 /// The database section (persistence on).
@@ -336,7 +492,7 @@ fn database_status(shared: &Shared) -> DatabaseStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::for_tests;
+    use crate::state::{for_tests, for_tests_as};
 
     #[test]
     fn degraded_with_a_reason_until_every_consumer_is_up() {
@@ -361,6 +517,82 @@ mod tests {
             "{:?}",
             h.reason
         );
+    }
+
+    #[test]
+    fn each_queue_says_its_duty_and_role_and_delayed_standbys_are_no_outage() {
+        use crate::assignment::{Assignment, Standby, DEFAULT_STANDBY_DELAY};
+        use crate::holding::Registration;
+        let (_trigger, s) = for_tests_as(
+            1,
+            Assignment {
+                instances: 2,
+                instance: 2,
+                standby: Standby::After(DEFAULT_STANDBY_DELAY),
+            },
+        );
+        s.counters.links[0].connected.store(true, Ordering::Relaxed);
+        let registration = |tag: &str| Registration {
+            tag: tag.to_string(),
+            at_ms: unix_ms() - 1500,
+            consumed_before: 2,
+        };
+        // Shards 1 and 3 are instance 2's; 0, 2, 4 instance 1's.
+        for (i, q) in s.counters.queues.iter().enumerate() {
+            *q.holding.lock() = if i % 2 == 1 {
+                q.amqp_up.store(true, Ordering::Relaxed);
+                Holding::Active {
+                    since_ms: unix_ms() - 1500,
+                    registration: registration(&format!("tag-{i}")),
+                }
+            } else {
+                Holding::Delayed {
+                    until_ms: unix_ms() + 3000,
+                }
+            };
+        }
+        crate::counters::add(&s.counters.queues[1].consumed, 5);
+        let h = Health::of(&s);
+        assert_eq!(h.status, "ok", "{:?}", h.reason);
+        assert_eq!((h.instance.instance, h.instance.instances), (2, 2));
+        assert_eq!(h.instance.standby_delay_seconds, Some(5.0));
+        let owned = RoleCounts {
+            queues: 2,
+            active: 2,
+            ..RoleCounts::default()
+        };
+        assert_eq!(h.instance.owned, owned);
+        assert_eq!(
+            (
+                h.instance.standing_by.queues,
+                h.instance.standing_by.delayed
+            ),
+            (3, 3)
+        );
+        let json = serde_json::to_value(&h).unwrap();
+        let q1 = &json["queues"][1];
+        assert_eq!(q1["queue"], "chatflow.room.1.1");
+        assert_eq!(
+            (q1["duty"].as_str(), q1["role"].as_str()),
+            (Some("owner"), Some("active"))
+        );
+        assert_eq!(
+            (q1["owner"].as_u64(), q1["deliveries"].as_u64()),
+            (Some(2), Some(3))
+        );
+        assert_eq!(q1["consumerTag"], "tag-1");
+        assert!(q1["forSeconds"].as_f64().unwrap() >= 1.5, "{q1}");
+        let q0 = &json["queues"][0];
+        assert_eq!(
+            (q0["duty"].as_str(), q0["role"].as_str()),
+            (Some("standby"), Some("delayed"))
+        );
+        assert!(q0.get("consumerTag").is_none(), "{q0}");
+        // Once the delay is over, an unregistered standby is an outage.
+        *s.counters.queues[0].holding.lock() = Holding::default();
+        let h = Health::of(&s);
+        assert_eq!(h.status, "degraded");
+        assert!(h.reason.unwrap().contains("2 of 3 consumers connected"));
     }
 
     #[test]

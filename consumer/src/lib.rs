@@ -7,6 +7,12 @@
 //!
 //! Layout, one concern a module:
 //! - [`config`]: flags and environment → a validated [`Config`];
+//! - [`assignment`]: which queues this instance consumes (`--instances N
+//!   --instance K`), as owner or as standby;
+//! - [`holding`]: what a queue consumer knows of its standing on its
+//!   queue under single-active-consumer (active, waiting, unregistered);
+//! - [`owners`]: owner adverts in Redis, from which a standby learns that
+//!   an owner registered again (and hands its queue back);
 //! - [`consumer`]: [`Consumer::start`] / [`Consumer::shutdown`] —
 //!   connections, channels, threads, the one shutdown signal;
 //! - [`queue_consumer`]: one queue's thread: batches, broadcast, ack;
@@ -44,11 +50,14 @@
 //! wires everything; `queue_consumer` and `writer` meet only in `handoff`;
 //! `state` builds on `counters`, `rates` and `threads`; `health` reads
 //! `state`, `metrics` encodes `health`, `http` serves both; `snapshot`
-//! reads `health` and `window`, `sampler` publishes `snapshot`.
+//! reads `health` and `window`, `sampler` publishes `snapshot` and the
+//! [`owners`] advert; `config` and `state` build on `assignment`,
+//! `counters` on `holding`.
 //!
 //! No async runtime: every thread blocks on a crossbeam `select!` or a
 //! socket with a timeout, and every one is named and joined on shutdown.
 
+pub mod assignment;
 pub mod broadcast;
 pub mod config;
 pub mod consumer;
@@ -57,10 +66,12 @@ pub mod counters;
 pub mod fault;
 pub mod handoff;
 pub mod health;
+pub mod holding;
 pub mod http;
 pub mod inhand;
 pub mod link;
 pub mod metrics;
+pub mod owners;
 pub mod partitions;
 pub mod queue_consumer;
 pub mod rates;

@@ -5,7 +5,8 @@
 //! (`amqp-link-N`) that serves the queue consumers assigned to it:
 //!
 //! - a queue consumer that loses its channel (a delivery stream ending, a
-//!   failed ack, a cancelled consumer) asks its link for another
+//!   failed ack, a cancelled consumer) or closed it to hand its queue back
+//!   asks its link for another
 //!   ([`Request`], saying why: [`ChannelLost`]);
 //! - the link opens one on its connection; if that fails the connection is
 //!   dead: it is dropped, and the link reconnects with back-off,
@@ -69,6 +70,10 @@ pub enum ChannelLost {
     ConnectionClosed,
     #[error("broker closed the connection: {0}")]
     BrokerClosedConnection(#[source] amiquip::Error),
+    /// Not lost: a standby closed it to hand its queue back to the owner,
+    /// and wants a new one to stand by again.
+    #[error("handed its queue back to the owner")]
+    HandedBack,
 }
 
 impl ChannelLost {

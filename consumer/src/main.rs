@@ -32,9 +32,17 @@ fn main() -> anyhow::Result<()> {
     );
     // Registered before any thread starts, so no signal is missed.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let owned = config
+        .queues()
+        .iter()
+        .filter(|q| q.duty == chatflow_consumer::assignment::Duty::Owner)
+        .count();
     let summary = format!(
-        "{} consumers ({} rooms × 5 queues, prefetch {}, ack batch {}) over {} AMQP connections to {}, broadcasting to Redis at {}, namespace {:?}",
+        "instance {} of {}: {} consumers ({owned} owned, {} standing by; of {} rooms × 5 queues), prefetch {}, ack batch {}, over {} AMQP connections to {}, broadcasting to Redis at {}, namespace {:?}",
+        config.assignment.instance,
+        config.assignment.instances,
         config.consumer_count(),
+        config.consumer_count() - owned,
         config.rooms().count(),
         config.prefetch,
         config.ack_batch,

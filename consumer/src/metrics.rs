@@ -3,8 +3,10 @@
 //! `chatflow_consumer_`: the counters and flags of the [`Health`] document
 //! (read from the same state, so the two never disagree), Prometheus
 //! histograms (cumulative buckets, `_sum`, `_count`) of consumer lag,
-//! Redis publish time, batch sizes and the writers' COPY + commit, and the
-//! standard `process_*` and `chatflow_build_info`.
+//! Redis publish time, batch sizes and the writers' COPY + commit, the
+//! queues this instance holds by duty and role
+//! (`chatflow_consumer_queues{duty, role}`), and the standard `process_*`
+//! and `chatflow_build_info`.
 
 use std::fmt;
 
@@ -18,6 +20,7 @@ use prometheus_client::registry::Registry;
 
 use crate::counters::QueueBucketsSnapshot;
 use crate::health::Health;
+use crate::holding::ROLES;
 use crate::state::Shared;
 
 /// What one scrape read: owned, so the registry's collector needs no
@@ -104,6 +107,38 @@ impl Collector for Reading {
             &name("dead_threads"),
             "Threads that panicked or stopped before shutdown (their queues stall until a restart).",
             health.dead_threads.len() as f64,
+        )?;
+        let instance = &health.instance;
+        s.gauges(
+            &name("queues"),
+            "Queues this instance consumes, by duty (owner: its own share; standby: another instance's) and role (active: delivered to on its current registration, RabbitMQ's single active consumer; waiting: registered, nothing delivered yet — behind the active consumer, or an idle queue; unregistered; delayed: a standby before its start-up delay ends).",
+            [("owner", &instance.owned), ("standby", &instance.standing_by)]
+                .into_iter()
+                .flat_map(|(duty, counts)| {
+                    ROLES.iter().map(move |role| {
+                        (labels!("duty" => duty, "role" => role), counts.of(role) as f64)
+                    })
+                }),
+        )?;
+        s.gauge(
+            &name("instance"),
+            "This process's instance number K (--instance) of chatflow_consumer_instances (--instances).",
+            instance.instance as f64,
+        )?;
+        s.gauge(
+            &name("instances"),
+            "Consumer instances sharing the queues (--instances).",
+            instance.instances as f64,
+        )?;
+        s.counter(
+            &name("activations"),
+            "Queue registrations that got their first delivery (became the active consumer): at start, and each takeover.",
+            instance.activations,
+        )?;
+        s.counter(
+            &name("standby_yields"),
+            "Standby registrations handed back to the queue's owner once it registered again.",
+            instance.yields,
         )?;
         s.histogram(
             &name("lag_seconds"),
@@ -204,6 +239,10 @@ mod tests {
             "chatflow_consumer_lag_seconds_bucket{le=\"+Inf\"} 2",
             "chatflow_consumer_redis_publish_seconds_count 0",
             "chatflow_consumer_dead_threads 0.0",
+            "chatflow_consumer_queues{duty=\"owner\",role=\"unregistered\"} 10.0",
+            "chatflow_consumer_queues{duty=\"standby\",role=\"active\"} 0.0",
+            "chatflow_consumer_instances 1.0",
+            "chatflow_consumer_standby_yields_total 0",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");

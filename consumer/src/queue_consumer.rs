@@ -30,22 +30,50 @@
 //! consumer whose writer or link is gone cannot do its job any more: it
 //! settles what it can, closes its channel and stops, saying why
 //! ([`Stopped`]), which `/health` reports.
+//!
+//! Several processes, one queue (single active consumer, see
+//! [`crate::assignment`]): RabbitMQ delivers to one registration at a
+//! time. Its standing is kept in [`Holding`]: `Waiting` from the
+//! consume-ok, `Active` from the first delivery (the only sign AMQP gives).
+//! A standby starts `Delayed` (`--standby-delay-secs`), and an active
+//! standby hands its queue back as soon as the queue's owner advertises a
+//! registration newer than its own ([`crate::owners`]): before touching
+//! the delivery that showed it active, it leaves, like a shutdown, and
+//! registers again (now behind the owner).
+//!
+//! Leaving a live channel — shutdown, the writer gone, handing back —
+//! never sends `basic.cancel`. RabbitMQ (3.10's `rabbit_fifo`) answers a
+//! cancel by activating the next waiting consumer at once while the
+//! cancelled one keeps its unacked deliveries: whatever it then broadcasts
+//! races the new consumer, and whatever it returns is redelivered *after*
+//! messages the new one already took — either breaks per-sender order.
+//! Instead the consumer takes nothing more, lets the rows it already
+//! handed over commit (bounded by `--shutdown-grace-secs`) and acks them,
+//! then closes the channel with its consumer still registered: the queue
+//! puts every delivery still unacked back at its head, in delivery order,
+//! and only then activates the next consumer, which gets them first.
+//! So at every hand-over the new consumer starts exactly where the old one
+//! stopped broadcasting; it may broadcast again (same `messageId`) what the
+//! old one broadcast but could not ack, and storage keeps one row.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use amiquip::{Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery};
 use chatflow_broker::retry::{wait, Backoff, Shutdown};
 use chatflow_protocol::{Envelope, Rooms, Topology};
 use crossbeam_channel::{never, select, Receiver, Sender, TryRecvError};
 
+use crate::assignment::{Duty, Standby};
 use crate::broadcast::{Batch, Broadcaster, Published};
 use crate::counters::{add, QueueStats};
 use crate::fault::{self, Site};
 use crate::handoff::{Committed, Pending, Row};
+use crate::holding::{unix_ms, Holding, Registration};
 use crate::inhand::{InHand, Mark, Settle};
 use crate::link::{ChannelLost, Lease, Request};
+use crate::owners;
 use crate::recent::RecentIds;
 use crate::state::Shared;
 
@@ -123,6 +151,8 @@ pub enum Stopped {
 /// Why [`QueueConsumer::consume`] returned.
 enum Ended {
     Shutdown,
+    /// A standby handed its queue back to the owner (it registers again).
+    HandedBack,
     /// Boxed: amiquip's errors are large, and this travels up every
     /// `Result` of the hot path.
     Lost(Box<ChannelLost>),
@@ -150,20 +180,66 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Clears a "consuming" flag however the scope ends (a panic included), so
-/// `/health` never counts a dead consumer as connected.
-struct Consuming<'a>(&'a AtomicBool);
+/// A live registration's bookkeeping: `amqp_up` and the [`Holding`]
+/// while it lasts, reset however the scope ends (a panic included), so
+/// `/health` never shows a registration that is gone.
+struct Registered<'a> {
+    stats: &'a QueueStats,
+    /// When it was made, Unix ms.
+    at_ms: i64,
+    active: bool,
+}
 
-impl<'a> Consuming<'a> {
-    fn start(flag: &'a AtomicBool) -> Self {
-        flag.store(true, Ordering::Relaxed);
-        Consuming(flag)
+impl<'a> Registered<'a> {
+    fn start(stats: &'a QueueStats, tag: &str) -> Self {
+        let at_ms = unix_ms();
+        let registration = Registration {
+            tag: tag.to_string(),
+            at_ms,
+            consumed_before: stats.consumed.load(Ordering::Relaxed),
+        };
+        *stats.holding.lock() = Holding::Waiting {
+            since_ms: at_ms,
+            registration,
+        };
+        stats.amqp_up.store(true, Ordering::Relaxed);
+        Registered {
+            stats,
+            at_ms,
+            active: false,
+        }
+    }
+
+    /// A delivery arrived: this registration is the queue's active one.
+    fn delivered(&mut self) {
+        if self.active {
+            return;
+        }
+        self.active = true;
+        add(&self.stats.activations, 1);
+        let mut holding = self.stats.holding.lock();
+        if let Holding::Waiting { registration, .. } = &*holding {
+            *holding = Holding::Active {
+                since_ms: unix_ms(),
+                registration: registration.clone(),
+            };
+        }
+    }
+
+    /// The queue's owner advertises a registration made after this one:
+    /// it is registered, waiting behind us (see [`crate::owners`]).
+    fn owner_is_back(&self) -> bool {
+        let owner = self.stats.owner_registered_ms.load(Ordering::Relaxed);
+        owner != 0 && owners::owner_is_newer(owner, self.at_ms)
     }
 }
 
-impl Drop for Consuming<'_> {
+impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Relaxed);
+        self.stats.amqp_up.store(false, Ordering::Relaxed);
+        *self.stats.holding.lock() = Holding::Unregistered {
+            since_ms: unix_ms(),
+        };
     }
 }
 
@@ -173,6 +249,8 @@ pub struct QueueConsumer {
     pub name: String,
     pub room: u32,
     pub queue: String,
+    /// Owner or standby of its queue.
+    pub duty: Duty,
     pub topology: Topology,
     pub shared: Arc<Shared>,
     pub broadcaster: Broadcaster,
@@ -199,6 +277,11 @@ impl QueueConsumer {
     pub fn run(mut self, first: Lease) -> Result<(), Stopped> {
         let config = &self.shared.config;
         let mut backoff = Backoff::new(config.retry_min, config.retry_max, self.index as u64);
+        if let (Duty::Standby, Standby::After(delay)) = (self.duty, config.assignment.standby) {
+            if self.stand_by(delay) {
+                return Ok(());
+            }
+        }
         let mut lease = Some(first);
         loop {
             let current = match lease.take() {
@@ -218,6 +301,24 @@ impl QueueConsumer {
             match self.consume(current) {
                 Ended::Shutdown => return Ok(()),
                 Ended::WriterGone => return Err(Stopped::WriterGone),
+                Ended::HandedBack => {
+                    add(&self.stats().yields, 1);
+                    tracing::info!(
+                        "{}: handed {} back to its owner (instance {}); registering again as its standby",
+                        self.name,
+                        self.queue,
+                        self.shared.queue_of(self.index).owner
+                    );
+                    // At once: the owner has the queue; this registers
+                    // behind it, to stand by again.
+                    let request = Request {
+                        slot: self.slot,
+                        lost: ChannelLost::HandedBack,
+                    };
+                    if self.link.send(request).is_err() {
+                        return Err(Stopped::LinkGone);
+                    }
+                }
                 Ended::Lost(lost) => {
                     tracing::warn!("{}: lost its channel: {lost}", self.name);
                     // A channel that worked for a while earns a quick retry;
@@ -241,8 +342,24 @@ impl QueueConsumer {
         }
     }
 
-    /// Consumes on one channel until it is lost, shutdown comes or the
-    /// writer is gone.
+    /// A standby's start-up delay, so owners started at the same time
+    /// register first; true if shutdown came meanwhile.
+    fn stand_by(&self, delay: Duration) -> bool {
+        if delay.is_zero() {
+            return false;
+        }
+        *self.stats().holding.lock() = Holding::Delayed {
+            until_ms: unix_ms() + delay.as_millis() as i64,
+        };
+        if wait(&self.shutdown, delay) {
+            return true;
+        }
+        *self.stats().holding.lock() = Holding::default();
+        false
+    }
+
+    /// Consumes on one channel until it is lost, shutdown comes, the
+    /// writer is gone or (a standby) it hands the queue back.
     fn consume(&mut self, lease: Lease) -> Ended {
         let Lease { channel, epoch } = lease;
         if let Err(e) = channel.qos(0, self.shared.config.prefetch, false) {
@@ -259,24 +376,36 @@ impl QueueConsumer {
             }
         };
         let shared = self.shared.clone();
-        let consuming = Consuming::start(&shared.queue(self.index).amqp_up);
+        let mut registered = Registered::start(shared.queue(self.index), consumer.consumer_tag());
         let mut hand = InHand::default();
-        match self.pump(&channel, &consumer, epoch, &mut hand) {
-            ended @ (Ended::Shutdown | Ended::WriterGone) => {
-                // Either way this channel is done with: settle what can
-                // be settled and close it in order.
-                self.stop(&channel, &consumer, epoch, &mut hand);
-                drop(consuming);
-                drop(consumer);
+        match self.pump(&channel, &consumer, epoch, &mut hand, &mut registered) {
+            ended @ (Ended::Shutdown | Ended::WriterGone | Ended::HandedBack) => {
+                // This channel is done with: settle what can be settled,
+                // then close it with the consumer still registered (no
+                // cancel: see the module's documentation). amiquip's
+                // `Consumer` cancels when dropped, so it is forgotten
+                // instead, keeping its delivery stream open until the
+                // channel's close-ok (its I/O thread fails the whole
+                // connection if a registered consumer's stream is gone).
+                // That leaks the stream's handle, a few hundred bytes per
+                // leave (shutdowns and hand-backs, both rare); what the
+                // broker had sent and was never taken is read off and
+                // dropped here: the broker has put it back.
+                self.leave(&channel, epoch, &mut hand);
+                let unread = consumer.receiver().clone();
+                std::mem::forget(consumer);
                 if let Err(e) = channel.close() {
                     tracing::warn!("{}: closing its channel: {e}", self.name);
                 }
+                drop(registered);
+                for _ in unread.try_iter() {}
                 ended
             }
             ended => {
                 // The channel is gone: what is in hand will be redelivered.
                 // Dropping a consumer on a dead channel cannot disturb the
                 // connection's other channels (there is nothing to cancel).
+                drop(registered);
                 drop(consumer);
                 drop(channel);
                 ended
@@ -291,9 +420,11 @@ impl QueueConsumer {
         consumer: &Consumer<'_>,
         epoch: u64,
         hand: &mut InHand<Delivery>,
+        registered: &mut Registered<'_>,
     ) -> Ended {
         let ack_batch = self.shared.config.ack_batch;
         let deliveries = consumer.receiver();
+        let standby = self.duty == Duty::Standby;
         loop {
             select! {
                 recv(deliveries) -> message => {
@@ -302,6 +433,12 @@ impl QueueConsumer {
                         Ok(other) => return ChannelLost::from(other).into(),
                         Err(_) => return ChannelLost::StreamEnded.into(),
                     };
+                    registered.delivered();
+                    // Checked before anything of this batch is broadcast:
+                    // untouched, it goes back to the owner first.
+                    if standby && registered.owner_is_back() {
+                        return Ended::HandedBack;
+                    }
                     let mut batch = Vec::with_capacity(ack_batch);
                     batch.push(first);
                     while hand.len() + batch.len() < ack_batch {
@@ -400,15 +537,11 @@ impl QueueConsumer {
         if !frames.is_empty() {
             let stats = self.shared.queue(self.index);
             if self.broadcaster.publish(&frames, stats, &self.shutdown) == Published::GaveUp {
-                // Unpublished: pending, a barrier no ack passes; redelivered
-                // to the next consumer.
-                for (delivery, decoded) in decoded {
-                    let mark = match decoded {
-                        Decoded::Good(_) => Mark::Pending,
-                        Decoded::Poison => Mark::Poison,
-                    };
-                    hand.push(delivery, mark);
-                }
+                // Shutdown came while Redis was refusing: the batch is not
+                // held (nothing waits for it), and stays unacked — every
+                // ack this channel still sends covers only earlier tags —
+                // so it is redelivered to the next consumer.
+                drop(decoded);
                 return Err(Ended::Shutdown);
             }
             add(&stats.broadcasts, frames.len() as u64);
@@ -482,51 +615,19 @@ impl QueueConsumer {
         Ok(())
     }
 
-    /// Leaving a live channel (shutdown, or the writer gone): cancel the
-    /// consumer, take what the broker had already sent until it confirms
-    /// the cancel, then broadcast and settle it. Cancelling and draining
-    /// before the consumer is dropped matters: dropping a busy consumer can
-    /// tear the whole connection down.
-    fn stop(
-        &mut self,
-        channel: &Channel,
-        consumer: &Consumer<'_>,
-        epoch: u64,
-        hand: &mut InHand<Delivery>,
-    ) {
-        if let Err(e) = consumer.cancel() {
-            tracing::warn!(
-                "{}: cancel failed ({e}); in-hand deliveries will be redelivered",
-                self.name
-            );
+    /// Leaving a live channel (shutdown, the writer gone, handing back):
+    /// take no more deliveries, and wait (bounded by the shutdown grace)
+    /// for the rows already handed to the writers to commit, acking them,
+    /// so they are not redelivered. Everything else in hand stays unacked
+    /// and goes back to the queue when the channel closes.
+    fn leave(&mut self, channel: &Channel, epoch: u64, hand: &mut InHand<Delivery>) {
+        if self.rows.is_none() {
+            // Persistence off: a broadcast delivery was acked at once;
+            // what is left is unbroadcast.
             return;
         }
         let deadline = Instant::now() + self.shared.config.shutdown_grace;
-        let mut tail = Vec::new();
-        loop {
-            match consumer.receiver().recv_deadline(deadline) {
-                Ok(ConsumerMessage::Delivery(delivery)) => tail.push(delivery),
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!("{}: cancel not confirmed ({e}); closing anyway", self.name);
-                    break;
-                }
-            }
-        }
-        let ack_batch = self.shared.config.ack_batch;
-        while !tail.is_empty() {
-            let rest = tail.split_off(ack_batch.min(tail.len()));
-            let batch = std::mem::replace(&mut tail, rest);
-            if self.process(channel, epoch, batch, hand).is_err() {
-                // Redis gave up, the writer is gone or the channel failed:
-                // the rest stays unacked and is redelivered to the next
-                // consumer.
-                return;
-            }
-        }
-        // Rows still being written: wait (bounded) for their commits, so
-        // their deliveries are acked now rather than redelivered later.
-        while !hand.is_empty() && self.rows.is_some() {
+        while !hand.is_empty() {
             let Ok(notice) = self.commits.recv_deadline(deadline) else {
                 break;
             };

@@ -12,6 +12,13 @@
 //! ([`Probe::with_limit`]). On shutdown the snapshot is withdrawn (one
 //! attempt), so a consumer that stopped cleanly leaves the fleet at once;
 //! one that crashed leaves when its key expires.
+//!
+//! In a fleet of `--instances N > 1` the same tick also writes this
+//! instance's owner advert and reads the others' ([`crate::owners`]), and
+//! tells each standby queue consumer when its owner's newest advertised
+//! registration was made (`owner_registered_ms`); without an answer it
+//! tells them nothing (0), so a Redis outage never makes a standby hand
+//! back.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -23,8 +30,10 @@ use chatflow_broker::fleet::Registry;
 use chatflow_broker::retry::wait;
 use chatflow_protocol::ServerTime;
 
+use crate::assignment::{Duty, Standby};
 use crate::broadcast::Probe;
 use crate::health::Health;
+use crate::owners::{self, Advert};
 use crate::snapshot::{ConsumerSnapshot, SnapshotWindows};
 use crate::state::Shared;
 
@@ -35,11 +44,26 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Starts the sampler with its Redis probe (see [`Probe::with_limit`]: a
 /// publish must not delay a sample much); it runs until shutdown.
 pub fn start(shared: &Arc<Shared>, probe: Probe) -> io::Result<JoinHandle<()>> {
+    let config = &shared.config;
+    let assignment = config.assignment;
+    let topology = &config.services.topology;
+    let adverts = assignment.is_shared().then(|| Adverts {
+        mine: owners::key(topology, assignment.instances, assignment.instance),
+        // Only a standby needs to read the others'.
+        others: match assignment.standby {
+            Standby::After(_) => (1..=assignment.instances)
+                .filter(|&k| k != assignment.instance)
+                .map(|k| owners::key(topology, assignment.instances, k))
+                .collect(),
+            Standby::Off => Vec::new(),
+        },
+    });
     let mut sampler = Sampler {
-        registry: Registry::consumers(&shared.config.services.topology),
+        registry: Registry::consumers(topology),
         shared: shared.clone(),
         probe,
         windows: SnapshotWindows::new(),
+        adverts,
     };
     let shutdown = shared.threads.shutdown().clone();
     let threads = shared.threads.clone();
@@ -58,6 +82,14 @@ struct Sampler {
     probe: Probe,
     registry: Registry,
     windows: SnapshotWindows,
+    /// In a fleet of several instances.
+    adverts: Option<Adverts>,
+}
+
+/// The owner adverts this instance writes and reads.
+struct Adverts {
+    mine: String,
+    others: Vec<String>,
 }
 
 impl Sampler {
@@ -86,6 +118,43 @@ impl Sampler {
                 *state.last_error.lock() = Some(e);
             }
         }
+        self.advertise();
+    }
+
+    /// Writes this instance's owner advert, reads the others', and tells
+    /// the standby queue consumers what it saw.
+    fn advertise(&mut self) {
+        let Some(adverts) = self.adverts.as_mut() else {
+            return;
+        };
+        let shared = &self.shared;
+        let id = &shared.config.consumer_id;
+        let mut advert = Advert {
+            consumer_id: id.clone(),
+            ..Advert::default()
+        };
+        for (slot, stats) in shared.queues.iter().zip(&shared.counters.queues) {
+            if slot.duty == Duty::Owner {
+                if let Some(registration) = stats.holding.lock().registration() {
+                    (advert.queues).insert(slot.name.clone(), registration.at_ms);
+                }
+            }
+        }
+        let (mine, others) = (&adverts.mine, &adverts.others);
+        let read = (self.probe).call(|con| owners::exchange(con, (mine, &advert), others));
+        let seen = match read {
+            Ok(found) => owners::newest(&found),
+            Err(e) => {
+                tracing::debug!("consumer-stats: owner adverts: {e}");
+                Default::default()
+            }
+        };
+        for (slot, stats) in shared.queues.iter().zip(&shared.counters.queues) {
+            if slot.duty == Duty::Standby {
+                let at = seen.get(&slot.name).copied().unwrap_or(0);
+                stats.owner_registered_ms.store(at, Ordering::Relaxed);
+            }
+        }
     }
 
     fn withdraw(&mut self) {
@@ -94,6 +163,14 @@ impl Sampler {
             tracing::warn!(
                 "consumer-stats: could not withdraw the fleet snapshot ({e}); it expires by itself"
             );
+        }
+        if let Some(adverts) = &self.adverts {
+            let key = &adverts.mine;
+            if let Err(e) = self.probe.call(|con| owners::withdraw(con, key)) {
+                tracing::warn!(
+                    "consumer-stats: could not withdraw the owner advert ({e}); it expires by itself"
+                );
+            }
         }
     }
 }

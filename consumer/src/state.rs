@@ -1,6 +1,6 @@
 //! The state every thread of a running consumer shares ([`Shared`]): the
-//! configuration, the counters, the rate window, which link each queue
-//! consumer uses, the source of channel-lease epochs, and the threads'
+//! configuration, the queues this instance consumes and as what, the
+//! counters, the rate window, which link each queue consumer uses, the source of channel-lease epochs, and the threads'
 //! shutdown signal and death record.
 //!
 //! Invariant: everything here is either immutable after start or safe to
@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chatflow_protocol::SHARDS_PER_ROOM;
 use parking_lot::Mutex;
 
+use crate::assignment::QueueSlot;
 use crate::config::Config;
 use crate::counters::{Counters, QueueStats};
 use crate::rates::{RateWindow, Snapshot};
@@ -22,6 +22,9 @@ use crate::threads::Threads;
 pub struct Shared {
     pub config: Config,
     pub started: Instant,
+    /// The queues this instance consumes (room-major order), each with its
+    /// duty; queue consumer `i` consumes `queues[i]`.
+    pub queues: Vec<QueueSlot>,
     pub counters: Counters,
     /// Which link (AMQP connection) each queue consumer uses.
     pub link_of: Vec<usize>,
@@ -39,8 +42,16 @@ impl Shared {
         } else {
             0
         };
+        let queues = config.queues();
+        let room_of = queues.iter().map(|q| q.room).collect();
         Shared {
-            counters: Counters::new(config.consumer_count(), config.amqp_connections, writers),
+            counters: Counters::new(
+                room_of,
+                config.rooms().count(),
+                config.amqp_connections,
+                writers,
+            ),
+            queues,
             config,
             started: Instant::now(),
             link_of,
@@ -50,10 +61,9 @@ impl Shared {
         }
     }
 
-    /// (room, shard) of queue consumer `index`.
-    pub fn queue_of(index: usize) -> (u32, u32) {
-        let per_room = SHARDS_PER_ROOM as usize;
-        ((index / per_room) as u32 + 1, (index % per_room) as u32)
+    /// The queue consumer `index` consumes.
+    pub fn queue_of(&self, index: usize) -> &QueueSlot {
+        &self.queues[index]
     }
 
     /// Queue consumer `index`'s counters.
@@ -82,12 +92,22 @@ impl Shared {
 /// single room), persistence off, and the trigger of its shutdown signal.
 #[cfg(test)]
 pub(crate) fn for_tests(rooms: u32) -> (chatflow_broker::ShutdownTrigger, Shared) {
+    for_tests_as(rooms, crate::assignment::Assignment::default())
+}
+
+/// [`for_tests`] as one instance of several.
+#[cfg(test)]
+pub(crate) fn for_tests_as(
+    rooms: u32,
+    assignment: crate::assignment::Assignment,
+) -> (chatflow_broker::ShutdownTrigger, Shared) {
     let links = rooms.clamp(1, 2) as usize;
     let config = Config {
         services: chatflow_broker::BrokerSettings::default()
             .with_topology("chatflow", chatflow_protocol::Rooms::new(rooms).unwrap()),
         amqp_connections: links,
         enable_persistence: false,
+        assignment,
         ..Config::default()
     };
     let consumers = config.consumer_count();
@@ -105,10 +125,16 @@ mod tests {
 
     #[test]
     fn queue_consumers_map_to_rooms_and_shards() {
-        assert_eq!(Shared::queue_of(0), (1, 0));
-        assert_eq!(Shared::queue_of(4), (1, 4));
-        assert_eq!(Shared::queue_of(5), (2, 0));
-        assert_eq!(Shared::queue_of(99), (20, 4));
+        let (_trigger, shared) = for_tests(20);
+        let at = |i| {
+            let q = shared.queue_of(i);
+            (q.room, q.shard)
+        };
+        assert_eq!(
+            (at(0), at(4), at(5), at(99)),
+            ((1, 0), (1, 4), (2, 0), (20, 4))
+        );
+        assert_eq!(shared.queue_of(7).name, "chatflow.room.2.2");
     }
 
     #[test]

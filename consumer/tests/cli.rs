@@ -1,11 +1,13 @@
 //! The command line as an operator meets it: secrets never shown, boolean
-//! environment variables accepted in every usual spelling. The checks
-//! themselves are `chatflow_testkit::cli`'s, shared with the server.
+//! environment variables accepted in every usual spelling, bad instance
+//! settings refused naming their flag. The shared checks are
+//! `chatflow_testkit::cli`'s, used by the server too.
 
+use chatflow_consumer::assignment::Standby;
 use chatflow_consumer::{Args, Config};
 use chatflow_testkit::cli::{
     assert_boolean_spellings, assert_help_hides_env, assert_hidden, assert_refusal_hides_env,
-    env_lock, parse_config, BoolVar,
+    env_lock, parse_config, run, BoolVar,
 };
 use clap::Parser;
 
@@ -59,7 +61,64 @@ fn boolean_variables_take_every_usual_spelling() {
                 flag: "--apply-schema",
                 read: |config: &Config| config.database.apply_schema,
             },
+            BoolVar {
+                env: "CONSUMER_NO_STANDBY",
+                flag: "--no-standby",
+                read: |config: &Config| config.assignment.standby == Standby::Off,
+            },
         ],
         || parse_config("chatflow-consumer", &[], Args::into_config),
     );
+}
+
+/// Bad instance settings, as flags or in the environment, stop the binary
+/// with exit 2 and an error naming the flag, before it connects anywhere.
+#[test]
+fn bad_instance_settings_exit_2_naming_the_flag() {
+    for (args, env, flag) in [
+        (&["--instances", "0"][..], &[][..], "--instances"),
+        (
+            &["--rooms", "1", "--instances", "6"][..],
+            &[][..],
+            "--instances",
+        ),
+        (
+            &["--instances", "2", "--instance", "3"][..],
+            &[][..],
+            "--instance:",
+        ),
+        (&["--instance", "0"][..], &[][..], "--instance:"),
+        (&[][..], &[("CONSUMER_INSTANCES", "two")][..], "--instances"),
+        (
+            &[][..],
+            &[("CONSUMER_INSTANCES", "3"), ("CONSUMER_INSTANCE", "4")][..],
+            "--instance:",
+        ),
+        (
+            &["--standby-delay-secs=-1"][..],
+            &[][..],
+            "--standby-delay-secs",
+        ),
+        (
+            &[][..],
+            &[("STANDBY_DELAY_SECS", "soon")][..],
+            "--standby-delay-secs",
+        ),
+        (
+            &[][..],
+            &[("CONSUMER_NO_STANDBY", "maybe")][..],
+            "--no-standby",
+        ),
+    ] {
+        let mut env = env.to_vec();
+        env.extend_from_slice(SECRET_ENV);
+        let output = run(BIN, args, &env);
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}:\n{text}");
+        assert!(
+            text.contains(flag),
+            "{args:?} {env:?}: does not name {flag}:\n{text}"
+        );
+        assert_hidden("the error", &text, &[RABBIT_SECRET, DB_SECRET]);
+    }
 }

@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 
 pub mod chat;
+pub mod process;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
