@@ -14,8 +14,11 @@ the repository root:
   2. cargo clippy --workspace --all-targets -- -D warnings
   3. cargo test --workspace [args]
 --heavy also runs the tests marked #[ignore = "heavy: …"] (minutes each:
-clusters, endurance, long chaos runs); CI runs with --heavy. Every other
-test is in the default run, which keeps one fast test of every guarantee.
+clusters, endurance, long chaos runs) and then bench/cluster.sh, the
+failover run on a local three-node RabbitMQ cluster, Redis with Sentinels
+and a PostgreSQL replica (scripts/local-cluster.sh starts and stops them);
+CI runs with --heavy. Every other test is in the default run, which keeps
+one fast test of every guarantee.
 Extra arguments go to cargo test (e.g. ./test.sh -p chatflow-server).
 USAGE
 }
@@ -43,6 +46,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 if [ "$heavy" = 1 ]; then
   cargo test --workspace "$@" -- --include-ignored
+  echo "== bench/cluster.sh (failover on clustered services)"
+  bench/cluster.sh
 else
   cargo test --workspace "$@"
 fi
