@@ -406,11 +406,16 @@ sentinel_master_of() { # PORT -> ip:port
 # The master the Sentinels name now; with every Sentinel down, the one their
 # config files name (they rewrite it on a switch; the highest epoch wins); on
 # a fresh cluster, 6391.
+live_master() {
+  local s
+  for s in "${SENTINEL_NODES[@]}"; do
+    sentinel_master_of "$(node_port "$s")" && return 0
+  done
+  return 1
+}
 current_master() {
   local s addr epoch best="" best_epoch=-1 f
-  for s in "${SENTINEL_NODES[@]}"; do
-    addr="$(sentinel_master_of "$(node_port "$s")")" && echo "$addr" && return 0
-  done
+  live_master && return 0
   for s in "${SENTINEL_NODES[@]}"; do
     f="$BASE/$s/sentinel.conf"
     [[ -f "$f" ]] || continue
@@ -423,11 +428,12 @@ current_master() {
   done
   echo "${best:-127.0.0.1:6391}"
 }
+redis_role() { rcli "$(node_port "$1")" info replication | info_field role; }
 redis_node_of_port() { echo "redis$(($1 - 6390))"; }
 other_redis() { [[ "$1" == redis1 ]] && echo redis2 || echo redis1; }
 
 redis_start() {
-  local node="$1" dir="$BASE/$1" port pid master other i
+  local node="$1" dir="$BASE/$1" port pid master other deadline
   port="$(node_port "$node")"
   pid="$(node_pid "$node")"
   if [[ -n "$pid" ]]; then
@@ -438,19 +444,27 @@ redis_start() {
   mkdir -p "$dir"
   master="$(current_master)"
   other="$(other_redis "$node")"
-  # The Sentinels still name this dead node the master while its replica is up:
-  # the failover is under way. Started now it would be an empty master (nothing
-  # is persisted) that its replica copies; wait for the switch and come back
-  # as the new master's replica.
-  if [[ "${master##*:}" == "$port" ]] &&
-    [[ "$(rcli "$(node_port "$other")" info replication | info_field role)" == slave ]]; then
+  # Running Sentinels still name this dead node the master while the other
+  # node is up: their failover is under way. Started now it would be an empty
+  # master (nothing is persisted) that the other copies, or a second master;
+  # wait (a failover takes ~1-3 s here) until the other is promoted.
+  if [[ "$(live_master)" == "127.0.0.1:$port" && -n "$(redis_role "$other")" ]]; then
     info "$node: the Sentinels still name it master; waiting for their failover to $other"
-    for ((i = 0; i < 150; i++)); do
-      master="$(current_master)"
-      [[ "${master##*:}" != "$port" ]] && break
+    deadline=$(($(now_ms) + 15000))
+    while [[ "$(live_master)" == "127.0.0.1:$port" && "$(redis_role "$other")" != master ]] &&
+      (($(now_ms) < deadline)); do
       sleep 0.1
     done
+    master="$(current_master)"
   fi
+  # Never a second master: with the other node up as master (promoted, the
+  # Sentinels perhaps not yet told), this one is its replica.
+  if [[ "$(redis_role "$other")" == master ]]; then
+    master="127.0.0.1:$(node_port "$other")"
+  fi
+  # A replica's full sync leaves a dump.rdb that a restart would load: stale
+  # data, and this cluster persists nothing.
+  rm -f "$dir/dump.rdb"
   # Rewritten at each start (nothing here is state: the role comes from the
   # Sentinels, and the data is not persisted).
   cat >"$dir/redis.conf" <<EOF
@@ -939,12 +953,16 @@ cmd_up() {
   for node in "${RABBIT_NODES[@]}"; do rabbit_start "$node"; done
   pg_start pg-primary
   pg_start pg-replica
-  redis_start redis1
-  redis_start redis2
+  # The master first (the one the Sentinels' files name, after a failover and
+  # `down --keep`), so its replica connects at once.
+  master="$(current_master)"
+  master="$(redis_node_of_port "${master##*:}")"
+  [[ "$master" == redis[12] ]] || master=redis1
+  redis_start "$master"
+  redis_start "$(other_redis "$master")"
   # Sentinels after the replica's link is up: each learns of the replica from
   # its first INFO to the master, the next one is 10 s later.
-  master="$(current_master)"
-  wait_for "Redis replication" 20 check_one "$(other_redis "$(redis_node_of_port "${master##*:}")")"
+  wait_for "Redis replication" 20 check_one "$(other_redis "$master")"
   for node in "${SENTINEL_NODES[@]}"; do sentinel_start "$node"; done
   rabbit_wait_booted "${RABBIT_NODES[@]}"
   # A node among cf-rabbit1's running nodes is a member already (one CLI call,
