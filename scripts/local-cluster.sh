@@ -116,7 +116,7 @@ seconds_since() { # START_MS -> "12.3"
 alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
 comm_of() { cat "/proc/$1/comm" 2>/dev/null || true; }
 # Padded with spaces so a caller can match " -flag value " safely.
-cmdline_of() { printf ' %s ' "$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true)"; }
+cmdline_of() { printf ' %s ' "$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true)"; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # Pids of the processes holding a listening socket on PORT.
 listener_pids() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -un || true; }
@@ -312,10 +312,19 @@ rabbit_start() {
   info "$node starting ($(rabbit_name "$node"), AMQP 127.0.0.1:$port)"
 }
 
+# The VM runs but the rabbit application does not, nor is it booting: a
+# run stopped between `stop_app` and `start_app` of a join. (The boot state
+# is "booting" before the node is reachable, so this never sees a boot.)
+rabbit_app_stopped() {
+  [[ "$(ctl -q -n "$(rabbit_name "$1")" eval '{rabbit:is_booting(), rabbit:is_running()}.' 2>/dev/null)" == "{false,false}" ]]
+}
+
 # Waits until each named node's AMQP port answers; fails at once, with the
-# log's tail, when a node's VM is gone.
+# log's tail, when a node's VM is gone; starts the app of a node left with it
+# stopped.
 rabbit_wait_booted() {
   local start deadline node pending=("$@") left
+  local -A probed=()
   start="$(now_ms)"
   deadline=$((start + RABBIT_BOOT_SECONDS * 1000))
   while ((${#pending[@]} > 0)); do
@@ -326,6 +335,14 @@ rabbit_wait_booted() {
       if [[ -z "$(node_pid "$node")" ]] && (($(now_ms) - start > 5000)); then
         tail -n 15 "$(node_log "$node")" "$BASE/$node/startup.log" >&2 2>/dev/null || true
         fail "$node: the Erlang VM exited while booting (log: $(node_log "$node"))"
+      fi
+      # Asked every 10 s (a CLI call costs ~1 s of CPU).
+      if (($(now_ms) - ${probed[$node]:-$start} > 10000)); then
+        probed[$node]="$(now_ms)"
+        if rabbit_app_stopped "$node"; then
+          info "$node: the VM runs with RabbitMQ stopped (an interrupted join?): start_app"
+          ctl -q -n "$(rabbit_name "$node")" start_app >>"$BASE/$node/join.log" 2>&1 || true
+        fi
       fi
       left+=("$node")
     done
@@ -353,6 +370,9 @@ rabbit_join() {
   if json_nodes disk_nodes <<<"$status" | grep -qx cf-rabbit1@localhost; then
     return 0
   fi
+  # Checked before the reset, which would otherwise leave the node stopped.
+  port_open "$(node_port rabbit1)" ||
+    fail "$node cannot join the cluster: rabbit1 is not running (start rabbit1, or run up)"
   info "$node joining cf-rabbit1@localhost"
   {
     ctl -q -n "$name" stop_app &&
@@ -360,7 +380,8 @@ rabbit_join() {
       ctl -q -n "$name" join_cluster cf-rabbit1@localhost &&
       ctl -q -n "$name" start_app
   } >>"$out" 2>&1 || {
-    tail -n 5 "$out" >&2
+    ctl -q -n "$name" start_app >>"$out" 2>&1 || true
+    grep -m 3 -E '^Error' "$out" >&2 || true
     fail "$node could not join cf-rabbit1@localhost (see $out, log: $(node_log "$node"))"
   }
 }
@@ -381,9 +402,14 @@ rabbit_stop() {
   local node="$1" pid
   pid="$(node_pid "$node")"
   [[ -z "$pid" ]] && return 0
-  ctl -q -n "$(rabbit_name "$node")" stop >/dev/null 2>&1 || true
-  wait_gone "$pid" 60 || kill_tree "$pid" TERM
-  wait_gone "$pid" 10 || kill_tree "$pid" KILL
+  # SIGTERM (a clean stop in Erlang 25) when the CLI cannot reach the node,
+  # e.g. its cookie went with a deleted base dir.
+  if ctl -q -n "$(rabbit_name "$node")" stop >/dev/null 2>&1; then
+    wait_gone "$pid" 60 || kill_tree "$pid" TERM
+  else
+    kill_tree "$pid" TERM
+  fi
+  wait_gone "$pid" 20 || kill_tree "$pid" KILL
 }
 
 # --------------------------------------------------------------- Redis
