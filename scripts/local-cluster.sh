@@ -113,7 +113,12 @@ seconds_since() { # START_MS -> "12.3"
   printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
 }
 
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+# A killed daemon stays a zombie until this machine's init reaps it (~2 s
+# here): that counts as gone.
+alive() {
+  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null &&
+    [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]
+}
 comm_of() { cat "/proc/$1/comm" 2>/dev/null || true; }
 # Padded with spaces so a caller can match " -flag value " safely.
 cmdline_of() { printf ' %s ' "$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true)"; }
