@@ -115,10 +115,8 @@ seconds_since() { # START_MS -> "12.3"
 
 # A killed daemon stays a zombie until this machine's init reaps it (~2 s
 # here): that counts as gone.
-alive() {
-  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null &&
-    [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]
-}
+is_zombie() { [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" == Z ]]; }
+alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && ! is_zombie "$1"; }
 comm_of() { cat "/proc/$1/comm" 2>/dev/null || true; }
 # Padded with spaces so a caller can match " -flag value " safely.
 cmdline_of() { printf ' %s ' "$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline" || true)"; }
@@ -655,11 +653,14 @@ pg_start() {
     rm -f "$dir/.created"
   fi
   [[ -f "$dir/.created" ]] || pg_create "$node"
-  # A kill -9 leaves postmaster.pid behind; postgres refuses to start if its
-  # pid now belongs to some other process.
+  # A kill -9 leaves postmaster.pid behind. Postgres refuses to start while
+  # that pid exists, a zombie not yet reaped included: wait for the reaping;
+  # a pid since reused by another program makes the file stale.
   pid="$(head -n 1 "$data/postmaster.pid" 2>/dev/null || true)"
-  if [[ -n "$pid" ]] && [[ "$(comm_of "$pid")" != postgres ]]; then
-    rm -f "$data/postmaster.pid"
+  if [[ -n "$pid" ]]; then
+    for _ in $(seq 1 100); do is_zombie "$pid" || break; sleep 0.1; done
+    is_zombie "$pid" && fail "$node: its killed postmaster (pid $pid) is still not reaped"
+    [[ "$(comm_of "$pid")" == postgres ]] || rm -f "$data/postmaster.pid"
   fi
   as_postgres "$PG_BIN/pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 -s start \
     </dev/null >>"$dir/pg_ctl.out" 2>&1 9>&- || {
@@ -869,7 +870,7 @@ check_pg_node() {
   local node="$1" port pid rec rep state lag replay
   port="$(node_port "$node")"
   pid="$(node_pid "$node")"
-  if [[ -z "$pid" ]] || ! pg_isready -q -h 127.0.0.1 -p "$port" -t 3; then
+  if [[ -z "$pid" ]] || ! pg_isready -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -t 3; then
     row "$node" down "${pid:--}" "$port" "not accepting connections"
     problem "$node is not accepting connections on $port (log: $(node_log "$node"))"
     return 0
@@ -974,7 +975,7 @@ prepare_base() {
 }
 
 cmd_up() {
-  local start node master
+  local start node master pid pids
   start="$(now_ms)"
   require_root
   require_tools
@@ -997,11 +998,18 @@ cmd_up() {
   for node in "${SENTINEL_NODES[@]}"; do sentinel_start "$node"; done
   rabbit_wait_booted "${RABBIT_NODES[@]}"
   # A node among cf-rabbit1's running nodes is a member already (one CLI call,
-  # ~1 s here, instead of one per node).
+  # ~1 s here, instead of one per node). The others join in parallel: both
+  # join the running cf-rabbit1 (Mnesia serialises the schema changes), and
+  # on a busy machine each join takes 10-20 s.
   RUNNING=" $(rabbit_running | tr '\n' ' ') "
+  pids=()
   for node in rabbit2 rabbit3; do
-    [[ "$RUNNING" == *" $(rabbit_name "$node") "* ]] || rabbit_join "$node"
+    if [[ "$RUNNING" != *" $(rabbit_name "$node") "* ]]; then
+      rabbit_join "$node" &
+      pids+=($!)
+    fi
   done
+  for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
   wait_for "the RabbitMQ cluster" 60 check_rabbit
   wait_for "Redis with Sentinel" 30 check_redis
   wait_for "PostgreSQL replication" 30 check_pg
