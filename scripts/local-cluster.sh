@@ -975,7 +975,7 @@ prepare_base() {
 }
 
 cmd_up() {
-  local start node master pid pids
+  local start node master pid pids joined
   start="$(now_ms)"
   require_root
   require_tools
@@ -1009,7 +1009,9 @@ cmd_up() {
       pids+=($!)
     fi
   done
-  for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
+  joined=0
+  for pid in "${pids[@]}"; do wait "$pid" || joined=1; done
+  ((joined == 0)) || exit 1 # the failed join said why
   wait_for "the RabbitMQ cluster" 60 check_rabbit
   wait_for "Redis with Sentinel" 30 check_redis
   wait_for "PostgreSQL replication" 30 check_pg
@@ -1078,7 +1080,7 @@ cmd_wait() {
   info "everything up (waited $(seconds_since "$start")s)"
 }
 
-node_arg() { # COMMAND NODE -> canonical node name (or exit 2)
+node_arg() { # COMMAND [NODE [EXTRA]]: exactly one known node name, or exit 2
   [[ -n "${2:-}" ]] || usage_fail "$1: which node? (one of ${ALL_NODES[*]} redis-master redis-replica)"
   [[ -z "${3:-}" ]] || usage_fail "$1: one node at a time"
   is_node "$2" || [[ "$2" == redis-master || "$2" == redis-replica ]] ||
