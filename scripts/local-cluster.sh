@@ -228,9 +228,13 @@ port_free_or_fail() { # NODE PORT...
 
 rabbit_name() { echo "cf-$1@localhost"; }
 # rabbitmqctl run directly (the /usr/sbin wrapper would `su rabbitmq`), with a
-# HOME that holds the nodes' cookie.
+# HOME that holds the nodes' cookie. Without it (the base dir deleted under
+# running nodes) the CLI's VM would crash; and it never leaves an
+# erl_crash.dump in the caller's directory.
 ctl() {
+  [[ -s "$BASE/rabbitmq-home/.erlang.cookie" ]] || return 1
   HOME="$BASE/rabbitmq-home" RABBITMQ_CONF_ENV_FILE="$BASE/rabbitmq-home/rabbitmq-env.conf" \
+    ERL_CRASH_DUMP_SECONDS=0 \
     RABBITMQ_CTL_DIST_PORT_MIN="${CTL_DIST_PORTS[0]}" RABBITMQ_CTL_DIST_PORT_MAX="${CTL_DIST_PORTS[1]}" \
     timeout 60 "$RABBIT_BIN/rabbitmqctl" "$@"
 }
