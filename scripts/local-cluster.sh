@@ -228,9 +228,13 @@ port_free_or_fail() { # NODE PORT...
 
 rabbit_name() { echo "cf-$1@localhost"; }
 # rabbitmqctl run directly (the /usr/sbin wrapper would `su rabbitmq`), with a
-# HOME that holds the nodes' cookie.
+# HOME that holds the nodes' cookie. Without it (the base dir deleted under
+# running nodes) the CLI's VM would crash; and it never leaves an
+# erl_crash.dump in the caller's directory.
 ctl() {
+  [[ -s "$BASE/rabbitmq-home/.erlang.cookie" ]] || return 1
   HOME="$BASE/rabbitmq-home" RABBITMQ_CONF_ENV_FILE="$BASE/rabbitmq-home/rabbitmq-env.conf" \
+    ERL_CRASH_DUMP_SECONDS=0 \
     RABBITMQ_CTL_DIST_PORT_MIN="${CTL_DIST_PORTS[0]}" RABBITMQ_CTL_DIST_PORT_MAX="${CTL_DIST_PORTS[1]}" \
     timeout 60 "$RABBIT_BIN/rabbitmqctl" "$@"
 }
@@ -975,7 +979,7 @@ prepare_base() {
 }
 
 cmd_up() {
-  local start node master pid pids
+  local start node master pid pids joined
   start="$(now_ms)"
   require_root
   require_tools
@@ -1009,7 +1013,9 @@ cmd_up() {
       pids+=($!)
     fi
   done
-  for pid in "${pids[@]}"; do wait "$pid" || exit 1; done
+  joined=0
+  for pid in "${pids[@]}"; do wait "$pid" || joined=1; done
+  ((joined == 0)) || exit 1 # the failed join said why
   wait_for "the RabbitMQ cluster" 60 check_rabbit
   wait_for "Redis with Sentinel" 30 check_redis
   wait_for "PostgreSQL replication" 30 check_pg
@@ -1078,7 +1084,7 @@ cmd_wait() {
   info "everything up (waited $(seconds_since "$start")s)"
 }
 
-node_arg() { # COMMAND NODE -> canonical node name (or exit 2)
+node_arg() { # COMMAND [NODE [EXTRA]]: exactly one known node name, or exit 2
   [[ -n "${2:-}" ]] || usage_fail "$1: which node? (one of ${ALL_NODES[*]} redis-master redis-replica)"
   [[ -z "${3:-}" ]] || usage_fail "$1: one node at a time"
   is_node "$2" || [[ "$2" == redis-master || "$2" == redis-replica ]] ||
