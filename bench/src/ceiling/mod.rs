@@ -34,7 +34,7 @@ pub use config::{Args, Command, Config, Mode, Until};
 use consumer::{ConsumeError, Progress, QueueConsumer};
 use messages::Pool;
 use publisher::{Link, PublishError, Published, Publisher};
-use report::{rate, ConsumeReport, DrainReport, Latency, PublishReport, Report};
+use report::{rate, ConsumeReport, DrainReport, Latency, Machine, PublishReport, Report};
 use topology::{Declared, TopologyError};
 
 /// How long consumers may make no progress while messages they should
@@ -92,6 +92,7 @@ pub fn run(config: &Config, interrupt: &Shutdown) -> Result<Outcome, RunError> {
     let mut report = measured?;
     deleted?;
     report.message_bytes = pool.mean_bytes();
+    report.machine = Machine::now();
     Ok(Outcome { report })
 }
 
@@ -249,6 +250,7 @@ fn empty_report(config: &Config, mode: &'static str, publish: PublishReport) -> 
         consume: None,
         drain: None,
         interrupted: false,
+        machine: Machine::default(),
     }
 }
 

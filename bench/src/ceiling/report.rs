@@ -29,6 +29,50 @@ pub struct Report {
     pub drain: Option<DrainReport>,
     /// Ctrl-C ended the run early: its figures cover what was done.
     pub interrupted: bool,
+    /// How busy the machine was (a shared box makes every figure noisy).
+    pub machine: Machine,
+}
+
+/// The machine's load at the end of the run (Linux; `None` elsewhere).
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Machine {
+    /// `/proc/loadavg`: 1, 5 and 15 minutes.
+    pub load_average: Option<[f64; 3]>,
+    /// `/proc/pressure/io`, "some" over 60 s: the share of time some task
+    /// waited for I/O, in percent (quorum queues fsync: a busy disk slows
+    /// every confirm).
+    pub io_pressure_percent: Option<f64>,
+}
+
+impl Machine {
+    pub fn now() -> Machine {
+        let load_average = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|text| {
+                let mut fields = text.split_whitespace().map(str::parse::<f64>);
+                match (fields.next(), fields.next(), fields.next()) {
+                    (Some(Ok(a)), Some(Ok(b)), Some(Ok(c))) => Some([a, b, c]),
+                    _ => None,
+                }
+            });
+        let io_pressure_percent = std::fs::read_to_string("/proc/pressure/io")
+            .ok()
+            .and_then(|text| some_avg60(&text));
+        Machine {
+            load_average,
+            io_pressure_percent,
+        }
+    }
+}
+
+/// `avg60` of the `some` line of a PSI file.
+fn some_avg60(text: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with("some "))?;
+    let field = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("avg60="))?;
+    field.parse().ok()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -148,6 +192,13 @@ impl Report {
                 self.queues, self.consumer_connections, self.prefetch, self.ack_batch
             );
         }
+        if let Some([one, five, fifteen]) = self.machine.load_average {
+            out += &format!("machine: load average {one:.2} {five:.2} {fifteen:.2}");
+            if let Some(io) = self.machine.io_pressure_percent {
+                out += &format!(", I/O pressure {io:.0}% (some, 60 s)");
+            }
+            out += "\n";
+        }
         if self.interrupted {
             out += "interrupted: the figures cover the run up to Ctrl-C\n";
         }
@@ -174,5 +225,13 @@ mod tests {
         assert_eq!(Latency::from_micros(&empty).count, 0);
         assert_eq!(rate(10, 0.0), 0.0);
         assert_eq!(rate(10, 2.0), 5.0);
+    }
+
+    #[test]
+    fn io_pressure_is_read_from_the_some_line() {
+        let psi = "some avg10=21.49 avg60=47.56 avg300=44.20 total=486837056\n\
+                   full avg10=10.38 avg60=30.27 avg300=28.76 total=289318387\n";
+        assert_eq!(some_avg60(psi), Some(47.56));
+        assert_eq!(some_avg60("full avg60=3.0"), None);
     }
 }
