@@ -35,8 +35,10 @@ target="${CARGO_TARGET_DIR:-target}"
 if [[ -z "${BIN:-}" ]]; then
   cargo build --release -q -p chatflow-server -p chatflow-consumer -p chatflow-client
   cargo build --release -q -p chatflow-consumer --example queue_depth
+  cargo build --release -q -p chatflow-bench --bin brokerceiling
   mkdir -p "$target/release/bench-bin"
-  cp "$target"/release/chatflow-{server,consumer,client} "$target/release/examples/queue_depth" "$target/release/bench-bin/"
+  cp "$target"/release/{chatflow-server,chatflow-consumer,chatflow-client,brokerceiling} \
+    "$target/release/examples/queue_depth" "$target/release/bench-bin/"
   BIN="$target/release/bench-bin"
 fi
 CEIL="$BIN/brokerceiling"
@@ -80,9 +82,16 @@ cleanup() {
   kill "$server" "$consumer" 2>/dev/null || true
   wait "$server" "$consumer" 2>/dev/null || true
   [[ -n "${depth:-}" ]] && kill "$depth" 2>/dev/null || true
-  for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$NS\."); do
-    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
-  done
+  # Queues and exchanges over one AMQP connection when brokerceiling is
+  # built (seconds; a rabbitmqctl call per queue takes minutes on a loaded
+  # machine), else queue by queue.
+  if [[ -x "$CEIL" ]] && "$CEIL" --delete-topology "$NS" --rooms "${ROOMS:-20}" >/dev/null 2>&1; then
+    :
+  else
+    for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$NS\."); do
+      rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+    done
+  fi
   # Its exchanges too (rabbitmqctl cannot delete those): chaosload's
   # topology deletion, when it is built.
   if [[ -x "$target/release/chaosload" ]]; then

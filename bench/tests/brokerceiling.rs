@@ -232,7 +232,7 @@ fn ctrl_c_stops_the_run_reports_it_and_deletes_the_topology() {
 }
 
 #[test]
-fn a_namespace_in_use_is_refused_and_left_as_it_was() {
+fn a_namespace_in_use_is_refused_and_left_as_it_was_until_deleted_on_request() {
     let namespace = unique_namespace("ceiling-busy");
     let topology = topology(&namespace, 1);
     let _guard = TopologyGuard(topology.clone());
@@ -256,4 +256,8 @@ fn a_namespace_in_use_is_refused_and_left_as_it_was() {
         8,
         "5 queues, the dead-letter queue, 2 exchanges"
     );
+    // What a killed run leaves is deleted on request.
+    let (status, _, stderr) = run(&["--delete-topology", &namespace, "--rooms", "1"]);
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(left_behind(&topology), Vec::<String>::new());
 }
