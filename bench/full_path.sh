@@ -2,13 +2,26 @@
 # Full-path load run (issues 4 and 5): consumer + server (release) on this
 # machine with RabbitMQ, Redis and PostgreSQL, chatflow-client driving it,
 # queue depth sampled every 2 s, and rows stored checked against acks.
+# Then (issue 14), with the server and consumer stopped, brokerceiling
+# measures RabbitMQ alone in the same topology with the client's number of
+# messages in flight (--threads × --window, as the client's summary.json
+# records them) for about as long as the client's main phase, and prints
+#   broker ceiling: X msgs/s at N in flight; full path / ceiling = R
+# (R: the client's main-phase acked msgs/s over the ceiling's confirmed
+# msgs/s). CEILING=false skips that step; CEILING_SECS=S sets its length.
 #
 #   bench/full_path.sh [PERSIST=true|false] -- CLIENT FLAGS...
 #   PERSIST=false bench/full_path.sh -- -n 500000 -w 1
 #   PERSIST=true  bench/full_path.sh -- -n 500000 -w 16
 set -euo pipefail
+if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+  sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 [[ "${1:-}" == "--" ]] && shift
+CEILING="${CEILING:-true}"
+case "$CEILING" in true|false) ;; *) echo "full_path.sh: CEILING must be true or false, not $CEILING" >&2; exit 2 ;; esac
 PERSIST="${PERSIST:-true}"
 PORT="${PORT:-18280}"
 NS="bench-$(date +%s)"
@@ -16,13 +29,22 @@ DB="${DB_NAME:-chatflow}"
 ulimit -n "$(ulimit -Hn)"
 # BIN=DIR runs binaries built elsewhere (e.g. a copy of an earlier commit's,
 # for a before/after comparison); it must hold chatflow-server,
-# chatflow-consumer, chatflow-client and queue_depth.
+# chatflow-consumer, chatflow-client and queue_depth (and brokerceiling,
+# else this tree's is built).
+target="${CARGO_TARGET_DIR:-target}"
 if [[ -z "${BIN:-}" ]]; then
   cargo build --release -q -p chatflow-server -p chatflow-consumer -p chatflow-client
   cargo build --release -q -p chatflow-consumer --example queue_depth
-  mkdir -p target/release/bench-bin
-  cp target/release/chatflow-{server,consumer,client} target/release/examples/queue_depth target/release/bench-bin/
-  BIN=target/release/bench-bin
+  cargo build --release -q -p chatflow-bench --bin brokerceiling
+  mkdir -p "$target/release/bench-bin"
+  cp "$target"/release/{chatflow-server,chatflow-consumer,chatflow-client,brokerceiling} \
+    "$target/release/examples/queue_depth" "$target/release/bench-bin/"
+  BIN="$target/release/bench-bin"
+fi
+CEIL="$BIN/brokerceiling"
+if [[ "$CEILING" == true && ! -x "$CEIL" ]]; then
+  cargo build --release -q -p chatflow-bench --bin brokerceiling
+  CEIL="$target/release/brokerceiling"
 fi
 scripts/ensure-services.sh redis rabbitmq postgres
 DB_USER=postgres DB_NAME="$DB" database/setup_database.sh >/dev/null
@@ -36,17 +58,44 @@ consumer=$!
 sleep 2
 NAMESPACE="$NS" DRAIN_SECS=0 "$BIN"/chatflow-server --bind "127.0.0.1:$PORT" >"$out/server.log" 2>&1 &
 server=$!
+# The value of a client flag in "$@" (-t N, -tN, --threads N,
+# --threads=N; the last one wins), or its default:
+#   client_flag SHORT LONG DEFAULT "$@"   (SHORT may be "")
+client_flag() {
+  local short="$1" long="$2" value="$3"
+  shift 3
+  while (( $# )); do
+    if [[ "$1" == "$long" || ( -n "$short" && "$1" == "$short" ) ]]; then
+      (( $# >= 2 )) && value="$2" && shift
+    elif [[ "$1" == "$long="* ]]; then
+      value="${1#*=}"
+    elif [[ -n "$short" && "$1" == "$short"?* ]]; then
+      value="${1#"$short"}"
+    fi
+    shift
+  done
+  echo "$value"
+}
 cleanup() {
+  [[ -n "${cleaned:-}" ]] && return 0
+  cleaned=1
   kill "$server" "$consumer" 2>/dev/null || true
   wait "$server" "$consumer" 2>/dev/null || true
   [[ -n "${depth:-}" ]] && kill "$depth" 2>/dev/null || true
-  for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$NS\."); do
-    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
-  done
+  # Queues and exchanges over one AMQP connection when brokerceiling is
+  # built (seconds; a rabbitmqctl call per queue takes minutes on a loaded
+  # machine), else queue by queue.
+  if [[ -x "$CEIL" ]] && "$CEIL" --delete-topology "$NS" --rooms "${ROOMS:-20}" >/dev/null 2>&1; then
+    :
+  else
+    for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$NS\."); do
+      rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+    done
+  fi
   # Its exchanges too (rabbitmqctl cannot delete those): chaosload's
   # topology deletion, when it is built.
-  if [[ -x target/release/chaosload ]]; then
-    target/release/chaosload --delete-topology "$NS" --rooms "${ROOMS:-20}" --url x >/dev/null 2>&1 || true
+  if [[ -x "$target/release/chaosload" ]]; then
+    "$target/release/chaosload" --delete-topology "$NS" --rooms "${ROOMS:-20}" --url x >/dev/null 2>&1 || true
   fi
   # The rooms' history streams (the consumer appends every broadcast).
   redis-cli --scan --pattern "$NS:history:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
@@ -68,5 +117,45 @@ if [[ "$PERSIST" == true ]]; then
     sleep 1
   done
   echo "rows stored by this run: $((now - before)); messages acked: ${acked:-?}" | tee -a "$out/client.txt"
+fi
+if [[ "$CEILING" == true ]]; then
+  # The broker alone, on a machine the full path no longer loads: stop the
+  # server and consumer and delete their queues first.
+  cleanup
+  # The shape the client ran, from its summary.json; should it have none
+  # (a client that failed early), from its flags, with the client's defaults.
+  threads=$(client_flag -t --threads 64 "$@")
+  window=$(client_flag -w --window 1 "$@")
+  rooms=$(client_flag "" --rooms 20 "$@")
+  main_secs=10
+  full_rate=""
+  if [[ -f "$out/client/summary.json" ]]; then
+    read -r threads window rooms main_secs full_rate < <(python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+s, m = d['settings'], d['main']
+print(s['threads'], s['window'], s['rooms'], m['wallSeconds'], m['throughput'])" "$out/client/summary.json")
+  fi
+  in_flight=$((threads * window))
+  secs="${CEILING_SECS:-$(python3 -c "import sys; print(max(5, min(600, round(float(sys.argv[1])))))" "$main_secs")}"
+  publishers="${PUBLISHERS:-1}"
+  (( publishers > in_flight )) && publishers=$in_flight
+  if "$CEIL" --rooms "$rooms" --in-flight "$in_flight" --publishers "$publishers" --seconds "$secs" --json \
+      >"$out/ceiling.json" 2>"$out/ceiling.log"; then
+    python3 - "$out/ceiling.json" "$in_flight" "$full_rate" <<'PY' | tee -a "$out/client.txt"
+import json, sys
+c = json.load(open(sys.argv[1]))
+n, full = sys.argv[2], sys.argv[3]
+ceiling = c["publish"]["perSecond"]
+ratio = f"{float(full) / ceiling:.2f}" if full and ceiling > 0 else "n/a (no client summary)"
+l = c["publish"]["confirmLatencyMs"]
+print(f"broker ceiling: {ceiling:.0f} msgs/s at {n} in flight; full path / ceiling = {ratio}")
+shown = f"full path {float(full):.0f} msgs/s in the client's main phase; " if full else ""
+print(f"  ({shown}the broker alone for {c['publish']['seconds']:.0f} s: confirm mean {l['mean']:.1f} ms, "
+      f"p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} ms; consumed {c['consume']['perSecond']:.0f} msgs/s; {sys.argv[1]})")
+PY
+  else
+    echo "broker ceiling: brokerceiling failed (see $out/ceiling.log)" | tee -a "$out/client.txt"
+  fi
 fi
 echo "report: $out"

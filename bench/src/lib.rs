@@ -1,6 +1,10 @@
-//! Frame bytes the benchmark tools write and read by hand (no WebSocket
-//! library on their hot path): masked client text frames, and the length
-//! of a server frame at the start of a buffer.
+//! What the benchmark binaries share. Here: the frame bytes the WebSocket
+//! tools write and read by hand (no WebSocket library on their hot path):
+//! masked client text frames, and the length of a server frame at the
+//! start of a buffer. [`ceiling`]: `brokerceiling`, RabbitMQ alone in the
+//! product's topology (a library, so its parts can be tested on their own).
+
+pub mod ceiling;
 
 /// (header length, payload length) of a complete unmasked server frame at
 /// the start of `buf`, or `None` if it has not fully arrived.
