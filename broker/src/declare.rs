@@ -1,5 +1,6 @@
 //! Declaring the topology on RabbitMQ: the direct exchange, a quorum queue
-//! per (room, shard) bound by its routing key, and the dead-letter path.
+//! per (room, shard) bound by its routing key, and the dead-letter path
+//! (a quorum queue as well, so no single node's loss blocks a declaration).
 //! Server and consumer both declare at start-up and after every reconnect;
 //! declaring is idempotent, and fails if the arguments differ from an
 //! existing queue's (which is why both take them from the same settings).
@@ -29,10 +30,26 @@ impl Declare for Topology {
             channel.exchange_declare(ExchangeType::Direct, self.exchange(), durable.clone())?;
         let dlx =
             channel.exchange_declare(ExchangeType::Fanout, self.dead_letter_exchange(), durable)?;
+        // A quorum queue too: a classic queue lives on one node, and while
+        // that node is down every declaration of the topology — each
+        // publisher's and consumer's reconnect — fails (404, "home node …
+        // is down"), which stopped all publishing for a node's whole outage.
+        let mut dlq_arguments = FieldTable::new();
+        dlq_arguments.insert(
+            "x-queue-type".into(),
+            AmqpValue::LongString("quorum".into()),
+        );
+        if let Some(size) = self.quorum_initial_group_size {
+            dlq_arguments.insert(
+                "x-quorum-initial-group-size".into(),
+                AmqpValue::LongInt(size as i32),
+            );
+        }
         let dlq = channel.queue_declare(
             self.dead_letter_queue(),
             QueueDeclareOptions {
                 durable: true,
+                arguments: dlq_arguments,
                 ..QueueDeclareOptions::default()
             },
         )?;
