@@ -10,12 +10,14 @@
 //! string → typed values or a 400 naming the parameter), [`cursor`]
 //! (opaque keyset cursors), [`endpoints`] (queries → documents), [`reply`]
 //! (errors, timings, the JSON body), [`dashboard`] (`/`, the live page,
-//! and `/api/live`, the JSON it polls: no database query).
+//! and `/api/live`, the JSON it polls: no database query), [`presence`]
+//! (member lists and counts: no database query either).
 
 pub mod cursor;
 pub mod dashboard;
 pub mod endpoints;
 pub mod params;
+pub mod presence;
 pub mod reply;
 pub mod routes;
 
@@ -31,6 +33,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::ApiConfig;
 use crate::metrics::ServerMetrics;
+use crate::presence::PresenceHandle;
 use params::Params;
 use reply::{answer, ApiError, Timings};
 
@@ -61,6 +64,8 @@ pub struct ApiContext {
     pub live: Box<dyn Live>,
     /// `/metrics`, and the count of every request answered here.
     pub metrics: Arc<ServerMetrics>,
+    /// Who is in each room (`None`: `--presence off`).
+    pub presence: Option<PresenceHandle>,
 }
 
 impl ApiContext {
@@ -85,6 +90,7 @@ impl ApiContext {
         pool: Arc<ReadPool>,
         live: Box<dyn Live>,
         metrics: Arc<ServerMetrics>,
+        presence: Option<PresenceHandle>,
     ) -> ApiContext {
         ApiContext {
             rooms,
@@ -95,6 +101,7 @@ impl ApiContext {
             database: config.database.display(),
             live,
             metrics,
+            presence,
         }
     }
 
