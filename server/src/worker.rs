@@ -11,8 +11,12 @@
 //! turn for every connection that got some, so a burst of acks or
 //! broadcasts costs one `write` per connection, not one per frame.
 //! Cross-thread input (broadcasts, publish results, history pages for
-//! resuming connections, shutdown) arrives through the worker's [`Inbox`]
-//! and its `mio::Waker`. Nothing here blocks.
+//! resuming connections, presence frames and answers, shutdown) arrives
+//! through the worker's [`Inbox`] and its `mio::Waker`. The other way,
+//! the turn's presence events (accepted JOINs and LEAVEs, closes of
+//! connections that held members, presence requests) leave as one
+//! channel send at the end of the turn ([`crate::presence::Outbox`]).
+//! Nothing here blocks.
 //!
 //! Two things happen on a clock rather than on an event (the Poll's
 //! timeout, never a timer per connection): the sweep (deadlines, pings,

@@ -159,7 +159,7 @@ fn run(
         if let Some(mirror) = mirror {
             mirror.send(state.take_mirror());
         }
-        for (room, fleet, local) in state.counts() {
+        for (room, fleet, local) in state.take_counts() {
             counts.set_room(room, fleet, local);
         }
         counts.set_servers(state.servers() as u64);

@@ -10,10 +10,11 @@
 //!   does;
 //! - `announced` is what the room's members were last told; the
 //!   `presence_join`/`presence_leave` frames are the difference between it
-//!   and `merged`, at most once per `interval` per room ([`State::frames`]);
+//!   and `merged`, at most once per `interval` per room ([`State::frames`]),
+//!   for the rooms in `owing` (those whose users changed since);
 //! - every change to `local` is queued for Redis in `mirror`, in order.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use chatflow_protocol::presence::{
@@ -65,8 +66,6 @@ struct Room {
     merged: BTreeMap<u32, Merged>,
     /// Who the members were last told is here (with the username told).
     announced: BTreeMap<u32, String>,
-    /// `merged`'s users changed since the last frames.
-    changed: bool,
     /// No frame before this (the interval since the last ones).
     quiet_until: Option<Instant>,
     /// The first page of the member list, serialised once per change.
@@ -86,6 +85,12 @@ pub struct State {
     /// member came back is skipped when it comes up.
     leaving: VecDeque<(Instant, u32, u32)>,
     mirror: Vec<MirrorChange>,
+    /// Rooms whose members changed since their last frames: what
+    /// [`State::frames`] and [`State::next_deadline`] look at (never every
+    /// room: there may be 10,000).
+    owing: BTreeSet<u32>,
+    /// Rooms whose counts may have changed since [`State::take_counts`].
+    recount: BTreeSet<u32>,
 }
 
 impl State {
@@ -97,6 +102,8 @@ impl State {
             remote: HashMap::new(),
             leaving: VecDeque::new(),
             mirror: Vec::new(),
+            owing: BTreeSet::new(),
+            recount: BTreeSet::new(),
         }
     }
 
@@ -210,9 +217,8 @@ impl State {
     /// frames (`now` for a changed room that owes no interval).
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let grace = self.leaving.front().map(|&(at, _, _)| at);
-        let frames = (self.rooms.iter())
-            .filter(|r| r.changed)
-            .map(|r| r.quiet_until.unwrap_or(now))
+        let frames = (self.owing.iter())
+            .map(|&room| self.rooms[room as usize].quiet_until.unwrap_or(now))
             .min();
         match (grace, frames) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -226,12 +232,16 @@ impl State {
     /// went in between is in neither).
     pub fn frames(&mut self, now: Instant) -> Vec<(u32, Utf8Bytes)> {
         let mut out = Vec::new();
-        for (index, r) in self.rooms.iter_mut().enumerate() {
-            if !r.changed || r.quiet_until.is_some_and(|t| now < t) {
-                continue;
-            }
-            r.changed = false;
-            let room = index as u32;
+        let due: Vec<u32> = (self.owing.iter().copied())
+            .filter(|&room| {
+                self.rooms[room as usize]
+                    .quiet_until
+                    .is_none_or(|t| now >= t)
+            })
+            .collect();
+        for room in due {
+            self.owing.remove(&room);
+            let r = &mut self.rooms[room as usize];
             let (joined, left) = diff(&r.announced, &r.merged);
             if joined.is_empty() && left.is_empty() {
                 continue;
@@ -309,11 +319,16 @@ impl State {
         }
     }
 
-    /// (room, members across the fleet, members this server holds), for
-    /// every room.
-    pub fn counts(&self) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
-        (self.rooms.iter().enumerate().skip(1))
-            .map(|(room, r)| (room as u32, r.merged.len() as u64, r.local.len() as u64))
+    /// (room, members across the fleet, members this server holds) of
+    /// every room whose counts may have changed since the last call.
+    pub fn take_counts(&mut self) -> Vec<(u32, u64, u64)> {
+        let rooms = std::mem::take(&mut self.recount);
+        (rooms.into_iter())
+            .map(|room| {
+                let r = &self.rooms[room as usize];
+                (room, r.merged.len() as u64, r.local.len() as u64)
+            })
+            .collect()
     }
 
     /// The other servers whose presence is held.
@@ -331,6 +346,7 @@ impl State {
     fn changed_locally(&mut self, room: u32, user: u32) {
         let entry = self.rooms[room as usize].local.get(&user).map(Local::entry);
         self.mirror.push((room, user, entry));
+        self.recount.insert(room);
         self.refresh(room, user);
     }
 
@@ -370,7 +386,8 @@ impl State {
             r.first_page = None;
         }
         if before.is_some() != after.is_some() {
-            r.changed = true;
+            self.owing.insert(room);
+            self.recount.insert(room);
         }
     }
 }
@@ -587,7 +604,8 @@ mod tests {
         s.remote(RemoteUpdate::Gone { server: "c".into() });
         assert_eq!(members(&mut s, 1), [(7, 1)]);
         assert_eq!(s.servers(), 0);
-        assert_eq!(s.counts().next(), Some((1, 1, 1)));
+        assert_eq!(s.take_counts(), [(1, 1, 1)]);
+        assert!(s.take_counts().is_empty(), "nothing changed since");
     }
 
     #[test]
