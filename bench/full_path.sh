@@ -13,6 +13,8 @@
 #   bench/full_path.sh [PERSIST=true|false] -- CLIENT FLAGS...
 #   PERSIST=false bench/full_path.sh -- -n 500000 -w 1
 #   PERSIST=true  bench/full_path.sh -- -n 500000 -w 16
+#   PRESENCE=off  bench/full_path.sh -- -n 100000 -w 1   (the server reads
+#                 PRESENCE from its environment: presence on vs. off)
 set -euo pipefail
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
   sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
@@ -97,8 +99,10 @@ cleanup() {
   if [[ -x "$target/release/chaosload" ]]; then
     "$target/release/chaosload" --delete-topology "$NS" --rooms "${ROOMS:-20}" --url x >/dev/null 2>&1 || true
   fi
-  # The rooms' history streams (the consumer appends every broadcast).
+  # The rooms' history streams (the consumer appends every broadcast) and
+  # the server's presence (it would expire within seconds anyway).
   redis-cli --scan --pattern "$NS:history:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "$NS:presence:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 sleep 1

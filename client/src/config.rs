@@ -293,6 +293,12 @@ pub struct Config {
     pub metrics_settle: Duration,
     /// Bound of one API request (connect, send, answer). Default 10 s.
     pub api_timeout: Duration,
+    /// At the end of the main phase, each connection asks its server who
+    /// is in its room (`{"type":"presence"}`) and checks that every user
+    /// its own accepted JOINs made present (and no LEAVE removed) is
+    /// listed; the report shows the counts. Default true;
+    /// `--no-presence-check` turns it off.
+    pub presence_check: bool,
 }
 
 impl Default for Config {
@@ -333,6 +339,7 @@ impl Default for Config {
             api_url: None,
             metrics_settle: Duration::from_secs(5),
             api_timeout: Duration::from_secs(10),
+            presence_check: true,
             open_loop: None,
             hold: None,
         }
@@ -543,7 +550,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, DurationError
 /// The command line. Defaults are the seed system's load run.
 ///
 /// The boolean flags (`--no-delivery`, `--no-charts`, `--no-sched-batch`,
-/// `--no-metrics`) mean "yes" alone and also take a value, `--no-charts=BOOL`, spelled
+/// `--no-metrics`, `--no-presence-check`) mean "yes" alone and also take a value, `--no-charts=BOOL`, spelled
 /// 1/0, true/false, yes/no or on/off like every boolean in the workspace,
 /// so a script can pass a variable through. The client reads no
 /// environment variables.
@@ -713,6 +720,12 @@ pub struct Args {
     #[arg(action = ArgAction::Set, num_args = 0..=1, require_equals = true)]
     #[arg(default_missing_value = "true", default_value_t = false)]
     pub no_metrics: bool,
+    /// Do not ask the servers who is in each room at the end (and check
+    /// this run's own members against it).
+    #[arg(long, value_name = "BOOL", value_parser = BoolishValueParser::new())]
+    #[arg(action = ArgAction::Set, num_args = 0..=1, require_equals = true)]
+    #[arg(default_missing_value = "true", default_value_t = false)]
+    pub no_presence_check: bool,
     /// How long to wait at the end for the stored count to reach the acked
     /// count (the consumers commit asynchronously).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -782,6 +795,7 @@ impl Args {
             sched_batch: !self.no_sched_batch,
             pin: self.pin,
             metrics: !self.no_metrics,
+            presence_check: !self.no_presence_check,
             api_url,
             metrics_settle: self.metrics_settle,
             api_timeout: self.api_timeout,
@@ -1079,26 +1093,34 @@ mod tests {
                 .map(|a| a.into_config().unwrap())
         };
         let c = parse(&[]).unwrap();
-        assert!(c.delivery && c.charts && c.sched_batch);
+        assert!(c.delivery && c.charts && c.sched_batch && c.presence_check);
         let c = parse(&[
             "--no-delivery",
             "--no-charts",
             "--no-sched-batch",
             "--no-metrics",
+            "--no-presence-check",
         ])
         .unwrap();
-        assert!(!c.delivery && !c.charts && !c.sched_batch && !c.metrics);
+        assert!(!c.delivery && !c.charts && !c.sched_batch && !c.metrics && !c.presence_check);
         for (value, yes) in chatflow_testkit::cli::BOOLEAN_SPELLINGS {
             let c = parse(&[
                 &format!("--no-delivery={value}"),
                 &format!("--no-charts={value}"),
                 &format!("--no-sched-batch={value}"),
                 &format!("--no-metrics={value}"),
+                &format!("--no-presence-check={value}"),
             ])
             .unwrap_or_else(|e| panic!("{value}: {e}"));
             assert_eq!(
-                (c.delivery, c.charts, c.sched_batch, c.metrics),
-                (!yes, !yes, !yes, !yes),
+                (
+                    c.delivery,
+                    c.charts,
+                    c.sched_batch,
+                    c.metrics,
+                    c.presence_check
+                ),
+                (!yes, !yes, !yes, !yes, !yes),
                 "{value}"
             );
         }

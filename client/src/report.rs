@@ -55,6 +55,9 @@ pub struct Report {
     pub status_codes: BTreeMap<String, u64>,
     /// Frames the client could not match (late acks after a timeout, unknown frames).
     pub unexpected_frames: u64,
+    /// Who the servers said was in each room at the end, against this
+    /// run's own members.
+    pub presence: PresenceReport,
     /// Acked messages per second of the run, by ack time.
     pub acked_per_second: Vec<u64>,
     /// Failed attempts (error answers, timeouts, lost connections, failed
@@ -97,6 +100,96 @@ pub struct MetricsReport {
     /// `interrupted` or `laterPollFailed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait_ended: Option<&'static str>,
+}
+
+/// The end-of-run presence check (`--no-presence-check` turns it off):
+/// each main-phase connection asked its server for its room's member list
+/// and checked that every user its own accepted JOINs made present (less
+/// its LEAVEs) was listed.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceReport {
+    pub checked: bool,
+    /// Connections whose server answered.
+    pub connections: u64,
+    /// Connections whose server refused the request (presence off, or a
+    /// server without presence), and the code it answered.
+    pub refused: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_code: Option<String>,
+    /// Connections that got no answer in time (or whose connection was gone).
+    pub unanswered: u64,
+    /// `presence_join`/`presence_leave` frames (and answers) received.
+    pub frames: u64,
+    /// Members the servers listed, over the rooms checked.
+    pub listed: u64,
+    /// This run's members (distinct users per room, over its connections).
+    pub ours: u64,
+    /// Of those, not listed by their connection's server.
+    pub missing: u64,
+    /// Every answered connection's users were all listed.
+    pub matched: bool,
+    pub rooms: Vec<RoomPresence>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomPresence {
+    pub room_id: u32,
+    /// The most the servers listed (the connections asked at slightly
+    /// different moments).
+    pub listed: u64,
+    pub ours: u64,
+    pub missing: u64,
+}
+
+impl PresenceReport {
+    fn render(&self, s: &mut String) {
+        if !self.checked {
+            return;
+        }
+        if self.connections == 0 {
+            let why = match (&self.refused_code, self.unanswered) {
+                (Some(code), _) => format!("the servers refused the request ({code}: presence off, or a server without it)"),
+                (None, n) if n > 0 => format!("{n} connection(s) got no answer in time"),
+                _ => "no connection was left to ask".to_string(),
+            };
+            let _ = writeln!(s, "presence not checked: {why}");
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "presence {} rooms: the servers list {} members, {} of them this run's{}; {} presence frames received",
+            self.rooms.len(),
+            group(self.listed),
+            group(self.ours),
+            if self.matched {
+                " (every connection's own members listed)".to_string()
+            } else {
+                String::new()
+            },
+            group(self.frames)
+        );
+        if !self.matched {
+            let rooms: Vec<String> = (self.rooms.iter())
+                .filter(|r| r.missing > 0)
+                .map(|r| format!("room {}: {}", r.room_id, r.missing))
+                .collect();
+            let _ = writeln!(
+                s,
+                "presence MISMATCH: {} of this run's members are not in their server's list ({})",
+                group(self.missing),
+                rooms.join(", ")
+            );
+        }
+        if self.refused > 0 || self.unanswered > 0 {
+            let _ = writeln!(
+                s,
+                "presence {} connection(s) refused, {} unanswered",
+                self.refused, self.unanswered
+            );
+        }
+    }
 }
 
 /// A half-open window `[start, end)`, RFC 3339.
@@ -443,6 +536,7 @@ impl Report {
             t.elapsed_seconds
         );
         self.metrics.render(&mut s);
+        self.presence.render(&mut s);
         if let Some(o) = &self.open_loop {
             o.render(&mut s);
         }

@@ -9,6 +9,7 @@
 //! counted from when a message was last due, so a slow schedule is not a
 //! dead server).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,8 +33,8 @@ use crate::metrics::settle::{settle, WaitEnd};
 use crate::progress::Progress;
 use crate::report::{
     rate, BothWays, Connections, DeliveryReport, Files, LittlesLaw, MetricsReport, OpenLoopReport,
-    OutageReport, PhaseReport, Report, RunOutcome, RunWindow, Settings, StageReport, Totals,
-    KEPT_UP_SHARE, LATE_MS,
+    OutageReport, PhaseReport, PresenceReport, Report, RoomPresence, RunOutcome, RunWindow,
+    Settings, StageReport, Totals, KEPT_UP_SHARE, LATE_MS,
 };
 use crate::schedule::Schedule;
 use crate::sender::{self, Outcome, Shared, Spec};
@@ -372,6 +373,7 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
         message_types,
         status_codes,
         unexpected_frames: all.iter().map(|o| o.unexpected_frames).sum(),
+        presence: presence_report(&config, &all),
         acked_per_second: agg.acked_per_second.clone(),
         errors_per_second,
         metrics: metrics.0,
@@ -379,6 +381,49 @@ pub fn run_until(config: Config, stop: Arc<AtomicBool>) -> Result<Report> {
     };
     report.write_json(&report.files.summary)?;
     Ok(report)
+}
+
+/// The end-of-run presence check over every connection that made it
+/// (see [`PresenceReport`]).
+fn presence_report(config: &Config, all: &[&Outcome]) -> PresenceReport {
+    let mut report = PresenceReport {
+        checked: config.presence_check,
+        frames: all.iter().map(|o| o.presence_frames).sum(),
+        ..PresenceReport::default()
+    };
+    // room → (most listed, our users, missing users)
+    let mut rooms: BTreeMap<u32, (u64, BTreeSet<u32>, BTreeSet<u32>)> = BTreeMap::new();
+    for outcome in all {
+        let Some(seen) = &outcome.presence else {
+            if outcome.phase == Phase::Main && config.presence_check {
+                report.unanswered += 1;
+            }
+            continue;
+        };
+        let Some(count) = seen.count else {
+            report.refused += 1;
+            report.refused_code.clone_from(&seen.refused);
+            continue;
+        };
+        report.connections += 1;
+        let room = rooms.entry(seen.room).or_default();
+        room.0 = room.0.max(count);
+        room.1.extend(&seen.ours);
+        room.2.extend(&seen.missing);
+    }
+    for (room_id, (listed, ours, missing)) in rooms {
+        report.listed += listed;
+        report.ours += ours.len() as u64;
+        report.missing += missing.len() as u64;
+        report.rooms.push(RoomPresence {
+            room_id,
+            listed,
+            ours: ours.len() as u64,
+            missing: missing.len() as u64,
+        });
+    }
+    report.matched = report.connections > 0 && report.missing == 0;
+    report
 }
 
 /// An open loop's histograms over its whole main phase, for the `.hgrm`

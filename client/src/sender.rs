@@ -20,13 +20,15 @@
 //! its record carries how late it went out (`lag`), so latency can be
 //! counted from the intended time as well as from the actual send.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatflow_broker::retry::Backoff;
+use chatflow_protocol::presence::PresenceFrame;
 use chatflow_protocol::time::now_ms;
+use chatflow_protocol::MessageType;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use crossbeam_utils::CachePadded;
 
@@ -251,6 +253,28 @@ pub struct Outcome {
     /// Failed attempts (error answers, timeouts, lost connections, failed
     /// connects) per second of the run: the charts' error bursts.
     pub errors_per_second: Vec<u64>,
+    /// Presence frames received (`presence_join`, `presence_leave`, and
+    /// the answers of the end-of-run check).
+    pub presence_frames: u64,
+    /// Main phase, `--presence-check`: what its connection's server said of
+    /// the room at the end, against the users the connection holds.
+    pub presence: Option<PresenceSeen>,
+}
+
+/// One connection's end-of-run presence check: the server's member list
+/// of its room against the users this connection's accepted JOINs made
+/// present (and no LEAVE on it removed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceSeen {
+    pub room: u32,
+    /// The room's members across the fleet, as the server counted them;
+    /// `None` if it refused the request (`refused` says how).
+    pub count: Option<u64>,
+    pub refused: Option<String>,
+    /// The users this connection holds.
+    pub ours: BTreeSet<u32>,
+    /// Those of `ours` the server did not list.
+    pub missing: BTreeSet<u32>,
 }
 
 /// A message's first attempt: its name on the wire and when the clock
@@ -408,6 +432,9 @@ struct SenderThread<'a> {
     records: Vec<Record>,
     /// Message retries' delays, by attempt count (see [`Self::retry_delay`]).
     retry_backoff: Backoff,
+    /// The users the current connection made present: its acked JOINs, less
+    /// its acked LEAVEs (a new connection holds none).
+    joined: HashSet<u32>,
     out: Outcome,
 }
 
@@ -465,7 +492,10 @@ impl<'a> SenderThread<'a> {
                 recovered: 0,
                 unrecovered_resumes: 0,
                 errors_per_second: Vec::new(),
+                presence_frames: 0,
+                presence: None,
             },
+            joined: HashSet::new(),
             spec,
         }
     }
@@ -685,6 +715,7 @@ impl<'a> SenderThread<'a> {
                 }
                 self.out.connections += 1;
                 self.connect_backoff.reset();
+                self.joined.clear();
                 if self
                     .ready
                     .as_ref()
@@ -856,6 +887,15 @@ impl<'a> SenderThread<'a> {
                 if let Some(d) = self.deliveries.as_mut() {
                     d.acked(id.0, f.first.sent_at, f.first.lag, now);
                 }
+                match f.msg.kind {
+                    MessageType::Text => {}
+                    MessageType::Join => {
+                        self.joined.insert(f.msg.user_id);
+                    }
+                    MessageType::Leave => {
+                        self.joined.remove(&f.msg.user_id);
+                    }
+                }
             }
             Incoming::Error { seq, code } => {
                 let Some(f) = self.take_inflight(seq) else {
@@ -906,8 +946,73 @@ impl<'a> SenderThread<'a> {
                     self.out.unrecovered_resumes += 1;
                 }
             }
+            Incoming::Presence(_) => self.out.presence_frames += 1,
             Incoming::Other => self.out.unexpected_frames += 1,
         }
+    }
+
+    /// The end-of-run presence check (see [`PresenceSeen`]): asks for the
+    /// room's member list, a page at a time, and compares. `None` if the
+    /// connection is gone or the answer does not come within the ack
+    /// timeout.
+    fn check_presence(&mut self) -> Option<PresenceSeen> {
+        let deadline = Instant::now() + self.cfg.ack_timeout;
+        let mut seen = PresenceSeen {
+            room: self.spec.room,
+            count: None,
+            refused: None,
+            ours: self.joined.iter().copied().collect(),
+            missing: BTreeSet::new(),
+        };
+        let mut listed = HashSet::new();
+        let mut after: Option<u32> = None;
+        loop {
+            let request = match after {
+                Some(a) => format!(r#"{{"type":"presence","after":{a}}}"#),
+                None => r#"{"type":"presence"}"#.to_string(),
+            };
+            let conn = self.conn.as_mut()?;
+            self.encoder.encode_raw(conn.out(), request.as_bytes());
+            conn.flush().ok()?;
+            let next = loop {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                let text = match conn.read(true) {
+                    Read1::Text(text) => text,
+                    Read1::Nothing => continue,
+                    Read1::Lost(_) => return None,
+                };
+                match wire::classify(text.as_str()) {
+                    Incoming::Presence(frame) => {
+                        self.out.presence_frames += 1;
+                        if let Some(PresenceFrame::Presence(list)) = PresenceFrame::parse(frame) {
+                            listed.extend(list.members.iter().map(|m| m.user_id));
+                            seen.count = Some(list.count);
+                            break list.next_after;
+                        }
+                    }
+                    // No clientMessageId: the answer to the request (an old
+                    // server reads it as a message without a userId).
+                    Incoming::Error { seq: None, code } => {
+                        seen.refused = Some(code.to_string());
+                        return Some(seen);
+                    }
+                    _ => {}
+                }
+            };
+            match next {
+                Some(a) => after = Some(a),
+                None => break,
+            }
+        }
+        seen.missing = seen
+            .ours
+            .iter()
+            .filter(|u| !listed.contains(u))
+            .copied()
+            .collect();
+        Some(seen)
     }
 
     /// Takes the in-flight entry an ack or error is for: by echoed sequence
@@ -1150,6 +1255,13 @@ impl<'a> SenderThread<'a> {
             self.out.delivery_missing = d.missing;
             self.out.delivery = std::mem::take(&mut d.latencies);
             self.out.delivery_corrected = d.corrected.take();
+        }
+        let check = self.cfg.presence_check
+            && self.spec.phase == Phase::Main
+            && !self.shared.stopped()
+            && !self.shared.aborted();
+        if check {
+            self.out.presence = self.check_presence();
         }
         if let Some(conn) = self.conn.take() {
             conn.close(self.cfg.tick * 5);

@@ -88,6 +88,13 @@ impl Encoder {
         write_masked_text_frame(out, &self.json, mask);
     }
 
+    /// Appends one masked text frame carrying `payload` as it is (a
+    /// request such as `{"type":"presence"}`).
+    pub fn encode_raw(&mut self, out: &mut Vec<u8>, payload: &[u8]) {
+        let mask = self.next_mask();
+        write_masked_text_frame(out, payload, mask);
+    }
+
     fn next_mask(&mut self) -> [u8; 4] {
         let mut x = self.mask_state;
         x ^= x >> 12;
@@ -157,6 +164,10 @@ pub enum Incoming<'a> {
     /// The seam of a resume (`?since=`): how many messages were replayed,
     /// and whether that was everything missed.
     Recovery { replayed: u64, recovered: bool },
+    /// A presence frame (`presence`, `presence_join`, `presence_leave`),
+    /// parsed only by whoever wants it
+    /// ([`chatflow_protocol::presence::PresenceFrame::parse`]).
+    Presence(&'a str),
     /// Anything else (counted, otherwise ignored).
     Other,
 }
@@ -172,6 +183,7 @@ pub fn broadcast_position(text: &str) -> Option<&str> {
 pub fn classify(text: &str) -> Incoming<'_> {
     match string_field(text, "type") {
         Some("message") => Incoming::Broadcast(text),
+        Some("presence" | "presence_join" | "presence_leave") => Incoming::Presence(text),
         // Rare (once a resume): parsed in full.
         Some("recovery") => match serde_json::from_str::<serde_json::Value>(text) {
             Ok(v) => Incoming::Recovery {
@@ -445,6 +457,10 @@ mod tests {
         assert_eq!(broadcast_id(&text), Some(id.0));
         assert_eq!(broadcast_user(&text), Some(4242));
         assert_eq!(classify("not json"), Incoming::Other);
+        for kind in ["presence", "presence_join", "presence_leave"] {
+            let text = format!(r#"{{"type":"{kind}","roomId":1,"count":0}}"#);
+            assert_eq!(classify(&text), Incoming::Presence(&text));
+        }
     }
 
     #[test]

@@ -78,6 +78,20 @@ fn a_small_run_acks_and_delivers_every_message_and_summary_json_matches() {
         );
     }
     assert!(s["littlesLaw"]["predictedThroughput"].as_f64().unwrap() > 0.0);
+
+    // The presence check: every main connection asked, and every user its
+    // acked JOINs (less its LEAVEs) made present was listed (the warm-up's
+    // users may still be there, within their grace).
+    let p = &report.presence;
+    assert!(p.checked && p.matched, "{p:?}");
+    assert_eq!(
+        (p.connections, p.refused, p.unanswered, p.missing),
+        (20, 0, 0, 0),
+        "{p:?}"
+    );
+    assert!(p.ours > 0 && p.listed >= p.ours && p.frames > 0, "{p:?}");
+    assert_eq!(s["presence"]["matched"], true);
+    assert_eq!(s["presence"]["ours"], p.ours);
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! Frames the server sends to clients. Every frame is a JSON object with a
 //! `type`: `ack`, `error`, `message` (a room broadcast) or `recovery` (the
-//! seam of a resume, sent only to a client that asked with `?since=`).
+//! seam of a resume, sent only to a client that asked with `?since=`);
+//! the presence frames (`presence`, `presence_join`, `presence_leave`),
+//! sent only to members and to clients that asked, are in
+//! [`crate::presence`].
 //!
 //! The same types serialise (server, consumer) and deserialise (client,
 //! tests); strings are `Cow` so decoding borrows where it can.
@@ -278,7 +281,7 @@ pub fn recovery_json(recovery: &Recovery) -> String {
     tagged_json("recovery", recovery)
 }
 
-fn tagged_json<T: Serialize>(tag: &'static str, body: &T) -> String {
+pub(crate) fn tagged_json<T: Serialize>(tag: &'static str, body: &T) -> String {
     #[derive(Serialize)]
     struct Tagged<'t, T> {
         #[serde(rename = "type")]

@@ -9,6 +9,12 @@
 //! escapes are borrowed from the frame, so a valid message costs no
 //! allocation to parse. Unknown fields are ignored (clients may be newer than
 //! servers); duplicate known fields are a JSON error.
+//!
+//! A frame with a `type` is a request, not a chat message
+//! ([`ClientFrame::parse`]): `{"type":"presence"}` asks for the room's
+//! member list (optionally `"after":USER_ID`, for the page after that
+//! user). Chat messages have no `type`; the one parse tells the two apart,
+//! so a chat message costs nothing more for it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -124,6 +130,10 @@ pub enum Field {
     Timestamp,
     MessageType,
     ClientMessageId,
+    /// A request frame's kind (`presence`).
+    Type,
+    /// A presence request's page start: the last `userId` already seen.
+    After,
 }
 
 impl Field {
@@ -135,6 +145,8 @@ impl Field {
             Field::Timestamp => "timestamp",
             Field::MessageType => "messageType",
             Field::ClientMessageId => "clientMessageId",
+            Field::Type => "type",
+            Field::After => "after",
         }
     }
 }
@@ -202,6 +214,13 @@ impl Rejection {
             Field::ClientMessageId => {
                 format!("a string of 1..={CLIENT_MESSAGE_ID_MAX_LEN} characters, none of them NUL (U+0000)")
             }
+            Field::Type => {
+                "\"presence\" (a frame with a type is a request; chat messages have none)"
+                    .to_string()
+            }
+            Field::After => {
+                format!("an integer 0..={USER_ID_MAX}: the last userId of the page before")
+            }
         };
         let what = match problem {
             Problem::Missing => "is missing",
@@ -232,18 +251,14 @@ pub struct Rejected<'a> {
 }
 
 impl<'a> ClientMessage<'a> {
-    /// Parses and validates one text frame.
+    /// Parses and validates one text frame as a chat message. (A `type`
+    /// field is ignored here, as any unknown field; the server reads
+    /// frames with [`ClientFrame::parse`], which takes it for a request.)
     pub fn parse(text: &'a str) -> Result<ClientMessage<'a>, Rejected<'a>> {
-        let bad_json = |detail: String| Rejected {
-            reason: Rejection::BadJson { detail },
-            client_message_id: None,
-        };
-        // serde would also read a JSON array positionally into the struct.
-        if !text.trim_start().starts_with('{') {
-            return Err(bad_json("expected a JSON object".to_string()));
-        }
-        let raw: RawMessage<'a> =
-            serde_json::from_str(text).map_err(|e| bad_json(e.to_string()))?;
+        Self::from_raw(RawMessage::read(text)?)
+    }
+
+    fn from_raw(raw: RawMessage<'a>) -> Result<ClientMessage<'a>, Rejected<'a>> {
         // Read the correlation id first so every later error can carry it; a
         // bad one is itself reported without one.
         let client_message_id = match raw.client_message_id {
@@ -276,6 +291,72 @@ impl<'a> ClientMessage<'a> {
                 client_message_id,
             }),
         }
+    }
+}
+
+/// What a client sends: a chat message, or a request (a frame with a
+/// `type`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientFrame<'a> {
+    Message(ClientMessage<'a>),
+    Request(Request),
+}
+
+/// A request frame. Rare next to messages, so it is read in a second,
+/// plain pass once the first one found its `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `{"type":"presence"}`: the room's members, in `userId` order,
+    /// starting after `after` (from the first when absent).
+    Presence { after: Option<u32> },
+}
+
+/// The only request type so far.
+pub const PRESENCE_REQUEST: &str = "presence";
+
+impl<'a> ClientFrame<'a> {
+    /// Parses one text frame: a request if it has a `type`, otherwise a
+    /// chat message checked by every rule of [`ClientMessage::parse`].
+    pub fn parse(text: &'a str) -> Result<ClientFrame<'a>, Rejected<'a>> {
+        let mut raw = RawMessage::read(text)?;
+        match raw.kind.take() {
+            None => ClientMessage::from_raw(raw).map(ClientFrame::Message),
+            Some(kind) => Request::parse(text, kind)
+                .map(ClientFrame::Request)
+                .map_err(|reason| Rejected {
+                    reason,
+                    client_message_id: None,
+                }),
+        }
+    }
+}
+
+impl Request {
+    fn parse(text: &str, kind: AnyJson<'_>) -> Result<Request, Rejection> {
+        match kind {
+            AnyJson::Str(s) if s == PRESENCE_REQUEST => {}
+            AnyJson::Str(_) => return Err(invalid(Field::Type, Problem::UnknownValue)),
+            _ => return Err(invalid(Field::Type, Problem::WrongType)),
+        }
+        #[derive(Deserialize)]
+        struct RawRequest<'a> {
+            #[serde(default, borrow)]
+            after: Option<AnyJson<'a>>,
+        }
+        // The first pass read this text as a JSON object already; only a
+        // duplicated `after` can fail here.
+        let raw: RawRequest<'_> = serde_json::from_str(text).map_err(|e| Rejection::BadJson {
+            detail: e.to_string(),
+        })?;
+        let after = match raw.after {
+            None => None,
+            Some(AnyJson::Unsigned(n)) if n <= u64::from(USER_ID_MAX) => Some(n as u32),
+            Some(AnyJson::Unsigned(_) | AnyJson::Negative) => {
+                return Err(invalid(Field::After, Problem::OutOfRange))
+            }
+            Some(_) => return Err(invalid(Field::After, Problem::WrongType)),
+        };
+        Ok(Request::Presence { after })
     }
 }
 
@@ -422,6 +503,24 @@ struct RawMessage<'a> {
     message_type: Option<AnyJson<'a>>,
     #[serde(rename = "clientMessageId", default, borrow)]
     client_message_id: Option<AnyJson<'a>>,
+    /// Present only on request frames ([`ClientFrame`]).
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<AnyJson<'a>>,
+}
+
+impl<'a> RawMessage<'a> {
+    /// The fields of one JSON object, or why the text is not one.
+    fn read(text: &'a str) -> Result<RawMessage<'a>, Rejected<'a>> {
+        let bad_json = |detail: String| Rejected {
+            reason: Rejection::BadJson { detail },
+            client_message_id: None,
+        };
+        // serde would also read a JSON array positionally into the struct.
+        if !text.trim_start().starts_with('{') {
+            return Err(bad_json("expected a JSON object".to_string()));
+        }
+        serde_json::from_str(text).map_err(|e| bad_json(e.to_string()))
+    }
 }
 
 /// Any JSON value, keeping only what the rules need. (`null` never gets
@@ -833,5 +932,91 @@ mod tests {
         assert!(d.contains("username") && d.contains("3..=20"), "{d}");
         let d = invalid(Field::Message, Problem::TooLong).describe();
         assert!(d.contains("message") && d.contains("500"), "{d}");
+    }
+
+    fn client_frame(text: &str) -> Result<ClientFrame<'_>, Rejection> {
+        ClientFrame::parse(text).map_err(|r| r.reason)
+    }
+
+    #[test]
+    fn a_frame_with_a_type_is_a_request_and_one_without_a_message() {
+        assert_eq!(
+            client_frame(r#"{"type":"presence"}"#),
+            Ok(ClientFrame::Request(Request::Presence { after: None }))
+        );
+        // Other fields of a request are ignored, even a whole message's.
+        let with_message = format!(
+            r#"{{"type":"presence","after":41,"userId":1,"username":"abc","message":"hi","timestamp":"{TS}","messageType":"TEXT"}}"#
+        );
+        assert_eq!(
+            client_frame(&with_message),
+            Ok(ClientFrame::Request(Request::Presence { after: Some(41) }))
+        );
+        assert_eq!(
+            client_frame(r#" {"after":0, "type" : "presence"} "#),
+            Ok(ClientFrame::Request(Request::Presence { after: Some(0) }))
+        );
+        let message = valid_with_user_id("7");
+        match client_frame(&message) {
+            Ok(ClientFrame::Message(m)) => assert_eq!(m.user_id, 7),
+            other => panic!("{other:?}"),
+        }
+        // `null` is absent, as for every field: a chat message then.
+        let null_type = message.replacen('{', r#"{"type":null,"#, 1);
+        assert!(matches!(
+            client_frame(&null_type),
+            Ok(ClientFrame::Message(_))
+        ));
+        // ClientMessage::parse itself ignores a type, as any unknown field.
+        let typed = message.replacen('{', r#"{"type":"presence","#, 1);
+        assert_eq!(ClientMessage::parse(&typed).unwrap().user_id, 7);
+    }
+
+    #[test]
+    fn a_bad_request_names_its_field() {
+        for (text, field, problem) in [
+            (r#"{"type":"presense"}"#, Field::Type, Problem::UnknownValue),
+            (r#"{"type":"PRESENCE"}"#, Field::Type, Problem::UnknownValue),
+            (r#"{"type":""}"#, Field::Type, Problem::UnknownValue),
+            (r#"{"type":7}"#, Field::Type, Problem::WrongType),
+            (r#"{"type":["presence"]}"#, Field::Type, Problem::WrongType),
+            (
+                r#"{"type":"presence","after":"7"}"#,
+                Field::After,
+                Problem::WrongType,
+            ),
+            (
+                r#"{"type":"presence","after":1.5}"#,
+                Field::After,
+                Problem::WrongType,
+            ),
+            (
+                r#"{"type":"presence","after":-1}"#,
+                Field::After,
+                Problem::OutOfRange,
+            ),
+            (
+                r#"{"type":"presence","after":100001}"#,
+                Field::After,
+                Problem::OutOfRange,
+            ),
+        ] {
+            assert_eq!(client_frame(text), Err(invalid(field, problem)), "{text}");
+            let described = invalid(field, problem).describe();
+            assert!(described.starts_with(field.as_str()), "{described}");
+        }
+        for text in [
+            r#"{"type":"presence","type":"presence"}"#,
+            r#"{"type":"presence","after":1,"after":2}"#,
+            r#"["presence"]"#,
+            r#"{"type":"presence""#,
+            // Beyond what a JSON number holds: serde_json's own refusal.
+            r#"{"type":"presence","after":1e999}"#,
+        ] {
+            assert!(
+                matches!(client_frame(text), Err(Rejection::BadJson { .. })),
+                "{text}"
+            );
+        }
     }
 }

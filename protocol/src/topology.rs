@@ -1,7 +1,10 @@
 //! The names of everything messages travel through (exchange, queues,
 //! dead-letter queue, Redis channels, each room's history stream), the
-//! queue arguments, and the Redis keys of the fleet's live statistics (each server's and consumer's
-//! snapshot, and the two sorted sets indexing them). Declaring the queues
+//! queue arguments, the Redis keys of the fleet's live statistics (each server's and consumer's
+//! snapshot, and the two sorted sets indexing them), and those of
+//! presence (each server's members per room, its versions, and the index
+//! of servers; `chatflow-server`'s `presence` module reads and writes
+//! them). Declaring the queues
 //! on RabbitMQ is `chatflow-broker`'s job (`Declare`), and so is reading
 //! and writing the snapshots (`chatflow_broker::fleet`).
 //!
@@ -118,6 +121,26 @@ impl Topology {
         format!("{}:sent:{user_id}:{client_message_id}", self.namespace)
     }
 
+    /// Server `server`'s members of `room`: a hash of `userId` →
+    /// `"{connections} {sinceMs} {username}"`, expiring unless the server
+    /// heartbeats (so a server that died drops out by itself).
+    pub fn presence_room_key(&self, server: &str, room: u32) -> String {
+        format!("{}:presence:room:{room}:{server}", self.namespace)
+    }
+
+    /// Server `server`'s presence versions: a hash of room → a number it
+    /// changes with every write to that room's members, so other servers
+    /// read only the rooms that changed. It expires with the members.
+    pub fn presence_versions_key(&self, server: &str) -> String {
+        format!("{}:presence:versions:{server}", self.namespace)
+    }
+
+    /// The sorted set of servers sharing presence, scored by their last
+    /// heartbeat (Unix milliseconds): how a server finds the others.
+    pub fn presence_index(&self) -> String {
+        format!("{}:presence:servers", self.namespace)
+    }
+
     /// Every (room, shard) pair, in order.
     pub fn shards(&self) -> impl Iterator<Item = (u32, u32)> {
         self.rooms
@@ -155,6 +178,23 @@ mod tests {
         // Keys never collide with room channels, which servers PSUBSCRIBE.
         assert_eq!(t.room_of_channel(t.server_stats_index().as_bytes()), None);
         assert_eq!(t.sent_key(42, "c-1"), "ns1:sent:42:c-1");
+    }
+
+    #[test]
+    fn presence_keys_carry_the_namespace_the_server_and_the_room() {
+        let t = Topology::new("ns1", Rooms::new(3).unwrap());
+        assert_eq!(t.presence_room_key("s-1", 2), "ns1:presence:room:2:s-1");
+        assert_eq!(t.presence_versions_key("s-1"), "ns1:presence:versions:s-1");
+        assert_eq!(t.presence_index(), "ns1:presence:servers");
+        // Another server's, another room's and another namespace's differ.
+        assert_ne!(t.presence_room_key("s-1", 2), t.presence_room_key("s-2", 2));
+        assert_ne!(t.presence_room_key("s-1", 2), t.presence_room_key("s-1", 3));
+        let other = Topology::new("ns2", Rooms::new(3).unwrap());
+        assert_ne!(t.presence_index(), other.presence_index());
+        // None of them is a room channel, which servers PSUBSCRIBE.
+        for key in [t.presence_room_key("s", 1), t.presence_index()] {
+            assert_eq!(t.room_of_channel(key.as_bytes()), None, "{key}");
+        }
     }
 
     #[test]

@@ -20,8 +20,8 @@ use chatflow_protocol::message::{
 };
 use chatflow_protocol::time::parse_rfc3339_ms;
 use chatflow_protocol::{
-    Ack, ClientMessage, ErrorFrame, Field, IdGenerator, MessageType, Problem, Rejected, Rejection,
-    ServerFrame, ServerTime,
+    Ack, ClientFrame, ClientMessage, ErrorFrame, Field, IdGenerator, MessageType, Problem,
+    Rejected, Rejection, ServerFrame, ServerTime,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -50,6 +50,7 @@ const SERVER_MS: i64 = 1_795_744_800_123;
 /// Parses `text` and checks everything that must hold whatever it is.
 fn check_answer(text: &str) -> Result<ClientMessage<'_>, Rejected<'_>> {
     let answer = ClientMessage::parse(text);
+    agrees_with_the_frame_parse(text, &answer);
     match &answer {
         Ok(message) => {
             follows_the_rules(message);
@@ -59,6 +60,31 @@ fn check_answer(text: &str) -> Result<ClientMessage<'_>, Rejected<'_>> {
         Err(rejected) => check_error_frame(rejected),
     }
     answer
+}
+
+/// The server reads frames with `ClientFrame::parse`: what it takes for a
+/// chat message is exactly what `ClientMessage::parse` accepts, and a text
+/// that one refuses is never a chat message to the server (a request, or
+/// refused too).
+fn agrees_with_the_frame_parse(text: &str, answer: &Result<ClientMessage<'_>, Rejected<'_>>) {
+    match ClientFrame::parse(text) {
+        Ok(ClientFrame::Message(m)) => {
+            assert_eq!(answer.as_ref().ok(), Some(&m), "{text:?}");
+        }
+        Ok(ClientFrame::Request(_)) => {}
+        Err(rejected) => {
+            if answer.is_ok() {
+                // Only a request can fail where a message would not.
+                assert!(
+                    matches!(
+                        rejected.reason.field(),
+                        Some(Field::Type | Field::After) | None
+                    ),
+                    "{text:?}: {rejected:?}"
+                );
+            }
+        }
+    }
 }
 
 /// An accepted message obeys every documented rule.
@@ -598,6 +624,7 @@ fn near_value(field: Field) -> BoxedStrategy<Option<Value>> {
             any_json(),
         ]
         .boxed(),
+        Field::Type | Field::After => unreachable!("a request's field, not a chat message's"),
     };
     prop_oneof![
         8 => value.prop_map(Some),

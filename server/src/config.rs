@@ -37,6 +37,100 @@ impl BrokerKind {
     }
 }
 
+/// Whether and how this server keeps presence (who is in each room,
+/// `--presence`; see [`crate::presence`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PresenceMode {
+    /// `shared` with `--broker rabbitmq` (the fleet shares Redis already),
+    /// `local` otherwise.
+    Auto,
+    /// No presence: JOIN and LEAVE are messages like any other, and a
+    /// `presence` request gets an `UNAVAILABLE` error.
+    Off,
+    /// This server's own connections only (one server, or a test).
+    Local,
+    /// Shared with every server of the namespace through Redis, with
+    /// heartbeats and expiry.
+    Shared,
+}
+
+impl PresenceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceMode::Auto => "auto",
+            PresenceMode::Off => "off",
+            PresenceMode::Local => "local",
+            PresenceMode::Shared => "shared",
+        }
+    }
+}
+
+/// Presence: the membership model's timings and bounds
+/// ([`crate::presence`] says what each one means for a client).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceConfig {
+    pub mode: PresenceMode,
+    /// How long a user whose last connection closed (without `LEAVE`)
+    /// stays listed: a reconnect within it does not flap them out and in
+    /// (a `LEAVE` removes at once). 5 s: a client's reconnect back-off
+    /// starts at 100 ms and a balancer moves it to another server in
+    /// well under that.
+    pub grace: Duration,
+    /// How often a `shared` server refreshes its presence in Redis (and
+    /// reads the others' more often: [`PresenceConfig::poll`]).
+    pub heartbeat: Duration,
+    /// How long a server's presence outlives its last heartbeat: a server
+    /// that died (kill -9, a lost host) drops out of every member list
+    /// within this plus a poll and a frame interval. Three heartbeats: one
+    /// late heartbeat on a busy host must not drop a live server.
+    pub expiry: Duration,
+    /// Each room's members get at most one `presence_join` and one
+    /// `presence_leave` frame per interval (the changes in between are
+    /// batched): a connection storm is a few frames per member, not one
+    /// per arrival. The first change after a quiet interval goes out at
+    /// once.
+    pub frame_interval: Duration,
+    /// Users one connection can make present (one person has one; a bot
+    /// or a load generator multiplexing users over a socket has more).
+    /// A `JOIN` past it is still a message — acked, broadcast, stored —
+    /// but adds no member (counted in
+    /// `chatflow_server_presence_joins_over_limit_total`).
+    pub max_users_per_connection: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            mode: PresenceMode::Auto,
+            grace: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(2),
+            expiry: Duration::from_secs(6),
+            frame_interval: Duration::from_millis(500),
+            max_users_per_connection: 1_000,
+        }
+    }
+}
+
+impl PresenceConfig {
+    /// `auto` resolved for `broker` (never [`PresenceMode::Auto`]).
+    pub fn mode_for(&self, broker: BrokerKind) -> PresenceMode {
+        match (self.mode, broker) {
+            (PresenceMode::Auto, BrokerKind::Rabbitmq) => PresenceMode::Shared,
+            (PresenceMode::Auto, _) => PresenceMode::Local,
+            (mode, _) => mode,
+        }
+    }
+
+    /// How often a `shared` server reads the other servers' presence: a
+    /// quarter second (or half a heartbeat, if that is shorter), so an
+    /// arrival on another server reaches this one's members within it
+    /// plus a frame interval. Each read is two small round trips, plus
+    /// the rooms that changed.
+    pub fn poll(&self) -> Duration {
+        (self.heartbeat / 2).min(Duration::from_millis(250))
+    }
+}
+
 /// A validated server configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -128,6 +222,8 @@ pub struct Config {
     pub publishing: Publishing,
     /// Resuming clients from their room's history (`?since=`).
     pub history: HistoryConfig,
+    /// Who is in each room (`--presence`).
+    pub presence: PresenceConfig,
     /// The read API on its own port and threads (`None`: not served). The
     /// binary's default is `0.0.0.0:8082`; a library caller (a test)
     /// opts in, so that servers started side by side do not fight over
@@ -335,6 +431,7 @@ impl Default for Config {
             services: BrokerSettings::default(),
             publishing: Publishing::default(),
             history: HistoryConfig::default(),
+            presence: PresenceConfig::default(),
             api: None,
         }
     }
@@ -469,6 +566,31 @@ pub struct Args {
     /// recovery frame says LIMIT).
     #[arg(long, env = "HISTORY_REPLAY_MAX", default_value_t = 10_000)]
     pub history_replay_max: usize,
+    /// Presence (who is in each room): auto is shared over Redis with
+    /// --broker rabbitmq, local otherwise.
+    #[arg(long, env = "PRESENCE", value_enum, default_value = "auto")]
+    pub presence: PresenceMode,
+    /// Seconds a user whose last connection closed without LEAVE stays
+    /// listed, so a reconnect does not flap (0: removed at once).
+    #[arg(long, env = "PRESENCE_GRACE_SECS", default_value_t = 5.0)]
+    pub presence_grace_secs: f64,
+    /// Seconds between a shared server's presence heartbeats in Redis.
+    #[arg(long, env = "PRESENCE_HEARTBEAT_SECS", default_value_t = 2.0)]
+    pub presence_heartbeat_secs: f64,
+    /// Heartbeats a server's presence outlives its last one by (a dead
+    /// server's users disappear within that).
+    #[arg(long, env = "PRESENCE_EXPIRY_HEARTBEATS", default_value_t = 3)]
+    pub presence_expiry_heartbeats: u32,
+    /// Seconds between one room's presence_join (or presence_leave) frames.
+    #[arg(long, env = "PRESENCE_FRAME_INTERVAL_SECS", default_value_t = 0.5)]
+    pub presence_frame_interval_secs: f64,
+    /// Users one connection can make present with JOIN.
+    #[arg(
+        long,
+        env = "PRESENCE_MAX_USERS_PER_CONNECTION",
+        default_value_t = 1_000
+    )]
+    pub presence_max_users_per_connection: usize,
     /// Where the read API listens (history, analytics, /api/metrics), or "off".
     #[arg(long, env = "API_BIND", default_value = "0.0.0.0:8082")]
     pub api_bind: String,
@@ -585,6 +707,7 @@ impl Args {
         };
         let api = self.api_config()?;
         let liveness = self.liveness()?;
+        let presence = self.presence_config()?;
         let server_id = match self.server_id {
             Some(id) if id.is_empty() || id.len() > 64 => {
                 return Err(bad("server-id", "must be 1..=64 characters"))
@@ -624,8 +747,53 @@ impl Args {
                 replay_max: self.history_replay_max,
                 ..HistoryConfig::default()
             },
+            presence,
             api,
             ..defaults
+        })
+    }
+
+    /// Presence's timings and bound.
+    fn presence_config(&self) -> Result<PresenceConfig, ConfigError> {
+        let heartbeat = seconds("presence-heartbeat-secs", self.presence_heartbeat_secs)?;
+        if heartbeat < Duration::from_millis(100) {
+            return Err(bad(
+                "presence-heartbeat-secs",
+                format!(
+                    "{} is below 0.1 s: every heartbeat is a Redis round trip",
+                    self.presence_heartbeat_secs
+                ),
+            ));
+        }
+        if !(2..=100).contains(&self.presence_expiry_heartbeats) {
+            return Err(bad(
+                "presence-expiry-heartbeats",
+                format!(
+                    "{} is not in 2..=100 (one late heartbeat must not drop a live server)",
+                    self.presence_expiry_heartbeats
+                ),
+            ));
+        }
+        let frame_interval = seconds(
+            "presence-frame-interval-secs",
+            self.presence_frame_interval_secs,
+        )?;
+        if !(1..=100_000).contains(&self.presence_max_users_per_connection) {
+            return Err(bad(
+                "presence-max-users-per-connection",
+                format!(
+                    "{} is not in 1..=100000",
+                    self.presence_max_users_per_connection
+                ),
+            ));
+        }
+        Ok(PresenceConfig {
+            mode: self.presence,
+            grace: seconds_or_zero("presence-grace-secs", self.presence_grace_secs)?,
+            heartbeat,
+            expiry: heartbeat * self.presence_expiry_heartbeats,
+            frame_interval,
+            max_users_per_connection: self.presence_max_users_per_connection,
         })
     }
 
@@ -823,6 +991,48 @@ mod tests {
         assert_eq!(c.liveness, Liveness::default());
         assert_eq!(c.subscription_grace, Config::default().subscription_grace);
         assert_eq!(c.confirm_timeout, Config::default().confirm_timeout);
+        assert_eq!(c.presence, PresenceConfig::default());
+        assert_eq!(
+            c.presence.mode_for(BrokerKind::Rabbitmq),
+            PresenceMode::Shared
+        );
+        assert_eq!(c.presence.mode_for(BrokerKind::Memory), PresenceMode::Local);
+        assert_eq!(c.presence.expiry, 3 * c.presence.heartbeat);
+        assert_eq!(c.presence.poll(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn presence_flags_set_mode_timings_and_bound() {
+        let c = parse(&[
+            "--broker",
+            "memory",
+            "--presence",
+            "shared",
+            "--presence-grace-secs",
+            "0",
+            "--presence-heartbeat-secs",
+            "0.4",
+            "--presence-expiry-heartbeats",
+            "4",
+            "--presence-frame-interval-secs",
+            "0.25",
+            "--presence-max-users-per-connection",
+            "3",
+        ])
+        .unwrap();
+        let p = &c.presence;
+        assert_eq!(p.mode_for(c.broker), PresenceMode::Shared);
+        assert_eq!(p.grace, Duration::ZERO);
+        assert_eq!(p.heartbeat, Duration::from_millis(400));
+        assert_eq!(p.expiry, Duration::from_millis(1600));
+        assert_eq!(p.poll(), Duration::from_millis(200));
+        assert_eq!(p.frame_interval, Duration::from_millis(250));
+        assert_eq!(p.max_users_per_connection, 3);
+        let off = parse(&["--presence", "off"]).unwrap();
+        assert_eq!(
+            off.presence.mode_for(BrokerKind::Rabbitmq),
+            PresenceMode::Off
+        );
     }
 
     #[test]
@@ -939,6 +1149,24 @@ mod tests {
                 (
                     &["--api-max-user-window-hours", "200"][..],
                     "--api-max-user-window-hours",
+                ),
+                (&["--presence", "everyone"][..], "--presence"),
+                (&["--presence-grace-secs=-1"][..], "--presence-grace-secs"),
+                (
+                    &["--presence-heartbeat-secs", "0.01"][..],
+                    "--presence-heartbeat-secs",
+                ),
+                (
+                    &["--presence-expiry-heartbeats", "1"][..],
+                    "--presence-expiry-heartbeats",
+                ),
+                (
+                    &["--presence-frame-interval-secs", "0"][..],
+                    "--presence-frame-interval-secs",
+                ),
+                (
+                    &["--presence-max-users-per-connection", "0"][..],
+                    "--presence-max-users-per-connection",
                 ),
             ],
         );

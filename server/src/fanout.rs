@@ -1,6 +1,6 @@
 //! Cross-thread input to workers: each worker has one inbox (a crossbeam
-//! channel) and one `mio::Waker`. Brokers and subscribers hand room frames
-//! and publish results to workers only through here; nothing else may block
+//! channel) and one `mio::Waker`. Brokers, subscribers and presence hand
+//! room frames, publish results and answers to workers only through here; nothing else may block
 //! or touch a worker's state.
 //!
 //! The types those events carry ([`Ticket`], [`PublishError`],
@@ -43,6 +43,17 @@ pub enum WorkerEvent {
     /// The history's answer to a resuming connection's request
     /// ([`crate::broker::history`]). Boxed: rare, and larger than the rest.
     History(Box<HistoryPage>),
+    /// A `presence_join` or `presence_leave` frame for the members of
+    /// `room` this worker holds (those that joined or asked: see
+    /// [`crate::presence`]). Shared like a broadcast.
+    PresenceFrame { room: u32, frame: Utf8Bytes },
+    /// The answer to connection `key`'s (with `connection_id`) presence
+    /// request.
+    PresenceAnswer {
+        key: usize,
+        connection_id: u64,
+        frame: Utf8Bytes,
+    },
 }
 
 /// Part of a room's history, for the resuming connection `key` (with
@@ -257,6 +268,16 @@ impl Fanout {
                 room,
                 frame: frame.clone(),
                 position,
+            });
+        }
+    }
+
+    /// Hands one presence frame to every worker for the members of `room`.
+    pub fn presence(&self, room: u32, frame: Utf8Bytes) {
+        for worker in self.workers.iter() {
+            worker.send(WorkerEvent::PresenceFrame {
+                room,
+                frame: frame.clone(),
             });
         }
     }

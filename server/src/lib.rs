@@ -36,7 +36,10 @@
 //! - [`fleet`]: live fleet statistics for the read API — this server's
 //!   snapshot published to Redis (`fleet-stats`), every server's and
 //!   consumer's read back, and RabbitMQ queue depths (`queue-depths`);
-//! - [`live`]: the API's view of those live stats.
+//! - [`live`]: the API's view of those live stats;
+//! - [`presence`]: who is in each room, from JOIN/LEAVE and live
+//!   connections, shared across the fleet through Redis (the `presence`
+//!   and `presence-redis` threads), and the frames that tell members.
 //!
 //! No async runtime: every worker owns its sockets outright and nothing it
 //! does blocks.
@@ -51,11 +54,12 @@ pub mod http;
 pub mod latency;
 pub mod live;
 pub mod metrics;
+pub mod presence;
 pub mod rooms;
 pub mod server;
 pub mod socket;
 pub mod stats;
 pub mod worker;
 
-pub use config::{Args, BrokerKind, Config};
+pub use config::{Args, BrokerKind, Config, PresenceMode};
 pub use server::Server;

@@ -30,6 +30,7 @@ use prometheus_client::registry::Registry;
 use crate::api::replica::ReplicaMonitor;
 use crate::broker::{Broker, LinkRole};
 use crate::fleet::QueueDepths;
+use crate::presence::PresenceHandle;
 use crate::stats::{Shared, WorkerStats};
 
 /// The registry `/metrics` encodes, and the API's request counts.
@@ -40,19 +41,24 @@ pub struct ServerMetrics {
 
 impl ServerMetrics {
     /// `pool`: the read API's database pool, when it has one; `queues`:
-    /// the RabbitMQ queue-depth sampler, with the RabbitMQ broker.
+    /// the RabbitMQ queue-depth sampler, with the RabbitMQ broker;
+    /// `presence`: unless `--presence off`.
     pub fn new(
         shared: Arc<Shared>,
         broker: Arc<dyn Broker>,
         pool: Option<Arc<ReadPool>>,
         replica: Option<Arc<ReplicaMonitor>>,
         queues: Option<Arc<QueueDepths>>,
+        presence: Option<PresenceHandle>,
     ) -> Self {
         let api = Arc::new(ApiRequests::default());
         let mut registry = Registry::default();
         registry.register_collector(Box::new(ServerCollector { shared, broker }));
         if let Some(queues) = queues {
             registry.register_collector(Box::new(QueueCollector(queues)));
+        }
+        if let Some(presence) = presence {
+            registry.register_collector(Box::new(PresenceCollector(presence)));
         }
         registry.register_collector(Box::new(ApiCollector {
             requests: api.clone(),
@@ -197,6 +203,8 @@ const WORKER_COUNTERS: &[WorkerCounter] = &[
     ("chatflow_server_refused_over_capacity", "WebSocket upgrades refused at --max-connections.", |w| &w.refused_over_capacity),
     ("chatflow_server_ping_timeouts", "WebSockets closed because a ping went unanswered.", |w| &w.ping_timeouts),
     ("chatflow_server_accept_failures", "accept() calls that failed (out of descriptors or memory).", |w| &w.accept_failures),
+    ("chatflow_server_presence_frames_sent", "Presence frames queued to connections: presence_join, presence_leave, and answers to presence requests.", |w| &w.presence_frames_sent),
+    ("chatflow_server_presence_joins_over_limit", "Accepted JOINs that added no member: their connection held --presence-max-users-per-connection users already.", |w| &w.presence_joins_over_limit),
 ];
 
 impl Collector for ServerCollector {
@@ -291,6 +299,52 @@ impl Collector for ServerCollector {
                 "chatflow_server_publisher_up",
                 "1 while the publisher's RabbitMQ link is up.",
                 per_publisher(|g| if g.up { 1.0 } else { 0.0 }),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Presence's counts (kept by its thread in atomics: a scrape asks it
+/// nothing): members per room across the fleet and held here, the
+/// servers seen, and, shared, the Redis link.
+struct PresenceCollector(PresenceHandle);
+
+impl fmt::Debug for PresenceCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PresenceCollector")
+    }
+}
+
+impl Collector for PresenceCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        let mut s = Scrape::new(encoder);
+        let counts = self.0.counts();
+        s.gauges(
+            "chatflow_server_presence_members",
+            "Members of each room across the fleet, as this server sees it (the same on every server of a fleet: take one, max by (room)).",
+            (counts.rooms.iter()).map(|r| (labels!("room" => r.room_id), r.count as f64)),
+        )?;
+        s.gauges(
+            "chatflow_server_presence_local_members",
+            "Members of each room held by this server's connections (in their grace too).",
+            (counts.rooms.iter()).map(|r| (labels!("room" => r.room_id), r.local as f64)),
+        )?;
+        s.gauge(
+            "chatflow_server_presence_servers",
+            "Servers whose members this server counts, itself included.",
+            counts.servers as f64,
+        )?;
+        if let Some(redis) = &counts.redis {
+            s.flag(
+                "chatflow_server_presence_redis_up",
+                "1 while presence is shared through Redis (its last write, heartbeat or read worked).",
+                redis.connected,
+            )?;
+            s.counter(
+                "chatflow_server_presence_redis_failures",
+                "Presence writes, heartbeats and reads of Redis that failed.",
+                redis.failures,
             )?;
         }
         Ok(())

@@ -33,7 +33,9 @@
 //!    broker's own trigger: publishers stop taking messages, wait (bounded)
 //!    for any confirm still out, and exit; the Redis subscriber exits. The
 //!    broker stops after the workers because answers to messages published
-//!    before the stop must still reach them in step 3;
+//!    before the stop must still reach them in step 3. Then presence stops
+//!    (its threads have the workers' last disconnects by then; what it
+//!    shared in Redis expires by itself, see [`crate::presence`]);
 //! 5. joins the read side's threads: `fleet-stats` (which withdrew this
 //!    server's snapshot from Redis at the signal of step 2, so the fleet
 //!    view drops it at once) and `queue-depths`.
@@ -70,6 +72,8 @@ use crate::fanout::{inbox, Fanout, Inbox, WorkerHandle};
 use crate::fleet::{FleetReader, QueueDepths, StatsPublisher};
 use crate::live::FleetLive;
 use crate::metrics::ServerMetrics;
+use crate::presence::service::Pending;
+use crate::presence::{Outbox, Presence, PresenceHandle};
 use crate::stats::{Health, Shared};
 use crate::worker::{Worker, WAKER};
 
@@ -84,6 +88,8 @@ pub struct Server {
     /// dropped without `shutdown` keeps serving, as documented above.
     stop: ManuallyDrop<ShutdownTrigger>,
     threads: Vec<JoinHandle<()>>,
+    /// Who is in each room (`None`: `--presence off`).
+    presence: Option<Presence>,
     /// The fleet-stats publisher, and the read API with what it reads.
     read_side: ReadSide,
 }
@@ -104,6 +110,7 @@ impl ReadSide {
         config: &Config,
         shared: &Arc<Shared>,
         broker: &Arc<dyn Broker>,
+        presence: Option<PresenceHandle>,
         stopping: &Shutdown,
     ) -> anyhow::Result<ReadSide> {
         let health = {
@@ -148,6 +155,7 @@ impl ReadSide {
             Some(pool.clone()),
             replica.clone(),
             queues.clone(),
+            presence.clone(),
         ));
         let context = ApiContext::new(
             api_config,
@@ -156,6 +164,7 @@ impl ReadSide {
             replica.clone(),
             Box::new(live),
             metrics,
+            presence,
         );
         let api = Api::start(api_config, context)?;
         Ok(ReadSide {
@@ -203,6 +212,8 @@ impl Server {
         }
         let (stop, stopping) = shutdown_signal();
         let shared = Arc::new(Shared::new(config.clone(), stopping.clone()));
+        // Its channel first: each worker gets an outbox on it.
+        let pending_presence = Pending::new(&config);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut bind = config.bind;
         let keepalive = config.liveness.tcp_keepalive;
@@ -219,7 +230,7 @@ impl Server {
                 None
             };
             let (ready_tx, ready_rx) = bounded(1);
-            let (go_tx, go_rx) = bounded::<Option<Arc<dyn Broker>>>(1);
+            let (go_tx, go_rx) = bounded::<Option<(Arc<dyn Broker>, Option<Outbox>)>>(1);
             let shared = shared.clone();
             let thread = thread::Builder::new()
                 .name(format!("worker-{index}"))
@@ -240,7 +251,7 @@ impl Server {
                             return;
                         }
                     };
-                    let Ok(Some(broker)) = go_rx.recv() else {
+                    let Ok(Some((broker, presence))) = go_rx.recv() else {
                         return;
                     };
                     // From here on, any way out but a clean stop (an error
@@ -250,7 +261,8 @@ impl Server {
                         index,
                         armed: true,
                     };
-                    let worker = match Worker::new(index, poll, listener, inbox, shared, broker) {
+                    let made = Worker::new(index, poll, listener, inbox, shared, broker, presence);
+                    let worker = match made {
                         Ok(worker) => worker,
                         Err(e) => {
                             tracing::error!("worker-{index}: cannot start: {e}");
@@ -292,9 +304,13 @@ impl Server {
                 return Err(e.context(format!("starting the {} broker", config.broker.as_str())));
             }
         };
-        let read_side = match ReadSide::start(&config, &shared, &broker, &stopping) {
-            Ok(read_side) => read_side,
-            Err(e) => {
+        let outboxes: Vec<Option<Outbox>> = (0..config.workers)
+            .map(|index| pending_presence.as_ref().map(|p| p.outbox(index)))
+            .collect();
+        let presence = match pending_presence.map(|p| Presence::start(p, &config, fanout.clone())) {
+            None => None,
+            Some(Ok(presence)) => Some(presence),
+            Some(Err(e)) => {
                 drop(go_senders);
                 for t in threads {
                     let _ = t.join();
@@ -303,8 +319,23 @@ impl Server {
                 return Err(e);
             }
         };
-        for go in go_senders {
-            let _ = go.send(Some(broker.clone()));
+        let handle = presence.as_ref().map(Presence::handle);
+        let read_side = match ReadSide::start(&config, &shared, &broker, handle, &stopping) {
+            Ok(read_side) => read_side,
+            Err(e) => {
+                drop(go_senders);
+                for t in threads {
+                    let _ = t.join();
+                }
+                broker.shutdown();
+                if let Some(presence) = presence {
+                    presence.shutdown();
+                }
+                return Err(e);
+            }
+        };
+        for (go, outbox) in go_senders.into_iter().zip(outboxes) {
+            let _ = go.send(Some((broker.clone(), outbox)));
         }
         Ok(Server {
             local_addr: bind,
@@ -313,6 +344,7 @@ impl Server {
             shared,
             stop: ManuallyDrop::new(stop),
             threads,
+            presence,
             read_side,
         })
     }
@@ -379,8 +411,13 @@ impl Server {
                 panicked += 1;
             }
         }
-        tracing::info!("shutdown 4/5: every worker stopped; the broker's links close");
+        tracing::info!(
+            "shutdown 4/5: every worker stopped; the broker's links close, presence stops"
+        );
         self.broker.shutdown();
+        if let Some(presence) = self.presence.take() {
+            presence.shutdown();
+        }
         self.read_side.join();
         tracing::info!("shutdown 5/5: stopped");
         if panicked > 0 {

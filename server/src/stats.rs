@@ -55,6 +55,12 @@ pub struct WorkerStats {
     /// memory); the worker retries on a timer, so one outage counts once
     /// per retry.
     pub accept_failures: AtomicU64,
+    /// `presence_join`/`presence_leave` frames queued to members, and
+    /// presence answers to requests.
+    pub presence_frames_sent: AtomicU64,
+    /// Accepted `JOIN`s that added no member: their connection already
+    /// held `--presence-max-users-per-connection` users.
+    pub presence_joins_over_limit: AtomicU64,
     /// Message read → accepted, the moment its ack is queued (with
     /// RabbitMQ, when its confirm arrives): every accepted message, once.
     pub ack_latency: LatencyHistogram,
@@ -186,6 +192,8 @@ impl Shared {
             http_requests: sum(|w| &w.http_requests),
             ping_timeouts: sum(|w| &w.ping_timeouts),
             accept_failures: sum(|w| &w.accept_failures),
+            presence_frames_sent: sum(|w| &w.presence_frames_sent),
+            presence_joins_over_limit: sum(|w| &w.presence_joins_over_limit),
         }
     }
 
@@ -304,6 +312,8 @@ pub struct Totals {
     pub http_requests: u64,
     pub ping_timeouts: u64,
     pub accept_failures: u64,
+    pub presence_frames_sent: u64,
+    pub presence_joins_over_limit: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -11,8 +11,12 @@
 //! turn for every connection that got some, so a burst of acks or
 //! broadcasts costs one `write` per connection, not one per frame.
 //! Cross-thread input (broadcasts, publish results, history pages for
-//! resuming connections, shutdown) arrives through the worker's [`Inbox`]
-//! and its `mio::Waker`. Nothing here blocks.
+//! resuming connections, presence frames and answers, shutdown) arrives
+//! through the worker's [`Inbox`] and its `mio::Waker`. The other way,
+//! the turn's presence events (accepted JOINs and LEAVEs, closes of
+//! connections that held members, presence requests) leave as one
+//! channel send at the end of the turn ([`crate::presence::Outbox`]).
+//! Nothing here blocks.
 //!
 //! Two things happen on a clock rather than on an event (the Poll's
 //! timeout, never a timer per connection): the sweep (deadlines, pings,
@@ -43,6 +47,7 @@ use slab::Slab;
 use crate::broker::Broker;
 use crate::connection::{self, Connection, Context, Next};
 use crate::fanout::{Inbox, PublishError, WorkerEvent};
+use crate::presence::Outbox;
 use crate::stats::{Shared, WorkerStats};
 
 pub const LISTENER: Token = Token(usize::MAX - 1);
@@ -107,6 +112,7 @@ impl Worker {
         inbox: Inbox,
         shared: Arc<Shared>,
         broker: Arc<dyn Broker>,
+        presence: Option<Outbox>,
     ) -> io::Result<Self> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -116,7 +122,7 @@ impl Worker {
             listener,
             inbox,
             conns: Slab::with_capacity(1024),
-            cx: Context::new(index, shared, broker),
+            cx: Context::new(index, shared, broker, presence),
             next_connection_id: 0,
             dirty: Vec::new(),
             resume: Vec::new(),
@@ -176,6 +182,9 @@ impl Worker {
             // After the inbox (answers just sent) and before the flush
             // (closes just queued go out behind them).
             let stopped = self.advance_stop();
+            // Before the flush: a client that reads the ack of its JOIN
+            // and then asks who is here finds itself in the answer.
+            self.cx.send_presence();
             self.flush_dirty();
             if stopped {
                 break;
@@ -185,6 +194,7 @@ impl Worker {
         for key in keys {
             self.remove(key);
         }
+        self.cx.send_presence();
         Ok(())
     }
 
@@ -329,6 +339,21 @@ impl Worker {
             WorkerEvent::Shutdown => shutdown = true,
             WorkerEvent::History(page) => {
                 if let Some((key, next)) = connection::replayed(conns, cx, *page) {
+                    defer(dirty, later, key, &mut conns[key], next);
+                }
+            }
+            WorkerEvent::PresenceFrame { room, frame } => {
+                connection::deliver_presence(conns, cx, room, &frame, |key, conn, next| {
+                    defer(dirty, later, key, conn, next)
+                });
+            }
+            WorkerEvent::PresenceAnswer {
+                key,
+                connection_id,
+                frame,
+            } => {
+                let answer = connection::presence_answered(conns, cx, key, connection_id, frame);
+                if let Some((key, next)) = answer {
                     defer(dirty, later, key, &mut conns[key], next);
                 }
             }
@@ -481,19 +506,22 @@ impl Worker {
 
 /// If the thread unwinds (a panic) with connections still held, their
 /// connection slots and the open-connection gauge are given back, so a dead
-/// worker does not shrink `max_connections` for the rest of the process.
-/// (After a clean `run` there is nothing left to give back.) Nothing here
-/// may panic: it can run during unwinding.
+/// worker does not shrink `max_connections` for the rest of the process,
+/// and presence hears that their users lost them. (After a clean `run`
+/// there is nothing left to give back.) Nothing here may panic: it can run
+/// during unwinding.
 impl Drop for Worker {
     fn drop(&mut self) {
         if self.conns.is_empty() {
             return;
         }
-        for (_, conn) in self.conns.iter() {
+        for (_, conn) in self.conns.iter_mut() {
             if conn.counted() {
                 self.cx.shared().close_connection();
             }
+            conn.forget_presence(&mut self.cx);
         }
+        self.cx.send_presence();
         self.cx.stats().open_connections.store(0, Ordering::Relaxed);
     }
 }

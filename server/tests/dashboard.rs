@@ -69,7 +69,8 @@ fn server() -> Server {
 
 /// Traffic for the page to draw: one client sending (and reading its acks
 /// and broadcasts) until stopped, one idle client in another room, so
-/// both show among the connections.
+/// both show among the connections; the idle one joined as a user, so
+/// room 2 has one member.
 struct Traffic {
     stop: Arc<AtomicBool>,
     sender: Option<JoinHandle<u64>>,
@@ -80,7 +81,10 @@ impl Traffic {
     fn start(addr: SocketAddr) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let mut client = connect(addr, 1);
-        let idle = connect(addr, 2);
+        let mut idle = connect(addr, 2);
+        let mut join: Value = serde_json::from_str(&message(8, "here", "j")).unwrap();
+        join["messageType"] = "JOIN".into();
+        assert_eq!(request(&mut idle, join.to_string())["type"], "ack");
         let sender = {
             let stop = stop.clone();
             thread::spawn(move || {
@@ -373,6 +377,16 @@ fn the_page_draws_live_traffic_and_marks_what_this_broker_lacks() {
         .map(|p| p["data-last"].parse::<f64>().unwrap())
         .sum();
     assert_eq!(open, 2.0, "the sender and the idle client");
+    // The idle client's JOIN: one member, in room 2 (presence is local
+    // with --broker memory).
+    let presence = &charts["presence"];
+    assert_eq!(presence.state(), "data");
+    assert_eq!(presence.points_and_last("total").1, 1.0);
+    assert_eq!(presence.points_and_last("room-2").1, 1.0);
+    assert!(
+        presence.paths.iter().all(|p| p["data-series"] != "room-1"),
+        "room 1 has no member"
+    );
     for name in ["lag", "queues", "rows", "commit"] {
         let chart = &charts[name];
         assert_eq!(chart.state(), "unavailable", "{name}");
@@ -648,7 +662,8 @@ impl Drop for SentLogGuard {
 /// after) and a consumer's snapshot in the registry: the fleet comes from
 /// Redis, messages nobody consumes show as queue depth sampled from
 /// RabbitMQ, the consumer's lag, rows and COPY+commit latency are drawn
-/// as it reported them, and every component is healthy.
+/// as it reported them, presence (shared through Redis) has the idle
+/// client's member, and every component is healthy.
 #[test]
 fn with_rabbitmq_and_a_consumer_every_part_is_drawn_and_healthy() {
     let namespace = unique_namespace("dashboard");
@@ -698,9 +713,10 @@ fn with_rabbitmq_and_a_consumer_every_part_is_drawn_and_healthy() {
     }
     let (_, total) = charts["queues"].points_and_last("total");
     let (_, room) = charts["queues"].points_and_last("room-1");
+    let (_, joined) = charts["queues"].points_and_last("room-2");
     assert!(
-        total > 0.0 && room == total,
-        "room 1 holds them all: {room} of {total}"
+        total > 0.0 && room == total - 1.0 && joined == 1.0,
+        "room 1 holds the sender's messages, room 2 the idle client's JOIN: {room} and {joined} of {total}"
     );
     assert_eq!(charts["throughput"].points_and_last("consumed").1, 40.0);
     assert_eq!(charts["lag"].points_and_last("p99").1, 11.0);
@@ -710,11 +726,13 @@ fn with_rabbitmq_and_a_consumer_every_part_is_drawn_and_healthy() {
         dom.contains("data-room=\"2\""),
         "the shard table lists both rooms"
     );
+    // Presence is shared through Redis with RabbitMQ: the same member.
+    assert_eq!(charts["presence"].points_and_last("room-2").1, 1.0);
     server.shutdown().unwrap();
 }
 
 /// Every chart the page draws.
-const CHART_NAMES: [&str; 7] = [
+const CHART_NAMES: [&str; 8] = [
     "throughput",
     "ack",
     "lag",
@@ -722,4 +740,5 @@ const CHART_NAMES: [&str; 7] = [
     "rows",
     "commit",
     "connections",
+    "presence",
 ];

@@ -10,8 +10,9 @@
 //!   dropped when it ends;
 //! - [`names`]: [`unique_namespace`], names no other test or run uses;
 //! - [`services`]: where the machine's shared RabbitMQ, Redis and
-//!   PostgreSQL listen, and [`TopologyGuard`], which deletes a test's
-//!   queues and exchanges when dropped;
+//!   PostgreSQL listen, [`TopologyGuard`], which deletes a test's
+//!   queues and exchanges when dropped, and [`PresenceGuard`], its
+//!   presence keys;
 //! - [`proxy`]: [`Proxy`], a TCP proxy a test cuts and restores, so an
 //!   outage hits only that test's connections, never a shared service;
 //! - [`prometheus`]: a `/metrics` page read by a real OpenMetrics parser;
@@ -44,5 +45,5 @@ pub use http::{http_get, http_request, HttpResponse};
 pub use limits::raise_fd_limit;
 pub use names::unique_namespace;
 pub use proxy::Proxy;
-pub use services::TopologyGuard;
+pub use services::{PresenceGuard, TopologyGuard};
 pub use wait::wait_until;

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use amiquip::Connection;
 use chatflow_broker::Declare;
 use chatflow_protocol::Topology;
+use redis::Commands as _;
 
 /// RabbitMQ as the tests' own connections reach it (never through a proxy).
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=30";
@@ -33,8 +34,8 @@ pub fn postgres_addr() -> SocketAddr {
 }
 
 /// Deletes a test's RabbitMQ topology (its queues, dead-letter queue and
-/// exchanges) and its rooms' Redis history streams when dropped, pass or
-/// fail, over connections of its own.
+/// exchanges), its rooms' Redis history streams and its servers' presence
+/// keys when dropped, pass or fail, over connections of its own.
 pub struct TopologyGuard(pub Topology);
 
 impl Drop for TopologyGuard {
@@ -46,6 +47,39 @@ impl Drop for TopologyGuard {
         }
         if let Err(e) = delete_history(&self.0) {
             eprintln!("clean-up of namespace {}'s history: {e}", self.0.namespace);
+        }
+        if let Err(e) = delete_presence(&self.0.namespace) {
+            eprintln!("clean-up of namespace {}'s presence: {e}", self.0.namespace);
+        }
+    }
+}
+
+/// Deletes every presence key of `namespace` (`{ns}:presence:*`: servers'
+/// members, versions and index). They expire by themselves within
+/// seconds; a test deletes them anyway, so nothing it made outlives it.
+pub fn delete_presence(namespace: &str) -> redis::RedisResult<()> {
+    let mut con = redis::Client::open(REDIS_URL)?.get_connection()?;
+    // SCAN, not KEYS: the Redis is shared, and KEYS would stall it for
+    // everyone while it walks the whole keyspace.
+    let keys: Vec<String> = {
+        let pattern = format!("{namespace}:presence:*");
+        let found = con.scan_match::<_, String>(&pattern)?;
+        found.filter_map(Result::ok).collect()
+    };
+    for chunk in keys.chunks(500) {
+        redis::cmd("DEL").arg(chunk).query::<()>(&mut con)?;
+    }
+    Ok(())
+}
+
+/// [`delete_presence`] when dropped (for tests without a RabbitMQ
+/// topology to guard).
+pub struct PresenceGuard(pub String);
+
+impl Drop for PresenceGuard {
+    fn drop(&mut self) {
+        if let Err(e) = delete_presence(&self.0) {
+            eprintln!("clean-up of namespace {}'s presence: {e}", self.0);
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chatflow_protocol::frame::{ack_json, broadcast_json, error_json};
 use chatflow_protocol::{
-    Ack, Broadcast, ClientMessage, ErrorCode, ErrorFrame, IdGenerator, ServerTime,
+    Ack, Broadcast, ClientFrame, ErrorCode, ErrorFrame, IdGenerator, ServerTime,
 };
 use tungstenite::{Message, WebSocket};
 
@@ -126,7 +126,16 @@ fn serve(
             }
             Err(_) => return,
         };
-        let m = ClientMessage::parse(&text).expect("the client sends valid messages");
+        // A request (the end-of-run presence check): this fake keeps no
+        // presence, as a server with `--presence off` answers.
+        let m = match ClientFrame::parse(&text).expect("the client sends valid frames") {
+            ClientFrame::Message(m) => m,
+            ClientFrame::Request(_) => {
+                let e = ErrorFrame::new(ErrorCode::Unavailable, "presence is off (fake)");
+                send(&mut ws, vec![error_json(&e)]);
+                continue;
+            }
+        };
         if let Some((at, length)) = q.stall {
             let (from, to) = (started + at, started + at + length);
             let now = std::time::Instant::now();

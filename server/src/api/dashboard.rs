@@ -6,7 +6,8 @@
 //!
 //! `/api/live` is `/api/metrics`'s `live` section alone: every server's and
 //! consumer's snapshot (from Redis, or this server's own without it), the
-//! sampled queue depths and the read pool's counters. It runs no database
+//! sampled queue depths, the presence counts per room and the read pool's
+//! counters. It runs no database
 //! query, so it answers while PostgreSQL is down, and it costs one Redis
 //! round trip per part at most (each bounded by the Redis timeout): cheap
 //! enough to poll every second from a few browsers. It allows any origin:
@@ -104,6 +105,8 @@ struct LiveDoc {
     servers: Value,
     consumers: Value,
     queues: Value,
+    /// Members per room (`{"error"}` with `--presence off`).
+    presence: Value,
     database: DatabaseDoc,
 }
 
@@ -119,6 +122,7 @@ fn live(context: &ApiContext, timings: &mut Timings) -> LiveDoc {
         servers: context.live.servers(timings),
         consumers: context.live.consumers(timings),
         queues: context.live.queues(timings),
+        presence: super::presence::live(context),
         database: DatabaseDoc {
             address: context.database.clone(),
             pool: context.pool.stats(),

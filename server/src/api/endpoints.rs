@@ -36,6 +36,8 @@ pub fn allowed(route: &Route) -> &'static [&'static str] {
         Route::ActiveUsers => &["start", "end"],
         Route::Analytics => &["start", "end", "topN"],
         Route::Metrics => &["start", "end", "roomId", "userId", "limit", "topN"],
+        Route::RoomPresence(_) => super::presence::ROOM_PARAMS,
+        Route::Presence => &[],
     }
 }
 
@@ -87,6 +89,8 @@ pub fn run(
             json(&analytics.document)
         }
         Route::Metrics => json(&metrics(context, params, timings)?),
+        Route::RoomPresence(room) => super::presence::room(context, room, params, timings),
+        Route::Presence => super::presence::counts(context),
     }
 }
 
@@ -531,6 +535,7 @@ fn metrics(
         "servers": context.live.servers(timings),
         "consumers": context.live.consumers(timings),
         "queues": context.live.queues(timings),
+        "presence": super::presence::live(context),
         "database": {
             "address": context.database,
             "pool": context.pool.stats(),

@@ -10,13 +10,15 @@
 //! string → typed values or a 400 naming the parameter), [`cursor`]
 //! (opaque keyset cursors), [`endpoints`] (queries → documents), [`reply`]
 //! (errors, timings, the JSON body), [`replica`] (the read replica's
-//! lag, sampled), [`dashboard`] (`/`, the live page,
-//! and `/api/live`, the JSON it polls: no database query).
+//! lag, sampled), [`dashboard`] (`/`, the live page, and `/api/live`,
+//! the JSON it polls: no database query), [`presence`] (member lists and
+//! counts: no database query either).
 
 pub mod cursor;
 pub mod dashboard;
 pub mod endpoints;
 pub mod params;
+pub mod presence;
 pub mod replica;
 pub mod reply;
 pub mod routes;
@@ -34,6 +36,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::ApiConfig;
 use crate::metrics::ServerMetrics;
+use crate::presence::PresenceHandle;
 use params::Params;
 use reply::{answer, ApiError, Timings};
 
@@ -66,6 +69,8 @@ pub struct ApiContext {
     pub live: Box<dyn Live>,
     /// `/metrics`, and the count of every request answered here.
     pub metrics: Arc<ServerMetrics>,
+    /// Who is in each room (`None`: `--presence off`).
+    pub presence: Option<PresenceHandle>,
 }
 
 impl ApiContext {
@@ -92,6 +97,7 @@ impl ApiContext {
         replica: Option<Arc<ReplicaMonitor>>,
         live: Box<dyn Live>,
         metrics: Arc<ServerMetrics>,
+        presence: Option<PresenceHandle>,
     ) -> ApiContext {
         ApiContext {
             rooms,
@@ -103,6 +109,7 @@ impl ApiContext {
             replica,
             live,
             metrics,
+            presence,
         }
     }
 

@@ -18,6 +18,10 @@ pub enum Route {
     ActiveUsers,
     Analytics,
     Metrics,
+    /// A room's member list (no database).
+    RoomPresence(i32),
+    /// Members per room (no database).
+    Presence,
 }
 
 impl Route {
@@ -30,6 +34,8 @@ impl Route {
             Route::ActiveUsers => "active_users",
             Route::Analytics => "analytics",
             Route::Metrics => "api_metrics",
+            Route::RoomPresence(_) => "room_presence",
+            Route::Presence => "presence",
         }
     }
 }
@@ -67,6 +73,8 @@ pub fn route(path: &str, rooms: Rooms) -> Result<Route, ApiError> {
         ["", "api", "active-users"] => Ok(Route::ActiveUsers),
         ["", "api", "analytics"] => Ok(Route::Analytics),
         ["", "api", "metrics"] => Ok(Route::Metrics),
+        ["", "api", "rooms", room, "presence"] => Ok(Route::RoomPresence(room_id(room, rooms)?)),
+        ["", "api", "presence"] => Ok(Route::Presence),
         _ => Err(ApiError::not_found(path)),
     }
 }
@@ -116,8 +124,15 @@ mod tests {
             Ok(Route::UserRooms(100_000))
         );
         assert_eq!(route("/api/metrics", rooms), Ok(Route::Metrics));
+        assert_eq!(
+            route("/api/rooms/20/presence", rooms),
+            Ok(Route::RoomPresence(20))
+        );
+        assert_eq!(route("/api/presence", rooms), Ok(Route::Presence));
         for (path, parameter) in [
             ("/api/rooms/21/messages", "roomId"),
+            ("/api/rooms/21/presence", "roomId"),
+            ("/api/rooms/x/presence", "roomId"),
             ("/api/rooms/0/messages", "roomId"),
             ("/api/rooms/-1/messages", "roomId"),
             ("/api/rooms/+7/messages", "roomId"),
@@ -139,6 +154,8 @@ mod tests {
             "/api/metrics/",
             "/api/rooms/7",
             "/api/rooms/7/messages/x",
+            "/api/presence/7",
+            "/api/rooms/7/presence/",
             "/metrics",
         ] {
             assert_eq!(route(path, rooms).unwrap_err().status, 404, "{path}");

@@ -1,7 +1,7 @@
 //! What a connection's steps need from their worker besides the connection
 //! itself: the shared state and broker, the WebSocket settings, the room
-//! index, the id generator, the acks waiting for the broker, and a scratch
-//! buffer. Kept apart from the worker's loop state (Poll, slab, lists) so a
+//! index, the id generator, the acks waiting for the broker, the turn's
+//! presence events, and a scratch buffer. Kept apart from the worker's loop state (Poll, slab, lists) so a
 //! step can borrow it while the worker holds the connection.
 //!
 //! A stopping worker swaps its broker for one that refuses every new
@@ -23,6 +23,7 @@ use chatflow_protocol::Envelope;
 use crate::broker::{Broker, BrokerHealth, Outcome};
 use crate::config::BrokerKind;
 use crate::fanout::{PublishError, Ticket};
+use crate::presence::Outbox;
 use crate::rooms::RoomIndex;
 use crate::stats::{Shared, WorkerStats};
 
@@ -39,6 +40,8 @@ pub(super) struct PendingAck {
     pub retry_of: Option<(u32, String)>,
     /// When the message was read: its ack latency runs from here.
     pub received: Instant,
+    /// What it does to presence once accepted (a `JOIN` or `LEAVE`).
+    pub(super) presence: Option<super::presence::PresenceEffect>,
 }
 
 pub struct Context {
@@ -58,11 +61,18 @@ pub struct Context {
     /// worker (a broadcast storm can cut thousands at once); the rest are
     /// counted into the next line.
     pub(super) slow_reader_log: RefCell<RateLimit>,
+    /// This loop turn's presence events (`None`: presence is off).
+    pub(super) presence: Option<Outbox>,
 }
 
 impl Context {
     /// Worker `index`'s context, made on the worker's own (pinned) thread.
-    pub fn new(index: usize, shared: Arc<Shared>, broker: Arc<dyn Broker>) -> Self {
+    pub fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        broker: Arc<dyn Broker>,
+        presence: Option<Outbox>,
+    ) -> Self {
         let config = &shared.config;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_size)
@@ -85,6 +95,15 @@ impl Context {
             pending: HashMap::new(),
             scratch,
             slow_reader_log: RefCell::new(RateLimit::new(Duration::from_secs(1))),
+            presence,
+        }
+    }
+
+    /// Hands this loop turn's presence events to the presence thread (one
+    /// send, at the end of the turn; nothing without any).
+    pub fn send_presence(&mut self) {
+        if let Some(outbox) = self.presence.as_mut() {
+            outbox.send();
         }
     }
 

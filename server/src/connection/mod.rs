@@ -22,11 +22,14 @@
 //! side), `websocket` (Open: frames, messages, replies, broadcasts,
 //! closes), `liveness` (pings, and closing a peer that stopped answering),
 //! `replay` (resuming after `?since=`: the room's history, then the seam,
-//! then live), `context` (the per-worker state every step shares).
+//! then live), `presence` (the users its JOINs made present, presence
+//! requests and frames), `context` (the per-worker state every step
+//! shares).
 
 mod context;
 mod handshake;
 mod liveness;
+mod presence;
 mod replay;
 mod websocket;
 
@@ -39,6 +42,7 @@ use tungstenite::WebSocket;
 
 pub use context::Context;
 use handshake::Then;
+pub use presence::{deliver_presence, presence_answered};
 pub use replay::replayed;
 use websocket::Failure;
 pub use websocket::{deliver, published};
@@ -169,6 +173,9 @@ pub struct Connection {
     /// Resuming after `?since=` (and, just after, the seam): boxed, since
     /// few connections ever have one.
     replay: Option<Box<replay::Replay>>,
+    /// Its part in presence (users it made present, frames it hears):
+    /// boxed, since most connections never join or ask.
+    membership: Option<Box<presence::Membership>>,
     /// Owned by the worker: queued in its list of connections to flush.
     pub dirty: bool,
 }
@@ -185,6 +192,7 @@ impl Connection {
             input_paused: false,
             registered: Interest::READABLE,
             replay: None,
+            membership: None,
             dirty: false,
         }
     }
@@ -305,11 +313,12 @@ impl Connection {
     }
 
     /// Gives back what the connection holds as the worker removes it: its
-    /// place in its room, the open count, its connection slot and its Poll
-    /// registration. Returns the member moved into its room place, and
+    /// users' presence, its place in its room, the open count, its
+    /// connection slot and its Poll registration. Returns the member moved into its room place, and
     /// that place, which the mover must record ([`Connection::set_slot`]).
     pub fn release(&mut self, cx: &mut Context, registry: &Registry) -> Option<(usize, usize)> {
         let mut moved = None;
+        self.release_presence(cx);
         if let Phase::Open { room, slot, .. } = self.phase {
             let stats = cx.stats();
             stats
@@ -326,6 +335,12 @@ impl Connection {
             let _ = registry.deregister(stream);
         }
         moved
+    }
+
+    /// A dying worker's connection: its users lose it (the rest of
+    /// `release` is not for a thread that is unwinding).
+    pub fn forget_presence(&mut self, cx: &mut Context) {
+        self.release_presence(cx);
     }
 
     /// Another member left the room and this one moved into its place.

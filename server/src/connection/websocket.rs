@@ -10,15 +10,14 @@ use std::time::Instant;
 
 use chatflow_protocol::frame::{ack_json, error_json};
 use chatflow_protocol::time::now_ms;
-use chatflow_protocol::{
-    Ack, ClientMessage, Envelope, ErrorCode, ErrorFrame, Position, ServerTime,
-};
+use chatflow_protocol::{Ack, ClientFrame, Envelope, ErrorCode, ErrorFrame, Position, ServerTime};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
 use super::context::PendingAck;
+use super::presence::PresenceEffect;
 use super::{Connection, Context, Next, Phase, Stage};
 use crate::broker::Outcome;
 use crate::config::Config;
@@ -201,10 +200,12 @@ impl Connection {
     }
 
     /// Validates one client message, hands it to the broker, and queues
-    /// the ack or error (or nothing yet, if the broker answers later).
+    /// the ack or error (or nothing yet, if the broker answers later); a
+    /// request frame goes to what answers it.
     fn on_text(&mut self, key: usize, room: u32, text: &str, cx: &mut Context) -> Next {
-        let reply = match ClientMessage::parse(text) {
-            Ok(message) => {
+        let reply = match ClientFrame::parse(text) {
+            Ok(ClientFrame::Request(request)) => return self.on_request(key, room, request, cx),
+            Ok(ClientFrame::Message(message)) => {
                 let received = Instant::now();
                 let now = now_ms();
                 let id = cx.ids.next_id(now);
@@ -232,6 +233,9 @@ impl Connection {
                         let stats = cx.stats();
                         WorkerStats::bump(&stats.messages_accepted);
                         stats.ack_latency.record(received.elapsed());
+                        if let Some(effect) = PresenceEffect::of(&message, cx) {
+                            self.apply_presence(effect, cx);
+                        }
                         ack()
                     }
                     Outcome::Pending => {
@@ -245,6 +249,7 @@ impl Connection {
                                 retry_of: client_message_id
                                     .map(|_| (room, message.timestamp.to_string())),
                                 received,
+                                presence: PresenceEffect::of(&message, cx),
                             },
                         );
                         return Next::WAIT;
@@ -454,10 +459,14 @@ pub fn published(
         stats.ack_latency.record(pending.received.elapsed());
     }
     // Keys are reused: the id says it is still the same client. If it left
-    // before the broker answered, there is no one to tell.
+    // before the broker answered, there is no one to tell (and no one its
+    // JOIN could make present).
     let conn = conns
         .get_mut(pending.key)
         .filter(|c| c.id == pending.connection_id)?;
+    if let (Ok(_), Some(effect)) = (&result, pending.presence) {
+        conn.apply_presence(effect, cx);
+    }
     let reply = match (result, &pending.retry_of) {
         (Ok(None), _) | (Ok(Some(_)), None) => pending.ack,
         // A retry of a message sent before: the first one's ack.
