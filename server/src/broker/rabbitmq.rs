@@ -464,7 +464,8 @@ impl Publisher {
                 None
             }
         };
-        for mut request in burst {
+        let mut requests = burst.into_iter();
+        while let Some(mut request) = requests.next() {
             let first = match (&request.claim, answers.as_mut()) {
                 (None, _) => None,
                 (Some(_), None) => {
@@ -484,7 +485,17 @@ impl Publisher {
                     }
                 }
             }
-            self.publish(link, request, first)?;
+            if let Err(e) = self.publish(link, request, first) {
+                // The failed one is in flight and fails with the link; the
+                // rest of the burst never reached the broker and must be
+                // answered now — left unanswered, their clients heard
+                // nothing until their own timeout (found by bench/cluster.sh
+                // killing a RabbitMQ node mid-burst: 13 s stalls).
+                for rest in requests {
+                    self.answer(rest.ticket, Err(PublishError::Unreachable));
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
