@@ -124,8 +124,8 @@ pub enum Published {
 
 /// How to reach Redis (shared by consumers and the sampler's probe): the
 /// one Redis, or the master the Sentinels name at each (re)connect.
-pub fn client(config: &Config) -> RedisResult<RedisConnector> {
-    Ok(RedisConnector::new(&config.services.redis))
+pub fn client(config: &Config) -> RedisConnector {
+    RedisConnector::new(&config.services.redis)
 }
 
 /// A connection with every timeout set, so no call can hang a thread.
@@ -155,7 +155,7 @@ impl Broadcaster {
     pub fn new(name: String, config: &Config, seed: u64) -> RedisResult<Self> {
         Ok(Broadcaster {
             name,
-            client: client(config)?,
+            client: client(config),
             config: config.clone(),
             names: Names::new(config),
             con: None,
@@ -298,7 +298,7 @@ pub struct Probe {
 impl Probe {
     pub fn new(config: &Config) -> RedisResult<Self> {
         Ok(Probe {
-            client: client(config)?,
+            client: client(config),
             config: config.clone(),
             con: None,
         })

@@ -256,12 +256,45 @@ fn empty_report(config: &Config, mode: &'static str, publish: PublishReport) -> 
 
 /// The publisher threads and their connections. Dropping it stops and
 /// joins the threads and closes the connections.
-struct Publishers {
+/// The threads of one side of the run (publishers or consumers), the
+/// connections they use and the signal that stops them: stopped, joined
+/// and closed together, also when dropped on an error path.
+struct Crew {
     connections: Vec<Connection>,
     threads: Vec<JoinHandle<()>>,
+    stop: ShutdownTrigger,
+}
+
+impl Crew {
+    fn new(stop: ShutdownTrigger) -> Crew {
+        Crew {
+            connections: Vec::new(),
+            threads: Vec::new(),
+            stop,
+        }
+    }
+
+    fn close(&mut self) {
+        self.stop.signal();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        for connection in self.connections.drain(..) {
+            let _ = connection.close();
+        }
+    }
+}
+
+impl Drop for Crew {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Publishers {
+    crew: Crew,
     results: Receiver<Result<Published, PublishError>>,
     gate: ShutdownTrigger,
-    stop: ShutdownTrigger,
 }
 
 impl Publishers {
@@ -271,11 +304,9 @@ impl Publishers {
         let (stop, stop_rx) = shutdown_signal();
         let (done, results) = unbounded();
         let mut publishers = Publishers {
-            connections: Vec::new(),
-            threads: Vec::new(),
+            crew: Crew::new(stop),
             results,
             gate,
-            stop,
         };
         for index in 0..config.publishers {
             let Link {
@@ -283,7 +314,7 @@ impl Publishers {
                 channel,
                 confirms,
             } = Link::open(&config.settings.amqp)?;
-            publishers.connections.push(connection);
+            publishers.crew.connections.push(connection);
             let publisher = Publisher {
                 channel,
                 confirms,
@@ -302,7 +333,7 @@ impl Publishers {
                     let _ = done.send(publisher.run());
                 })
                 .expect("spawning a publisher thread");
-            publishers.threads.push(thread);
+            publishers.crew.threads.push(thread);
         }
         Ok(publishers)
     }
@@ -316,9 +347,9 @@ impl Publishers {
     fn finish(mut self, interrupt: &Shutdown) -> Result<(Vec<Published>, bool), RunError> {
         let mut interrupt = interrupt.clone();
         let mut interrupted = false;
-        let mut published = Vec::with_capacity(self.threads.len());
+        let mut published = Vec::with_capacity(self.crew.threads.len());
         let mut failure = None;
-        for _ in 0..self.threads.len() {
+        for _ in 0..self.crew.threads.len() {
             loop {
                 select! {
                     recv(self.results) -> result => {
@@ -326,7 +357,7 @@ impl Publishers {
                             Ok(Ok(p)) => published.push(p),
                             Ok(Err(e)) => {
                                 // One failed: stop the rest, report the first.
-                                self.stop.signal();
+                                self.crew.stop.signal();
                                 failure.get_or_insert(e);
                             }
                             Err(_) => return Err(RunError::Panicked("publisher")),
@@ -335,46 +366,28 @@ impl Publishers {
                     }
                     recv(interrupt) -> _ => {
                         interrupted = true;
-                        self.stop.signal();
+                        self.crew.stop.signal();
                         interrupt = never();
                     }
                 }
             }
         }
-        self.close();
+        self.crew.close();
         match failure {
             Some(e) => Err(e.into()),
             None => Ok((published, interrupted)),
         }
-    }
-
-    fn close(&mut self) {
-        self.stop.signal();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-        for connection in self.connections.drain(..) {
-            let _ = connection.close();
-        }
-    }
-}
-
-impl Drop for Publishers {
-    fn drop(&mut self) {
-        self.close();
     }
 }
 
 /// The consumer threads (one per queue) and their connections. Dropping
 /// it stops and joins the threads and closes the connections.
 struct Consumers {
-    connections: Vec<Connection>,
-    threads: Vec<JoinHandle<()>>,
+    crew: Crew,
     /// Each thread's result when it ends (before `stop`, a failure).
     ended: Receiver<Result<(), ConsumeError>>,
     progress: Arc<Progress>,
     gate: ShutdownTrigger,
-    stop: ShutdownTrigger,
 }
 
 impl Consumers {
@@ -387,22 +400,20 @@ impl Consumers {
         let (stop, stop_rx) = shutdown_signal();
         let (done, ended) = unbounded();
         let mut consumers = Consumers {
-            connections: Vec::new(),
-            threads: Vec::new(),
+            crew: Crew::new(stop),
             ended,
             progress: Arc::new(Progress::new()),
             gate,
-            stop,
         };
         let queues = topology.shards().count();
         for _ in 0..shape.connections.min(queues) {
             let connection = chatflow_broker::amqp::connect(&config.settings.amqp)
                 .map_err(|e| RunError::ConsumerConnection(e.to_string()))?;
-            consumers.connections.push(connection);
+            consumers.crew.connections.push(connection);
         }
         for (i, (room, shard)) in topology.shards().enumerate() {
-            let count = consumers.connections.len();
-            let channel = consumers.connections[i % count]
+            let count = consumers.crew.connections.len();
+            let channel = consumers.crew.connections[i % count]
                 .open_channel(None)
                 .map_err(|e| RunError::ConsumerConnection(format!("opening a channel: {e}")))?;
             let consumer = QueueConsumer {
@@ -420,14 +431,14 @@ impl Consumers {
                     let _ = done.send(consumer.run());
                 })
                 .expect("spawning a consumer thread");
-            consumers.threads.push(thread);
+            consumers.crew.threads.push(thread);
         }
         Ok(consumers)
     }
 
     /// Messages ready in the queues, before the gate opens.
     fn ready(&mut self, topology: &chatflow_protocol::Topology) -> Result<u64, RunError> {
-        topology::ready_messages(&mut self.connections[0], topology)
+        topology::ready_messages(&mut self.crew.connections[0], topology)
             .map_err(|e| RunError::Count(Box::new(e)))
     }
 
@@ -471,26 +482,10 @@ impl Consumers {
     /// Stops every consumer (each cancels and closes its channel) and
     /// closes the connections; the first failure, if any.
     fn stop(mut self) -> Result<(), RunError> {
-        self.close();
+        self.crew.close();
         match self.ended.try_iter().find_map(Result::err) {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
-    }
-
-    fn close(&mut self) {
-        self.stop.signal();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-        for connection in self.connections.drain(..) {
-            let _ = connection.close();
-        }
-    }
-}
-
-impl Drop for Consumers {
-    fn drop(&mut self) {
-        self.close();
     }
 }
