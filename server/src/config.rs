@@ -147,8 +147,10 @@ pub struct Config {
     /// Open (and opening) WebSocket connections over this are refused with
     /// HTTP 503 at the handshake.
     pub max_connections: usize,
-    /// Bytes a connection may have queued for sending before it is treated
-    /// as a slow reader and closed (1008). Bounds memory per connection.
+    /// Bytes a connection may leave queued (the kernel would take no more)
+    /// at the end of a loop turn before it is treated as a slow reader and
+    /// closed (1008). Bounds memory per connection, to this plus one turn's
+    /// output.
     pub max_pending_output: usize,
     /// `SO_SNDBUF` for client sockets; `None` leaves the kernel's
     /// autotuning (up to `net.ipv4.tcp_wmem`'s max, megabytes per socket).

@@ -54,6 +54,7 @@ pub mod http;
 pub mod latency;
 pub mod live;
 pub mod metrics;
+pub mod output;
 pub mod presence;
 pub mod rooms;
 pub mod server;

@@ -18,6 +18,10 @@
 //!   [`TURN_FRAMES`] frames and [`TURN_BYTES`] bytes; past that, reads say
 //!   `WouldBlock` and [`Socket::budget_spent`] tells the worker to come back
 //!   next turn, so one flooding client cannot hold its worker.
+//! - **Queued.** What tungstenite writes goes into the connection's
+//!   [`Output`] queue, never straight to the kernel, so the turn's room
+//!   frames ([`crate::output`]) can queue behind it in order; the worker's
+//!   end-of-turn flush writes the whole queue ([`Socket::write_queued`]).
 //! - **Heard.** Any byte read marks the peer as heard from (a flag, no
 //!   clock read); the worker's sweep takes the mark
 //!   ([`Socket::take_heard`]) to know the peer is alive without a timer
@@ -27,6 +31,8 @@ use std::io::{self, Read, Write};
 use std::time::Instant;
 
 use mio::net::TcpStream;
+
+use crate::output::{FrameSpan, Output, TurnFrames};
 
 /// Frames one connection may read per loop turn. A read returns up to a
 /// read buffer (2 KiB) of frames at once, so a turn ends at most one
@@ -185,10 +191,14 @@ pub struct Socket {
     violation: Option<Violation>,
     /// Bytes arrived since the last [`Socket::take_heard`].
     heard: bool,
+    /// Output not yet written, in order.
+    output: Output,
+    /// Past this much queued output the peer is a slow reader.
+    max_queued: usize,
 }
 
 impl Socket {
-    pub fn new(stream: TcpStream, max_fragments: u32) -> Self {
+    pub fn new(stream: TcpStream, max_fragments: u32, max_queued: usize) -> Self {
         Socket {
             stream,
             drained: false,
@@ -198,7 +208,36 @@ impl Socket {
             budget_spent: false,
             violation: None,
             heard: false,
+            output: Output::default(),
+            max_queued,
         }
+    }
+
+    /// More output is queued than the peer may leave unread.
+    pub fn over_bound(&self) -> bool {
+        self.output.queued() > self.max_queued
+    }
+
+    /// Queues one of the turn's room frames behind what is queued.
+    pub fn queue_frame(&mut self, span: FrameSpan) {
+        self.output.push_frame(span);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.output.queued()
+    }
+
+    /// Writes the queue to the kernel: `Ok(true)` once all of it is out,
+    /// `Ok(false)` if the socket filled first.
+    pub fn write_queued(&mut self, turn: &TurnFrames) -> io::Result<bool> {
+        self.output.write_to(&mut self.stream, turn)
+    }
+
+    /// The turn ends with output queued: keep it without the turn's
+    /// frames (`false`: it was already broken).
+    pub fn keep_past_turn(&mut self, turn: &TurnFrames) -> bool {
+        self.output.keep_past_turn(turn)
     }
 
     /// A readiness event: bytes (or EOF) may be waiting again.
@@ -281,13 +320,21 @@ impl Read for Socket {
     }
 }
 
+/// tungstenite's writes are queued, never refused: the bound on queued
+/// output is the connection's (a slow reader), checked after each message.
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
+        self.output.push_bytes(buf);
+        Ok(buf.len())
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.stream.write_vectored(bufs)
+        let mut n = 0;
+        for buf in bufs {
+            self.output.push_bytes(buf);
+            n += buf.len();
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -463,6 +463,9 @@ impl Worker {
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
+        // Every connection that queued one of the turn's room frames was
+        // dirty, so it has written it or kept a copy.
+        self.cx.end_turn();
     }
 
     /// Registers the interest a connection's state calls for.

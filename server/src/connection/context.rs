@@ -23,6 +23,7 @@ use chatflow_protocol::Envelope;
 use crate::broker::{Broker, BrokerHealth, Outcome};
 use crate::config::BrokerKind;
 use crate::fanout::{PublishError, Ticket};
+use crate::output::TurnFrames;
 use crate::presence::Outbox;
 use crate::rooms::RoomIndex;
 use crate::stats::{Shared, WorkerStats};
@@ -63,6 +64,8 @@ pub struct Context {
     pub(super) slow_reader_log: RefCell<RateLimit>,
     /// This loop turn's presence events (`None`: presence is off).
     pub(super) presence: Option<Outbox>,
+    /// This loop turn's room frames, framed once for every member.
+    pub(super) turn: TurnFrames,
 }
 
 impl Context {
@@ -76,9 +79,12 @@ impl Context {
         let config = &shared.config;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_size)
-            // Replies are buffered until the end-of-turn flush; past this
-            // much tungstenite writes early. (It must stay below the bound.)
-            .write_buffer_size((16 * 1024).min(config.max_pending_output / 2))
+            // Every frame goes on at once into the connection's own queue
+            // (memory, not the kernel: `crate::socket`), where the turn's
+            // room frames queue behind it in order; the bound on that
+            // queue is the socket's. tungstenite's own bound must stay
+            // above its write size; it can only refuse one giant frame.
+            .write_buffer_size(0)
             .max_write_buffer_size(config.max_pending_output)
             .max_message_size(Some(config.max_message_size))
             .max_frame_size(Some(config.max_message_size));
@@ -96,7 +102,14 @@ impl Context {
             scratch,
             slow_reader_log: RefCell::new(RateLimit::new(Duration::from_secs(1))),
             presence,
+            turn: TurnFrames::default(),
         }
+    }
+
+    /// The loop turn is over (every connection flushed, and what one could
+    /// not write kept in its own bytes): the turn's room frames go.
+    pub fn end_turn(&mut self) {
+        self.turn.clear();
     }
 
     /// Hands this loop turn's presence events to the presence thread (one

@@ -162,7 +162,8 @@ impl Connection {
         since: Option<Position>,
         cx: &mut Context,
     ) -> Next {
-        let socket = Socket::new(stream, cx.shared.config.max_fragments);
+        let config = &cx.shared.config;
+        let socket = Socket::new(stream, config.max_fragments, config.max_pending_output);
         let ws = WebSocket::from_raw_socket(socket, Role::Server, Some(cx.ws_config));
         let slot = cx.rooms.join(room, key);
         self.phase = Phase::Open {

@@ -66,7 +66,7 @@ impl Connection {
             "ping timeout: nothing heard from the client",
         );
         // Best effort: a peer that does not answer pings may not read.
-        let _ = self.flush();
+        let _ = self.flush(&cx.turn);
         Next::Remove
     }
 }

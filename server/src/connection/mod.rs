@@ -319,6 +319,13 @@ impl Connection {
     pub fn release(&mut self, cx: &mut Context, registry: &Registry) -> Option<(usize, usize)> {
         let mut moved = None;
         self.release_presence(cx);
+        // What is still queued (a close frame or its reply, an error that
+        // says why) goes out if the kernel takes it: the connection may end
+        // in the same turn that queued it.
+        if let Phase::Open { ws, .. } = &mut self.phase {
+            let _ = ws.flush();
+            let _ = ws.get_mut().write_queued(&cx.turn);
+        }
         if let Phase::Open { room, slot, .. } = self.phase {
             let stats = cx.stats();
             stats

@@ -31,6 +31,8 @@ use chatflow_protocol::{Position, Recovery, RecoveryReason};
 use slab::Slab;
 use tungstenite::{Message, Utf8Bytes};
 
+use crate::output::FrameSpan;
+
 use super::{Connection, Context, Next, Phase, Stage};
 use crate::broker::history::HistoryRequest;
 use crate::config::HistoryConfig;
@@ -332,6 +334,7 @@ impl Connection {
     pub(super) fn offer(
         &mut self,
         frame: &Utf8Bytes,
+        span: FrameSpan,
         position: Option<Position>,
         hold: usize,
     ) -> Option<super::websocket::Sent> {
@@ -342,7 +345,7 @@ impl Connection {
                 Live::Send => {}
             }
         }
-        Some(self.send(Message::Text(frame.clone())))
+        Some(self.queue_frame(span))
     }
 
     /// Once the output has drained (the end-of-turn flush): a replay that

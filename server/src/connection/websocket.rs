@@ -22,6 +22,7 @@ use super::{Connection, Context, Next, Phase, Stage};
 use crate::broker::Outcome;
 use crate::config::Config;
 use crate::fanout::{FirstSent, PublishError, Ticket};
+use crate::output::{FrameSpan, TurnFrames};
 use crate::socket::Violation;
 use crate::stats::WorkerStats;
 
@@ -303,38 +304,52 @@ impl Connection {
         }
     }
 
-    /// Queues a message on an open WebSocket.
+    /// Queues a message on an open WebSocket (into the connection's
+    /// output queue at once: see [`crate::socket`]).
     pub(super) fn send(&mut self, message: Message) -> Sent {
         let Phase::Open { ws, .. } = &mut self.phase else {
             return Sent::Broken;
         };
+        // The bound on queued output is checked at the flush, after the
+        // kernel took what it would (`flush_output`).
         match ws.write(message) {
             Ok(()) => Sent::Queued,
-            // tungstenite queued the frame but the socket is full for now.
-            Err(e) if would_block(&e) => {
-                self.blocked_on_write = true;
-                Sent::Queued
-            }
             Err(tungstenite::Error::WriteBufferFull(_)) => Sent::Full,
             Err(_) => Sent::Broken,
         }
     }
 
+    /// Queues one of the turn's room frames (framed once for every
+    /// member), behind whatever this connection has queued.
+    pub(super) fn queue_frame(&mut self, span: FrameSpan) -> Sent {
+        let Phase::Open { ws, .. } = &mut self.phase else {
+            return Sent::Broken;
+        };
+        // After a close (ours, or the peer's that tungstenite answered)
+        // no data frame may follow.
+        if !ws.can_write() {
+            return Sent::Broken;
+        }
+        ws.get_mut().queue_frame(span);
+        Sent::Queued
+    }
+
     /// Writes queued output. `false` means the connection is broken.
-    pub(super) fn flush(&mut self) -> bool {
+    pub(super) fn flush(&mut self, turn: &TurnFrames) -> bool {
         let Phase::Open { ws, .. } = &mut self.phase else {
             return true;
         };
-        match ws.flush() {
-            Ok(()) => {
-                self.blocked_on_write = false;
+        // tungstenite's own pending frames (pongs, close replies) join the
+        // queue; an error here (the close handshake is over, or broken)
+        // still lets what is queued go out first, best effort.
+        let moved = ws.flush();
+        let written = ws.get_mut().write_queued(turn);
+        match (moved, written) {
+            (Ok(()), Ok(all_out)) => {
+                self.blocked_on_write = !all_out;
                 true
             }
-            Err(e) if would_block(&e) => {
-                self.blocked_on_write = true;
-                true
-            }
-            Err(_) => false,
+            _ => false,
         }
     }
 
@@ -343,11 +358,23 @@ impl Connection {
     /// replay waiting for the output asks for its next page, and paused
     /// input may flow again.
     pub fn flush_output(&mut self, cx: &mut Context) -> Next {
-        if !self.flush() {
+        if !self.flush(&cx.turn) {
             return Next::Remove;
         }
         if self.blocked_on_write {
-            return Next::WAIT;
+            let Phase::Open { ws, .. } = &mut self.phase else {
+                return Next::WAIT;
+            };
+            let socket = ws.get_mut();
+            // More left unread than a reader may leave: a slow reader
+            // (closed before the turn ends, so its frames are still here).
+            if socket.over_bound() {
+                return Next::SlowReader;
+            }
+            // The rest waits for the socket, past this turn's frames.
+            let kept = socket.keep_past_turn(&cx.turn);
+            debug_assert!(kept, "a frame of an earlier turn was still queued");
+            return if kept { Next::WAIT } else { Next::Remove };
         }
         if self.failed() {
             if let Some(stream) = self.stream_mut() {
@@ -395,22 +422,27 @@ impl Connection {
             );
         }
         self.start_close(CloseCode::Policy, "slow reader: too much unread output");
-        let _ = self.flush();
+        let _ = self.flush(&cx.turn);
     }
 }
 
 /// Queues a room frame to every live member of `room` on this worker and
 /// hands each member's [`Next`] to `then` (which must not remove anyone:
 /// the room index is borrowed meanwhile). A member that is resuming holds
-/// the frame back, or drops it as replayed, by its `position`.
+/// the frame back, or drops it as replayed, by its `position`. The frame is
+/// framed once, into the turn's buffer; each member queues where it lies.
 pub fn deliver(
     conns: &mut Slab<Connection>,
-    cx: &Context,
+    cx: &mut Context,
     room: u32,
     frame: &Utf8Bytes,
     position: Option<Position>,
     mut then: impl FnMut(usize, &mut Connection, Next),
 ) {
+    if cx.rooms.members(room).is_empty() {
+        return;
+    }
+    let span = cx.turn.push_text(frame.as_str());
     let mut delivered = 0;
     let hold = cx.shared.config.history.live_buffer;
     for &key in cx.rooms.members(room) {
@@ -424,7 +456,7 @@ pub fn deliver(
         ) {
             continue;
         }
-        let Some(sent) = conn.offer(frame, position, hold) else {
+        let Some(sent) = conn.offer(frame, span, position, hold) else {
             continue;
         };
         if matches!(sent, Sent::Queued) {
