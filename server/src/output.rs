@@ -84,10 +84,6 @@ impl TurnFrames {
         self.bytes.clear();
         self.turn = self.turn.wrapping_add(1);
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
 }
 
 /// One queued piece of output.
@@ -132,10 +128,6 @@ impl Output {
     /// Bytes waiting to be written.
     pub fn queued(&self) -> usize {
         self.queued
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queued == 0
     }
 
     /// Queues a copy of `bytes` (a frame tungstenite wrote).
@@ -342,7 +334,7 @@ mod tests {
         sink.calls_left = usize::MAX;
         assert!(out.write_to(&mut sink, &turn).unwrap());
         assert_eq!(sink.taken, [&expected[..], turn.get(c).unwrap()].concat());
-        assert!(out.is_empty());
+        assert_eq!(out.queued(), 0);
     }
 
     #[test]

@@ -223,11 +223,6 @@ impl Socket {
         self.output.push_frame(span);
     }
 
-    /// Bytes queued and not yet written.
-    pub fn queued(&self) -> usize {
-        self.output.queued()
-    }
-
     /// Writes the queue to the kernel: `Ok(true)` once all of it is out,
     /// `Ok(false)` if the socket filled first.
     pub fn write_queued(&mut self, turn: &TurnFrames) -> io::Result<bool> {
@@ -321,7 +316,8 @@ impl Read for Socket {
 }
 
 /// tungstenite's writes are queued, never refused: the bound on queued
-/// output is the connection's (a slow reader), checked after each message.
+/// output is the connection's (a slow reader), checked at the end-of-turn
+/// flush once the kernel took what it would.
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.output.push_bytes(buf);
