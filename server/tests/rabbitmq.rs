@@ -48,7 +48,17 @@ fn acked_messages_are_in_their_quorum_queue() {
     assert_eq!(envelope.message, "durable");
     assert_eq!(envelope.server_id, "test");
     consumer.ack(delivery).unwrap();
+    // Dropping a consumer whose cancel is still in flight can tear down the
+    // whole connection (amiquip; see CRATES.md), so wait for the cancel's
+    // answer before dropping it.
     consumer.cancel().unwrap();
+    loop {
+        match consumer.receiver().recv_timeout(TIMEOUT).unwrap() {
+            ConsumerMessage::Delivery(_) => continue,
+            ConsumerMessage::ClientCancelled => break,
+            other => panic!("expected the cancel's answer, got {other:?}"),
+        }
+    }
     drop(consumer);
     drop(queue);
     channel.close().unwrap();
