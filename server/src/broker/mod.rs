@@ -17,6 +17,7 @@
 //! chosen in [`crate::server`], so no implementation and this module import
 //! each other.
 
+pub mod claimer;
 pub mod history;
 pub mod link_state;
 pub mod memory;

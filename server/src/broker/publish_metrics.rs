@@ -2,7 +2,8 @@
 //! latency (accepted on a worker → its confirm back at the publisher), the
 //! broker's confirm latency (`basic.publish` → confirm), the sent log's
 //! claim round trip (idempotent sends), and how many messages are in
-//! flight. One per publisher thread, written only by it; read by scrapes.
+//! flight. One per publisher, written by its thread and its claim stage
+//! ([`super::claimer`], the claim round trip); read by scrapes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

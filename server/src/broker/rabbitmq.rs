@@ -4,10 +4,13 @@
 //! Redis ([`super::redis_subscriber`]).
 //!
 //! Workers never block on the broker: `publish` hands the encoded envelope
-//! to a publisher thread over a bounded channel and answers `Pending`; the
-//! publisher thread answers the worker later with `WorkerEvent::Published`.
-//! A sender always goes through the same publisher (by user id), and one
-//! channel publishes in order, so one sender's messages stay in order.
+//! over a bounded channel to a publisher's claim stage
+//! ([`super::claimer`]: the sent log's round trip) and answers `Pending`;
+//! the claim stage hands it on to the publisher thread, which publishes it
+//! and answers the worker later with `WorkerEvent::Published`. A sender
+//! always goes through the same pair (by user id), both keep FIFO order,
+//! and one channel publishes in order, so one sender's messages stay in
+//! order.
 //!
 //! Failure handling: amiquip does not reconnect, so each publisher does,
 //! with the shared jittered [`Backoff`]. While it is disconnected, new
@@ -33,6 +36,7 @@ use chatflow_protocol::{routing_key, Envelope, Topology, SHARDS_PER_ROOM};
 use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
+use super::claimer::{self, Claimed, Claimer};
 use super::history::History;
 use super::link_state::LinkState;
 use super::publish_metrics::{PublishMetrics, PublishingSnapshot};
@@ -69,14 +73,14 @@ pub enum LinkError {
     ConfirmStreamEnded,
 }
 
-/// One message on its way to a publisher thread.
-struct PublishRequest {
-    ticket: Ticket,
+/// One message on its way to a publisher's claim stage.
+pub struct PublishRequest {
+    pub ticket: Ticket,
     /// Index of its routing key in [`Routes`].
     route: usize,
-    body: Vec<u8>,
+    pub body: Vec<u8>,
     /// Its name in the sent log, when the client gave one.
-    claim: Option<Claim>,
+    pub claim: Option<Claim>,
     /// When a worker accepted it: its ack latency starts here.
     accepted: Instant,
 }
@@ -127,8 +131,18 @@ fn message_properties() -> AmqpProperties {
         .with_content_type("application/json".to_string())
 }
 
+/// What the broker keeps of one publisher: where workers queue its
+/// messages, its link's state, its measurements, and (for the `queued`
+/// gauge) the claim stage's hand-over queue.
+struct PublisherHandle {
+    requests: Sender<PublishRequest>,
+    claimed: Receiver<Claimed>,
+    state: Arc<LinkState>,
+    metrics: Arc<PublishMetrics>,
+}
+
 pub struct RabbitBroker {
-    publishers: Vec<(Sender<PublishRequest>, Arc<LinkState>, Arc<PublishMetrics>)>,
+    publishers: Vec<PublisherHandle>,
     subscriber: RedisSubscriber,
     history: History,
     /// Signalled (or dropped, if start fails half-way) to stop every
@@ -150,23 +164,32 @@ impl RabbitBroker {
         let mut threads = Vec::new();
         for index in 0..config.publishing.publishers {
             let (requests, incoming) = bounded(config.publishing.publish_queue);
+            let (claimed_tx, claimed) = bounded(claimer::HANDOVER_QUEUE);
             let state = Arc::new(LinkState::default());
             let metrics = Arc::new(PublishMetrics::default());
             let sent_log = SentLog::new(&services.redis, topology.clone(), services.dedup_window)
                 .map_err(|e| anyhow::anyhow!("the sent log's Redis settings: {e}"))?;
-            let mut publisher = Publisher {
+            let claimer = Claimer::new(
                 index,
                 sent_log,
+                incoming,
+                claimed_tx,
+                state.clone(),
+                fanout.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            let mut publisher = Publisher {
+                index,
                 endpoint: services.amqp.clone(),
                 topology: topology.clone(),
                 routes: routes.clone(),
                 properties: message_properties(),
-                requests: incoming,
+                requests: claimed.clone(),
                 fanout: fanout.clone(),
                 state: state.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
-                claim_failures: 0,
             };
             // The first connection is made here so start-up reports a bad
             // address or credentials as an error.
@@ -179,7 +202,17 @@ impl RabbitBroker {
                     .name(format!("publisher-{index}"))
                     .spawn(move || publisher.run(link))?,
             );
-            publishers.push((requests, state, metrics));
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("claimer-{index}"))
+                    .spawn(move || claimer.run())?,
+            );
+            publishers.push(PublisherHandle {
+                requests,
+                claimed,
+                state,
+                metrics,
+            });
         }
         let history = History::start(config, fanout.clone(), shutdown.clone())?;
         let subscriber = RedisSubscriber::start(&services.redis, topology, fanout, shutdown)?;
@@ -204,8 +237,9 @@ impl Broker for RabbitBroker {
         envelope: &Envelope<'_>,
         client_message_id: Option<&str>,
     ) -> Outcome {
-        let (requests, state, _) =
-            &self.publishers[envelope.user_id as usize % self.publishers.len()];
+        let PublisherHandle {
+            requests, state, ..
+        } = &self.publishers[envelope.user_id as usize % self.publishers.len()];
         if !state.is_up() {
             return Outcome::Refused(PublishError::Unreachable);
         }
@@ -232,7 +266,7 @@ impl Broker for RabbitBroker {
 
     fn health(&self) -> BrokerHealth {
         let mut down = Vec::new();
-        for (i, (_, state, _)) in self.publishers.iter().enumerate() {
+        for (i, PublisherHandle { state, .. }) in self.publishers.iter().enumerate() {
             if let Some(down_for) = state.down_for() {
                 down.push(LinkDown {
                     name: format!("rabbitmq publisher-{i}"),
@@ -287,8 +321,12 @@ impl Broker for RabbitBroker {
 
     fn publishing(&self) -> Option<PublishingSnapshot> {
         let mut all = PublishingSnapshot::empty();
-        for (requests, state, metrics) in &self.publishers {
-            all.add(metrics, requests.len(), state.is_up());
+        for p in &self.publishers {
+            all.add(
+                &p.metrics,
+                p.requests.len() + p.claimed.len(),
+                p.state.is_up(),
+            );
         }
         Some(all)
     }
@@ -323,19 +361,17 @@ struct Link {
 
 struct Publisher {
     index: usize,
-    /// Claims named messages before they are published (idempotent sends).
-    sent_log: SentLog,
     endpoint: AmqpEndpoint,
     topology: Topology,
     routes: Arc<Routes>,
     properties: AmqpProperties,
-    requests: Receiver<PublishRequest>,
+    /// From the claim stage: claimed, in order. Disconnected once that
+    /// stage has gone (shutdown, or every worker's sender dropped).
+    requests: Receiver<Claimed>,
     fanout: Fanout,
     state: Arc<LinkState>,
     metrics: Arc<PublishMetrics>,
     shutdown: Shutdown,
-    /// Bursts refused for want of the sent log (its log thins out).
-    claim_failures: u64,
 }
 
 impl Publisher {
@@ -437,62 +473,19 @@ impl Publisher {
         }
     }
 
-    /// Claims the burst's named messages in the sent log (one round trip),
-    /// then publishes each: a new one as it is, a retry under its first
-    /// send's id and time; a claim the log could not answer is refused.
-    fn publish_burst(
-        &mut self,
-        link: &mut Link,
-        burst: Vec<PublishRequest>,
-    ) -> Result<(), LinkError> {
-        let claims: Vec<&Claim> = burst.iter().filter_map(|r| r.claim.as_ref()).collect();
-        let claiming = (!claims.is_empty()).then(Instant::now);
-        let claimed = self.sent_log.claim(&claims);
-        if let Some(start) = claiming {
-            self.metrics.claim_latency.observe_duration(start.elapsed());
-        }
-        let mut answers = match claimed {
-            Ok(answers) => Some(answers.into_iter()),
-            Err(reason) => {
-                if self.claim_failures % 100 == 0 {
-                    tracing::warn!(
-                        "publisher-{}: sent log unavailable, refusing named messages: {reason}",
-                        self.index
-                    );
-                }
-                self.claim_failures += 1;
-                None
-            }
-        };
-        let mut requests = burst.into_iter();
-        while let Some(mut request) = requests.next() {
-            let first = match (&request.claim, answers.as_mut()) {
-                (None, _) => None,
-                (Some(_), None) => {
-                    self.answer(request.ticket, Err(PublishError::SendLogUnreachable));
-                    continue;
-                }
-                (Some(_), Some(answers)) => answers.next().flatten(),
-            };
-            if let Some(first) = first {
-                match retry_body(&request.body, first) {
-                    Some(body) => request.body = body,
-                    None => {
-                        // Our own envelope always decodes; never publish a
-                        // second id for a named retry.
-                        self.answer(request.ticket, Err(PublishError::SendLogUnreachable));
-                        continue;
-                    }
-                }
-            }
-            if let Err(e) = self.publish(link, request, first) {
+    /// Publishes a burst of claimed messages; when one fails, the rest
+    /// (taken off the queue, never sent) are answered at once.
+    fn publish_burst(&mut self, link: &mut Link, burst: Vec<Claimed>) -> Result<(), LinkError> {
+        let mut burst = burst.into_iter();
+        while let Some(claimed) = burst.next() {
+            if let Err(e) = self.publish(link, claimed.request, claimed.first) {
                 // The failed one is in flight and fails with the link; the
                 // rest of the burst never reached the broker and must be
                 // answered now — left unanswered, their clients heard
                 // nothing until their own timeout (found by bench/cluster.sh
                 // killing a RabbitMQ node mid-burst: 13 s stalls).
-                for rest in requests {
-                    self.answer(rest.ticket, Err(PublishError::Unreachable));
+                for rest in burst {
+                    self.answer(rest.request.ticket, Err(PublishError::Unreachable));
                 }
                 return Err(e);
             }
@@ -595,8 +588,8 @@ impl Publisher {
         let deadline = Instant::now() + pause;
         loop {
             select! {
-                recv(self.requests) -> request => match request {
-                    Ok(request) => self.answer(request.ticket, Err(PublishError::Unreachable)),
+                recv(self.requests) -> claimed => match claimed {
+                    Ok(claimed) => self.answer(claimed.request.ticket, Err(PublishError::Unreachable)),
                     Err(_) => return true,
                 },
                 recv(self.shutdown) -> _ => return true,
@@ -605,9 +598,13 @@ impl Publisher {
         }
     }
 
+    /// Refuses everything the claim stage hands over until it has gone:
+    /// it stops on the same shutdown, and waiting for it (not just taking
+    /// what is queued now) means a message it hands over at the last
+    /// moment is still answered.
     fn refuse_queued(&self, reason: PublishError) {
-        for request in self.requests.try_iter() {
-            self.answer(request.ticket, Err(reason));
+        for claimed in self.requests.iter() {
+            self.answer(claimed.request.ticket, Err(reason));
         }
     }
 
@@ -615,16 +612,6 @@ impl Publisher {
         self.fanout
             .send_to(ticket.worker, WorkerEvent::Published { ticket, result });
     }
-}
-
-/// The body of a retry: the envelope as the retry built it, with the
-/// first send's id and server time, so storage and broadcast see one
-/// message.
-fn retry_body(body: &[u8], first: FirstSent) -> Option<Vec<u8>> {
-    let mut envelope = Envelope::decode(body).ok()?;
-    envelope.message_id = first.message_id;
-    envelope.server_timestamp = first.server_time;
-    Some(envelope.encode())
 }
 
 #[cfg(test)]
