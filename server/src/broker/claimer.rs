@@ -60,13 +60,10 @@ pub struct Claimer {
     claim_failures: u64,
 }
 
-/// Why the stage stopped handing over.
-enum Stop {
-    /// Shutdown was signalled.
-    Shutdown,
-    /// The publisher is gone (it drops its receiver only when it stops).
-    PublisherGone,
-}
+/// The stage stopped handing over: shutdown was signalled, or the
+/// publisher is gone (it drops its receiver only when it stops). Either
+/// way the request at hand and the rest of its burst were refused.
+struct Stopped;
 
 impl Claimer {
     #[allow(clippy::too_many_arguments)]
@@ -117,7 +114,7 @@ impl Claimer {
         }
     }
 
-    fn claim_and_hand_over(&mut self, burst: Vec<PublishRequest>) -> Result<(), Stop> {
+    fn claim_and_hand_over(&mut self, burst: Vec<PublishRequest>) -> Result<(), Stopped> {
         if !self.state.is_up() {
             // The publisher would refuse them anyway; claiming names for
             // messages that are never sent only costs Redis writes.
@@ -148,11 +145,11 @@ impl Claimer {
                     }
                 }
             }
-            if let Err(stop) = self.hand_over(Claimed { request, first }) {
+            if let Err(stopped) = self.hand_over(Claimed { request, first }) {
                 for rest in burst {
                     answer(&self.fanout, rest, Err(PublishError::ShuttingDown));
                 }
-                return Err(stop);
+                return Err(stopped);
             }
         }
         Ok(())
@@ -186,20 +183,20 @@ impl Claimer {
     /// Queues one message for the publisher, waiting while its queue is
     /// full (the workers' queue in front then fills, and workers refuse
     /// with `QUEUE_FULL`), but never past shutdown.
-    fn hand_over(&self, mut claimed: Claimed) -> Result<(), Stop> {
+    fn hand_over(&self, mut claimed: Claimed) -> Result<(), Stopped> {
         loop {
             match self.claimed.send_timeout(claimed, HANDOVER_POLL) {
                 Ok(()) => return Ok(()),
                 Err(SendTimeoutError::Timeout(back)) => {
                     if is_shutdown(&self.shutdown) {
                         answer(&self.fanout, back.request, Err(PublishError::ShuttingDown));
-                        return Err(Stop::Shutdown);
+                        return Err(Stopped);
                     }
                     claimed = back;
                 }
                 Err(SendTimeoutError::Disconnected(back)) => {
                     answer(&self.fanout, back.request, Err(PublishError::ShuttingDown));
-                    return Err(Stop::PublisherGone);
+                    return Err(Stopped);
                 }
             }
         }
