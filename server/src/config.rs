@@ -190,10 +190,14 @@ pub struct Config {
     /// (`--drain-secs`); a library caller (a test) opts in, like `api`,
     /// so that stopping a test server does not take 10 s.
     pub drain: Duration,
-    /// On shutdown, after the drain: how long the messages in flight may
-    /// wait for the broker's confirm, so that their acks reach their
-    /// clients before the 1001 close. One still unconfirmed then gets an
-    /// `UNAVAILABLE` timeout error instead.
+    /// How long a published message may wait for the broker's confirm.
+    /// Past it its client gets an `UNAVAILABLE` timeout error ("it may
+    /// have been stored": a retry under its `clientMessageId` is safe)
+    /// instead of silence — a confirm held back by a broker in trouble
+    /// (a quorum queue electing a leader, say) otherwise left clients to
+    /// their own timeouts. On shutdown, after the drain, it is also how
+    /// long the messages in flight may wait so that their acks reach their
+    /// clients before the 1001 close.
     pub confirm_timeout: Duration,
     /// How long the Redis subscription may be down before `/health` says
     /// 503: the subscriber reconnects within its back-off (from 100 ms),
@@ -517,8 +521,9 @@ pub struct Args {
     /// on serving, so a load balancer notices before it stops accepting (0: none).
     #[arg(long, env = "DRAIN_SECS", default_value_t = 10.0)]
     pub drain_secs: f64,
-    /// On shutdown, seconds in-flight messages may wait for the broker's
-    /// confirm (their acks go out before the 1001 close).
+    /// Seconds a message may wait for the broker's confirm before its
+    /// client gets UNAVAILABLE (may be stored; retry with the same
+    /// clientMessageId); also how long shutdown waits for in-flight acks.
     #[arg(long, env = "CONFIRM_TIMEOUT_SECS", default_value_t = 5.0)]
     pub confirm_timeout_secs: f64,
     /// Seconds the Redis subscription may be down before /health says 503.

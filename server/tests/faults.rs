@@ -28,10 +28,16 @@ struct Routed {
 
 impl Routed {
     fn start(tag: &str) -> Routed {
+        Routed::start_with(tag, |_| {})
+    }
+
+    /// Like `start`, with the test's own settings on top.
+    fn start_with(tag: &str, settings: impl FnOnce(&mut chatflow_server::Config)) -> Routed {
         let namespace = unique_namespace(tag);
         let amqp = Proxy::start(amqp_addr());
         let redis = Proxy::start(redis_addr());
         let mut config = rabbit_config(&namespace, 1);
+        settings(&mut config);
         config
             .services
             .amqp
@@ -167,5 +173,51 @@ fn redis_outage_is_survived_by_resubscribing() {
             .contains("1 reconnects"),
         "{h}"
     );
+    routed.server.shutdown().unwrap();
+}
+
+/// When RabbitMQ takes a message and then goes quiet (its confirms held
+/// back, the connection open), the client hears `UNAVAILABLE` ("it may have
+/// been stored") once `confirm_timeout` has passed, not silence; when the
+/// held confirm finally arrives it answers nobody a second time, and the
+/// client's retry under the same clientMessageId is acked.
+#[test]
+fn a_confirm_that_does_not_come_is_answered_after_the_confirm_timeout() {
+    let timeout = Duration::from_secs(1);
+    let routed = Routed::start_with("confirm-held", |c| c.confirm_timeout = timeout);
+    let mut client = connect(routed.server.local_addr(), 1);
+    assert_eq!(
+        request(&mut client, message(1, "before", "b"))["type"],
+        "ack"
+    );
+
+    routed.amqp.hold_replies();
+    let sent = Instant::now();
+    let reply = request(&mut client, message(1, "held", "h1"));
+    let waited = sent.elapsed();
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "UNAVAILABLE");
+    assert_eq!(reply["clientMessageId"], "h1");
+    let text = reply["message"].as_str().unwrap();
+    assert!(text.contains("did not confirm it in time"), "{text}");
+    assert!(text.contains("may have been stored"), "{text}");
+    assert!(
+        waited >= timeout,
+        "answered after {waited:?}, before the timeout"
+    );
+
+    routed.amqp.release_replies();
+    // Time for the held confirm to arrive: were it answered again, that
+    // answer would be the next frame here, before the reply to "a1".
+    std::thread::sleep(Duration::from_millis(500));
+    let after = request(&mut client, message(1, "after", "a1"));
+    assert_eq!(
+        (&after["type"], &after["clientMessageId"]),
+        (&"ack".into(), &"a1".into()),
+        "{after}"
+    );
+    let retry = request(&mut client, message(1, "held", "h1"));
+    assert_eq!(retry["type"], "ack", "{retry}");
+    assert_eq!(retry["clientMessageId"], "h1");
     routed.server.shutdown().unwrap();
 }

@@ -9,10 +9,15 @@
 //! client under test has to reconnect by itself, which is what the fault
 //! tests prove.
 //!
+//! Held ([`Proxy::hold_replies`]), the proxy keeps every connection open
+//! and keeps relaying what the client sends, but stops passing on what the
+//! service answers until released: a service that takes requests and goes
+//! quiet (RabbitMQ holding confirms back, say), which a cut cannot show.
+//!
 //! Threads: one acceptor, and two pumps (one per direction) per relayed
 //! connection; all are joined when the proxy is dropped.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,6 +59,8 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     stop: AtomicBool,
+    /// While set, the service's replies wait in the proxy.
+    holding: AtomicBool,
 }
 
 impl Shared {
@@ -114,6 +121,17 @@ impl Proxy {
         self.shared.state().cut = false;
     }
 
+    /// Stops passing the service's replies on (connections stay open; what
+    /// clients send still reaches the service).
+    pub fn hold_replies(&self) {
+        self.shared.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// Passes the held replies on, and every later one.
+    pub fn release_replies(&self) {
+        self.shared.holding.store(false, Ordering::SeqCst);
+    }
+
     /// Connections relayed to the service so far: a test checks it to know
     /// the client under test really goes through this proxy.
     pub fn relayed(&self) -> u64 {
@@ -140,7 +158,7 @@ impl Drop for Proxy {
 }
 
 /// The acceptor thread: relays each new connection unless cut.
-fn accept(listener: TcpListener, upstream: SocketAddr, shared: &Shared) {
+fn accept(listener: TcpListener, upstream: SocketAddr, shared: &Arc<Shared>) {
     for client in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -157,7 +175,7 @@ fn accept(listener: TcpListener, upstream: SocketAddr, shared: &Shared) {
             continue; // cut while connecting: this one is cut too
         }
         state.links.retain(|link| !link.finished());
-        match relay(client, server) {
+        match relay(client, server, shared) {
             Ok(link) => {
                 state.links.push(link);
                 state.relayed += 1;
@@ -168,12 +186,12 @@ fn accept(listener: TcpListener, upstream: SocketAddr, shared: &Shared) {
 }
 
 /// Starts the two pumps of a connection.
-fn relay(client: TcpStream, server: TcpStream) -> io::Result<Link> {
+fn relay(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) -> io::Result<Link> {
     client.set_nodelay(true)?;
     server.set_nodelay(true)?;
     let sockets = [client.try_clone()?, server.try_clone()?];
-    let up = pump("proxy-up", client.try_clone()?, server.try_clone()?)?;
-    let down = pump("proxy-down", server, client)?;
+    let up = pump("proxy-up", client.try_clone()?, server.try_clone()?, None)?;
+    let down = pump("proxy-down", server, client, Some(shared.clone()))?;
     Ok(Link {
         sockets,
         pumps: [up, down],
@@ -181,12 +199,34 @@ fn relay(client: TcpStream, server: TcpStream) -> io::Result<Link> {
 }
 
 /// Copies `from` to `to` until either side ends, then ends both: a half
-/// closed connection is no use to AMQP, Redis or PostgreSQL.
-fn pump(name: &str, mut from: TcpStream, mut to: TcpStream) -> io::Result<JoinHandle<()>> {
+/// closed connection is no use to AMQP, Redis or PostgreSQL. With `hold`,
+/// what was read waits while the proxy holds replies.
+fn pump(
+    name: &str,
+    mut from: TcpStream,
+    mut to: TcpStream,
+    hold: Option<Arc<Shared>>,
+) -> io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            let _ = io::copy(&mut from, &mut to);
+            let mut buf = vec![0; 64 * 1024];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if let Some(shared) = &hold {
+                    while shared.holding.load(Ordering::SeqCst)
+                        && !shared.stop.load(Ordering::SeqCst)
+                    {
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
             let _ = from.shutdown(Shutdown::Both);
             let _ = to.shutdown(Shutdown::Both);
         })
@@ -195,7 +235,6 @@ fn pump(name: &str, mut from: TcpStream, mut to: TcpStream) -> io::Result<JoinHa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
 
     /// An echo service on a local port.
     fn echo() -> SocketAddr {
@@ -243,5 +282,34 @@ mod tests {
         proxy.restore();
         assert_eq!(&round_trip(&mut connect(&proxy)).unwrap(), b"ping");
         assert_eq!(proxy.relayed(), 2);
+    }
+
+    /// Held, requests still go through but replies wait (the connection
+    /// stays open); released, the held reply arrives intact.
+    #[test]
+    fn held_replies_wait_until_released() {
+        let proxy = Proxy::start(echo());
+        let mut open = connect(&proxy);
+        assert_eq!(&round_trip(&mut open).unwrap(), b"ping");
+
+        proxy.hold_replies();
+        open.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        open.write_all(b"held").unwrap();
+        let mut reply = [0; 4];
+        let err = open.read_exact(&mut reply).unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "no reply while held: {err}"
+        );
+
+        proxy.release_replies();
+        open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        open.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"held");
+        assert_eq!(&round_trip(&mut open).unwrap(), b"ping");
     }
 }

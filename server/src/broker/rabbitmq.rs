@@ -18,7 +18,11 @@
 //! yet confirmed when the connection drops are failed to their clients, who
 //! may retry (the broker may still have stored them: a client retry can then
 //! duplicate a message under a new id, never lose one). `/health` says
-//! `degraded` with the reason.
+//! `degraded` with the reason. A message whose confirm has not come
+//! `confirm_timeout` after it was published (a broker in trouble can hold
+//! confirms back on a live connection) is answered with a timeout
+//! (`UNAVAILABLE`, "it may have been stored") rather than never; its late
+//! confirm then answers nobody.
 //!
 //! Stopping: [`Broker::shutdown`] signals this broker's [`ShutdownTrigger`];
 //! every publisher and the subscriber wake from whatever they wait on (see
@@ -87,7 +91,9 @@ pub struct PublishRequest {
 
 /// A published message waiting for its confirm.
 struct InFlight {
-    ticket: Ticket,
+    /// `None` once its client was told it timed out (`confirm_timeout`): a
+    /// late confirm then answers nobody.
+    ticket: Option<Ticket>,
     /// The first send's id and time when it was a retry.
     first: Option<FirstSent>,
     accepted: Instant,
@@ -190,6 +196,7 @@ impl RabbitBroker {
                 state: state.clone(),
                 metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
+                confirm_timeout: config.confirm_timeout,
             };
             // The first connection is made here so start-up reports a bad
             // address or credentials as an error.
@@ -357,6 +364,10 @@ struct Link {
     /// The `Some` slots of `in_flight`.
     unconfirmed: usize,
     base_tag: u64,
+    /// Every slot below this tag is confirmed or already timed out: where
+    /// the next look for an overdue confirm starts (slots are in publish
+    /// order, so the first one still waiting is the oldest).
+    sweep_tag: u64,
 }
 
 struct Publisher {
@@ -372,6 +383,10 @@ struct Publisher {
     state: Arc<LinkState>,
     metrics: Arc<PublishMetrics>,
     shutdown: Shutdown,
+    /// A message unconfirmed this long is answered `UNAVAILABLE` (it may be
+    /// stored: a retry under its `clientMessageId` is safe) instead of
+    /// leaving its client to guess.
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
@@ -395,6 +410,7 @@ impl Publisher {
             in_flight: VecDeque::new(),
             unconfirmed: 0,
             base_tag: 1,
+            sweep_tag: 1,
         })
     }
 
@@ -458,7 +474,7 @@ impl Publisher {
                     // Every sender gone: the broker itself was dropped.
                     let Ok(request) = request else { return Ok(()) };
                     // Take what else is waiting before looking at confirms:
-                    // one wake-up, one sent-log round trip, many publishes.
+                    // one wake-up, many publishes.
                     let mut burst = Vec::with_capacity(16);
                     burst.push(request);
                     burst.extend(self.requests.try_iter().take(PUBLISH_BURST));
@@ -469,7 +485,66 @@ impl Publisher {
                     Err(_) => return Err(LinkError::ConfirmStreamEnded),
                 },
                 recv(self.shutdown) -> _ => return Ok(()),
+                default(self.until_overdue(link)) => {}
             }
+            self.time_out_overdue(link, Instant::now());
+        }
+    }
+
+    /// How long until the oldest message still waiting is overdue (a day
+    /// when none is: `select!` needs a finite wait).
+    fn until_overdue(&self, link: &mut Link) -> Duration {
+        self.skip_settled(link);
+        let waiting = link
+            .in_flight
+            .get((link.sweep_tag - link.base_tag) as usize);
+        match waiting.and_then(Option::as_ref) {
+            Some(sent) => {
+                (sent.published + self.confirm_timeout).saturating_duration_since(Instant::now())
+            }
+            None => Duration::from_secs(86_400),
+        }
+    }
+
+    /// Moves `sweep_tag` past the slots that need no answer any more.
+    fn skip_settled(&self, link: &mut Link) {
+        link.sweep_tag = link.sweep_tag.max(link.base_tag);
+        while let Some(slot) = link
+            .in_flight
+            .get((link.sweep_tag - link.base_tag) as usize)
+        {
+            match slot {
+                Some(sent) if sent.ticket.is_some() => break,
+                _ => link.sweep_tag += 1,
+            }
+        }
+    }
+
+    /// Answers every message published more than `confirm_timeout` ago and
+    /// still unconfirmed with a timeout. The slot stays: its tag is still
+    /// the broker's, and a late confirm must find it (and answer nobody).
+    fn time_out_overdue(&self, link: &mut Link, now: Instant) {
+        let mut overdue = 0;
+        loop {
+            self.skip_settled(link);
+            let index = (link.sweep_tag - link.base_tag) as usize;
+            let Some(Some(sent)) = link.in_flight.get_mut(index) else {
+                break;
+            };
+            if now < sent.published + self.confirm_timeout {
+                break;
+            }
+            if let Some(ticket) = sent.ticket.take() {
+                overdue += 1;
+                self.answer(ticket, Err(PublishError::Timeout));
+            }
+        }
+        if overdue > 0 {
+            tracing::warn!(
+                "publisher-{}: {overdue} message(s) unconfirmed after {:?}: answered UNAVAILABLE (may be stored)",
+                self.index,
+                self.confirm_timeout
+            );
         }
     }
 
@@ -510,7 +585,7 @@ impl Publisher {
         // On failure too: `lost` then fails it with the rest of the link's
         // messages, after `/health` already says why.
         link.in_flight.push_back(Some(InFlight {
-            ticket: request.ticket,
+            ticket: Some(request.ticket),
             first,
             accepted: request.accepted,
             published: Instant::now(),
@@ -536,14 +611,18 @@ impl Publisher {
         for slot in first..=last.min(link.in_flight.len().saturating_sub(1)) {
             if let Some(sent) = link.in_flight[slot].take() {
                 link.unconfirmed -= 1;
+                if acked {
+                    (self.metrics.confirm_latency).observe_duration(now - sent.published);
+                }
+                // Timed out already: its client has its answer.
+                let Some(ticket) = sent.ticket else { continue };
                 let result = if acked {
                     (self.metrics.ack_latency).observe_duration(now - sent.accepted);
-                    (self.metrics.confirm_latency).observe_duration(now - sent.published);
                     Ok(sent.first)
                 } else {
                     Err(PublishError::Nacked)
                 };
-                self.answer(sent.ticket, result);
+                self.answer(ticket, result);
             }
         }
         self.metrics.set_in_flight(link.unconfirmed);
@@ -559,15 +638,26 @@ impl Publisher {
     fn drain(&self, link: &mut Link) {
         self.refuse_queued(PublishError::ShuttingDown);
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while link.in_flight.iter().any(Option::is_some) {
+        let unanswered = |link: &Link| {
+            link.in_flight
+                .iter()
+                .flatten()
+                .any(|sent| sent.ticket.is_some())
+        };
+        while unanswered(link) {
             let left = deadline.saturating_duration_since(Instant::now());
             match link.confirms.recv_timeout(left) {
                 Ok(confirm) => self.confirmed(link, confirm),
                 Err(_) => break,
             }
         }
-        for sent in link.in_flight.drain(..).flatten() {
-            self.answer(sent.ticket, Err(PublishError::Timeout));
+        for ticket in link
+            .in_flight
+            .drain(..)
+            .flatten()
+            .filter_map(|sent| sent.ticket)
+        {
+            self.answer(ticket, Err(PublishError::Timeout));
         }
         link.unconfirmed = 0;
         self.metrics.set_in_flight(0);
@@ -576,8 +666,13 @@ impl Publisher {
     /// The link broke: every unconfirmed message fails to its client.
     /// Closing a broken connection can only fail; dropping it is enough.
     fn lost(&self, link: Link) {
-        for sent in link.in_flight.into_iter().flatten() {
-            self.answer(sent.ticket, Err(PublishError::LinkLost));
+        for ticket in link
+            .in_flight
+            .into_iter()
+            .flatten()
+            .filter_map(|sent| sent.ticket)
+        {
+            self.answer(ticket, Err(PublishError::LinkLost));
         }
         self.metrics.set_in_flight(0);
     }
