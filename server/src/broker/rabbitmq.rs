@@ -18,7 +18,10 @@
 //! yet confirmed when the connection drops are failed to their clients, who
 //! may retry (the broker may still have stored them: a client retry can then
 //! duplicate a message under a new id, never lose one). `/health` says
-//! `degraded` with the reason. A message whose confirm has not come
+//! `degraded` with the reason. A nack makes the publisher open a fresh
+//! channel on the same connection (see [`Publisher::reopen_channel`]): a
+//! channel opened while a killed node still led a quorum queue can go on
+//! nacking every publish to that queue until the node is back. A message whose confirm has not come
 //! `confirm_timeout` after it was published (a broker in trouble can hold
 //! confirms back on a live connection) is answered with a timeout
 //! (`UNAVAILABLE`, "it may have been stored") rather than never; its late
@@ -57,6 +60,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PUBLISH_BURST: usize = 256;
 /// On shutdown, how long in-flight messages may wait for their confirm.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a nack the channel is reopened, but not more often than this: a
+/// queue that rejects publishes for a reason of its own (`x-overflow
+/// reject-publish`) must not make every nack cost a channel and fail what
+/// else is in flight.
+const REOPEN_MIN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Why a publisher's link to RabbitMQ could not be opened, or broke.
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +376,8 @@ struct Link {
     /// the next look for an overdue confirm starts (slots are in publish
     /// order, so the first one still waiting is the oldest).
     sweep_tag: u64,
+    /// When the current channel was opened (a nack reopens it).
+    channel_opened: Instant,
 }
 
 struct Publisher {
@@ -411,6 +421,7 @@ impl Publisher {
             unconfirmed: 0,
             base_tag: 1,
             sweep_tag: 1,
+            channel_opened: Instant::now(),
         })
     }
 
@@ -481,7 +492,12 @@ impl Publisher {
                     self.publish_burst(link, burst)?;
                 }
                 recv(link.confirms) -> confirm => match confirm {
-                    Ok(confirm) => self.confirmed(link, confirm),
+                    Ok(confirm) => {
+                        let nacked = self.confirmed(link, confirm);
+                        if nacked && link.channel_opened.elapsed() >= REOPEN_MIN_INTERVAL {
+                            self.reopen_channel(link)?;
+                        }
+                    }
                     Err(_) => return Err(LinkError::ConfirmStreamEnded),
                 },
                 recv(self.shutdown) -> _ => return Ok(()),
@@ -595,15 +611,60 @@ impl Publisher {
         published.map_err(|e| LinkError::Publish(Box::new(e)))
     }
 
-    /// Resolves the tickets a confirm covers.
-    fn confirmed(&self, link: &mut Link, confirm: Confirm) {
+    /// After a nack: a fresh channel on the same connection. A channel
+    /// keeps its own idea of each quorum queue's leader, and one opened
+    /// right after the leader's node was killed (a reconnect takes ~100 ms,
+    /// the election longer) went on nacking every publish to that queue
+    /// until the node was back, 13 s in bench/cluster.sh, while RabbitMQ
+    /// itself had a new leader within about a second and a new channel
+    /// publishes to it. What the old channel still has in flight fails
+    /// with it (`LinkLost`: may be stored, a retry under its
+    /// clientMessageId is safe); its late confirms answer nobody.
+    fn reopen_channel(&self, link: &mut Link) -> Result<(), LinkError> {
+        let channel = link
+            .connection
+            .open_channel(None)
+            .map_err(|e| LinkError::Channel(Box::new(e)))?;
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .and_then(|confirms| channel.enable_publisher_confirms().map(|()| confirms))
+            .map_err(|e| LinkError::Confirms(Box::new(e)))?;
+        let old = std::mem::replace(&mut link.channel, channel);
+        link.confirms = confirms;
+        link.channel_opened = Instant::now();
+        let mut failed = 0;
+        for ticket in link
+            .in_flight
+            .drain(..)
+            .flatten()
+            .filter_map(|sent| sent.ticket)
+        {
+            failed += 1;
+            self.answer(ticket, Err(PublishError::LinkLost));
+        }
+        link.unconfirmed = 0;
+        link.base_tag = 1;
+        link.sweep_tag = 1;
+        self.metrics.set_in_flight(0);
+        tracing::info!(
+            "publisher-{}: a publish was nacked: reopened the channel ({failed} in flight failed)",
+            self.index
+        );
+        // A broken connection shows at the next read of the new channel's
+        // confirms; closing the old channel can only fail then.
+        let _ = old.close();
+        Ok(())
+    }
+
+    /// Resolves the tickets a confirm covers; true if it was a nack.
+    fn confirmed(&self, link: &mut Link, confirm: Confirm) -> bool {
         let (payload, acked) = match confirm {
             Confirm::Ack(payload) => (payload, true),
             Confirm::Nack(payload) => (payload, false),
         };
         let tag = payload.delivery_tag;
         if tag < link.base_tag {
-            return;
+            return !acked;
         }
         let last = (tag - link.base_tag) as usize;
         let first = if payload.multiple { 0 } else { last };
@@ -630,6 +691,7 @@ impl Publisher {
             link.in_flight.pop_front();
             link.base_tag += 1;
         }
+        !acked
     }
 
     /// On shutdown: refuses what is queued and waits (bounded) for the
@@ -647,7 +709,9 @@ impl Publisher {
         while unanswered(link) {
             let left = deadline.saturating_duration_since(Instant::now());
             match link.confirms.recv_timeout(left) {
-                Ok(confirm) => self.confirmed(link, confirm),
+                Ok(confirm) => {
+                    self.confirmed(link, confirm);
+                }
                 Err(_) => break,
             }
         }
