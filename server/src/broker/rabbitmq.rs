@@ -19,9 +19,10 @@
 //! may retry (the broker may still have stored them: a client retry can then
 //! duplicate a message under a new id, never lose one). `/health` says
 //! `degraded` with the reason. A nack makes the publisher open a fresh
-//! channel on the same connection (see [`Publisher::reopen_channel`]): a
-//! channel opened while a killed node still led a quorum queue can go on
-//! nacking every publish to that queue until the node is back. A message whose confirm has not come
+//! channel on the same connection once what is in flight has its answer
+//! (see [`Publisher::reopen_channel`]): a channel opened while a killed
+//! node still led a quorum queue can go on nacking every publish to that
+//! queue until the node is back. A message whose confirm has not come
 //! `confirm_timeout` after it was published (a broker in trouble can hold
 //! confirms back on a live connection) is answered with a timeout
 //! (`UNAVAILABLE`, "it may have been stored") rather than never; its late
@@ -378,6 +379,9 @@ struct Link {
     sweep_tag: u64,
     /// When the current channel was opened (a nack reopens it).
     channel_opened: Instant,
+    /// A nack asked for a fresh channel: no new publishes until every
+    /// message in flight on this one has its answer, then it is reopened.
+    reopen_wanted: bool,
 }
 
 struct Publisher {
@@ -422,6 +426,7 @@ impl Publisher {
             base_tag: 1,
             sweep_tag: 1,
             channel_opened: Instant::now(),
+            reopen_wanted: false,
         })
     }
 
@@ -479,9 +484,17 @@ impl Publisher {
     /// Publishes and reads confirms on one live link until shutdown (`Ok`)
     /// or until the link breaks.
     fn serve(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        // Stands in for the queue while a reopen waits: nothing new is
+        // published on a channel about to go.
+        let paused = crossbeam_channel::never();
         loop {
+            let requests = if link.reopen_wanted {
+                &paused
+            } else {
+                &self.requests
+            };
             select! {
-                recv(self.requests) -> request => {
+                recv(requests) -> request => {
                     // Every sender gone: the broker itself was dropped.
                     let Ok(request) = request else { return Ok(()) };
                     // Take what else is waiting before looking at confirms:
@@ -495,7 +508,7 @@ impl Publisher {
                     Ok(confirm) => {
                         let nacked = self.confirmed(link, confirm);
                         if nacked && link.channel_opened.elapsed() >= REOPEN_MIN_INTERVAL {
-                            self.reopen_channel(link)?;
+                            link.reopen_wanted = true;
                         }
                     }
                     Err(_) => return Err(LinkError::ConfirmStreamEnded),
@@ -504,6 +517,13 @@ impl Publisher {
                 default(self.until_overdue(link)) => {}
             }
             self.time_out_overdue(link, Instant::now());
+            // Waiting costs about one confirm round trip (at most
+            // `confirm_timeout`, after which the rest are answered) and
+            // fails nothing, where reopening at once would fail everything
+            // else in flight — every 250 ms while a full queue rejects.
+            if link.reopen_wanted && !awaiting_answer(link) {
+                self.reopen_channel(link)?;
+            }
         }
     }
 
@@ -566,7 +586,7 @@ impl Publisher {
 
     /// Publishes a burst of claimed messages; when one fails, the rest
     /// (taken off the queue, never sent) are answered at once.
-    fn publish_burst(&mut self, link: &mut Link, burst: Vec<Claimed>) -> Result<(), LinkError> {
+    fn publish_burst(&self, link: &mut Link, burst: Vec<Claimed>) -> Result<(), LinkError> {
         let mut burst = burst.into_iter();
         while let Some(claimed) = burst.next() {
             if let Err(e) = self.publish(link, claimed.request, claimed.first) {
@@ -617,9 +637,10 @@ impl Publisher {
     /// the election longer) went on nacking every publish to that queue
     /// until the node was back, 13 s in bench/cluster.sh, while RabbitMQ
     /// itself had a new leader within about a second and a new channel
-    /// publishes to it. What the old channel still has in flight fails
-    /// with it (`LinkLost`: may be stored, a retry under its
-    /// clientMessageId is safe); its late confirms answer nobody.
+    /// publishes to it. `serve` calls it once nothing in flight awaits an
+    /// answer; anything that still did would fail with the old channel
+    /// (`LinkLost`: may be stored, a retry under its clientMessageId is
+    /// safe), and late confirms of timed-out messages answer nobody.
     fn reopen_channel(&self, link: &mut Link) -> Result<(), LinkError> {
         let channel = link
             .connection
@@ -632,6 +653,7 @@ impl Publisher {
         let old = std::mem::replace(&mut link.channel, channel);
         link.confirms = confirms;
         link.channel_opened = Instant::now();
+        link.reopen_wanted = false;
         let mut failed = 0;
         for ticket in link
             .in_flight
@@ -647,7 +669,7 @@ impl Publisher {
         link.sweep_tag = 1;
         self.metrics.set_in_flight(0);
         tracing::info!(
-            "publisher-{}: a publish was nacked: reopened the channel ({failed} in flight failed)",
+            "publisher-{}: a publish was nacked: reopened the channel ({failed} in flight failed with the old one)",
             self.index
         );
         // A broken connection shows at the next read of the new channel's
@@ -700,13 +722,7 @@ impl Publisher {
     fn drain(&self, link: &mut Link) {
         self.refuse_queued(PublishError::ShuttingDown);
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        let unanswered = |link: &Link| {
-            link.in_flight
-                .iter()
-                .flatten()
-                .any(|sent| sent.ticket.is_some())
-        };
-        while unanswered(link) {
+        while awaiting_answer(link) {
             let left = deadline.saturating_duration_since(Instant::now());
             match link.confirms.recv_timeout(left) {
                 Ok(confirm) => {
@@ -771,6 +787,15 @@ impl Publisher {
         self.fanout
             .send_to(ticket.worker, WorkerEvent::Published { ticket, result });
     }
+}
+
+/// True while a message in flight on the link still awaits its answer
+/// (timed-out ones have had theirs).
+fn awaiting_answer(link: &Link) -> bool {
+    link.in_flight
+        .iter()
+        .flatten()
+        .any(|sent| sent.ticket.is_some())
 }
 
 #[cfg(test)]
