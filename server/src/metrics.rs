@@ -300,6 +300,22 @@ impl Collector for ServerCollector {
                 "1 while the publisher's RabbitMQ link is up.",
                 per_publisher(|g| if g.up { 1.0 } else { 0.0 }),
             )?;
+            let per_publisher_count =
+                |value: fn(&crate::broker::publish_metrics::PublisherGauges) -> u64| {
+                    (p.publishers.iter().enumerate())
+                        .map(move |(i, g)| (labels!("publisher" => i), value(g)))
+                        .collect::<Vec<(Labels, u64)>>()
+                };
+            s.counters(
+                "chatflow_server_confirms_overdue",
+                "Messages answered UNAVAILABLE because no confirm came within --confirm-timeout-secs.",
+                per_publisher_count(|g| g.confirms_overdue),
+            )?;
+            s.counters(
+                "chatflow_server_publisher_channel_reopens",
+                "Channels reopened after a nack (a channel opened during a quorum queue's election can keep nacking).",
+                per_publisher_count(|g| g.channel_reopens),
+            )?;
         }
         Ok(())
     }

@@ -177,3 +177,45 @@ fn with_rabbitmq_every_ack_is_in_the_latency_histograms() {
     drop(client);
     server.shutdown().expect("the server stops cleanly");
 }
+
+/// A nack (here a full queue refusing a publish) makes the publisher reopen
+/// its channel once nothing else is in flight, and the page counts it; the
+/// new channel publishes (another shard still acks) and no confirm went
+/// overdue.
+#[test]
+fn a_nack_reopens_the_publishers_channel_and_is_counted() {
+    let namespace = unique_namespace("reopen");
+    let mut config = rabbit_config(&namespace, 1);
+    config.services.topology.queue_max_length = Some(2);
+    let _guard = TopologyGuard(config.services.topology.clone());
+    let server = with_api(config);
+    let api = server.api_addr().unwrap();
+    assert_eq!(
+        scrape(api).sum("chatflow_server_publisher_channel_reopens_total"),
+        0.0
+    );
+    // A channel is reopened at most every 250 ms from its opening.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut client = connect(server.local_addr(), 1);
+    // User 5 always goes to shard 0, which takes up to max + 1 = 3.
+    let replies: Vec<_> = (0..5)
+        .map(|i| request(&mut client, message(5, "fill", &format!("f{i}"))))
+        .collect();
+    assert!(
+        replies.iter().any(|r| r["code"] == "UNAVAILABLE"),
+        "{replies:?}"
+    );
+    eventually("the nack reopened the channel", || {
+        scrape(api).sum("chatflow_server_publisher_channel_reopens_total") >= 1.0
+    });
+    assert_eq!(
+        request(&mut client, message(6, "other shard", "o"))["type"],
+        "ack"
+    );
+    assert_eq!(
+        scrape(api).sum("chatflow_server_confirms_overdue_total"),
+        0.0
+    );
+    drop(client);
+    server.shutdown().expect("the server stops cleanly");
+}

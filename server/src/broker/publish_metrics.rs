@@ -18,6 +18,10 @@ pub struct PublishMetrics {
     pub claim_latency: Histogram,
     /// Published, not yet confirmed (or failed).
     pub in_flight: AtomicU64,
+    /// Messages answered with a timeout: no confirm within `confirm_timeout`.
+    pub confirms_overdue: AtomicU64,
+    /// Channels reopened after a nack.
+    pub channel_reopens: AtomicU64,
 }
 
 impl Default for PublishMetrics {
@@ -27,6 +31,8 @@ impl Default for PublishMetrics {
             confirm_latency: Histogram::seconds(LATENCY_SECONDS),
             claim_latency: Histogram::seconds(LATENCY_SECONDS),
             in_flight: AtomicU64::new(0),
+            confirms_overdue: AtomicU64::new(0),
+            channel_reopens: AtomicU64::new(0),
         }
     }
 }
@@ -52,6 +58,8 @@ pub struct PublisherGauges {
     pub in_flight: u64,
     pub queued: usize,
     pub up: bool,
+    pub confirms_overdue: u64,
+    pub channel_reopens: u64,
 }
 
 impl PublishingSnapshot {
@@ -72,6 +80,8 @@ impl PublishingSnapshot {
             in_flight: m.in_flight.load(Ordering::Relaxed),
             queued,
             up,
+            confirms_overdue: m.confirms_overdue.load(Ordering::Relaxed),
+            channel_reopens: m.channel_reopens.load(Ordering::Relaxed),
         });
     }
 }

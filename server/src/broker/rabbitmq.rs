@@ -576,6 +576,8 @@ impl Publisher {
             }
         }
         if overdue > 0 {
+            (self.metrics.confirms_overdue)
+                .fetch_add(overdue, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
                 "publisher-{}: {overdue} message(s) unconfirmed after {:?}: answered UNAVAILABLE (may be stored)",
                 self.index,
@@ -654,6 +656,7 @@ impl Publisher {
         link.confirms = confirms;
         link.channel_opened = Instant::now();
         link.reopen_wanted = false;
+        (self.metrics.channel_reopens).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut failed = 0;
         for ticket in link
             .in_flight
