@@ -9,7 +9,8 @@
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 
-use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
+use amiquip::{Auth, Channel, Confirm, Connection, ConnectionOptions, ConnectionTuning};
+use crossbeam_channel::Receiver;
 
 use crate::settings::{AmqpEndpoint, HostPort};
 
@@ -105,4 +106,12 @@ fn connect_node(endpoint: &AmqpEndpoint, node: &HostPort) -> Result<Connection, 
         }
     }
     Err(last)
+}
+
+/// Puts `channel` in confirm mode and returns its confirms, listening
+/// before enabling so that no confirm can arrive unheard.
+pub fn enable_confirms(channel: &Channel) -> amiquip::Result<Receiver<Confirm>> {
+    let confirms = channel.listen_for_publisher_confirms()?;
+    channel.enable_publisher_confirms()?;
+    Ok(confirms)
 }

@@ -28,6 +28,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use crate::api::replica::ReplicaMonitor;
+use crate::broker::publish_metrics::{PublisherGauges, PublishingSnapshot};
 use crate::broker::{Broker, LinkRole};
 use crate::fleet::QueueDepths;
 use crate::presence::PresenceHandle;
@@ -279,46 +280,44 @@ impl Collector for ServerCollector {
                 "One Redis round trip claiming a burst of named messages (idempotent sends).",
                 &p.claim_latency,
             )?;
-            let per_publisher =
-                |value: fn(&crate::broker::publish_metrics::PublisherGauges) -> f64| {
-                    (p.publishers.iter().enumerate())
-                        .map(move |(i, g)| (labels!("publisher" => i), value(g)))
-                        .collect::<Vec<(Labels, f64)>>()
-                };
             s.gauges(
                 "chatflow_server_publishes_in_flight",
                 "Messages published to RabbitMQ and not yet confirmed, per publisher.",
-                per_publisher(|g| g.in_flight as f64),
+                per_publisher(&p, |g| g.in_flight as f64),
             )?;
             s.gauges(
                 "chatflow_server_publish_queue_depth",
                 "Messages waiting in a publisher's queue (--publish-queue bounds it).",
-                per_publisher(|g| g.queued as f64),
+                per_publisher(&p, |g| g.queued as f64),
             )?;
             s.gauges(
                 "chatflow_server_publisher_up",
                 "1 while the publisher's RabbitMQ link is up.",
-                per_publisher(|g| if g.up { 1.0 } else { 0.0 }),
+                per_publisher(&p, |g| if g.up { 1.0 } else { 0.0 }),
             )?;
-            let per_publisher_count =
-                |value: fn(&crate::broker::publish_metrics::PublisherGauges) -> u64| {
-                    (p.publishers.iter().enumerate())
-                        .map(move |(i, g)| (labels!("publisher" => i), value(g)))
-                        .collect::<Vec<(Labels, u64)>>()
-                };
             s.counters(
                 "chatflow_server_confirms_overdue",
                 "Messages answered UNAVAILABLE because no confirm came within --confirm-timeout-secs.",
-                per_publisher_count(|g| g.confirms_overdue),
+                per_publisher(&p, |g| g.confirms_overdue),
             )?;
             s.counters(
                 "chatflow_server_publisher_channel_reopens",
                 "Channels reopened after a nack (a channel opened during a quorum queue's election can keep nacking).",
-                per_publisher_count(|g| g.channel_reopens),
+                per_publisher(&p, |g| g.channel_reopens),
             )?;
         }
         Ok(())
     }
+}
+
+/// One sample per publisher, labelled with its index.
+fn per_publisher<T>(
+    p: &PublishingSnapshot,
+    value: impl Fn(&PublisherGauges) -> T,
+) -> Vec<(Labels, T)> {
+    (p.publishers.iter().enumerate())
+        .map(|(i, g)| (labels!("publisher" => i), value(g)))
+        .collect()
 }
 
 /// Presence's counts (kept by its thread in atomics: a scrape asks it

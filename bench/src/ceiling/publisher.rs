@@ -57,9 +57,7 @@ impl Link {
         let channel = connection
             .open_channel(None)
             .map_err(|e| PublishError::Channel(Box::new(e)))?;
-        let confirms = channel
-            .listen_for_publisher_confirms()
-            .and_then(|confirms| channel.enable_publisher_confirms().map(|()| confirms))
+        let confirms = chatflow_broker::amqp::enable_confirms(&channel)
             .map_err(|e| PublishError::Channel(Box::new(e)))?;
         Ok(Link {
             connection,

@@ -48,14 +48,14 @@ pub struct Claimed {
 }
 
 pub struct Claimer {
-    pub index: usize,
-    pub sent_log: SentLog,
-    pub requests: Receiver<PublishRequest>,
-    pub claimed: Sender<Claimed>,
-    pub state: Arc<LinkState>,
-    pub fanout: Fanout,
-    pub metrics: Arc<PublishMetrics>,
-    pub shutdown: Shutdown,
+    index: usize,
+    sent_log: SentLog,
+    requests: Receiver<PublishRequest>,
+    claimed: Sender<Claimed>,
+    state: Arc<LinkState>,
+    fanout: Fanout,
+    metrics: Arc<PublishMetrics>,
+    shutdown: Shutdown,
     /// Bursts refused for want of the sent log (its log thins out).
     claim_failures: u64,
 }

@@ -406,16 +406,10 @@ struct Publisher {
 impl Publisher {
     fn connect(&mut self) -> Result<Link, LinkError> {
         let mut connection = chatflow_broker::amqp::connect(&self.endpoint)?;
-        let channel = connection
-            .open_channel(None)
-            .map_err(|e| LinkError::Channel(Box::new(e)))?;
+        let (channel, confirms) = confirm_channel(&mut connection)?;
         self.topology
             .declare(&channel)
             .map_err(|e| LinkError::Declare(Box::new(e)))?;
-        let confirms = channel
-            .listen_for_publisher_confirms()
-            .and_then(|confirms| channel.enable_publisher_confirms().map(|()| confirms))
-            .map_err(|e| LinkError::Confirms(Box::new(e)))?;
         Ok(Link {
             connection,
             channel,
@@ -644,14 +638,7 @@ impl Publisher {
     /// (`LinkLost`: may be stored, a retry under its clientMessageId is
     /// safe), and late confirms of timed-out messages answer nobody.
     fn reopen_channel(&self, link: &mut Link) -> Result<(), LinkError> {
-        let channel = link
-            .connection
-            .open_channel(None)
-            .map_err(|e| LinkError::Channel(Box::new(e)))?;
-        let confirms = channel
-            .listen_for_publisher_confirms()
-            .and_then(|confirms| channel.enable_publisher_confirms().map(|()| confirms))
-            .map_err(|e| LinkError::Confirms(Box::new(e)))?;
+        let (channel, confirms) = confirm_channel(&mut link.connection)?;
         let old = std::mem::replace(&mut link.channel, channel);
         link.confirms = confirms;
         link.channel_opened = Instant::now();
@@ -790,6 +777,16 @@ impl Publisher {
         self.fanout
             .send_to(ticket.worker, WorkerEvent::Published { ticket, result });
     }
+}
+
+/// A new channel on `connection`, in confirm mode.
+fn confirm_channel(connection: &mut Connection) -> Result<(Channel, Receiver<Confirm>), LinkError> {
+    let channel = connection
+        .open_channel(None)
+        .map_err(|e| LinkError::Channel(Box::new(e)))?;
+    let confirms = chatflow_broker::amqp::enable_confirms(&channel)
+        .map_err(|e| LinkError::Confirms(Box::new(e)))?;
+    Ok((channel, confirms))
 }
 
 /// True while a message in flight on the link still awaits its answer
