@@ -101,15 +101,38 @@ cleanup() {
   fi
   # The rooms' history streams (the consumer appends every broadcast) and
   # the server's presence (it would expire within seconds anyway).
-  redis-cli --scan --pattern "$NS:history:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "$NS:presence:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+  redis-cli --scan --count 1000 --pattern "$NS:history:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+  redis-cli --scan --count 1000 --pattern "$NS:presence:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
 }
-trap cleanup EXIT
+# The CPU sampler of whichever phase is running (its own step, since
+# cleanup runs once, before the ceiling phase starts its sampler).
+stop_sampler() {
+  [[ -n "${sampler:-}" ]] && kill -TERM "$sampler" 2>/dev/null || true
+}
+trap 'cleanup; stop_sampler' EXIT
 sleep 1
 NAMESPACE="$NS" "$BIN"/queue_depth --seconds 3600 --interval 2 >"$out/queue_depth.txt" 2>&1 &
 depth=$!
+# Every component's CPU and context switches, sampled through the run and
+# reported per message over the client's main phase (bench/cpu_budget.py).
+python3 bench/cpu_budget.py sample "$out/cpu.jsonl" \
+  chatflow-server chatflow-consum chatflow-client beam.smp redis-server postgres &
+sampler=$!
 "$BIN"/chatflow-client --url "ws://127.0.0.1:$PORT" --progress off -o "$out/client" "$@" | tee "$out/client.txt"
 kill -INT "$depth" 2>/dev/null || true
+kill -TERM "$sampler" 2>/dev/null || true
+wait "$sampler" 2>/dev/null || true
+if [[ -f "$out/client/summary.json" ]]; then
+  read -r main_from main_to main_acked < <(python3 -c "
+import json, sys
+from datetime import datetime
+d = json.load(open(sys.argv[1]))
+start = datetime.fromisoformat(d['startedAt'].replace('Z', '+00:00')).timestamp()
+begin = start + d['warmup']['wallSeconds']
+print(begin, begin + d['main']['wallSeconds'], d['main']['acked'])" "$out/client/summary.json")
+  python3 bench/cpu_budget.py report "$out/cpu.jsonl" --from "$main_from" --to "$main_to" \
+    --messages "$main_acked" --json "$out/cpu-budget.json" | tee -a "$out/client.txt" || true
+fi
 sleep 2
 awk '/ready=/{split($2,a,"="); n++; s+=a[2]; if (a[2]>m) m=a[2]} END {printf "queue depth (2 s samples): %d samples, mean %.0f, max %d ready messages\n", n, s/(n?n:1), m}' "$out/queue_depth.txt" | tee -a "$out/client.txt"
 curl -s http://127.0.0.1:18283/health > "$out/consumer-health.json" || true
@@ -144,8 +167,14 @@ print(s['threads'], s['window'], s['rooms'], m['wallSeconds'], m['throughput'])"
   secs="${CEILING_SECS:-$(python3 -c "import sys; print(max(5, min(600, round(float(sys.argv[1])))))" "$main_secs")}"
   publishers="${PUBLISHERS:-1}"
   (( publishers > in_flight )) && publishers=$in_flight
-  if "$CEIL" --rooms "$rooms" --in-flight "$in_flight" --publishers "$publishers" --seconds "$secs" --json \
-      >"$out/ceiling.json" 2>"$out/ceiling.log"; then
+  python3 bench/cpu_budget.py sample "$out/ceiling-cpu.jsonl" beam.smp brokerceiling &
+  sampler=$!
+  ceiling_ok=true
+  "$CEIL" --rooms "$rooms" --in-flight "$in_flight" --publishers "$publishers" --seconds "$secs" --json \
+      >"$out/ceiling.json" 2>"$out/ceiling.log" || ceiling_ok=false
+  kill -TERM "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  if [[ "$ceiling_ok" == true ]]; then
     python3 - "$out/ceiling.json" "$in_flight" "$full_rate" <<'PY' | tee -a "$out/client.txt"
 import json, sys
 c = json.load(open(sys.argv[1]))
@@ -158,6 +187,17 @@ shown = f"full path {float(full):.0f} msgs/s in the client's main phase; " if fu
 print(f"  ({shown}the broker alone for {c['publish']['seconds']:.0f} s: confirm mean {l['mean']:.1f} ms, "
       f"p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} ms; consumed {c['consume']['perSecond']:.0f} msgs/s; {sys.argv[1]})")
 PY
+    # RabbitMQ's own cost per message alone, beside its cost in the full
+    # path above (brokerceiling from before the window was reported has none).
+    read -r ceil_from ceil_to ceil_confirmed < <(python3 -c "
+import json, sys
+p = json.load(open(sys.argv[1]))['publish']
+print(p.get('startedAtUnixS', 0), p.get('endedAtUnixS', 0), p['confirmed'])" "$out/ceiling.json")
+    if python3 -c "import sys; sys.exit(0 if float(sys.argv[2]) > float(sys.argv[1]) else 1)" "$ceil_from" "$ceil_to"; then
+      python3 bench/cpu_budget.py report "$out/ceiling-cpu.jsonl" --from "$ceil_from" --to "$ceil_to" \
+        --messages "$ceil_confirmed" --json "$out/ceiling-cpu-budget.json" | sed 's/^cpu budget over/broker alone: cpu budget over/' \
+        | sed 's/of the main phase/of the ceiling run/' | tee -a "$out/client.txt" || true
+    fi
   else
     echo "broker ceiling: brokerceiling failed (see $out/ceiling.log)" | tee -a "$out/client.txt"
   fi

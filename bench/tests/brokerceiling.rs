@@ -132,6 +132,24 @@ fn a_run_publishes_confirms_and_consumes_every_message_and_leaves_no_queue() {
     assert!(status.success(), "{status}: {stderr}");
     let r = report(&stdout);
     assert_eq!(r["mode"], "publish");
+    // The publishing window in wall-clock time, for outside CPU samples:
+    // inside this test's run, and as long as the reported seconds.
+    let (started, ended) = (
+        rate(&r, &["publish", "startedAtUnixS"]),
+        rate(&r, &["publish", "endedAtUnixS"]),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - 600.0 < started && started < ended && ended <= now,
+        "{r}"
+    );
+    assert!(
+        (ended - started - rate(&r, &["publish", "seconds"])).abs() < 0.01,
+        "{r}"
+    );
     assert_eq!((count(&r, &["queues"]), count(&r, &["inFlight"])), (10, 16));
     assert_eq!(count(&r, &["publish", "published"]), 2000);
     assert_eq!(count(&r, &["publish", "confirmed"]), 2000);

@@ -23,7 +23,7 @@ pub mod topology;
 
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use amiquip::Connection;
 use chatflow_broker::{shutdown_signal, Shutdown, ShutdownTrigger};
@@ -204,6 +204,16 @@ fn describe(until: Until) -> String {
     }
 }
 
+/// An instant of this run as wall-clock Unix seconds (for lining the run
+/// up with samples taken outside the process).
+fn unix_seconds(at: Instant) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    now - Instant::now().saturating_duration_since(at).as_secs_f64()
+}
+
 fn first_publish(published: &[Published]) -> Option<Instant> {
     published.iter().filter_map(|p| p.started).min()
 }
@@ -218,15 +228,21 @@ fn publish_report(published: &[Published]) -> PublishReport {
     }
     let confirmed = published.iter().map(|p| p.confirmed).sum();
     let last = published.iter().filter_map(|p| p.last_confirm).max();
-    let seconds = match (first_publish(published), last) {
-        (Some(first), Some(last)) => last.saturating_duration_since(first).as_secs_f64(),
-        _ => 0.0,
+    let (seconds, started_at_unix_s, ended_at_unix_s) = match (first_publish(published), last) {
+        (Some(first), Some(last)) => (
+            last.saturating_duration_since(first).as_secs_f64(),
+            unix_seconds(first),
+            unix_seconds(last),
+        ),
+        _ => (0.0, 0.0, 0.0),
     };
     PublishReport {
         published: published.iter().map(|p| p.published).sum(),
         confirmed,
         nacked: published.iter().map(|p| p.nacked).sum(),
         seconds,
+        started_at_unix_s,
+        ended_at_unix_s,
         per_second: rate(confirmed, seconds),
         confirm_latency_ms: Latency::from_micros(&latency),
     }

@@ -83,6 +83,11 @@ pub struct PublishReport {
     pub nacked: u64,
     /// First publish → last confirm.
     pub seconds: f64,
+    /// The first publish and the last confirm, in Unix seconds: the window
+    /// `bench/cpu_budget.py` reads the broker's CPU over (0 when nothing
+    /// was confirmed).
+    pub started_at_unix_s: f64,
+    pub ended_at_unix_s: f64,
     /// Confirmed messages per second.
     pub per_second: f64,
     /// Publish → confirm.
