@@ -11,7 +11,8 @@
 //!   rules;
 //! - [`redis_link`] (feature `redis`): opening Redis connections, straight
 //!   or to the master Redis Sentinel names;
-//! - [`retry`]: the one jittered back-off and the one shutdown signal.
+//! - [`retry`]: the one jittered back-off and the one shutdown signal;
+//! - [`sched`]: SCHED_BATCH for every thread of a process.
 //!
 //! The names themselves (exchange, queues, channels) are wire facts and
 //! live in `chatflow-protocol`'s `topology`; this crate does the I/O.
@@ -25,6 +26,7 @@ pub mod fleet;
 #[cfg(feature = "redis")]
 pub mod redis_link;
 pub mod retry;
+pub mod sched;
 pub mod settings;
 
 #[cfg(feature = "amqp")]

@@ -64,15 +64,7 @@ pub fn spawn_scoped<'scope, 'env, T: Send + 'scope>(
 /// [`Config::sched_batch`](crate::Config::sched_batch)). Best effort: on
 /// failure the thread keeps the normal policy.
 pub fn set_sched_batch() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: a plain syscall on the calling thread (pid 0) with a
-        // valid, initialised parameter struct that outlives the call. No
-        // safe wrapper exists in the workspace's dependencies (std,
-        // core_affinity and socket2 have none for scheduling policies).
-        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-    }
+    let _ = chatflow_broker::sched::set_batch();
 }
 
 /// Pins the calling thread to CPU `cpu`. Best effort: false if the CPU is

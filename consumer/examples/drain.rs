@@ -126,6 +126,10 @@ fn main() -> anyhow::Result<()> {
         thread::sleep(Duration::from_millis(300)); // let PSUBSCRIBE land
     }
 
+    // As the binary does: the consumer's threads inherit the policy.
+    if config.sched_batch {
+        chatflow_broker::sched::set_batch()?;
+    }
     let started = Instant::now();
     let consumer = Consumer::start(config.clone())?;
     let startup = started.elapsed();

@@ -40,6 +40,11 @@ pub struct Config {
     /// Store every message in PostgreSQL and ack a delivery only after its
     /// row is committed. Off: ack after the broadcast.
     pub enable_persistence: bool,
+    /// Run every thread under SCHED_BATCH (`chatflow_broker::sched`: a
+    /// woken thread does not preempt the running one). The binary (and the
+    /// drain benchmark) set it before starting the consumer; the library
+    /// leaves its caller's threads alone.
+    pub sched_batch: bool,
     /// PostgreSQL (with persistence on).
     pub database: Database,
     /// Each room's history: the Redis stream every broadcast is appended
@@ -70,6 +75,7 @@ impl Default for Config {
             ack_batch: 100,
             metrics_bind: SocketAddr::from(([0, 0, 0, 0], 8083)),
             enable_persistence: true,
+            sched_batch: true,
             database: Database::default(),
             history: History::default(),
             retry_min: Duration::from_millis(100),
@@ -343,6 +349,12 @@ pub struct Args {
         action = ArgAction::Set
     )]
     pub enable_persistence: bool,
+    /// Keep the normal scheduling policy instead of SCHED_BATCH, under which
+    /// a woken thread does not preempt the running one: fewer context
+    /// switches on a box shared with the services (NO_SCHED_BATCH: 1/0,
+    /// true/false, yes/no, on/off).
+    #[arg(long, env = "NO_SCHED_BATCH", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
+    pub no_sched_batch: bool,
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Writer threads (each its own connection, binary COPY).
@@ -422,6 +434,7 @@ impl Args {
             ack_batch: self.ack_batch,
             metrics_bind,
             enable_persistence: self.enable_persistence,
+            sched_batch: !self.no_sched_batch,
             database: Database {
                 settings: self.database.into_settings()?,
                 writers: self.writers,
@@ -492,6 +505,8 @@ mod tests {
         assert_eq!(c.amqp_connections, 4);
         assert_eq!(c.metrics_bind.port(), 8083);
         assert!(c.enable_persistence);
+        assert!(c.sched_batch);
+        assert!(!parse(&["--no-sched-batch"]).unwrap().sched_batch);
         assert_eq!(c.database.writers, 4);
         assert_eq!(c.database.batch_rows, 1000);
         assert_eq!(c.history, History::default());

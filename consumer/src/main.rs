@@ -30,6 +30,12 @@ fn main() -> anyhow::Result<()> {
         persistence = config.enable_persistence,
         "starting with {config:?}"
     );
+    // Before the consumer starts a thread: they all inherit the policy.
+    if config.sched_batch {
+        if let Err(e) = chatflow_broker::sched::set_batch() {
+            tracing::warn!("SCHED_BATCH refused ({e}): threads keep the normal policy");
+        }
+    }
     // Registered before any thread starts, so no signal is missed.
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
     let owned = config

@@ -57,6 +57,11 @@ fn boolean_variables_take_every_usual_spelling() {
                 read: |config: &Config| config.enable_persistence,
             },
             BoolVar {
+                env: "NO_SCHED_BATCH",
+                flag: "--no-sched-batch",
+                read: |config: &Config| !config.sched_batch,
+            },
+            BoolVar {
                 env: "APPLY_SCHEMA",
                 flag: "--apply-schema",
                 read: |config: &Config| config.database.apply_schema,

@@ -143,6 +143,11 @@ pub struct Config {
     /// Pin workers to cores. Off only where pinning is unwanted (a shared
     /// test machine running many servers at once).
     pub pin_workers: bool,
+    /// Run every thread under SCHED_BATCH (`chatflow_broker::sched`: a
+    /// woken thread does not preempt the running one). The binary sets it
+    /// before starting the server; the library leaves its caller's threads
+    /// alone.
+    pub sched_batch: bool,
     pub broker: BrokerKind,
     /// Open (and opening) WebSocket connections over this are refused with
     /// HTTP 503 at the handshake.
@@ -416,6 +421,7 @@ impl Default for Config {
             bind: SocketAddr::from(([0, 0, 0, 0], 8080)),
             workers: available_cores(),
             pin_workers: true,
+            sched_batch: true,
             broker: BrokerKind::Rabbitmq,
             max_connections: 100_000,
             max_pending_output: 256 * 1024,
@@ -499,6 +505,12 @@ pub struct Args {
     /// Do not pin workers to cores (NO_PIN: 1/0, true/false, yes/no, on/off).
     #[arg(long, env = "NO_PIN", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
     pub no_pin: bool,
+    /// Keep the normal scheduling policy instead of SCHED_BATCH, under which
+    /// a woken thread does not preempt the running one: fewer context
+    /// switches on a box shared with the services (NO_SCHED_BATCH: 1/0,
+    /// true/false, yes/no, on/off).
+    #[arg(long, env = "NO_SCHED_BATCH", value_parser = BoolishValueParser::new(), action = ArgAction::SetTrue)]
+    pub no_sched_batch: bool,
     /// Where accepted messages go.
     #[arg(long, env = "BROKER", value_enum, default_value = "rabbitmq")]
     pub broker: BrokerKind,
@@ -726,6 +738,7 @@ impl Args {
             bind,
             workers,
             pin_workers: !self.no_pin,
+            sched_batch: !self.no_sched_batch,
             broker: self.broker,
             max_connections: self.max_connections,
             max_pending_output: self.max_pending_output,
@@ -978,6 +991,8 @@ mod tests {
         );
         assert_eq!(c.rooms().count(), 20);
         assert!(c.workers >= 1);
+        assert!(c.sched_batch);
+        assert!(!parse(&["--no-sched-batch"]).unwrap().sched_batch);
         let api = c.api.expect("the binary serves the API by default");
         assert_eq!(api.bind.port(), 8082);
         assert_eq!(api.threads, ApiConfig::default().threads);

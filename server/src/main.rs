@@ -26,6 +26,12 @@ fn main() -> anyhow::Result<()> {
         }
     };
     raise_descriptor_limit();
+    // Before the server starts a thread: they all inherit the policy.
+    if config.sched_batch {
+        if let Err(e) = chatflow_broker::sched::set_batch() {
+            tracing::warn!("SCHED_BATCH refused ({e}): threads keep the normal policy");
+        }
+    }
     // The effective configuration, every default filled in; secrets are
     // `Secret`s, whose Debug shows ***.
     tracing::info!(

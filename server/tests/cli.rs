@@ -59,6 +59,11 @@ fn boolean_variables_take_every_usual_spelling() {
                 read: |config: &Config| !config.pin_workers,
             },
             BoolVar {
+                env: "NO_SCHED_BATCH",
+                flag: "--no-sched-batch",
+                read: |config: &Config| !config.sched_batch,
+            },
+            BoolVar {
                 env: "SHARE_PORT",
                 flag: "--share-port",
                 read: |config: &Config| config.share_port,

@@ -380,6 +380,66 @@ fn the_binary_drains_on_sigterm_and_exits_0() {
     );
 }
 
+/// Every thread of a running binary, by name, with its scheduling policy
+/// (field 41 of `/proc/PID/task/TID/stat`: 0 SCHED_OTHER, 3 SCHED_BATCH).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue; // the thread ended
+        };
+        let name = stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()].to_string();
+        // Fields after "(name) ": the state is field 3, the policy field 41.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        threads.push((name, fields[41 - 3].parse().unwrap()));
+    }
+    threads
+}
+
+/// The binary runs its threads under SCHED_BATCH unless told
+/// `--no-sched-batch` (the policy a process's threads inherit from the
+/// one that starts them).
+#[test]
+fn the_binary_runs_its_threads_under_sched_batch_unless_told_not_to() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    for (extra, expected) in [(None, SCHED_BATCH), (Some("--no-sched-batch"), SCHED_OTHER)] {
+        let child = Command::new(env!("CARGO_BIN_EXE_chatflow-server"))
+            .args([
+                "--bind",
+                "127.0.0.1:0",
+                "--broker",
+                "memory",
+                "--workers",
+                "2",
+            ])
+            .args(["--no-pin", "--api-bind", "off", "--drain-secs", "0"])
+            .args(extra)
+            .env_remove("NO_SCHED_BATCH")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the server binary starts");
+        let mut child = Reaper(child);
+        let (_addr, _stdout) = listening_addr(&mut child.0);
+        let threads = thread_policies(child.0.id());
+        let workers: Vec<_> = threads
+            .iter()
+            .filter(|(n, _)| n.starts_with("worker-"))
+            .collect();
+        assert_eq!(workers.len(), 2, "{threads:?}");
+        for (name, policy) in &workers {
+            assert_eq!(*policy, expected, "{name} with {extra:?}: {threads:?}");
+        }
+        // Every thread started after the policy was set has it too.
+        let others = threads.iter().filter(|(_, p)| *p == expected).count();
+        assert!(others >= workers.len(), "{threads:?}");
+        signal(&child.0, libc::SIGTERM);
+        wait_for_exit(&mut child.0);
+    }
+}
+
 /// A peer that did the handshake and then never reads nor answers is
 /// pinged after `ping_interval`, closed with 1001 `pong_timeout` later
 /// and counted; a client that reads (so answers pings) stays connected.
