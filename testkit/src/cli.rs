@@ -41,7 +41,12 @@ pub fn assert_hidden(what: &str, text: &str, secrets: &[&str]) {
 }
 
 /// Runs `bin` with `args` and the variables `env` added to its environment.
+/// Holds [`env_lock`] while it runs: the child inherits this process's
+/// environment, which a concurrent [`assert_boolean_spellings`] may have
+/// set to a value the child would refuse (seen: `ENABLE_PERSISTENCE=maybe`
+/// failing another test's run). So never call it holding the lock.
 pub fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let _env = env_lock();
     Command::new(bin)
         .args(args)
         .envs(env.iter().copied())
