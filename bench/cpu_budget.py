@@ -11,10 +11,13 @@ the useful question is what each component costs per message. Two steps:
       switches (voluntary + involuntary) summed over every thread of
       every process of that name (threads that ended keep their CPU but
       lose their switches).
-  cpu_budget.py report OUT.jsonl --from T0 --to T1 --messages N [--json F]
+  cpu_budget.py report OUT.jsonl --from T0 --to T1 --messages N
+                [--phase TEXT] [--json F]
       over the samples nearest inside [T0, T1] (Unix seconds): cores used,
       µs of CPU per message and context switches per message, by name,
-      and their total.
+      and their total, headed "cpu budget over S s of TEXT" (default "the
+      main phase"). A window with fewer than two samples (T1 <= T0, say)
+      is reported as such, exit 1.
 
 Processes that start or exit inside the window are counted only while
 both ends see them (a backend that exits takes its CPU with it), so keep
@@ -82,7 +85,7 @@ def sample(path, names):
             time.sleep(0.5)
 
 
-def report(path, t0, t1, messages, json_path):
+def report(path, t0, t1, messages, phase, json_path):
     samples = []
     with open(path) as f:
         for line in f:
@@ -114,7 +117,7 @@ def report(path, t0, t1, messages, json_path):
         "cpuMicrosPerMessage": sum(r["cpuMicrosPerMessage"] for r in rows),
         "switchesPerMessage": sum(r["switchesPerMessage"] for r in rows),
     }
-    print(f"cpu budget over {seconds:.1f} s of the main phase ({counted / seconds:,.0f} msgs/s):")
+    print(f"cpu budget over {seconds:.1f} s of {phase} ({counted / seconds:,.0f} msgs/s):")
     print(f"  {'process':<16} {'cores':>6} {'µs CPU/msg':>11} {'switches/msg':>13}")
     for r in sorted(rows, key=lambda r: -r["cores"]) + [total]:
         print(f"  {r['name']:<16} {r['cores']:>6.2f} {r['cpuMicrosPerMessage']:>11.1f} {r['switchesPerMessage']:>13.1f}")
@@ -136,14 +139,13 @@ def main():
     r.add_argument("--from", dest="t0", type=float, required=True)
     r.add_argument("--to", dest="t1", type=float, required=True)
     r.add_argument("--messages", type=float, required=True)
+    r.add_argument("--phase", default="the main phase")
     r.add_argument("--json")
     args = parser.parse_args()
     if args.command == "sample":
         sample(args.out, args.names)
         return 0
-    if args.t1 <= args.t0:
-        parser.error(f"--to {args.t1} is not after --from {args.t0}")
-    return report(args.out, args.t0, args.t1, args.messages, args.json)
+    return report(args.out, args.t0, args.t1, args.messages, args.phase, args.json)
 
 
 if __name__ == "__main__":

@@ -32,22 +32,22 @@ pub fn set_batch() -> io::Result<()> {
     Ok(())
 }
 
-/// Whether the calling thread runs under SCHED_BATCH (false off Linux).
-pub fn is_batch() -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: no arguments but the calling thread's id (0).
-        unsafe { libc::sched_getscheduler(0) == libc::SCHED_BATCH }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        false
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the calling thread runs under SCHED_BATCH (false off Linux).
+    fn is_batch() -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: no arguments but the calling thread's id (0).
+            unsafe { libc::sched_getscheduler(0) == libc::SCHED_BATCH }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
 
     #[test]
     fn threads_started_after_set_batch_inherit_it() {

@@ -10,7 +10,7 @@ mod common;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -315,23 +315,8 @@ fn a_drain_under_load_answers_every_in_flight_message_before_the_1001() {
 #[test]
 fn the_binary_drains_on_sigterm_and_exits_0() {
     let namespace = unique_namespace("sigterm");
-    let child = Command::new(env!("CARGO_BIN_EXE_chatflow-server"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--broker",
-            "memory",
-            "--workers",
-            "1",
-            "--no-pin",
-            "--api-bind",
-            "off",
-            "--drain-secs",
-            "600",
-            "--namespace",
-            &namespace,
-        ])
-        .stdout(Stdio::piped())
+    let child = memory_binary(1)
+        .args(["--drain-secs", "600", "--namespace", &namespace])
         .stderr(Stdio::piped())
         .spawn()
         .expect("the server binary starts");
@@ -405,36 +390,23 @@ fn the_binary_runs_its_threads_under_sched_batch_unless_told_not_to() {
     const SCHED_OTHER: u32 = 0;
     const SCHED_BATCH: u32 = 3;
     for (extra, expected) in [(None, SCHED_BATCH), (Some("--no-sched-batch"), SCHED_OTHER)] {
-        let child = Command::new(env!("CARGO_BIN_EXE_chatflow-server"))
-            .args([
-                "--bind",
-                "127.0.0.1:0",
-                "--broker",
-                "memory",
-                "--workers",
-                "2",
-            ])
-            .args(["--no-pin", "--api-bind", "off", "--drain-secs", "0"])
+        let child = memory_binary(2)
+            .args(["--drain-secs", "0"])
             .args(extra)
             .env_remove("NO_SCHED_BATCH")
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("the server binary starts");
         let mut child = Reaper(child);
         let (_addr, _stdout) = listening_addr(&mut child.0);
         let threads = thread_policies(child.0.id());
-        let workers: Vec<_> = threads
-            .iter()
-            .filter(|(n, _)| n.starts_with("worker-"))
-            .collect();
-        assert_eq!(workers.len(), 2, "{threads:?}");
-        for (name, policy) in &workers {
+        let workers = threads.iter().filter(|(n, _)| n.starts_with("worker-"));
+        assert_eq!(workers.count(), 2, "{threads:?}");
+        // main sets it before any thread starts: every thread has it,
+        // workers, publishers and the main thread alike.
+        for (name, policy) in &threads {
             assert_eq!(*policy, expected, "{name} with {extra:?}: {threads:?}");
         }
-        // Every thread started after the policy was set has it too.
-        let others = threads.iter().filter(|(_, p)| *p == expected).count();
-        assert!(others >= workers.len(), "{threads:?}");
         signal(&child.0, libc::SIGTERM);
         wait_for_exit(&mut child.0);
     }

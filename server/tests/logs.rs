@@ -19,21 +19,12 @@ const SECRET: &str = "s3cr3t-in-the-logs";
 /// `rust_log`, sends one message, stops it with SIGTERM, and returns its
 /// stderr.
 fn run_and_stop(extra: &[&str], rust_log: Option<&str>) -> String {
-    let mut command = Command::new(BIN);
+    let mut command = memory_binary(1);
     command
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--broker",
-            "memory",
-            "--workers",
-            "1",
-        ])
-        .args(["--no-pin", "--api-bind", "off", "--drain-secs", "0"])
+        .args(["--drain-secs", "0"])
         .args(extra)
         .env("RABBITMQ_PASSWORD", SECRET)
         .env_remove("LOG_FORMAT")
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     match rust_log {
         Some(filter) => command.env("RUST_LOG", filter),

@@ -13,7 +13,7 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -430,27 +430,10 @@ fn join_and_leave_frames_reach_members_on_the_other_server() {
 fn a_killed_servers_users_disappear_within_the_bound() {
     let namespace = unique_namespace("presence-kill");
     let _guard = PresenceGuard(namespace.clone());
-    let child = Command::new(env!("CARGO_BIN_EXE_chatflow-server"))
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--broker",
-            "memory",
-            "--presence",
-            "shared",
-        ])
-        .args([
-            "--workers",
-            "1",
-            "--no-pin",
-            "--api-bind",
-            "off",
-            "--drain-secs",
-            "0",
-        ])
+    let child = memory_binary(1)
+        .args(["--presence", "shared", "--drain-secs", "0"])
         .args(["--rooms", &ROOMS.to_string(), "--namespace", &namespace])
         .args(["--server-id", "doomed"])
-        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("the server binary starts");

@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,19 @@ pub fn eventually(what: &str, check: impl FnMut() -> bool) {
 }
 
 // The server binary run as a child process.
+
+/// The server binary on a free loopback port with the memory broker,
+/// `workers` unpinned workers and no API, its stdout piped (its first line
+/// says where it listens: [`listening_addr`]). Callers add the rest.
+pub fn memory_binary(workers: usize) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatflow-server"));
+    command
+        .args(["--bind", "127.0.0.1:0", "--broker", "memory"])
+        .args(["--workers", &workers.to_string(), "--no-pin"])
+        .args(["--api-bind", "off"])
+        .stdout(Stdio::piped());
+    command
+}
 
 /// Where the binary says it listens (its first line of output), and the
 /// rest of its output.
