@@ -101,8 +101,8 @@ cleanup() {
   fi
   # The rooms' history streams (the consumer appends every broadcast) and
   # the server's presence (it would expire within seconds anyway).
-  redis-cli --scan --count 1000 --pattern "$NS:history:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
-  redis-cli --scan --count 1000 --pattern "$NS:presence:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "$NS:history:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+  redis-cli --scan --pattern "$NS:presence:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
 }
 # The CPU sampler of whichever phase is running (its own step, since
 # cleanup runs once, before the ceiling phase starts its sampler).
