@@ -100,9 +100,12 @@ cleanup() {
     "$target/release/chaosload" --delete-topology "$NS" --rooms "${ROOMS:-20}" --url x >/dev/null 2>&1 || true
   fi
   # The rooms' history streams (the consumer appends every broadcast) and
-  # the server's presence (it would expire within seconds anyway).
-  redis-cli --scan --pattern "$NS:history:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
-  redis-cli --scan --pattern "$NS:presence:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
+  # the server's presence (it would expire within seconds anyway). A
+  # failing scan says so (its error once hid a cleanup that never ran)
+  # but does not stop the rest of the cleanup.
+  for keys in history presence; do
+    redis-cli --scan --pattern "$NS:$keys:*" | xargs -r redis-cli del >/dev/null || true
+  done
 }
 # The CPU sampler of whichever phase is running (its own step, since
 # cleanup runs once, before the ceiling phase starts its sampler).
