@@ -95,18 +95,14 @@ CREATE TABLE IF NOT EXISTS rollup_active_users (
     PRIMARY KEY (resolution_s, bucket)
 );
 
--- Every batch rewrites its minute's and its hour's bitmap (12.5 KB), and
--- PostgreSQL compresses each new value before storing it. With the
--- default pglz that was 14% of PostgreSQL's CPU in a full-path run at 64 x 1
--- (perf: heap_update -> toast_compress_datum -> pglz_compress, ~7 batches
--- a second): pglz is slowest on the bitmaps a minute starts with, mostly
--- zeros — 0.87 ms an update at 500 users, 0.18 ms when every bit is set.
--- lz4 takes 0.13 and 0.05 ms on the same bitmaps, for a table ~40% larger
--- (sparse minutes compress less: 8.1 MB against 5.7 MB for a day's 1,464
--- buckets; database/README.md has the loads). New values only: a bucket's
--- value is recompressed at its next update. A server built without lz4
--- keeps pglz (and says nothing: both are exact).
--- Altered only when not yet lz4, so a re-run takes no lock the writers wait on.
+-- lz4, not the default pglz, for the bitmaps: every batch rewrites its
+-- minute's and hour's 12.5 KB value, and pglz is slowest on the sparse
+-- bitmaps a minute starts with (0.87 ms an update against lz4's 0.13; it
+-- was 14% of PostgreSQL's CPU in a full-path profile). The table is
+-- ~35-40% larger; database/README.md ("What they cost") has the loads.
+-- New values only: a bucket is recompressed at its next update. A server
+-- built without lz4 keeps pglz (both are exact). Altered only when not yet
+-- lz4, so a re-run takes no lock the writers would wait on.
 DO $$
 BEGIN
     IF (SELECT attcompression FROM pg_attribute
