@@ -194,6 +194,20 @@ fn a_drain_consumes_the_whole_backlog_and_leaves_no_queue() {
     assert_eq!(count(&r, &["drain", "readyAtStart"]), 1000, "{r}");
     assert_eq!(count(&r, &["drain", "consumed"]), 1000, "{r}");
     assert!(rate(&r, &["drain", "perSecond"]) > 0.0, "{r}");
+    // The drain's window in wall-clock time (for outside CPU samples):
+    // after the backlog was confirmed, as long as the reported seconds.
+    let (started, ended) = (
+        rate(&r, &["drain", "startedAtUnixS"]),
+        rate(&r, &["drain", "endedAtUnixS"]),
+    );
+    assert!(
+        rate(&r, &["publish", "endedAtUnixS"]) <= started && started < ended,
+        "{r}"
+    );
+    assert!(
+        (ended - started - rate(&r, &["drain", "seconds"])).abs() < 0.01,
+        "{r}"
+    );
     assert_eq!(left_behind(&topology), Vec::<String>::new());
 }
 

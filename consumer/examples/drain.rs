@@ -16,19 +16,25 @@
 //! the consumer). `--subscribe` also counts what arrives on Redis. Every
 //! broadcast is appended to its room's history stream as in production;
 //! the consumer's hidden `--no-history` measures the drain without that
-//! append. The streams are deleted at the end with the topology.
+//! append. The streams are deleted at the end with the topology, also
+//! when the run fails. `--json FILE` also writes the figures as JSON, with
+//! the drain's window in Unix seconds (`bench/drain_ratio.sh` reads each
+//! process's CPU over it).
 
 use chatflow_broker::Declare;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use amiquip::{AmqpProperties, Confirm, ConfirmSmoother, Publish};
+use amiquip::{AmqpProperties, Channel, Confirm, ConfirmSmoother, Publish};
 use anyhow::{bail, Context};
-use chatflow_consumer::{Args, Consumer};
+use chatflow_consumer::{Args, Config, Consumer};
+use chatflow_protocol::Topology;
 use chatflow_protocol::{routing_key, ClientMessage, Envelope, IdGenerator, ServerTime};
 use clap::Parser;
+use serde_json::json;
 
 #[derive(Debug, Parser)]
 struct Bench {
@@ -38,6 +44,9 @@ struct Bench {
     /// Also subscribe to the room channels and count broadcasts received.
     #[arg(long)]
     subscribe: bool,
+    /// Also write the figures to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
     #[command(flatten)]
     consumer: Args,
 }
@@ -48,13 +57,56 @@ fn main() -> anyhow::Result<()> {
     bench.consumer.metrics_bind = "127.0.0.1:0".to_string();
     let config = bench.consumer.into_config()?;
     let topology = config.topology();
-    let n = bench.messages;
 
     let mut connection =
         chatflow_broker::amqp::connect(&config.amqp_endpoint()).context("RabbitMQ")?;
     let channel = connection.open_channel(None)?;
     topology.declare(&channel)?;
+    let outcome = drain(
+        bench.messages,
+        bench.subscribe,
+        bench.json.as_deref(),
+        &config,
+        &topology,
+        &channel,
+    );
+    // Whatever happened: the namespace's queues, exchange and streams go.
+    let cleanup = delete_namespace(&config, &topology, &channel);
+    channel.close()?;
+    connection.close()?;
+    outcome.and(cleanup)
+}
 
+fn delete_namespace(config: &Config, topology: &Topology, channel: &Channel) -> anyhow::Result<()> {
+    topology.delete(channel)?;
+    let streams: Vec<String> = topology
+        .rooms
+        .iter()
+        .map(|room| topology.history_stream(room))
+        .collect();
+    let redis_url = format!("redis://{}/", config.redis_display());
+    let mut con = redis::Client::open(redis_url)?.get_connection()?;
+    redis::cmd("DEL").arg(streams).query::<()>(&mut con)?;
+    Ok(())
+}
+
+/// `at` as wall-clock Unix seconds.
+fn unix_seconds(at: Instant) -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    now - Instant::now().saturating_duration_since(at).as_secs_f64()
+}
+
+fn drain(
+    n: u64,
+    subscribe: bool,
+    json_path: Option<&std::path::Path>,
+    config: &Config,
+    topology: &Topology,
+    channel: &Channel,
+) -> anyhow::Result<()> {
     // The backlog: rooms round-robin, and users varying independently of
     // the room so that every room's five shards (queues) get their share,
     // as with real traffic (a user id tied to the room would leave four
@@ -102,7 +154,7 @@ fn main() -> anyhow::Result<()> {
 
     let received = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let subscriber = bench.subscribe.then(|| {
+    let subscriber = subscribe.then(|| {
         let (received, stop, pattern) = (received.clone(), stop.clone(), topology.redis_pattern());
         let redis_url = format!("redis://{}/", config.redis_display());
         thread::spawn(move || -> redis::RedisResult<()> {
@@ -135,21 +187,22 @@ fn main() -> anyhow::Result<()> {
     let startup = started.elapsed();
     let mut first: Option<Instant> = None;
     let deadline = started + Duration::from_secs(600);
-    loop {
+    // The last ack as the 20 ms polls see it.
+    let last = loop {
         let totals = consumer.health().totals;
         if first.is_none() && totals.consumed > 0 {
             first = Some(Instant::now());
         }
         if totals.acked >= n {
-            break;
+            break Instant::now();
         }
         if Instant::now() > deadline {
             bail!("drain timed out at {} of {n} acked", totals.acked);
         }
         thread::sleep(Duration::from_millis(20));
-    }
-    let total = started.elapsed();
-    let draining = first.map_or(total, |f| f.elapsed());
+    };
+    let total = last.duration_since(started);
+    let draining = first.map_or(total, |f| last.duration_since(f));
     let health = consumer.health();
     consumer.shutdown()?;
     stop.store(true, Ordering::Relaxed);
@@ -188,22 +241,37 @@ fn main() -> anyhow::Result<()> {
             db.retries
         );
     }
-    if bench.subscribe {
+    if subscribe {
         println!(
             "broadcasts received on Redis: {}",
             received.load(Ordering::Relaxed)
         );
     }
-    topology.delete(&channel)?;
-    let streams: Vec<String> = topology
-        .rooms
-        .iter()
-        .map(|room| topology.history_stream(room))
-        .collect();
-    let redis_url = format!("redis://{}/", config.redis_display());
-    let mut con = redis::Client::open(redis_url)?.get_connection()?;
-    redis::cmd("DEL").arg(streams).query::<()>(&mut con)?;
-    channel.close()?;
-    connection.close()?;
+    if let Some(path) = json_path {
+        let database = health.database.as_ref().map(|db| {
+            json!({
+                "rows": db.rows,
+                "batches": db.batches,
+                "batchRowsP50": db.batch_rows.p50,
+                "copyUsP50": db.copy_latency_us.p50,
+                "copyUsP99": db.copy_latency_us.p99,
+            })
+        });
+        let report = json!({
+            "messages": n,
+            "publishPerSecond": n as f64 / publish_secs,
+            "seconds": total.as_secs_f64(),
+            "startedAtUnixS": unix_seconds(started),
+            "endedAtUnixS": unix_seconds(last),
+            "perSecond": n as f64 / total.as_secs_f64(),
+            "perSecondFromFirstDelivery": n as f64 / draining.as_secs_f64(),
+            "startupMs": startup.as_secs_f64() * 1e3,
+            "redisPipelineUsP50": l.redis_publish_us.p50,
+            "redeliveries": health.totals.redelivered,
+            "database": database,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }

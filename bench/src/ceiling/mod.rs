@@ -189,6 +189,8 @@ fn drain_phase(
         ready_at_start,
         consumed: progress.consumed(),
         seconds,
+        started_at_unix_s: unix_seconds(started),
+        ended_at_unix_s: progress.last().map_or(0.0, unix_seconds),
         per_second: rate(progress.consumed(), seconds),
         first_ack_ms: since(started, progress.first()) * 1e3,
         per_second_from_first_ack: rate(progress.consumed(), from_first),

@@ -117,6 +117,11 @@ pub struct DrainReport {
     pub consumed: u64,
     /// Consumers started → last ack.
     pub seconds: f64,
+    /// The consumers' start and the last ack, in Unix seconds: the window
+    /// `bench/drain_ratio.sh` reads each process's CPU over (0 when
+    /// nothing was acked).
+    pub started_at_unix_s: f64,
+    pub ended_at_unix_s: f64,
     pub per_second: f64,
     /// Consumers started → first ack.
     pub first_ack_ms: f64,
