@@ -8,7 +8,8 @@
 # records them) for about as long as the client's main phase, and prints
 #   broker ceiling: X msgs/s at N in flight; full path / ceiling = R
 # (R: the client's main-phase acked msgs/s over the ceiling's confirmed
-# msgs/s). CEILING=false skips that step; CEILING_SECS=S sets its length.
+# msgs/s) and how long RabbitMQ has been up (ratios compare within one
+# broker lifetime). CEILING=false skips that step; CEILING_SECS=S sets its length.
 #
 #   bench/full_path.sh [PERSIST=true|false] -- CLIENT FLAGS...
 #   PERSIST=false bench/full_path.sh -- -n 500000 -w 1
@@ -190,6 +191,11 @@ shown = f"full path {float(full):.0f} msgs/s in the client's main phase; " if fu
 print(f"  ({shown}the broker alone for {c['publish']['seconds']:.0f} s: confirm mean {l['mean']:.1f} ms, "
       f"p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} ms; consumed {c['consume']['perSecond']:.0f} msgs/s; {sys.argv[1]})")
 PY
+    # A ceiling is only comparable with others from the same broker
+    # lifetime: on one box a RabbitMQ restart raised it 25–43% (README,
+    # "A restarted broker moves the bar").
+    up=$(timeout 20 rabbitmqctl -q eval 'element(1, erlang:statistics(wall_clock)) div 1000.' 2>/dev/null || echo "?")
+    echo "  (RabbitMQ up $up s)" | tee -a "$out/client.txt"
     # RabbitMQ's own cost per message alone, beside its cost in the full
     # path above (a brokerceiling from before the window was reported has
     # none: 0 to 0, which the report says has no samples).
