@@ -100,11 +100,12 @@ cleanup() {
   if [[ -x "$target/release/chaosload" ]]; then
     "$target/release/chaosload" --delete-topology "$NS" --rooms "${ROOMS:-20}" --url x >/dev/null 2>&1 || true
   fi
-  # The rooms' history streams (the consumer appends every broadcast) and
-  # the server's presence (it would expire within seconds anyway). A
+  # The rooms' history streams (the consumer appends every broadcast), the
+  # server's presence (it would expire within seconds anyway) and its sent
+  # log (one key per message, expiring after the dedup window). A
   # failing scan says so (its error once hid a cleanup that never ran)
   # but does not stop the rest of the cleanup.
-  for keys in history presence; do
+  for keys in history presence sent; do
     redis-cli --scan --pattern "$NS:$keys:*" | xargs -r redis-cli del >/dev/null || true
   done
 }
