@@ -82,7 +82,7 @@ for round in $(seq 1 "$ROUNDS"); do
   python3 bench/cpu_budget.py sample "$r-ceiling-cpu.jsonl" beam.smp brokerceiling &
   sampler=$!
   "$BIN"/brokerceiling --drain "$MESSAGES" --in-flight "$IN_FLIGHT" --rooms "$ROOMS" --json \
-    >"$r-ceiling.json" 2>"$r-ceiling.log"
+    >"$r-ceiling.json" 2>"$r-ceiling.log" || { cat "$r-ceiling.log" >&2; exit 1; }
   stop_sampler
   ceiling=$(python3 -c "import json,sys; print(round(json.load(open(sys.argv[1]))['drain']['perSecond']))" "$r-ceiling.json")
   echo "round $round: broker alone drains $ceiling msgs/s"
