@@ -26,11 +26,9 @@ if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
 fi
 cd "$(dirname "$0")/.."
 [[ "${1:-}" == "--" ]] && shift
+ROUNDS="${ROUNDS:-3}" MESSAGES="${MESSAGES:-200000}" ROOMS="${ROOMS:-20}" IN_FLIGHT="${IN_FLIGHT:-1024}"
 for var in ROUNDS MESSAGES ROOMS IN_FLIGHT; do
-  default=$(case $var in ROUNDS) echo 3 ;; MESSAGES) echo 200000 ;; ROOMS) echo 20 ;; IN_FLIGHT) echo 1024 ;; esac)
-  value="${!var:-$default}"
-  [[ "$value" =~ ^[1-9][0-9]*$ ]] || { echo "drain_ratio.sh: $var must be a positive integer, not '$value'" >&2; exit 2; }
-  printf -v "$var" '%s' "$value"
+  [[ "${!var}" =~ ^[1-9][0-9]*$ ]] || { echo "drain_ratio.sh: $var must be a positive integer, not '${!var}'" >&2; exit 2; }
 done
 DB="${DB_NAME:-chatflow}"
 ulimit -n "$(ulimit -Hn)"

@@ -90,13 +90,10 @@ fn delete_namespace(config: &Config, topology: &Topology, channel: &Channel) -> 
     Ok(())
 }
 
-/// `at` as wall-clock Unix seconds.
-fn unix_seconds(at: Instant) -> f64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+fn unix_s(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs_f64();
-    now - Instant::now().saturating_duration_since(at).as_secs_f64()
+        .as_secs_f64()
 }
 
 fn drain(
@@ -183,18 +180,20 @@ fn drain(
         chatflow_broker::sched::set_batch()?;
     }
     let started = Instant::now();
+    // Wall-clock twins of `started` and `last`, for the JSON's window.
+    let started_wall = SystemTime::now();
     let consumer = Consumer::start(config.clone())?;
     let startup = started.elapsed();
     let mut first: Option<Instant> = None;
     let deadline = started + Duration::from_secs(600);
     // The last ack as the 20 ms polls see it.
-    let last = loop {
+    let (last, last_wall) = loop {
         let totals = consumer.health().totals;
         if first.is_none() && totals.consumed > 0 {
             first = Some(Instant::now());
         }
         if totals.acked >= n {
-            break Instant::now();
+            break (Instant::now(), SystemTime::now());
         }
         if Instant::now() > deadline {
             bail!("drain timed out at {} of {n} acked", totals.acked);
@@ -261,8 +260,8 @@ fn drain(
             "messages": n,
             "publishPerSecond": n as f64 / publish_secs,
             "seconds": total.as_secs_f64(),
-            "startedAtUnixS": unix_seconds(started),
-            "endedAtUnixS": unix_seconds(last),
+            "startedAtUnixS": unix_s(started_wall),
+            "endedAtUnixS": unix_s(last_wall),
             "perSecond": n as f64 / total.as_secs_f64(),
             "perSecondFromFirstDelivery": n as f64 / draining.as_secs_f64(),
             "startupMs": startup.as_secs_f64() * 1e3,
