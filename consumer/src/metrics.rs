@@ -147,7 +147,7 @@ impl Collector for Reading {
         )?;
         s.histogram(
             &name("redis_publish_seconds"),
-            "One Redis pipeline round trip (a batch's broadcasts and history appends).",
+            "A batch's Redis pipeline (its broadcasts and history appends): the time spent writing it and reading its reply, which is read before the batch is acked, not at once.",
             &self.queues.publish,
         )?;
         s.histogram(

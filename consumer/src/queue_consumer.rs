@@ -16,8 +16,9 @@
 //!
 //! Processing a batch: decode every delivery; publish the `message` frames
 //! of the good ones in one Redis pipeline, each appended to its room's
-//! history as it is published ([`crate::broadcast`]; retried until Redis
-//! takes it);
+//! history as it is published ([`crate::broadcast`]; its reply is read
+//! before the next ack, and a batch Redis did not take is published
+//! again until it does);
 //! then settle in tag order — one `ack(multiple)` per run of finished
 //! deliveries, `nack(requeue = false)` for each undecodable one (and,
 //! later, each one whose row the database refused), which the queue's
@@ -476,7 +477,7 @@ impl QueueConsumer {
     /// an earlier channel is ignored: those deliveries are being
     /// redelivered and will be committed and acked anew.
     fn on_notice(
-        &self,
+        &mut self,
         channel: &Channel,
         epoch: u64,
         notice: Committed,
@@ -536,7 +537,8 @@ impl QueueConsumer {
         }
         if !frames.is_empty() {
             let stats = self.shared.queue(self.index);
-            if self.broadcaster.publish(&frames, stats, &self.shutdown) == Published::GaveUp {
+            let broadcasts = frames.len() as u64;
+            if self.broadcaster.send(frames, stats, &self.shutdown) == Published::GaveUp {
                 // Shutdown came while Redis was refusing: the batch is not
                 // held (nothing waits for it), and stays unacked — every
                 // ack this channel still sends covers only earlier tags —
@@ -544,7 +546,7 @@ impl QueueConsumer {
                 drop(decoded);
                 return Err(Ended::Shutdown);
             }
-            add(&stats.broadcasts, frames.len() as u64);
+            add(&stats.broadcasts, broadcasts);
             add(&stats.batches, 1);
             let now = now_ms();
             let mut h = stats.histograms.lock();
@@ -598,9 +600,22 @@ impl QueueConsumer {
         self.settle(channel, hand)
     }
 
-    /// Acks and rejects what may be settled, in tag order.
-    fn settle(&self, channel: &Channel, hand: &mut InHand<Delivery>) -> Result<(), Ended> {
-        for step in hand.settle() {
+    /// Acks and rejects what may be settled, in tag order. An ack stands
+    /// for a broadcast, so the replies of the batches sent are read first
+    /// (see [`crate::broadcast`]).
+    fn settle(&mut self, channel: &Channel, hand: &mut InHand<Delivery>) -> Result<(), Ended> {
+        let plan = hand.settle();
+        let acks = plan
+            .iter()
+            .any(|step| matches!(step, Settle::AckUpTo { .. }));
+        if acks && self.broadcaster.unconfirmed() > 0 {
+            let stats = self.shared.queue(self.index);
+            if self.broadcaster.confirm(stats, &self.shutdown) == Published::GaveUp {
+                // As in `process`: unacked, so redelivered.
+                return Err(Ended::Shutdown);
+            }
+        }
+        for step in plan {
             match step {
                 Settle::AckUpTo { delivery, count } => {
                     delivery.ack_multiple(channel).map_err(ChannelLost::Ack)?;
