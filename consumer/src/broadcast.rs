@@ -133,12 +133,14 @@ impl Names {
     }
 }
 
-/// What became of a batch.
+/// What became of a batch (`send`) or of every batch sent (`confirm`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Published {
-    /// Every publish in the pipeline was accepted by Redis.
+    /// `send`: written, its reply still to be read. `confirm`: Redis
+    /// accepted every publish of every batch sent.
     Yes,
-    /// Shutdown came while Redis was failing: the batch was not published.
+    /// Shutdown came while Redis was failing: what was not confirmed may
+    /// not have been published.
     GaveUp,
 }
 
