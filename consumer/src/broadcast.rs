@@ -31,9 +31,9 @@
 //! anyway (hundreds of milliseconds), and by then every reply is in the
 //! socket: reading them costs no wait. Waiting for each reply at once
 //! put the thread to sleep and woke it again for every batch, which at
-//! moderate load is every delivery (64 × 1 on two cores: 2.9 context
-//! switches and 75–83 µs of consumer CPU per message against 2.2–2.3 and
-//! 59–69 without). The unread batches are bounded by the prefetch (each
+//! moderate load is every delivery (64 × 1 on two cores: 2.8–3.1 context
+//! switches per message in the consumer and 16.8–18.1% of all the CPU,
+//! against 2.1–2.3 and 15.1–15.9% now; README has the runs). The unread batches are bounded by the prefetch (each
 //! holds at least one unacked delivery) and kept whole until confirmed.
 //!
 //! A bad reply (or none, or a failed write) drops the connection, and
