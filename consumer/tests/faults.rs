@@ -24,9 +24,29 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A consumer process, killed when dropped: a test that fails while it
+/// runs leaves no consumer behind (one did, still consuming the test's
+/// queues, after an assertion failed mid-run).
+struct ConsumerChild(Child);
+
+impl ConsumerChild {
+    /// SIGKILL, and reap it.
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for ConsumerChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The consumer binary, configured like `persistent` below.
-fn spawn_consumer(ns: &str, db: &TestDatabase) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_chatflow-consumer"))
+fn spawn_consumer(ns: &str, db: &TestDatabase) -> ConsumerChild {
+    let child = Command::new(env!("CARGO_BIN_EXE_chatflow-consumer"))
         .env("NAMESPACE", ns)
         .env("ROOMS", "1")
         .env("AMQP_CONNECTIONS", "1")
@@ -37,7 +57,8 @@ fn spawn_consumer(ns: &str, db: &TestDatabase) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("consumer binary starts")
+        .expect("consumer binary starts");
+    ConsumerChild(child)
 }
 
 fn persistent(ns: &str, db: &TestDatabase) -> Config {
@@ -150,9 +171,7 @@ fn consumer_killed_mid_run_loses_nothing() {
     let mut client = connect(&server, 1);
     let (acked, errors) = send_all(&mut client, "run", 3000, 32, |n| {
         if n == 1000 {
-            let mut c = consumer.take().unwrap();
-            c.kill().unwrap(); // SIGKILL
-            c.wait().unwrap();
+            consumer.take().unwrap().kill();
         }
         if n == 1800 {
             consumer = Some(spawn_consumer(&ns, &db));
@@ -171,9 +190,7 @@ fn consumer_killed_mid_run_loses_nothing() {
     wait_until("every acked message was delivered", || {
         listener.has_all(&acked)
     });
-    let mut c = consumer.take().unwrap();
-    c.kill().unwrap();
-    c.wait().unwrap();
+    consumer.take().unwrap().kill();
     server.shutdown().unwrap();
 }
 
