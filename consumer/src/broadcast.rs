@@ -274,9 +274,8 @@ impl Broadcaster {
 
     /// After `first_error`: a fresh connection, and every unconfirmed
     /// batch published on it, in order, each read back before the next
-    /// (retried with back-off until all are taken or shutdown comes). The
-    /// batches before the failure that Redis had taken may be published
-    /// twice; none is lost.
+    /// (retried with back-off until all are taken or shutdown comes). What
+    /// Redis had already taken of them is published twice; none is lost.
     fn republish(
         &mut self,
         first_error: redis::RedisError,

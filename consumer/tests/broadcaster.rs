@@ -7,9 +7,9 @@ mod common;
 use chatflow_broker::retry::shutdown_signal;
 use chatflow_consumer::broadcast::{Batch, Broadcaster, Published};
 use chatflow_consumer::counters::QueueStats;
+use chatflow_testkit::HistoryGuard;
 use common::proxy::Proxy;
 use common::{config, namespace};
-use redis::Commands;
 
 fn redis() -> redis::Connection {
     redis::Client::open(common::REDIS_URL)
@@ -43,20 +43,12 @@ fn history(con: &mut redis::Connection, stream: &str) -> Vec<String> {
         .collect()
 }
 
-/// Deletes the test's history stream, also when an assertion failed.
-struct StreamGuard(String);
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        let _: Result<(), _> = redis().del(&self.0);
-    }
-}
-
 #[test]
 fn sent_batches_are_read_back_in_order_when_confirmed() {
     let ns = namespace();
     let config = config(&ns, 1);
-    let stream = StreamGuard(config.topology().history_stream(1));
+    let _history = HistoryGuard(config.topology());
+    let stream = config.topology().history_stream(1);
     let stats = QueueStats::default();
     let (_stop, shutdown) = shutdown_signal();
     let mut broadcaster = Broadcaster::new("test".into(), &config, 1).unwrap();
@@ -70,7 +62,7 @@ fn sent_batches_are_read_back_in_order_when_confirmed() {
     assert_eq!(broadcaster.unconfirmed(), 3, "no reply read at send");
     assert_eq!(broadcaster.confirm(&stats, &shutdown), Published::Yes);
     assert_eq!(broadcaster.unconfirmed(), 0);
-    assert_eq!(history(&mut redis(), &stream.0), ["a", "b", "c"]);
+    assert_eq!(history(&mut redis(), &stream), ["a", "b", "c"]);
     assert_eq!(
         stats
             .redis_errors
@@ -88,7 +80,8 @@ fn a_connection_lost_before_its_replies_were_read_publishes_them_again() {
         .services
         .redis
         .set_direct(chatflow_broker::HostPort::loopback(proxy.port()));
-    let stream = StreamGuard(config.topology().history_stream(1));
+    let _history = HistoryGuard(config.topology());
+    let stream = config.topology().history_stream(1);
     let stats = QueueStats::default();
     let (_stop, shutdown) = shutdown_signal();
     let mut broadcaster = Broadcaster::new("test".into(), &config, 1).unwrap();
@@ -123,7 +116,7 @@ fn a_connection_lost_before_its_replies_were_read_publishes_them_again() {
             > 0,
         "the lost connection was seen"
     );
-    let texts = history(&mut redis(), &stream.0);
+    let texts = history(&mut redis(), &stream);
     // Whatever Redis took before the cut may be there twice; nothing is
     // missing, and each first appears in the order sent.
     let mut first_seen: Vec<&str> = Vec::new();

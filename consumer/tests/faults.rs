@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use chatflow_consumer::{Config, Consumer};
 use chatflow_testkit::database::TestDatabase;
+use chatflow_testkit::Reaper;
 use common::chat::*;
 use common::{config, namespace, wait_until, Broker};
 
@@ -24,28 +25,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A consumer process, killed when dropped: a test that fails while it
-/// runs leaves no consumer behind (one did, still consuming the test's
-/// queues, after an assertion failed mid-run).
-struct ConsumerChild(Child);
-
-impl ConsumerChild {
-    /// SIGKILL, and reap it.
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for ConsumerChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The consumer binary, configured like `persistent` below.
-fn spawn_consumer(ns: &str, db: &TestDatabase) -> ConsumerChild {
+fn spawn_consumer(ns: &str, db: &TestDatabase) -> Reaper {
     let child = Command::new(env!("CARGO_BIN_EXE_chatflow-consumer"))
         .env("NAMESPACE", ns)
         .env("ROOMS", "1")
@@ -58,7 +39,8 @@ fn spawn_consumer(ns: &str, db: &TestDatabase) -> ConsumerChild {
         .stderr(Stdio::null())
         .spawn()
         .expect("consumer binary starts");
-    ConsumerChild(child)
+    // Reaped on drop: a failing test once left this consumer running.
+    Reaper(child)
 }
 
 fn persistent(ns: &str, db: &TestDatabase) -> Config {

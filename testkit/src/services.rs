@@ -84,6 +84,18 @@ impl Drop for PresenceGuard {
     }
 }
 
+/// [`delete_history`] when dropped (for tests that append to the history
+/// without a RabbitMQ topology to guard).
+pub struct HistoryGuard(pub Topology);
+
+impl Drop for HistoryGuard {
+    fn drop(&mut self) {
+        if let Err(e) = delete_history(&self.0) {
+            eprintln!("clean-up of namespace {}'s history: {e}", self.0.namespace);
+        }
+    }
+}
+
 /// Deletes every room's history stream (the consumers make them).
 pub fn delete_history(topology: &Topology) -> redis::RedisResult<()> {
     let keys: Vec<String> = topology

@@ -163,14 +163,5 @@ pub fn wait_for_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
-/// Kills the child if the test fails while it runs.
-pub struct Reaper(pub Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+#[allow(unused_imports)] // each test binary uses a part of the harness
+pub use chatflow_testkit::Reaper;
