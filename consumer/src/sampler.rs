@@ -97,10 +97,11 @@ impl Sampler {
         let shared = &self.shared;
         shared.sample();
         let counters = &shared.counters;
-        let lag_ms = counters.histograms().lag_ms;
+        let histograms = counters.histograms();
+        let lag_ms = histograms.lag_ms.clone();
         (self.windows).push(Instant::now(), counters.writer_histograms(), lag_ms);
         let at = ServerTime::now();
-        let health = Health::of(shared);
+        let health = Health::with_histograms(shared, &histograms);
         let id = &shared.config.consumer_id;
         let snapshot = ConsumerSnapshot::of(id, &health, &self.windows, at);
         let state = &shared.counters.redis_probe;
