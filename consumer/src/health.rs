@@ -268,9 +268,10 @@ impl Health {
     }
 
     /// [`Health::of`] with the queue consumers' histograms already merged
-    /// ([`Counters::histograms`](crate::counters::Counters::histograms)): the sampler merges them once a tick for
-    /// both the document and its lag window, since merging a hundred
-    /// queues' histograms is most of what a tick costs.
+    /// ([`Counters::histograms`](crate::counters::Counters::histograms)):
+    /// the sampler merges them once a tick for both the document and its
+    /// lag window, since merging a hundred queues' histograms is most of
+    /// what a tick costs.
     pub fn with_histograms(shared: &Shared, h: &Histograms) -> Health {
         let config = &shared.config;
         let counters = &shared.counters;

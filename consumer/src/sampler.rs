@@ -98,10 +98,10 @@ impl Sampler {
         shared.sample();
         let counters = &shared.counters;
         let histograms = counters.histograms();
-        let lag_ms = histograms.lag_ms.clone();
-        (self.windows).push(Instant::now(), counters.writer_histograms(), lag_ms);
-        let at = ServerTime::now();
         let health = Health::with_histograms(shared, &histograms);
+        let writers = counters.writer_histograms();
+        (self.windows).push(Instant::now(), writers, histograms.lag_ms);
+        let at = ServerTime::now();
         let id = &shared.config.consumer_id;
         let snapshot = ConsumerSnapshot::of(id, &health, &self.windows, at);
         let state = &shared.counters.redis_probe;
