@@ -9,7 +9,11 @@
 #   broker ceiling: X msgs/s at N in flight; full path / ceiling = R
 # (R: the client's main-phase acked msgs/s over the ceiling's confirmed
 # msgs/s) and how long RabbitMQ has been up (ratios compare within one
-# broker lifetime). CEILING=false skips that step; CEILING_SECS=S sets its length.
+# broker lifetime). The ceiling is also measured once before the full path
+# starts (CEILING_BEFORE_SECS, 30 s), and X is the mean of the two: a box
+# that drifts during the run moves the two apart, and the line after says
+# by how much and what R is against each. CEILING=after measures only
+# after; CEILING=false skips both; CEILING_SECS=S sets the length of both.
 #
 #   bench/full_path.sh [PERSIST=true|false] -- CLIENT FLAGS...
 #   PERSIST=false bench/full_path.sh -- -n 500000 -w 1
@@ -24,7 +28,7 @@ fi
 cd "$(dirname "$0")/.."
 [[ "${1:-}" == "--" ]] && shift
 CEILING="${CEILING:-true}"
-case "$CEILING" in true|false) ;; *) echo "full_path.sh: CEILING must be true or false, not $CEILING" >&2; exit 2 ;; esac
+case "$CEILING" in true|after|false) ;; *) echo "full_path.sh: CEILING must be true, after or false, not $CEILING" >&2; exit 2 ;; esac
 PERSIST="${PERSIST:-true}"
 PORT="${PORT:-18280}"
 NS="bench-$(date +%s)"
@@ -45,7 +49,7 @@ if [[ -z "${BIN:-}" ]]; then
   BIN="$target/release/bench-bin"
 fi
 CEIL="$BIN/brokerceiling"
-if [[ "$CEILING" == true && ! -x "$CEIL" ]]; then
+if [[ "$CEILING" != false && ! -x "$CEIL" ]]; then
   cargo build --release -q -p chatflow-bench --bin brokerceiling
   CEIL="$target/release/brokerceiling"
 fi
@@ -55,12 +59,6 @@ before=$(psql -h 127.0.0.1 -U postgres -d "$DB" -Atc "select count(*) from messa
 out="results/full-path-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 
-NAMESPACE="$NS" ENABLE_PERSISTENCE="$PERSIST" DB_USER=postgres DB_NAME="$DB" \
-  "$BIN"/chatflow-consumer --metrics-bind 127.0.0.1:18283 >"$out/consumer.log" 2>&1 &
-consumer=$!
-sleep 2
-NAMESPACE="$NS" DRAIN_SECS=0 "$BIN"/chatflow-server --bind "127.0.0.1:$PORT" >"$out/server.log" 2>&1 &
-server=$!
 # The value of a client flag in "$@" (-t N, -tN, --threads N,
 # --threads=N; the last one wins), or its default:
 #   client_flag SHORT LONG DEFAULT "$@"   (SHORT may be "")
@@ -79,6 +77,30 @@ client_flag() {
   done
   echo "$value"
 }
+# The client's shape from its flags (with the client's defaults), for the
+# ceiling before the run; the one after reads it from summary.json.
+threads=$(client_flag -t --threads 64 "$@")
+window=$(client_flag -w --window 1 "$@")
+rooms=$(client_flag "" --rooms 20 "$@")
+in_flight=$((threads * window))
+publishers="${PUBLISHERS:-1}"
+(( publishers > in_flight )) && publishers=$in_flight
+if [[ "$CEILING" == true ]]; then
+  # The broker alone first, before anything of ours runs: its own
+  # namespace, deleted when it ends.
+  "$CEIL" --rooms "$rooms" --in-flight "$in_flight" --publishers "$publishers" \
+      --seconds "${CEILING_SECS:-${CEILING_BEFORE_SECS:-30}}" --json \
+      >"$out/ceiling-before.json" 2>"$out/ceiling-before.log" \
+    || { echo "full_path.sh: the ceiling before the run failed (see $out/ceiling-before.log); the ratio uses the one after" >&2
+         rm -f "$out/ceiling-before.json"; }
+fi
+
+NAMESPACE="$NS" ENABLE_PERSISTENCE="$PERSIST" DB_USER=postgres DB_NAME="$DB" \
+  "$BIN"/chatflow-consumer --metrics-bind 127.0.0.1:18283 >"$out/consumer.log" 2>&1 &
+consumer=$!
+sleep 2
+NAMESPACE="$NS" DRAIN_SECS=0 "$BIN"/chatflow-server --bind "127.0.0.1:$PORT" >"$out/server.log" 2>&1 &
+server=$!
 cleanup() {
   [[ -n "${cleaned:-}" ]] && return 0
   cleaned=1
@@ -150,15 +172,12 @@ if [[ "$PERSIST" == true ]]; then
   done
   echo "rows stored by this run: $((now - before)); messages acked: ${acked:-?}" | tee -a "$out/client.txt"
 fi
-if [[ "$CEILING" == true ]]; then
+if [[ "$CEILING" != false ]]; then
   # The broker alone, on a machine the full path no longer loads: stop the
   # server and consumer and delete their queues first.
   cleanup
   # The shape the client ran, from its summary.json; should it have none
-  # (a client that failed early), from its flags, with the client's defaults.
-  threads=$(client_flag -t --threads 64 "$@")
-  window=$(client_flag -w --window 1 "$@")
-  rooms=$(client_flag "" --rooms 20 "$@")
+  # (a client that failed early), the one from its flags above.
   main_secs=10
   full_rate=""
   if [[ -f "$out/client/summary.json" ]]; then
@@ -180,16 +199,27 @@ print(s['threads'], s['window'], s['rooms'], m['wallSeconds'], m['throughput'])"
   kill -TERM "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
   if [[ "$ceiling_ok" == true ]]; then
-    python3 - "$out/ceiling.json" "$in_flight" "$full_rate" <<'PY' | tee -a "$out/client.txt"
-import json, sys
+    python3 - "$out/ceiling.json" "$in_flight" "$full_rate" "$out/ceiling-before.json" <<'PY' | tee -a "$out/client.txt"
+import json, os, sys
 c = json.load(open(sys.argv[1]))
-n, full = sys.argv[2], sys.argv[3]
-ceiling = c["publish"]["perSecond"]
-ratio = f"{float(full) / ceiling:.2f}" if full and ceiling > 0 else "n/a (no client summary)"
+n, full, before_path = sys.argv[2], sys.argv[3], sys.argv[4]
+after = c["publish"]["perSecond"]
+before = None
+if os.path.exists(before_path) and os.path.getsize(before_path) > 0:
+    before = json.load(open(before_path))["publish"]["perSecond"]
+# Bracketed: the mean of the two, so a box that sped up or slowed down
+# during the run is not charged to one side.
+ceiling = (before + after) / 2 if before else after
+def over(rate):
+    return f"{float(full) / rate:.2f}" if full and rate > 0 else "n/a (no client summary)"
 l = c["publish"]["confirmLatencyMs"]
-print(f"broker ceiling: {ceiling:.0f} msgs/s at {n} in flight; full path / ceiling = {ratio}")
+print(f"broker ceiling: {ceiling:.0f} msgs/s at {n} in flight; full path / ceiling = {over(ceiling)}")
+if before:
+    drift = 100 * (after - before) / before
+    print(f"  (the broker alone before the run: {before:.0f} msgs/s, after it: {after:.0f}, {drift:+.0f}%; "
+          f"full path over each: {over(before)} and {over(after)})")
 shown = f"full path {float(full):.0f} msgs/s in the client's main phase; " if full else ""
-print(f"  ({shown}the broker alone for {c['publish']['seconds']:.0f} s: confirm mean {l['mean']:.1f} ms, "
+print(f"  ({shown}the broker alone after the run for {c['publish']['seconds']:.0f} s: confirm mean {l['mean']:.1f} ms, "
       f"p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} ms; consumed {c['consume']['perSecond']:.0f} msgs/s; {sys.argv[1]})")
 PY
     # A ceiling is only comparable with others from the same broker
