@@ -77,6 +77,20 @@ client_flag() {
   done
   echo "$value"
 }
+# The CPU budget of one brokerceiling run (NAME.json, sampled into
+# NAME-cpu.jsonl) over its publishing window (a brokerceiling from before
+# the window was reported has none: 0 to 0, which the report says has no
+# samples):   ceiling_budget NAME LABEL
+ceiling_budget() {
+  local from to confirmed
+  read -r from to confirmed < <(python3 -c "
+import json, sys
+p = json.load(open(sys.argv[1]))['publish']
+print(p.get('startedAtUnixS', 0), p.get('endedAtUnixS', 0), p['confirmed'])" "$out/$1.json")
+  python3 bench/cpu_budget.py report "$out/$1-cpu.jsonl" --from "$from" --to "$to" \
+    --messages "$confirmed" --phase "the ceiling run" --json "$out/$1-cpu-budget.json" \
+    | sed "1s/^/$2: /" | tee -a "$out/client.txt" || true
+}
 # The client's shape from its flags (with the client's defaults), for the
 # ceiling before the run; the one after reads it from summary.json.
 threads=$(client_flag -t --threads 64 "$@")
@@ -88,11 +102,15 @@ publishers="${PUBLISHERS:-1}"
 if [[ "$CEILING" == true ]]; then
   # The broker alone first, before anything of ours runs: its own
   # namespace, deleted when it ends.
+  python3 bench/cpu_budget.py sample "$out/ceiling-before-cpu.jsonl" beam.smp brokerceiling postgres redis-server &
+  sampler=$!
   "$CEIL" --rooms "$rooms" --in-flight "$in_flight" --publishers "$publishers" \
       --seconds "${CEILING_SECS:-${CEILING_BEFORE_SECS:-30}}" --json \
       >"$out/ceiling-before.json" 2>"$out/ceiling-before.log" \
     || { echo "full_path.sh: the ceiling before the run failed (see $out/ceiling-before.log); the ratio uses the one after" >&2
          rm -f "$out/ceiling-before.json"; }
+  kill -TERM "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
 fi
 
 NAMESPACE="$NS" ENABLE_PERSISTENCE="$PERSIST" DB_USER=postgres DB_NAME="$DB" \
@@ -191,7 +209,9 @@ print(s['threads'], s['window'], s['rooms'], m['wallSeconds'], m['throughput'])"
   secs="${CEILING_SECS:-$(python3 -c "import sys; print(max(5, min(600, round(float(sys.argv[1])))))" "$main_secs")}"
   publishers="${PUBLISHERS:-1}"
   (( publishers > in_flight )) && publishers=$in_flight
-  python3 bench/cpu_budget.py sample "$out/ceiling-cpu.jsonl" beam.smp brokerceiling &
+  # PostgreSQL and Redis too: what else took the box while the broker was
+  # alone (a checkpoint of the rows the run stored, say).
+  python3 bench/cpu_budget.py sample "$out/ceiling-cpu.jsonl" beam.smp brokerceiling postgres redis-server &
   sampler=$!
   ceiling_ok=true
   "$CEIL" --rooms "$rooms" --in-flight "$in_flight" --publishers "$publishers" --seconds "$secs" --json \
@@ -228,15 +248,9 @@ PY
     up=$(timeout 20 rabbitmqctl -q eval 'element(1, erlang:statistics(wall_clock)) div 1000.' 2>/dev/null || echo "?")
     echo "  (RabbitMQ up $up s)" | tee -a "$out/client.txt"
     # RabbitMQ's own cost per message alone, beside its cost in the full
-    # path above (a brokerceiling from before the window was reported has
-    # none: 0 to 0, which the report says has no samples).
-    read -r ceil_from ceil_to ceil_confirmed < <(python3 -c "
-import json, sys
-p = json.load(open(sys.argv[1]))['publish']
-print(p.get('startedAtUnixS', 0), p.get('endedAtUnixS', 0), p['confirmed'])" "$out/ceiling.json")
-    python3 bench/cpu_budget.py report "$out/ceiling-cpu.jsonl" --from "$ceil_from" --to "$ceil_to" \
-      --messages "$ceil_confirmed" --phase "the ceiling run" --json "$out/ceiling-cpu-budget.json" \
-      | sed '1s/^/broker alone: /' | tee -a "$out/client.txt" || true
+    # path above, before the run and after it.
+    [[ -s "$out/ceiling-before.json" ]] && ceiling_budget ceiling-before "broker alone before the run"
+    ceiling_budget ceiling "broker alone after the run"
   else
     echo "broker ceiling: brokerceiling failed (see $out/ceiling.log)" | tee -a "$out/client.txt"
   fi
