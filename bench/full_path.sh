@@ -224,9 +224,16 @@ import json, os, sys
 c = json.load(open(sys.argv[1]))
 n, full, before_path = sys.argv[2], sys.argv[3], sys.argv[4]
 after = c["publish"]["perSecond"]
-before = None
+before, mismatch = None, None
 if os.path.exists(before_path) and os.path.getsize(before_path) > 0:
-    before = json.load(open(before_path))["publish"]["perSecond"]
+    b = json.load(open(before_path))
+    # Only a run of the same shape (the client's flags said one thing and
+    # its summary another, say) goes into the mean.
+    if (b["inFlight"], b["rooms"]) == (c["inFlight"], c["rooms"]):
+        before = b["publish"]["perSecond"]
+    else:
+        mismatch = (f"  (the ceiling before the run had {b['inFlight']} in flight over {b['rooms']} rooms, "
+                    f"the one after {c['inFlight']} over {c['rooms']}: not averaged)")
 # Bracketed: the mean of the two, so a box that sped up or slowed down
 # during the run is not charged to one side.
 ceiling = (before + after) / 2 if before else after
@@ -234,6 +241,8 @@ def over(rate):
     return f"{float(full) / rate:.2f}" if full and rate > 0 else "n/a (no client summary)"
 l = c["publish"]["confirmLatencyMs"]
 print(f"broker ceiling: {ceiling:.0f} msgs/s at {n} in flight; full path / ceiling = {over(ceiling)}")
+if mismatch:
+    print(mismatch)
 if before:
     drift = 100 * (after - before) / before
     print(f"  (the broker alone before the run: {before:.0f} msgs/s, after it: {after:.0f}, {drift:+.0f}%; "
