@@ -91,26 +91,34 @@ print(p.get('startedAtUnixS', 0), p.get('endedAtUnixS', 0), p['confirmed'])" "$o
     --messages "$confirmed" --phase "the ceiling run" --json "$out/$1-cpu-budget.json" \
     | sed "1s/^/$2: /" | tee -a "$out/client.txt" || true
 }
+# One brokerceiling run at the client's shape ($rooms, $in_flight) for
+# SECS seconds into NAME.json and NAME.log, with every process's CPU
+# sampled into NAME-cpu.jsonl (PostgreSQL and Redis too: what else took the
+# box while the broker was alone). Fails as brokerceiling does.
+#   run_ceiling NAME SECS
+run_ceiling() {
+  local publishers="${PUBLISHERS:-1}" status=0
+  (( publishers > in_flight )) && publishers=$in_flight
+  python3 bench/cpu_budget.py sample "$out/$1-cpu.jsonl" beam.smp brokerceiling postgres redis-server &
+  sampler=$!
+  "$CEIL" --rooms "$rooms" --in-flight "$in_flight" --publishers "$publishers" --seconds "$2" --json \
+      >"$out/$1.json" 2>"$out/$1.log" || status=$?
+  kill -TERM "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  return "$status"
+}
 # The client's shape from its flags (with the client's defaults), for the
 # ceiling before the run; the one after reads it from summary.json.
 threads=$(client_flag -t --threads 64 "$@")
 window=$(client_flag -w --window 1 "$@")
 rooms=$(client_flag "" --rooms 20 "$@")
 in_flight=$((threads * window))
-publishers="${PUBLISHERS:-1}"
-(( publishers > in_flight )) && publishers=$in_flight
 if [[ "$CEILING" == true ]]; then
   # The broker alone first, before anything of ours runs: its own
   # namespace, deleted when it ends.
-  python3 bench/cpu_budget.py sample "$out/ceiling-before-cpu.jsonl" beam.smp brokerceiling postgres redis-server &
-  sampler=$!
-  "$CEIL" --rooms "$rooms" --in-flight "$in_flight" --publishers "$publishers" \
-      --seconds "${CEILING_SECS:-${CEILING_BEFORE_SECS:-30}}" --json \
-      >"$out/ceiling-before.json" 2>"$out/ceiling-before.log" \
+  run_ceiling ceiling-before "${CEILING_SECS:-${CEILING_BEFORE_SECS:-30}}" \
     || { echo "full_path.sh: the ceiling before the run failed (see $out/ceiling-before.log); the ratio uses the one after" >&2
          rm -f "$out/ceiling-before.json"; }
-  kill -TERM "$sampler" 2>/dev/null || true
-  wait "$sampler" 2>/dev/null || true
 fi
 
 NAMESPACE="$NS" ENABLE_PERSISTENCE="$PERSIST" DB_USER=postgres DB_NAME="$DB" \
@@ -207,18 +215,7 @@ print(s['threads'], s['window'], s['rooms'], m['wallSeconds'], m['throughput'])"
   fi
   in_flight=$((threads * window))
   secs="${CEILING_SECS:-$(python3 -c "import sys; print(max(5, min(600, round(float(sys.argv[1])))))" "$main_secs")}"
-  publishers="${PUBLISHERS:-1}"
-  (( publishers > in_flight )) && publishers=$in_flight
-  # PostgreSQL and Redis too: what else took the box while the broker was
-  # alone (a checkpoint of the rows the run stored, say).
-  python3 bench/cpu_budget.py sample "$out/ceiling-cpu.jsonl" beam.smp brokerceiling postgres redis-server &
-  sampler=$!
-  ceiling_ok=true
-  "$CEIL" --rooms "$rooms" --in-flight "$in_flight" --publishers "$publishers" --seconds "$secs" --json \
-      >"$out/ceiling.json" 2>"$out/ceiling.log" || ceiling_ok=false
-  kill -TERM "$sampler" 2>/dev/null || true
-  wait "$sampler" 2>/dev/null || true
-  if [[ "$ceiling_ok" == true ]]; then
+  if run_ceiling ceiling "$secs"; then
     python3 - "$out/ceiling.json" "$in_flight" "$full_rate" "$out/ceiling-before.json" <<'PY' | tee -a "$out/client.txt"
 import json, os, sys
 c = json.load(open(sys.argv[1]))
