@@ -34,6 +34,41 @@ PORT="${PORT:-18280}"
 NS="bench-$(date +%s)"
 DB="${DB_NAME:-chatflow}"
 ulimit -n "$(ulimit -Hn)"
+
+# The value of a client flag in "$@" (-t N, -tN, --threads N,
+# --threads=N; the last one wins), or its default:
+#   client_flag SHORT LONG DEFAULT "$@"   (SHORT may be "")
+client_flag() {
+  local short="$1" long="$2" value="$3"
+  shift 3
+  while (( $# )); do
+    if [[ "$1" == "$long" || ( -n "$short" && "$1" == "$short" ) ]]; then
+      (( $# >= 2 )) && value="$2" && shift
+    elif [[ "$1" == "$long="* ]]; then
+      value="${1#*=}"
+    elif [[ -n "$short" && "$1" == "$short"?* ]]; then
+      value="${1#"$short"}"
+    fi
+    shift
+  done
+  echo "$value"
+}
+# The client's shape from its flags (with the client's defaults), for the
+# ceiling before the run; the one after reads it from summary.json.
+threads=$(client_flag -t --threads 64 "$@")
+window=$(client_flag -w --window 1 "$@")
+rooms=$(client_flag "" --rooms 20 "$@")
+in_flight=$((threads * window))
+# The server and consumer take their rooms from ROOMS, the client from
+# --rooms. Apart, the server answers 404 to the client's connections to a
+# room past ROOMS, or the client never sends to some of the consumer's
+# queues, and the cleanup misses queues: ROOMS follows --rooms, and a
+# ROOMS that says otherwise stops the run before anything starts.
+if [[ -n "${ROOMS:-}" && "$ROOMS" != "$rooms" ]]; then
+  echo "full_path.sh: ROOMS=$ROOMS but the client's --rooms is $rooms: pass the client --rooms $ROOMS, or leave ROOMS unset (it follows --rooms)" >&2
+  exit 2
+fi
+export ROOMS="$rooms"
 # BIN=DIR runs binaries built elsewhere (e.g. a copy of an earlier commit's,
 # for a before/after comparison); it must hold chatflow-server,
 # chatflow-consumer, chatflow-client and queue_depth (and brokerceiling,
@@ -59,24 +94,6 @@ before=$(psql -h 127.0.0.1 -U postgres -d "$DB" -Atc "select count(*) from messa
 out="results/full-path-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 
-# The value of a client flag in "$@" (-t N, -tN, --threads N,
-# --threads=N; the last one wins), or its default:
-#   client_flag SHORT LONG DEFAULT "$@"   (SHORT may be "")
-client_flag() {
-  local short="$1" long="$2" value="$3"
-  shift 3
-  while (( $# )); do
-    if [[ "$1" == "$long" || ( -n "$short" && "$1" == "$short" ) ]]; then
-      (( $# >= 2 )) && value="$2" && shift
-    elif [[ "$1" == "$long="* ]]; then
-      value="${1#*=}"
-    elif [[ -n "$short" && "$1" == "$short"?* ]]; then
-      value="${1#"$short"}"
-    fi
-    shift
-  done
-  echo "$value"
-}
 # The CPU budget of one brokerceiling run (NAME.json, sampled into
 # NAME-cpu.jsonl) over its publishing window (a brokerceiling from before
 # the window was reported has none: 0 to 0, which the report says has no
@@ -107,12 +124,6 @@ run_ceiling() {
   wait "$sampler" 2>/dev/null || true
   return "$status"
 }
-# The client's shape from its flags (with the client's defaults), for the
-# ceiling before the run; the one after reads it from summary.json.
-threads=$(client_flag -t --threads 64 "$@")
-window=$(client_flag -w --window 1 "$@")
-rooms=$(client_flag "" --rooms 20 "$@")
-in_flight=$((threads * window))
 if [[ "$CEILING" == true ]]; then
   # The broker alone first, before anything of ours runs: its own
   # namespace, deleted when it ends.
@@ -136,7 +147,7 @@ cleanup() {
   # Queues and exchanges over one AMQP connection when brokerceiling is
   # built (seconds; a rabbitmqctl call per queue takes minutes on a loaded
   # machine), else queue by queue.
-  if [[ -x "$CEIL" ]] && "$CEIL" --delete-topology "$NS" --rooms "${ROOMS:-20}" >/dev/null 2>&1; then
+  if [[ -x "$CEIL" ]] && "$CEIL" --delete-topology "$NS" --rooms "$ROOMS" >/dev/null 2>&1; then
     :
   else
     for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$NS\."); do
@@ -146,7 +157,7 @@ cleanup() {
   # Its exchanges too (rabbitmqctl cannot delete those): chaosload's
   # topology deletion, when it is built.
   if [[ -x "$target/release/chaosload" ]]; then
-    "$target/release/chaosload" --delete-topology "$NS" --rooms "${ROOMS:-20}" --url x >/dev/null 2>&1 || true
+    "$target/release/chaosload" --delete-topology "$NS" --rooms "$ROOMS" --url x >/dev/null 2>&1 || true
   fi
   # The rooms' history streams (the consumer appends every broadcast), the
   # server's presence (it would expire within seconds anyway) and its sent
@@ -249,8 +260,8 @@ print(f"  ({shown}the broker alone after the run for {c['publish']['seconds']:.0
       f"p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} ms; consumed {c['consume']['perSecond']:.0f} msgs/s; {sys.argv[1]})")
 PY
     # A ceiling is only comparable with others from the same broker
-    # lifetime: on one box a RabbitMQ restart raised it 25–43% (README,
-    # "A restarted broker moves the bar").
+    # lifetime: on one box a RabbitMQ restart raised it 25–43%
+    # (results/broker-ratio.md, "Third box").
     up=$(timeout 20 rabbitmqctl -q eval 'element(1, erlang:statistics(wall_clock)) div 1000.' 2>/dev/null || echo "?")
     echo "  (RabbitMQ up $up s)" | tee -a "$out/client.txt"
     # RabbitMQ's own cost per message alone, beside its cost in the full
