@@ -71,8 +71,8 @@ print(d['startedAtUnixS'], d['endedAtUnixS'])" "$2" "$3")
     --messages "$MESSAGES" --phase "$4" --json "$5" || true
 }
 
-# The broker's age, since its rates depend on it (README, "A restarted
-# broker moves the bar").
+# The broker's age, since its rates depend on it (results/broker-ratio.md,
+# "Third box").
 up=$(timeout 20 rabbitmqctl -q eval 'element(1, erlang:statistics(wall_clock)) div 1000.' 2>/dev/null || echo "?")
 echo "drain ratio: $ROUNDS rounds of $MESSAGES messages, $ROOMS rooms ($((ROOMS * 5)) queues), broker alone at $IN_FLIGHT in flight; consumer flags: ${*:-(none)}; RabbitMQ up $up s; results in $out"
 for round in $(seq 1 "$ROUNDS"); do

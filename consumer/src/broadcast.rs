@@ -33,8 +33,10 @@
 //! put the thread to sleep and woke it again for every batch, which at
 //! moderate load is every delivery (64 × 1 on two cores: 2.8–3.1 context
 //! switches per message in the consumer and 16.8–18.1% of all the CPU,
-//! against 2.1–2.3 and 15.1–15.9% now; README has the runs). The unread batches are bounded by the prefetch (each
-//! holds at least one unacked delivery) and kept whole until confirmed.
+//! against 2.1–2.3 and 15.1–15.9% now; `results/broker-ratio.md`, "Fourth
+//! box", has the runs). The unread batches are bounded by the prefetch
+//! (each holds at least one unacked delivery) and kept whole until
+//! confirmed.
 //!
 //! A bad reply (or none, or a failed write) drops the connection, and
 //! every batch not yet confirmed is published again on a new one, in
